@@ -1,0 +1,49 @@
+"""The one exception family of p2pgan.
+
+Every error a user can cause or a peer can send derives from :class:`P2PGANError` and carries a
+message that says what was wrong and what is allowed. The CLI prints these without a traceback; the
+gRPC servicer maps them to status codes in one place (``p2pgan.wire.status``).
+"""
+
+from __future__ import annotations
+
+
+class P2PGANError(Exception):
+    """Base class of every error p2pgan raises on purpose."""
+
+
+class ConfigError(P2PGANError, ValueError):
+    """A configuration file, field or command-line value is invalid.
+
+    Build the message with :func:`config_error` so that it names the file and the field.
+    """
+
+
+class TopologyError(P2PGANError, ValueError):
+    """A mixing matrix or graph is invalid (not symmetric, not doubly stochastic, disconnected...)."""
+
+
+class ProtocolError(P2PGANError):
+    """A message received from the network is malformed or not acceptable (never crashes a peer)."""
+
+
+class SecurityError(P2PGANError):
+    """A certificate, key or peer identity does not check out."""
+
+
+class DiscoveryError(P2PGANError):
+    """Peers could not be found or the membership is inconsistent."""
+
+
+class CheckpointError(P2PGANError):
+    """A checkpoint is missing, truncated, corrupt or does not match the run."""
+
+
+class PeerUnavailableError(P2PGANError):
+    """A neighbour did not answer within a deadline."""
+
+
+def config_error(source: str, field: str, problem: str) -> ConfigError:
+    """Return a :class:`ConfigError` whose message names ``source`` (a file or ``--flag``) and ``field``."""
+    where = f"{source}: {field}" if field else source
+    return ConfigError(f"{where}: {problem}")

@@ -1,0 +1,307 @@
+"""The concrete graphs: ring, complete, random permuted ring, exponential, one-peer exponential,
+2-D torus and custom graphs (Metropolis-Hastings weights) loaded from a YAML adjacency file.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+from collections.abc import Sequence
+from pathlib import Path
+
+import torch
+import yaml
+
+from p2pgan.errors import TopologyError
+from p2pgan.topology.base import Edge, Topology, spectral_rho
+
+#: names accepted on the command line and in configs (besides a path to a YAML adjacency file)
+TOPOLOGY_NAMES = ("ring", "complete", "random-ring", "exponential", "one-peer-exponential", "torus")
+
+#: samples used to estimate E[W^T W] for the random ring's rho (deterministic from the seed)
+RANDOM_RHO_SAMPLES = 256
+
+
+def _ring_edges(order: Sequence[int]) -> list[Edge]:
+    """Each peer averages itself with its two neighbours on the cyclic ``order``, weights 1/3 each."""
+    m = len(order)
+    third = 1.0 / 3.0
+    out: list[Edge] = []
+    for pos, i in enumerate(order):
+        out.append((i, i, third))
+        out.append((i, order[(pos - 1) % m], third))
+        out.append((i, order[(pos + 1) % m], third))
+    return out
+
+
+class Ring(Topology):
+    """DP-OAdam's fixed ring: each peer averages with its left and right neighbour, weights 1/3.
+
+    rho = max(1/3 + 2/3 cos(2 pi / M), 1/3) for M >= 3.
+    """
+
+    name = "ring"
+
+    def _edges(self, step: int, round: int) -> list[Edge]:
+        return _ring_edges(range(self.size))
+
+
+class Complete(Topology):
+    """W = J = 11^T / M: one round is the exact average (the centralized CP case)."""
+
+    name = "complete"
+
+    def _edges(self, step: int, round: int) -> list[Edge]:
+        w = 1.0 / self.size
+        return [(i, j, w) for i in range(self.size) for j in range(self.size)]
+
+
+class RandomRing(Topology):
+    """Rand-DP-OAdam: in every (step, round) each peer averages with two random peers.
+
+    Every peer derives the same permutation from (seed, step, round) and takes its two neighbours on
+    that permuted ring, weights 1/3, so W is symmetric and doubly stochastic with no messages.
+    rho is ``sqrt(||E[W^T W] - J||_2)``, the expected per-round contraction of the consensus error,
+    estimated from :data:`RANDOM_RHO_SAMPLES` draws.
+    """
+
+    name = "random-ring"
+    time_varying = True
+
+    def permutation(self, step: int, round: int) -> list[int]:
+        # String seeds go through SHA-512 in ``random.Random``: stable across Python versions and
+        # machines, independent of torch's generator.
+        rng = random.Random(f"p2pgan-random-ring:{self.seed}:{step}:{round}")
+        order = list(range(self.size))
+        rng.shuffle(order)
+        return order
+
+    def _edges(self, step: int, round: int) -> list[Edge]:
+        return _ring_edges(self.permutation(step, round))
+
+    def in_weights(self, rank: int, step: int = 0, round: int = 0) -> dict[int, float]:
+        # O(M) for one peer, instead of building the whole matrix.
+        self._check_rank(rank)
+        order = self.permutation(step, round)
+        pos = order.index(rank)
+        m = self.size
+        out: dict[int, float] = {}
+        for j in (rank, order[(pos - 1) % m], order[(pos + 1) % m]):
+            out[j] = out.get(j, 0.0) + 1.0 / 3.0
+        return out
+
+    def out_neighbours(self, rank: int, step: int = 0, round: int = 0) -> list[int]:
+        return self.in_neighbours(rank, step, round)
+
+    def degree(self) -> int:
+        return min(2, self.size - 1)
+
+    def rho(self) -> float:
+        m = self.size
+        if m == 1:
+            return 0.0
+        acc = torch.zeros(m, m, dtype=torch.float64)
+        for s in range(RANDOM_RHO_SAMPLES):
+            w = self.matrix(step=-1 - s, round=0)
+            acc += w.T @ w
+        acc /= RANDOM_RHO_SAMPLES
+        return math.sqrt(max(0.0, spectral_rho(acc)))
+
+
+def _log2_ceil(m: int) -> int:
+    """tau = ceil(log2 M), the number of hops of the exponential graphs (0 for a single peer)."""
+    return max(1, math.ceil(math.log2(m))) if m > 1 else 0
+
+
+class Exponential(Topology):
+    """Static exponential graph (Ying et al. 2021): peer i receives from i - 2^j (mod M), j < ceil(log2 M).
+
+    Uniform weights 1/(tau + 1). Directed but doubly stochastic (a circulant); for M a power of two
+    rho = 1 - 2 / (1 + log2 M).
+    """
+
+    name = "exponential"
+    directed = True
+
+    def _edges(self, step: int, round: int) -> list[Edge]:
+        m = self.size
+        tau = _log2_ceil(m)
+        w = 1.0 / (tau + 1)
+        out: list[Edge] = []
+        for i in range(m):
+            out.append((i, i, w))
+            for j in range(tau):
+                out.append((i, (i - 2**j) % m, w))
+        return out
+
+
+class OnePeerExponential(Topology):
+    """One-peer exponential graph: in round n = (step * t + round) peer i averages with i - 2^(n mod tau).
+
+    Weights 1/2. For M a power of two the product of tau = log2 M consecutive matrices is exactly J,
+    so ``rho`` (the per-round contraction over one period) is 0 and the suggested t is log2 M. The hop
+    depends on the round index within the step only: every step starts the period afresh, so t = log2 M
+    rounds per step average exactly.
+    """
+
+    name = "one-peer-exponential"
+    time_varying = True
+    directed = True
+
+    def _tau(self) -> int:
+        return _log2_ceil(self.size)
+
+    def _edges(self, step: int, round: int) -> list[Edge]:
+        m = self.size
+        tau = self._tau()
+        if tau == 0:
+            return [(0, 0, 1.0)]
+        hop = 2 ** (round % tau)
+        return [e for i in range(m) for e in ((i, i, 0.5), (i, (i - hop) % m, 0.5))]
+
+    def degree(self) -> int:
+        return min(1, self.size - 1)
+
+    def rho(self) -> float:
+        tau = self._tau()
+        if tau == 0:
+            return 0.0
+        period = self.product(0, tau)
+        return spectral_rho(period) ** (1.0 / tau)
+
+    def suggested_rounds(self, target: float = 0.01) -> int:
+        if self.size == 1:
+            return 0
+        if self.rho() < 1e-12:
+            return self._tau()
+        return super().suggested_rounds(target)
+
+
+def torus_shape(m: int) -> tuple[int, int]:
+    """Rows x columns of the most square 2-D grid with ``m`` nodes."""
+    a = int(math.isqrt(m))
+    while m % a:
+        a -= 1
+    return a, m // a
+
+
+class Torus(Topology):
+    """2-D torus (most square grid of M nodes, wrapped): each peer averages with its 4 neighbours, 1/5 each."""
+
+    name = "torus"
+
+    def _edges(self, step: int, round: int) -> list[Edge]:
+        rows, cols = torus_shape(self.size)
+        w = 1.0 / 5.0
+        out: list[Edge] = []
+        for i in range(self.size):
+            r, c = divmod(i, cols)
+            out.append((i, i, w))
+            for dr, dc in ((-1, 0), (1, 0), (0, -1), (0, 1)):
+                out.append((i, ((r + dr) % rows) * cols + (c + dc) % cols, w))
+        return out
+
+
+class Custom(Topology):
+    """A custom undirected graph with Metropolis-Hastings weights W_ij = 1 / (1 + max(deg_i, deg_j)).
+
+    Build it with :meth:`from_yaml` (a file with ``edges: [[a, b], ...]`` or ``neighbors: {a: [b, ...]}``;
+    nodes are ranks 0..M-1 or peer ids from the membership list).
+    """
+
+    name = "custom"
+
+    def __init__(self, size: int, adjacency: dict[int, set[int]], *, seed: int = 0, name: str = "custom") -> None:
+        self.name = name
+        super().__init__(size, seed=seed)
+        for i, nbrs in adjacency.items():
+            for j in nbrs:
+                if i == j:
+                    continue
+                if i not in adjacency.get(j, set()):
+                    raise TopologyError(f"{name}: edge {i} -> {j} has no reverse edge; the graph must be undirected")
+        self.adjacency = {i: set(adjacency.get(i, set())) - {i} for i in range(size)}
+        self.validate()
+
+    def _edges(self, step: int, round: int) -> list[Edge]:
+        deg = {i: len(n) for i, n in self.adjacency.items()}
+        out: list[Edge] = []
+        for i, nbrs in self.adjacency.items():
+            total = 0.0
+            for j in sorted(nbrs):
+                w = 1.0 / (1 + max(deg[i], deg[j]))
+                out.append((i, j, w))
+                total += w
+            out.append((i, i, 1.0 - total))
+        return out
+
+    @classmethod
+    def from_yaml(cls, path: str | Path, size: int, *, members: Sequence[str] | None = None, seed: int = 0) -> Custom:
+        """Load an adjacency file. ``members`` (sorted peer ids) lets the file name nodes by peer id."""
+        p = Path(path)
+        try:
+            data = yaml.safe_load(p.read_text())
+        except OSError as exc:
+            raise TopologyError(f"{p}: cannot read topology file: {exc.strerror}") from exc
+        except yaml.YAMLError as exc:
+            raise TopologyError(f"{p}: not valid YAML: {exc}") from exc
+        if not isinstance(data, dict) or not ({"edges", "neighbors"} & data.keys()):
+            raise TopologyError(f"{p}: expected a mapping with 'edges: [[a, b], ...]' or 'neighbors: {{a: [b, ...]}}'")
+        index = {m: k for k, m in enumerate(members or ())}
+
+        def node(v: object, field: str) -> int:
+            if isinstance(v, bool):
+                pass
+            elif isinstance(v, int) and 0 <= v < size:
+                return v
+            elif isinstance(v, str) and v in index:
+                return index[v]
+            allowed = f"a rank 0..{size - 1}" + (" or a peer id of the membership" if members else "")
+            raise TopologyError(f"{p}: {field}: node {v!r} is not {allowed}")
+
+        adj: dict[int, set[int]] = {i: set() for i in range(size)}
+        if "edges" in data:
+            edges = data["edges"]
+            if not isinstance(edges, list):
+                raise TopologyError(f"{p}: edges: must be a list of [a, b] pairs")
+            for n, e in enumerate(edges):
+                if not isinstance(e, (list, tuple)) or len(e) != 2:
+                    raise TopologyError(f"{p}: edges[{n}]: must be a pair [a, b], got {e!r}")
+                a, b = node(e[0], f"edges[{n}]"), node(e[1], f"edges[{n}]")
+                adj[a].add(b)
+                adj[b].add(a)
+        if "neighbors" in data:
+            nb = data["neighbors"]
+            if not isinstance(nb, dict):
+                raise TopologyError(f"{p}: neighbors: must map a node to a list of nodes")
+            for k, vs in nb.items():
+                a = node(k, f"neighbors.{k}")
+                if not isinstance(vs, list):
+                    raise TopologyError(f"{p}: neighbors.{k}: must be a list of nodes")
+                for v in vs:
+                    b = node(v, f"neighbors.{k}")
+                    adj[a].add(b)
+                    adj[b].add(a)
+        return cls(size, adj, seed=seed, name=str(p))
+
+
+_CLASSES: dict[str, type[Topology]] = {
+    "ring": Ring,
+    "complete": Complete,
+    "random-ring": RandomRing,
+    "exponential": Exponential,
+    "one-peer-exponential": OnePeerExponential,
+    "torus": Torus,
+}
+
+
+def make_topology(spec: str, size: int, *, seed: int = 0, members: Sequence[str] | None = None) -> Topology:
+    """Build a topology from a name in :data:`TOPOLOGY_NAMES` or a path to a YAML adjacency file."""
+    cls = _CLASSES.get(spec)
+    if cls is not None:
+        return cls(size, seed=seed)
+    if spec.endswith((".yaml", ".yml")) or Path(spec).exists():
+        return Custom.from_yaml(spec, size, members=members, seed=seed)
+    raise TopologyError(
+        f"unknown topology {spec!r}; allowed: {', '.join(TOPOLOGY_NAMES)}, or a path to a YAML adjacency file"
+    )
