@@ -1,0 +1,57 @@
+"""What a network peer needs to join a federation: frozen and already validated.
+
+The daemon builds a :class:`NetworkConfig` from its YAML file (``p2pgan.daemon.config``), the harness
+and ``p2pgan selftest`` build one directly; ``p2pgan.wire.mixer.open_mixer(net, dim=d)`` turns it into
+a running :class:`p2pgan.mixing.Mixer` (server started, neighbours connected lazily).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+from typing import Literal
+
+WireDType = Literal["float32", "bfloat16", "float16"]
+Discovery = Literal["roster", "zeroconf"]
+
+
+@dataclasses.dataclass(frozen=True)
+class TLSFiles:
+    """PEM files of one peer: the federation CA certificate, the peer's certificate and its private key."""
+
+    ca: Path
+    cert: Path
+    key: Path
+
+
+@dataclasses.dataclass(frozen=True)
+class PeerEntry:
+    """One federation member as a roster lists it (or as zeroconf found it, once its TLS identity checked out)."""
+
+    id: str
+    host: str
+    port: int
+    fingerprint: str | None = None  # SHA-256 of the DER certificate, hex; pinned when given
+
+
+@dataclasses.dataclass(frozen=True)
+class NetworkConfig:
+    """Everything the gRPC mixer needs. Rank of a peer = its index in the sorted list of member ids."""
+
+    federation: str
+    peer_id: str
+    listen_host: str = "127.0.0.1"
+    listen_port: int = 0  # 0 = any free port (reported by the server)
+    advertise_host: str | None = None  # address others should dial (zeroconf); default listen_host
+    tls: TLSFiles | None = None  # None only together with insecure=True
+    insecure: bool = False
+    discovery: Discovery = "roster"
+    roster: tuple[PeerEntry, ...] = ()  # all members, self included (roster discovery)
+    expected_peers: int | None = None  # zeroconf: members (self included) to wait for before step 0
+    topology: str = "ring"  # a name of p2pgan.topology.TOPOLOGY_NAMES or a YAML adjacency path
+    seed: int = 0  # shared seed of random topologies
+    rounds: int = 1  # t, mixing rounds per step
+    round_timeout_s: float = 10.0  # a neighbour later than this in a round is dropped for that round
+    connect_timeout_s: float = 120.0  # how long to wait for the membership to come up at start
+    wire_dtype: WireDType = "float32"  # bf16 / fp16 halve the bytes on the wire
+    shard_bytes: int = 2 * 1024 * 1024  # bound on one shard message
