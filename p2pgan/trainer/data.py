@@ -22,6 +22,7 @@ import io
 import math
 import os
 import pickle
+import zipfile
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -121,9 +122,14 @@ def gaussian_centres(modes: int = 8, radius: float = 2.0) -> np.ndarray:
 # -- CIFAR-10 python batches ----------------------------------------------------------------------------
 
 def _numpy_reconstructors() -> dict[tuple[str, str], Any]:
-    """The only globals a CIFAR batch pickle may name: numpy's array and dtype reconstruction."""
+    """The only globals a CIFAR batch pickle may name: numpy's array and dtype reconstruction, and
+    ``_codecs.encode``, with which Python 3 writes ``bytes`` in pickle protocol 2 (str -> latin-1 bytes)."""
+    import _codecs
+
     core = getattr(np, "_core", None) or np.core
-    allowed: dict[tuple[str, str], Any] = {("numpy", "ndarray"): np.ndarray, ("numpy", "dtype"): np.dtype}
+    allowed: dict[tuple[str, str], Any] = {
+        ("numpy", "ndarray"): np.ndarray, ("numpy", "dtype"): np.dtype, ("_codecs", "encode"): _codecs.encode,
+    }
     for module in ("numpy.core.multiarray", "numpy._core.multiarray"):
         allowed[(module, "_reconstruct")] = core.multiarray._reconstruct
         allowed[(module, "scalar")] = core.multiarray.scalar
@@ -299,7 +305,7 @@ def load_shard(folder: str | os.PathLike[str]) -> Dataset:
             x, y, name = f["x"], f["y"], str(f["name"]) if "name" in f.files else path.parent.name
     except FileNotFoundError:
         raise DataError(f"{path}: shard file does not exist") from None
-    except (OSError, ValueError, KeyError) as exc:
+    except (OSError, ValueError, KeyError, zipfile.BadZipFile) as exc:
         raise DataError(f"{path}: not a valid shard ({exc})") from None
     return Dataset(x, y, name)
 
