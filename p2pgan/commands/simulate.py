@@ -4,7 +4,7 @@ Examples:
   p2pgan simulate --problem bilinear --peers 16 --topology ring --algorithm dposg --steps 1000
   p2pgan simulate --problem bilinear --peers 16 --algorithm dgda --json        # the baseline that fails
   p2pgan simulate --problem linear-wgan --optimizer oadam --lr 0.01 --steps 3000
-  p2pgan simulate --problem gaussians --peers 4 --topology random-ring --steps 10000 --lr 3e-3
+  p2pgan simulate --problem gaussians --peers 4 --topology random-ring --steps 8000
 """
 
 from __future__ import annotations

@@ -76,6 +76,15 @@ class SimConfig:
         if self.eval_every is not None and self.eval_every < 1:
             raise config_error("--eval-every", "", f"must be an integer >= 1, got {self.eval_every}")
 
+    def learning_rates(self, problem: Problem) -> tuple[float, float]:
+        """(lr_u, lr_v): the flags where given, else ``--lr``, else the problem's defaults."""
+        base = self.lr if self.lr is not None else problem.default_lr
+        default_v = problem.default_lr_v if self.lr is None and problem.default_lr_v is not None else base
+        return (
+            self.lr_u if self.lr_u is not None else base,
+            self.lr_v if self.lr_v is not None else default_v,
+        )
+
     def problem_config(self) -> ProblemConfig:
         return ProblemConfig(
             peers=self.peers,
@@ -105,16 +114,8 @@ class Simulation:
         topology = make_topology(topo_name, config.peers, seed=config.seed)
         topology.validate()
         mixer = InProcessMixer(topology, 1 if config.rounds is None else config.rounds)
-        base_lr = config.lr if config.lr is not None else problem.default_lr
-        lr: float | torch.Tensor = base_lr
-        if config.lr_u is not None or config.lr_v is not None:
-            lr = lr_vector(
-                problem.dim_u,
-                problem.dim_v,
-                config.lr_u if config.lr_u is not None else base_lr,
-                config.lr_v if config.lr_v is not None else base_lr,
-                device=problem.device,
-            )
+        lr_u, lr_v = config.learning_rates(problem)
+        lr = lr_u if lr_u == lr_v else lr_vector(problem.dim_u, problem.dim_v, lr_u, lr_v, device=problem.device)
         direction = config.optimizer or problem.default_optimizer
         algo = make_algorithm(config.algorithm, problem.initial(), mixer, direction, lr)
         return cls(config, problem, mixer, algo, topo_name)
@@ -137,6 +138,7 @@ class Simulation:
         Stops early (``diverged: true``) when the iterates stop being finite.
         """
         cfg = self.config
+        lr_u, lr_v = cfg.learning_rates(self.problem)
         every = cfg.eval_every or max(1, cfg.steps // 20)
         history = [self.metrics()]
         diverged = False
@@ -162,9 +164,8 @@ class Simulation:
             "peers": cfg.peers,
             "rounds": self.mixer.rounds,
             "dim": self.problem.dim,
-            "lr": cfg.lr if cfg.lr is not None else self.problem.default_lr,
-            "lr_u": cfg.lr_u,
-            "lr_v": cfg.lr_v,
+            "lr_u": lr_u,
+            "lr_v": lr_v,
             "seed": cfg.seed,
             "steps": self.algorithm.steps,
             "diverged": diverged,
