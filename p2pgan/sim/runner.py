@@ -15,6 +15,7 @@ import math
 import sys
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -181,26 +182,37 @@ class Simulation:
         return result
 
 
-def simulate(config: SimConfig, *, show_progress: bool = False) -> dict[str, Any]:
+def simulate(config: SimConfig, *, show_progress: bool = False, plot: Path | None = None) -> dict[str, Any]:
     """Build and run one simulation; returns the JSON-ready result (``distance``, ``consensus``, ``history``...).
 
-    ``show_progress`` draws a tqdm bar with the latest metrics on stderr.
+    ``show_progress`` draws a tqdm bar with the latest metrics on stderr; ``plot`` writes a PNG of the
+    curves (and, for ``gaussians``, of the average model's samples).
     """
     sim = Simulation.build(config)
     if not show_progress:
-        return sim.run()
-    from tqdm import tqdm
+        result = sim.run()
+    else:
+        from tqdm import tqdm
 
-    with tqdm(total=config.steps, file=sys.stderr, desc=f"{config.algorithm} {config.problem}", unit="step") as bar:
-        last_step = [0]
+        desc = f"{config.algorithm} {config.problem}"
+        with tqdm(total=config.steps, file=sys.stderr, desc=desc, unit="step") as bar:
+            last_step = [0]
 
-        def progress(k: int, m: dict[str, Any]) -> None:
-            bar.update(k - last_step[0])
-            last_step[0] = k
-            if m["step"] == k:
-                bar.set_postfix({key: _short(v) for key, v in m.items() if key != "step"}, refresh=False)
+            def progress(k: int, m: dict[str, Any]) -> None:
+                bar.update(k - last_step[0])
+                last_step[0] = k
+                if m["step"] == k:
+                    bar.set_postfix({key: _short(v) for key, v in m.items() if key != "step"}, refresh=False)
 
-        return sim.run(progress)
+            result = sim.run(progress)
+    if plot is not None:
+        from p2pgan.sim.plot import write_png
+
+        sampler = getattr(sim.problem, "samples", None)
+        samples = sampler(sim.algorithm.z.mean(dim=0)) if callable(sampler) and not result["diverged"] else None
+        write_png(plot, result, samples)
+        result["plot"] = str(plot)
+    return result
 
 
 def _short(v: Any) -> str:
