@@ -67,7 +67,7 @@ def test_gaussians_wgan_gp_runs_vectorised_over_peers() -> None:
     res = simulate(SimConfig(problem="gaussians", peers=3, steps=6, batch=16, eval_every=3, algorithm="overlap"))
     assert res["distance"] is None
     assert (res["lr_u"], res["lr_v"]) == (2e-4, 2e-3)  # two time scales unless --lr is given
-    assert 0 <= res["modes"] <= 8 and 0.0 <= res["hq_fraction"] <= 1.0
+    assert 0 <= res["modes"] <= 8 and 0.0 <= res["high_quality"] <= 1.0
     assert math.isfinite(res["consensus"])
 
 

@@ -77,7 +77,7 @@ def run(args: argparse.Namespace) -> int:
         sys.stdout.write("\n")
         return 0
     keys = ("problem", "algorithm", "optimizer", "topology", "peers", "rounds", "steps", "diverged", "distance",
-            "consensus", "modes", "hq_fraction", "steps_per_second")
+            "consensus", "modes", "high_quality", "steps_per_second")
     for key in keys:
         if key in result and result[key] is not None:
             value = result[key]

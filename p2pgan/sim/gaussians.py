@@ -19,6 +19,7 @@ import torch
 
 from p2pgan.errors import config_error
 from p2pgan.sim.problems import Problem, ProblemConfig
+from p2pgan.trainer.evaluation import GaussiansEvaluator
 
 MODES = 8
 RADIUS = 2.0
@@ -89,6 +90,7 @@ class Gaussians(Problem):
         self.dim_u, self.dim_v = self.gen.numel, self.critic.numel
         angles = torch.arange(MODES, dtype=torch.float32) * (2 * math.pi / MODES)
         self.centres = (torch.stack((angles.cos(), angles.sin()), dim=1) * RADIUS).to(self.device)
+        self.evaluator = GaussiansEvaluator(MODES, RADIUS, STD, min_fraction=COVER_FRACTION)
         # peer i draws a fraction `hetero` of its data from its home mode i mod 8 (0 = iid peers)
         self.home = torch.arange(config.peers, device=self.device) % MODES
 
@@ -130,10 +132,4 @@ class Gaussians(Problem):
         return self.gen.forward(u, self._randn(1, n, LATENT))[0]
 
     def evaluate(self, model: torch.Tensor) -> dict[str, float]:
-        x = self.samples(model)
-        dist = torch.cdist(x, self.centres)
-        nearest, mode = dist.min(dim=1)
-        good = nearest <= 3 * STD
-        counts = torch.bincount(mode[good], minlength=MODES)
-        covered = int((counts >= COVER_FRACTION * len(x)).sum())
-        return {"modes": covered, "hq_fraction": float(good.float().mean())}
+        return self.evaluator.scores(self.samples(model))

@@ -20,7 +20,7 @@ def write_png(path: Path, result: dict[str, Any], samples: torch.Tensor | None =
     fig, axes = plt.subplots(1, panels, figsize=(5.5 * panels, 4), squeeze=False)
     ax = axes[0][0]
     steps = [h["step"] for h in history]
-    for key in ("distance", "consensus", "hq_fraction"):
+    for key in ("distance", "consensus", "high_quality"):
         ys = [h.get(key) for h in history]
         pts = [(s, y) for s, y in zip(steps, ys) if isinstance(y, (int, float)) and y > 0]
         if pts:
@@ -38,7 +38,7 @@ def write_png(path: Path, result: dict[str, Any], samples: torch.Tensor | None =
         ax.set_xlim(-3, 3)
         ax.set_ylim(-3, 3)
         ax.set_title(f"samples of the average model: {result.get('modes')} modes, "
-                     f"{100 * result.get('hq_fraction', 0):.0f}% high quality", fontsize=9)
+                     f"{100 * result.get('high_quality', 0):.0f}% high quality", fontsize=9)
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=110)

@@ -5,7 +5,7 @@
 
 - ``distance``: ``||mean_i z_i - z*||`` for problems with a known equilibrium ``z*``;
 - ``consensus``: ``mean_i ||z_i - mean_j z_j||`` (0 when all peers agree);
-- the problem's own metrics of the average model (e.g. ``modes`` and ``hq_fraction`` for gaussians).
+- the problem's own metrics of the average model (e.g. ``modes`` and ``high_quality`` for gaussians).
 """
 
 from __future__ import annotations
