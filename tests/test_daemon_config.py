@@ -111,7 +111,7 @@ BAD_CASES = [
     ("security.key", _DELETE, ["security.key", "is required", "insecure: true"]),
     ("security.ca", "certs/nope.pem", ["security.ca", "does not exist"]),
     ("discovery.zeroconf_peers", 3, ["discovery", "exactly one of"]),
-    ("data.format", "mnist", ["data.format", "digits, gaussians, cifar10, imagefolder"]),
+    ("data.format", "mnist", ["data.format", "digits, gaussians, cifar10, imagefolder, shard"]),
     ("metrics.prometheus_port", 70000, ["metrics.prometheus_port", "<= 65535"]),
     ("checkpionts", {}, ["checkpionts", "did you mean 'checkpoint'"]),
 ]

@@ -16,8 +16,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    import logging
+
     from p2pgan.daemon.config import load_config
     from p2pgan.daemon.peer import run_peer
+
+    # status lines and resume / signal notes are the daemon's normal output, shown without -v
+    daemon_log = logging.getLogger("p2pgan.daemon")
+    if daemon_log.getEffectiveLevel() > logging.INFO:
+        daemon_log.setLevel(logging.INFO)
 
     config = load_config(args.config)
     return run_peer(config, resume=args.resume)

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import hashlib
 import logging
 import re
 from collections.abc import Mapping
@@ -35,6 +36,9 @@ import yaml
 
 from p2pgan.errors import ConfigError, config_error
 from p2pgan.topology import TOPOLOGY_NAMES
+from p2pgan.trainer.data import DATASET_FORMATS
+from p2pgan.trainer.losses import LOSS_NAMES
+from p2pgan.trainer.models import MODEL_NAMES
 from p2pgan.wire.config import NetworkConfig, PeerEntry, TLSFiles
 
 log = logging.getLogger(__name__)
@@ -51,9 +55,7 @@ DEVICES = ("auto", "cpu", "cuda")
 WIRE_DTYPES = ("float32", "bfloat16", "float16")
 #: mixer backends; the torch.distributed backend plugs in through :func:`p2pgan.daemon.mixer.make_mixer`
 BACKENDS = ("grpc",)
-MODELS = ("mlp2d", "digits", "dcgan32", "resnet32")
-LOSSES = ("wgan-gp", "ns")
-DATA_FORMATS = ("digits", "gaussians", "cifar10", "imagefolder")
+EVALUATIONS = ("auto", "digits", "gaussians", "inception", "none")
 DEFAULT_TOPOLOGY = "ring"
 
 _PEER_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$")
@@ -119,8 +121,12 @@ class TrainConfig:
     batch_size: int
     steps: int | None
     epochs: float | None
-    seed: int
+    init_seed: int  # model initialisation: the SAME on every peer of a federation
+    seed: int  # this peer's private stream of minibatches and noise
     device: str
+    threads: int  # torch intra-op threads (0 = torch's default)
+    width: int | None  # model size override (channels / hidden units)
+    latent_dim: int | None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -129,6 +135,8 @@ class DataConfig:
 
     format: str
     path: Path | None  # None only for the bundled / synthetic formats (digits, gaussians)
+    image_size: int  # imagefolder: images are resized to this square
+    channels: int  # imagefolder: 1 (grey) or 3 (RGB)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -141,8 +149,12 @@ class CheckpointConfig:
 @dataclasses.dataclass(frozen=True)
 class EvaluationConfig:
     interval: int  # steps between evaluations; 0 = only at the end
+    kind: str  # auto: digits for 8x8 images, gaussians for points, inception when weights are given
     samples: int  # generated samples used for the scores
+    grid: int  # samples shown in the PNG grid
     inception_weights: Path | None  # local Inception weights for IS/FID on 32x32 images
+    cache_dir: Path | None  # where the digits classifier is cached (default $P2PGAN_CACHE or ~/.cache/p2pgan)
+    out_dir: Path  # sample grids
 
 
 @dataclasses.dataclass(frozen=True)
@@ -405,9 +417,14 @@ def _mixing(sec: _Section) -> MixingConfig:
     return cfg
 
 
-def _train(sec: _Section) -> TrainConfig:
-    model = sec.choice("model", MODELS)
-    loss = sec.choice("loss", LOSSES, "wgan-gp")
+def default_seed(peer_id: str) -> int:
+    """A peer's default private seed: stable, and different for different peer ids."""
+    return int.from_bytes(hashlib.sha256(peer_id.encode()).digest()[:4], "little") & 0x7FFFFFFF
+
+
+def _train(sec: _Section, peer_id: str) -> TrainConfig:
+    model = sec.choice("model", MODEL_NAMES)
+    loss = sec.choice("loss", LOSS_NAMES, "wgan-gp")
     optimizer = sec.choice("optimizer", OPTIMIZERS, "oadam")
     betas_raw = sec.raw("betas", [0.5, 0.9])
     if (
@@ -431,19 +448,28 @@ def _train(sec: _Section) -> TrainConfig:
         batch_size=sec.integer("batch_size", 64, minimum=1),
         steps=sec.integer("steps", None, minimum=1),
         epochs=sec.number("epochs", None, positive=True),
-        seed=sec.integer("seed", 0, minimum=0),
+        init_seed=sec.integer("init_seed", 0, minimum=0),
+        seed=sec.integer("seed", default_seed(peer_id), minimum=0),
         device=sec.choice("device", DEVICES, "auto"),
+        threads=sec.integer("threads", 0, minimum=0),
+        width=sec.integer("width", None, minimum=1),
+        latent_dim=sec.integer("latent_dim", None, minimum=1),
     )
     sec.done()
     return cfg
 
 
 def _data(sec: _Section) -> DataConfig:
-    fmt = sec.choice("format", DATA_FORMATS)
-    needs_path = fmt in ("cifar10", "imagefolder")
+    fmt = sec.choice("format", DATASET_FORMATS)
+    needs_path = fmt not in ("digits", "gaussians")
     path = sec.path("path", _REQUIRED if needs_path else None, must_exist=True)
+    if path is not None and not needs_path:
+        raise sec.error("path", f"format {fmt!r} is built in and takes no path; remove the field")
+    cfg = DataConfig(fmt, path, sec.integer("image_size", 32, minimum=4), sec.integer("channels", 3, minimum=1, maximum=3))
+    if cfg.channels == 2:
+        raise sec.error("channels", "must be 1 (grey) or 3 (RGB), got 2")
     sec.done()
-    return DataConfig(fmt, path)
+    return cfg
 
 
 def _checkpoint(sec: _Section, peer_id: str) -> CheckpointConfig:
@@ -456,12 +482,18 @@ def _checkpoint(sec: _Section, peer_id: str) -> CheckpointConfig:
     return cfg
 
 
-def _evaluation(sec: _Section) -> EvaluationConfig:
+def _evaluation(sec: _Section, checkpoint_dir: Path) -> EvaluationConfig:
     cfg = EvaluationConfig(
         interval=sec.integer("interval", 500, minimum=0),
+        kind=sec.choice("kind", EVALUATIONS, "auto"),
         samples=sec.integer("samples", 1000, minimum=16),
+        grid=sec.integer("grid", 64, minimum=1),
         inception_weights=sec.path("inception_weights", None, must_exist=True),
+        cache_dir=sec.path("cache_dir", None),
+        out_dir=sec.path("out_dir", str(checkpoint_dir / "samples")),
     )
+    if cfg.kind == "inception" and cfg.inception_weights is None:
+        raise sec.error("inception_weights", "is required for `kind: inception` (a local weights file; nothing is downloaded)")
     sec.done()
     return cfg
 
@@ -488,10 +520,10 @@ def parse_config(data: object, source: str | Path, base_dir: Path | None = None)
     security = _security(top.section("security"))
     discovery = _discovery(top.section("discovery"))
     mixing = _mixing(top.section("mixing"))
-    train = _train(top.section("train"))
+    train = _train(top.section("train"), ident.id)
     data_cfg = _data(top.section("data"))
     checkpoint = _checkpoint(top.section("checkpoint"), ident.id)
-    evaluation = _evaluation(top.section("evaluation"))
+    evaluation = _evaluation(top.section("evaluation"), checkpoint.dir)
     metrics = _metrics(top.section("metrics"), checkpoint.dir)
     top.done()
     return PeerConfig(source_path, ident, security, discovery, mixing, train, data_cfg, checkpoint, evaluation, metrics)

@@ -282,7 +282,7 @@ class MetricsTail:
         return new
 
     def last(self, event: str) -> dict[str, Any] | None:
-        return next((r for r in reversed(self.records) if r.get("event") == event), None)
+        return next((r for r in reversed(self.records) if r.get("type") == event), None)
 
 
 def wait_for_record(
