@@ -27,6 +27,10 @@ class ProtocolError(P2PGANError):
     """A message received from the network is malformed or not acceptable (never crashes a peer)."""
 
 
+class StepWindowError(ProtocolError):
+    """A message for a step or round outside the receiver's window (too far ahead or behind)."""
+
+
 class SecurityError(P2PGANError):
     """A certificate, key or peer identity does not check out."""
 
