@@ -107,7 +107,7 @@ BAD_CASES = [
     ("mixing.topology", "rign", ["mixing.topology", "did you mean 'ring'", "random-ring"]),
     ("mixing.rounds", -1, ["mixing.rounds", ">= 0"]),
     ("peer.listen", "localhost", ["peer.listen", "HOST:PORT"]),
-    ("peer.id", "bad id!", ["peer.id", "letters, digits"]),
+    ("peer.id", "Bad id!", ["peer.id", "lowercase letters, digits"]),
     ("security.key", _DELETE, ["security.key", "is required", "insecure: true"]),
     ("security.ca", "certs/nope.pem", ["security.ca", "does not exist"]),
     ("discovery.zeroconf_peers", 3, ["discovery", "exactly one of"]),

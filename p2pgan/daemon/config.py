@@ -27,14 +27,15 @@ import dataclasses
 import difflib
 import hashlib
 import logging
-import re
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal
 
 import yaml
 
+from p2pgan.algorithm.directions import DIRECTION_NAMES
 from p2pgan.errors import ConfigError, config_error
+from p2pgan.security.certs import check_name
 from p2pgan.topology import TOPOLOGY_NAMES
 from p2pgan.trainer.data import DATASET_FORMATS
 from p2pgan.trainer.losses import LOSS_NAMES
@@ -50,7 +51,6 @@ VARIANTS: dict[str, tuple[str, str | None, int | None]] = {
     "cp": ("exact", "complete", 1),
     "overlap": ("overlap", None, None),
 }
-OPTIMIZERS = ("osg", "oadam", "oadagrad")
 DEVICES = ("auto", "cpu", "cuda")
 WIRE_DTYPES = ("float32", "bfloat16", "float16")
 #: mixer backends; the torch.distributed backend plugs in through :func:`p2pgan.daemon.mixer.make_mixer`
@@ -58,7 +58,6 @@ BACKENDS = ("grpc",)
 EVALUATIONS = ("auto", "digits", "gaussians", "inception", "none")
 DEFAULT_TOPOLOGY = "ring"
 
-_PEER_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$")
 _INSECURE_WARNING = (
     "INSECURE TRANSPORT: %s runs with `security.insecure: true`: parameters travel in plain text and "
     "any process that can reach the port can join the mix. Use this only on a trusted test network."
@@ -233,15 +232,21 @@ class _Section:
         self._allowed.append(key)
         return _Section(self.source, self.field(key), self._data.get(key), self.base_dir)
 
-    def string(self, key: str, default: Any = _REQUIRED, *, pattern: re.Pattern[str] | None = None, what: str = "") -> Any:
+    def string(self, key: str, default: Any = _REQUIRED) -> Any:
         if self.missing(key, default):
             return default
         value = self.raw(key)
         if not isinstance(value, str) or not value.strip():
             raise self.error(key, f"must be a non-empty string, got {_kind(value)}")
-        if pattern is not None and not pattern.match(value):
-            raise self.error(key, f"{value!r} is not allowed; {what}")
         return value
+
+    def name(self, key: str) -> str:
+        """A peer id or federation name (they become certificate identities and DNS labels)."""
+        value = self.string(key)
+        try:
+            return check_name(value, key.replace("id", "peer id"))
+        except ConfigError as exc:
+            raise self.error(key, str(exc)) from None
 
     def choice(self, key: str, allowed: tuple[str, ...], default: Any = _REQUIRED) -> Any:
         if self.missing(key, default):
@@ -334,8 +339,8 @@ def _parse_address(sec: _Section, key: str, default: str) -> tuple[str, int]:
 
 # -- the sections ---------------------------------------------------------------------------------
 def _identity(sec: _Section) -> IdentityConfig:
-    pid = sec.string("id", pattern=_PEER_ID, what="use 1-63 letters, digits, '.', '_' or '-', starting with a letter or digit")
-    federation = sec.string("federation", pattern=_PEER_ID, what="use 1-63 letters, digits, '.', '_' or '-'")
+    pid = sec.name("id")
+    federation = sec.name("federation")
     host, port = _parse_address(sec, "listen", "127.0.0.1:0")
     advertise = sec.string("advertise", None)
     sec.done()
@@ -425,7 +430,7 @@ def default_seed(peer_id: str) -> int:
 def _train(sec: _Section, peer_id: str) -> TrainConfig:
     model = sec.choice("model", MODEL_NAMES)
     loss = sec.choice("loss", LOSS_NAMES, "wgan-gp")
-    optimizer = sec.choice("optimizer", OPTIMIZERS, "oadam")
+    optimizer = sec.choice("optimizer", DIRECTION_NAMES, "oadam")
     betas_raw = sec.raw("betas", [0.5, 0.9])
     if (
         not isinstance(betas_raw, list)

@@ -14,13 +14,29 @@ from p2pgan.mixing.base import Mixer
 def make_mixer(config: PeerConfig, dim: int, digest: str) -> Mixer:
     """Open the mixer ``config.mixing.backend`` names for vectors of ``dim`` entries of layout ``digest``.
 
-    The returned mixer is started (listening, membership found) and must be closed (context manager).
+    The returned mixer is ready (listening, membership found, every member answered) and must be
+    closed (it is a context manager).
     """
     backend = config.mixing.backend
     if backend == "grpc":
         from p2pgan.discovery import load_roster
         from p2pgan.wire.mixer import open_mixer
 
-        roster = load_roster(config.discovery.roster).peers if config.discovery.roster is not None else ()
-        return open_mixer(network_config(config, tuple(roster)), dim=dim, layout_digest=digest)
+        roster: tuple = ()
+        if config.discovery.roster is not None:
+            loaded = load_roster(config.discovery.roster)
+            if loaded.federation != config.peer.federation:
+                raise config_error(
+                    str(config.source), "peer.federation",
+                    f"{config.peer.federation!r} but the roster {config.discovery.roster} is for {loaded.federation!r}",
+                )
+            roster = loaded.peers
+        net = network_config(config, roster)
+        mixer = open_mixer(net, dim=dim, layout_digest=digest)
+        try:
+            mixer.wait_ready(net.connect_timeout_s)
+        except BaseException:
+            mixer.close()
+            raise
+        return mixer
     raise config_error(str(config.source), "mixing.backend", f"{backend!r} has no mixer here")
