@@ -19,6 +19,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import math
+import os
 import signal
 import threading
 import time
@@ -249,7 +250,8 @@ def run_peer(cfg: PeerConfig, *, resume: bool = False) -> int:
             run.restore(loaded)
             log.warning("resumed from %s at step %d", loaded.path, algo.steps)
         metrics.write({
-            "type": "start", "step": algo.steps, "epoch": game.epoch, "shard_size": shard_size, "dim": game.dim,
+            "type": "start", "step": algo.steps, "epoch": game.epoch, "pid": os.getpid(), "shard_size": shard_size,
+            "dim": game.dim,
             "total_steps": steps_total, "members": list(getattr(mixer, "members", ())),
             "rank": getattr(mixer, "rank", None), "port": getattr(mixer, "port", None),
             "variant": cfg.mixing.variant, "topology": cfg.mixing.topology, "rounds": cfg.mixing.rounds,
