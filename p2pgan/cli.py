@@ -22,6 +22,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "topology": ("p2pgan.commands.topology", "print a topology's spectral gap rho, degree and suggested rounds"),
     "peer": ("p2pgan.commands.peer", "run one peer daemon from its YAML config (training on private data)"),
     "harness": ("p2pgan.commands.harness", "run M real peer daemons on this machine over mutual TLS, write a report"),
+    "certs": ("p2pgan.commands.certs", "make a federation CA and issue peer certificates (mutual TLS)"),
+    "selftest": ("p2pgan.commands.selftest", "M peer processes on loopback mix over mutual TLS; checked against W^t X"),
 }
 
 

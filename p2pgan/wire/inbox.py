@@ -126,6 +126,10 @@ class Inbox:
                 self._abandon(slot)
         return accepted
 
+    def require_ready(self) -> None:
+        """Raise :class:`PeerUnavailableError` until the membership is known (Hello answers only then)."""
+        self._context()
+
     def _context(self) -> InboxContext:
         with self._cond:
             if self._closed:

@@ -41,6 +41,7 @@ class GossipService:
     def hello(self, request: pb.HelloRequest, context: grpc.ServicerContext) -> pb.HelloReply:
         with grpc_status(context, "Hello"):
             self._authenticate(context)
+            self._inbox.require_ready()
             return self._hello
         return pb.HelloReply()
 
