@@ -158,6 +158,7 @@ def prepare(opts: HarnessOptions) -> Federation:
     roster_path = out / "federation" / "roster.yaml"
     ports = free_ports(opts.peers) if opts.discovery == "roster" else [0] * opts.peers
     if opts.discovery == "roster":
+        roster_path.parent.mkdir(parents=True, exist_ok=True)
         write_roster(roster_path, FEDERATION, [PeerEntry(pid, "127.0.0.1", port) for pid, port in zip(ids, ports)])
     eval_interval = opts.eval_interval if opts.eval_interval is not None else max(1, opts.steps // 10)
     ckpt_interval = opts.checkpoint_interval if opts.checkpoint_interval is not None else max(1, opts.steps // 4)
