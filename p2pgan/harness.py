@@ -147,6 +147,8 @@ def prepare(opts: HarnessOptions) -> Federation:
 
     opts.validate()
     out = opts.out.resolve()
+    if (out / "state").is_dir() and any((out / "state").iterdir()):
+        raise ConfigError(f"--out: {out} already holds a harness run (its state/ folder); choose a new folder")
     out.mkdir(parents=True, exist_ok=True)
     ids = peer_ids(opts.peers)
     dataset, source_format = load_source_dataset(opts.dataset, seed=opts.seed)
