@@ -94,7 +94,7 @@ def test_harness_digits_end_to_end(tmp_path: Path, launch: list[subprocess.Popen
 def test_harness_reports_a_dead_peer_and_leaves_nothing(tmp_path: Path, launch: list[subprocess.Popen[str]]) -> None:
     out = tmp_path / "crash"
     proc = _harness(launch, out, "--peers", "3", "--steps", "100000", "--dataset", "gaussians",
-                    "--round-timeout", "1", "--eval-interval", "0")
+                    "--round-timeout", "1", "--eval-interval", "0", "--variant", "rand-dp")
     tail = MetricsTail(out / "state" / "peer1" / "metrics.jsonl")
     wait_for_record(tail, lambda r: r["type"] == "step" and r["step"] >= 3, HARNESS_TIMEOUT_S)
     pids = _peer_pids(out)
@@ -111,7 +111,8 @@ def test_harness_reports_a_dead_peer_and_leaves_nothing(tmp_path: Path, launch: 
 @pytest.mark.timeout(240)
 def test_harness_ctrl_c_stops_peers_with_checkpoints(tmp_path: Path, launch: list[subprocess.Popen[str]]) -> None:
     out = tmp_path / "interrupt"
-    proc = _harness(launch, out, "--peers", "2", "--steps", "100000", "--dataset", "gaussians", "--eval-interval", "0")
+    proc = _harness(launch, out, "--peers", "2", "--steps", "100000", "--dataset", "gaussians", "--eval-interval", "0",
+                    "--variant", "overlap", "--discovery", "zeroconf")
     for name in ("peer0", "peer1"):
         tail = MetricsTail(out / "state" / name / "metrics.jsonl")
         wait_for_record(tail, lambda r: r["type"] == "step" and r["step"] >= 3, HARNESS_TIMEOUT_S)

@@ -257,6 +257,12 @@ def run_peer(cfg: PeerConfig, *, resume: bool = False) -> int:
             "variant": cfg.mixing.variant, "topology": cfg.mixing.topology, "rounds": cfg.mixing.rounds,
             "resumed_from": str(loaded.path) if loaded is not None else None,
         })
+        status.logger.info(
+            "peer %s: rank %s of %s %s, port %s, %s over %s with t=%d; %d parameters, %d private samples; "
+            "metrics %s, checkpoints %s", cfg.peer.id, getattr(mixer, "rank", "?"), mixer.size,
+            list(getattr(mixer, "members", ())), getattr(mixer, "port", "?"), cfg.mixing.variant, cfg.mixing.topology,
+            cfg.mixing.rounds, game.dim, shard_size, cfg.metrics.path, cfg.checkpoint.dir,
+        )
         reason = "done"
         evaluated_at = -1
         while algo.steps < steps_total:
