@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 import torch
 import yaml
-from daemon_helpers import CaptureRelay, federation, running
+from daemon_helpers import CaptureRelay, federation, running, wait_for_text
 
 from p2pgan.checkpoint import CheckpointManager, load_checkpoint
 from p2pgan.daemon.processes import MetricsTail, wait_for_record
@@ -168,3 +168,20 @@ def test_only_parameters_go_on_the_wire(tmp_path: Path) -> None:
             raw = np.ascontiguousarray(image).tobytes()
             scaled = ((torch.from_numpy(image).float() / 127.5) - 1.0).numpy().astype("<f4").tobytes()
             assert raw not in wire and scaled not in wire, f"a training image of {pid} appeared on the wire"
+
+
+@pytest.mark.timeout(120)
+def test_peer_failing_at_start_is_named_and_others_stop_promptly(tmp_path: Path) -> None:
+    """peer1 cannot read its data; peer0, still waiting for it, stops at once on SIGTERM with status 0."""
+    fed = federation(tmp_path, 2, steps=20)
+    (fed.out / "data" / "peer1" / "shard.npz").write_bytes(b"not a shard")
+    with running(fed) as group:
+        with pytest.raises(PeerProcessError, match=r"peer peer1 .* exited with status 2[\s\S]*shard"):
+            group.wait(RUN_TIMEOUT_S)
+        peer0 = group.by_name("peer0")
+        wait_for_text(peer0.spec.log, "waiting up to", RUN_TIMEOUT_S)
+        assert peer0.returncode is None, "peer0 waits for its missing neighbour"
+        peer0.signal(signal.SIGTERM)
+        peer0.popen.wait(timeout=15)  # not the 120 s connect timeout
+        assert peer0.returncode == 0
+    assert "before training started" in (fed.out / "state" / "peer0" / "daemon.log").read_text()
