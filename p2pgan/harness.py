@@ -23,9 +23,14 @@ from typing import Any
 
 import yaml
 
+from p2pgan.algorithm.directions import DIRECTION_NAMES
 from p2pgan.daemon.config import VARIANTS, load_config
 from p2pgan.daemon.processes import MetricsTail, PeerGroup, PeerSpec
 from p2pgan.errors import ConfigError
+from p2pgan.topology import TOPOLOGY_NAMES
+from p2pgan.trainer.data import SHARD_MODES
+from p2pgan.trainer.losses import LOSS_NAMES
+from p2pgan.trainer.models import MODEL_NAMES
 
 log = logging.getLogger(__name__)
 
@@ -83,6 +88,12 @@ class HarnessOptions:
             raise bad("discovery", f"{self.discovery!r} is not allowed; allowed: roster, zeroconf")
         if self.batch_size < 1:
             raise bad("batch-size", f"must be >= 1, got {self.batch_size}")
+        if self.topology not in TOPOLOGY_NAMES and not Path(self.topology).is_file():
+            raise bad("topology", f"{self.topology!r} is not allowed; allowed: {', '.join(TOPOLOGY_NAMES)} or a YAML file")
+        for flag, value, allowed in (("model", self.model, MODEL_NAMES), ("loss", self.loss, LOSS_NAMES),
+                                     ("optimizer", self.optimizer, DIRECTION_NAMES), ("split", self.split, SHARD_MODES)):
+            if value is not None and value not in allowed:
+                raise bad(flag, f"{value!r} is not allowed; allowed: {', '.join(allowed)}")
 
 
 def peer_ids(count: int) -> list[str]:

@@ -126,3 +126,16 @@ def test_harness_ctrl_c_stops_peers_with_checkpoints(tmp_path: Path, launch: lis
         tail.poll()
         end = tail.last("end")
         assert end is not None and end["reason"] == "signal SIGTERM" and Path(end["checkpoint"]).is_file()
+
+
+@pytest.mark.parametrize(
+    ("args", "fragment"),
+    [(["--topology", "rign"], "--topology: 'rign' is not allowed"), (["--variant", "gossip"], "--variant"),
+     (["--peers", "0"], "--peers: must be >= 1"), (["--optimizer", "adam"], "osg, oadam, oadagrad")],
+)
+@pytest.mark.timeout(60)
+def test_harness_flag_errors_are_clear(tmp_path: Path, args: list[str], fragment: str) -> None:
+    proc = subprocess.run([sys.executable, "-m", "p2pgan", "harness", "--out", str(tmp_path / "x"), *args],
+                          capture_output=True, text=True, timeout=60, env=os.environ.copy())
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr and fragment in proc.stderr, proc.stderr
+    assert not (tmp_path / "x").exists(), "nothing is written for a bad command line"

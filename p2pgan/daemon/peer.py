@@ -136,8 +136,8 @@ def total_steps(cfg: PeerConfig, shard_size: int) -> int:
     """``train.steps``, or ``train.epochs`` over this peer's shard converted to steps (rounded up)."""
     if cfg.train.steps is not None:
         return cfg.train.steps
-    assert cfg.train.epochs is not None  # the config guarantees one of the two
-    return max(1, math.ceil(cfg.train.epochs * shard_size / cfg.train.batch_size))
+    epochs = float(cfg.train.epochs or 0.0)  # the config guarantees steps or epochs
+    return max(1, math.ceil(epochs * shard_size / cfg.train.batch_size))
 
 
 @dataclasses.dataclass
