@@ -5,7 +5,8 @@ one stochastic gradient of the GAN game on a minibatch of THIS peer's data, one 
 parameter vector ever goes to the mixer; the dataset is read from ``data.path`` and nothing else.
 
 Per step one ``step`` metrics record (losses, gradient norm, consensus distance, bytes, compute and
-communication seconds); every ``evaluation.interval`` steps an ``eval`` record with scores and a PNG
+communication seconds; ``consensus`` is ``||x_i - mix(x)_i|| / (1 - w_ii)``, which for one round is
+exactly the distance from this peer's parameters to the weighted average of its neighbours'); every ``evaluation.interval`` steps an ``eval`` record with scores and a PNG
 grid of samples; every ``checkpoint.interval`` steps and at shutdown an atomic checkpoint holding
 everything a step needs, so ``--resume`` continues bit-for-bit.
 
