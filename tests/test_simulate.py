@@ -66,6 +66,7 @@ def test_heterogeneous_noisy_bilinear_with_separate_rates_runs_and_reports_histo
 def test_gaussians_wgan_gp_runs_vectorised_over_peers() -> None:
     res = simulate(SimConfig(problem="gaussians", peers=3, steps=6, batch=16, eval_every=3, algorithm="overlap"))
     assert res["distance"] is None
+    assert (res["lr_u"], res["lr_v"]) == (2e-4, 2e-3)  # two time scales unless --lr is given
     assert 0 <= res["modes"] <= 8 and 0.0 <= res["hq_fraction"] <= 1.0
     assert math.isfinite(res["consensus"])
 
@@ -110,14 +111,17 @@ def _cli(*args: str) -> subprocess.CompletedProcess[str]:
     )
 
 
-def test_cli_simulate_json_prints_one_object() -> None:
+def test_cli_simulate_json_prints_one_object(tmp_path: Path) -> None:
+    png = tmp_path / "curves.png"
     out = _cli("simulate", "--problem", "bilinear", "--peers", "16", "--topology", "ring", "--rounds", "1",
-               "--steps", "200", "--lr", "0.1", "--algorithm", "dposg", "--optimizer", "osg", "--seed", "3", "--json")
+               "--steps", "200", "--lr", "0.1", "--algorithm", "dposg", "--optimizer", "osg", "--seed", "3", "--json",
+               "--plot", str(png))
     assert out.returncode == 0, out.stderr
     result = json.loads(out.stdout)
     assert result["peers"] == 16 and result["steps"] == 200
     assert result["distance"] < result["history"][0]["distance"]
     assert result["consensus"] >= 0 and len(result["history"]) > 2
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
 def test_cli_topology_json_and_errors_without_traceback(tmp_path: Path) -> None:

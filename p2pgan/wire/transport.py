@@ -207,6 +207,7 @@ class Link:
 
     def send(self, frames: list[bytes]) -> bool:
         """Queue one message; False if it was skipped (link down and backing off, or congested)."""
+        opened = None
         with self._lock:
             if self._closed:
                 return False
@@ -214,13 +215,15 @@ class Link:
             if stream is None or stream.call.done():
                 if time.monotonic() < self._retry_at:
                     return False
-                stream = self._stream = _Stream(self._push, lambda: self._on_sent(stream))
-                stream.call.add_done_callback(lambda call, s=stream: self._on_done(s, call))
+                stream = opened = self._stream = _Stream(self._push, lambda: self._on_sent(stream))
             if stream.pending >= MAX_QUEUED_MESSAGES:
                 log.warning("peer %s is not draining its stream; skipping this message", self.peer.id)
                 return False
             stream.pending += 1
             stream.queue.put(frames)
+        if opened is not None:
+            # outside the lock: gRPC runs the callback at once, in this thread, if the call already failed
+            opened.call.add_done_callback(lambda call: self._on_done(opened, call))
         self.bytes_sent += sum(len(f) for f in frames)
         return True
 
