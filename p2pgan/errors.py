@@ -55,3 +55,7 @@ def config_error(source: str, field: str, problem: str) -> ConfigError:
     """Return a :class:`ConfigError` whose message names ``source`` (a file or ``--flag``) and ``field``."""
     where = f"{source}: {field}" if field else source
     return ConfigError(f"{where}: {problem}")
+
+
+class PeerProcessError(P2PGANError):
+    """A peer daemon process started by the harness or a test exited with an error or did not stop."""
