@@ -44,8 +44,11 @@ RECONNECT_BACKOFF_MIN_S = 0.05
 RECONNECT_BACKOFF_MAX_S = 5.0
 #: messages queued on a link before further sends are skipped (the neighbour is not draining)
 MAX_QUEUED_MESSAGES = 2
-#: how long close() waits for a stream to flush before cancelling it
+#: how long close() waits for an outgoing stream to flush before cancelling it
 CLOSE_GRACE_S = 2.0
+#: how long a stopping server lets calls finish; incoming streams are persistent and never end by
+#: themselves, so this is short
+SERVER_STOP_GRACE_S = 0.2
 PROBE_TIMEOUT_S = 5.0
 
 _CHANNEL_OPTIONS = [
