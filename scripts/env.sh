@@ -13,12 +13,19 @@ fi
 . .venv/bin/activate
 stamp=.venv/.p2pgan-installed
 if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
-    echo "p2pgan: installing into $root/.venv (first run only) ..." >&2
-    python -m pip install --quiet --upgrade pip
-    if ! python -c "import torch" 2>/dev/null; then
-        # shellcheck disable=SC2086
-        python -m pip install --quiet ${P2PGAN_TORCH_SPEC:-torch==2.13.0}
-    fi
-    python -m pip install --quiet -e ".[dev,metrics]"
+    log=.venv/install.log
+    echo "p2pgan: installing into $root/.venv (first run only; log in $log) ..." >&2
+    # set -e does not apply inside a list guarded by ||, hence the explicit && chain: a failed torch
+    # install must never fall through to an unpinned one pulled in by the project's dependencies.
+    {
+        python -m pip install --upgrade pip &&
+            { python -c "import torch" 2>/dev/null ||
+                python -m pip install ${P2PGAN_TORCH_SPEC:-torch==2.13.0}; } &&
+            python -m pip install -e ".[dev,metrics]"
+    } >"$log" 2>&1 || {
+        tail -n 30 "$log" >&2
+        echo "p2pgan: installation failed; the whole log is $log" >&2
+        exit 1
+    }
     touch "$stamp"
 fi
