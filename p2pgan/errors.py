@@ -39,6 +39,10 @@ class CheckpointError(P2PGANError):
     """A checkpoint is missing, truncated, corrupt or does not match the run."""
 
 
+class DataError(P2PGANError, ValueError):
+    """A dataset file or folder is missing, malformed or not in an allowed format."""
+
+
 class PeerUnavailableError(P2PGANError):
     """A neighbour did not answer within a deadline."""
 

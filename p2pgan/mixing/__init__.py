@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
-from p2pgan.mixing.base import MixHandle, Mixer, MixStats
+from p2pgan.mixing.base import DoneHandle, MixHandle, Mixer, MixStats
+from p2pgan.mixing.inprocess import IdentityMixer, InProcessMixer
 
-__all__ = ["MixHandle", "Mixer", "MixStats"]
+__all__ = ["DoneHandle", "IdentityMixer", "InProcessMixer", "MixHandle", "Mixer", "MixStats"]

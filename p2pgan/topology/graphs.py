@@ -151,12 +151,16 @@ class OnePeerExponential(Topology):
     def _tau(self) -> int:
         return _log2_ceil(self.size)
 
+    def hop(self, round: int) -> int:
+        """In round ``round`` of any step, peer i averages with peer ``(i - hop) mod M`` (0: alone)."""
+        tau = self._tau()
+        return 2 ** (round % tau) if tau else 0
+
     def _edges(self, step: int, round: int) -> list[Edge]:
         m = self.size
-        tau = self._tau()
-        if tau == 0:
+        if m == 1:
             return [(0, 0, 1.0)]
-        hop = 2 ** (round % tau)
+        hop = self.hop(round)
         return [e for i in range(m) for e in ((i, i, 0.5), (i, (i - hop) % m, 0.5))]
 
     def degree(self) -> int:

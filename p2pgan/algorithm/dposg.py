@@ -1,0 +1,358 @@
+"""DPOSG (Liu et al., NeurIPS 2020, Algorithm 1), its overlap schedule, and the DGDA baseline.
+
+The algorithms hold the rows ``X`` of the peers a mixer hosts (``[M, d]`` in the simulator, ``[1, d]``
+in a network peer) and never know which mixer they run on. Per iteration ``k`` (``exact`` schedule)::
+
+    Xbar = mix(X)               # t gossip rounds of step k
+    Z    = Xbar - lr * d_prev   # reuse the previous direction: no second gradient
+    g    = field(Z)             # ONE stochastic gradient per iteration
+    d    = direction(g)         # OSG / OAdam / OAdagrad, moments updated once
+    X    = Xbar - lr * d
+
+The ``overlap`` schedule (the paper's practical implementation) mixes ``z_k`` while the gradient at
+``z_k`` is computed, then ``z_{k+1} = mixed - 2 lr d_k + lr d_{k-1}``. With one peer and no mixing both
+schedules follow the one-line optimistic update ``z <- z - 2 lr d_k + lr d_{k-1}`` exactly.
+
+DGDA (decentralized gradient descent-ascent, ``X = mix(X) - lr d(g(X))``) is the baseline that fails
+on bilinear games; ``cp`` is DPOSG on the complete graph with one round (W = J, the centralized case).
+"""
+
+from __future__ import annotations
+
+import abc
+import dataclasses
+import time
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import torch
+
+from p2pgan.algorithm.directions import Direction, make_direction
+from p2pgan.algorithm.game import LearningRate, MinMaxGame, check_lr
+from p2pgan.errors import CheckpointError, ConfigError, P2PGANError
+from p2pgan.mixing.base import Mixer
+
+#: names accepted by :func:`make_algorithm` (``--algorithm`` on the command line)
+ALGORITHM_NAMES = ("dposg", "overlap", "dgda", "cp")
+SCHEDULES = ("exact", "overlap")
+
+Field = Callable[[torch.Tensor], torch.Tensor] | MinMaxGame
+
+
+@dataclasses.dataclass(frozen=True)
+class StepInfo:
+    """What one iteration did.
+
+    Attributes:
+        step: iterations completed, this one included.
+        grad: the gradient rows ``g`` taken in this iteration.
+        direction: the direction rows ``d = P(g)``.
+        mix_seconds: wall time spent waiting for the mixer (exposed communication).
+        field_seconds: wall time of the gradient computation (asynchronous devices: launch time only).
+    """
+
+    step: int
+    grad: torch.Tensor
+    direction: torch.Tensor
+    mix_seconds: float
+    field_seconds: float
+
+
+def _field_fn(field: Field) -> Callable[[torch.Tensor], torch.Tensor]:
+    fn = getattr(field, "field", None)
+    if callable(fn):
+        return fn  # type: ignore[no-any-return]
+    if callable(field):
+        return field  # type: ignore[return-value]
+    raise TypeError(f"field must be a MinMaxGame or a callable z -> g, got {type(field).__name__}")
+
+
+def _minus_lr(base: torch.Tensor, lr: LearningRate, d: torch.Tensor) -> torch.Tensor:
+    """``base - lr * d`` as a new tensor (one fused kernel)."""
+    if isinstance(lr, torch.Tensor):
+        return torch.addcmul(base, lr, d, value=-1.0)
+    return torch.add(base, d, alpha=-lr)
+
+
+class DecentralizedAlgorithm(abc.ABC):
+    """State and bookkeeping shared by the decentralized algorithms (rows of the hosted peers).
+
+    Args:
+        x0: initial rows ``[n, d]`` with ``n = len(mixer.ranks)``; copied.
+        mixer: any :class:`p2pgan.mixing.Mixer` hosting those ``n`` peers.
+        direction: a :class:`Direction` or its name (``"osg"``, ``"oadam"``, ``"oadagrad"``).
+        lr: a positive number, or a tensor ``[d]`` (see :func:`p2pgan.algorithm.lr_vector`).
+    """
+
+    name = "abstract"
+
+    def __init__(
+        self,
+        x0: torch.Tensor,
+        mixer: Mixer,
+        direction: Direction | str = "oadam",
+        lr: LearningRate = 1e-3,
+        **direction_kwargs: Any,
+    ) -> None:
+        if not isinstance(x0, torch.Tensor) or x0.ndim != 2:
+            raise ConfigError(f"{self.name}: x0 must be a tensor of shape [peers, d], got {getattr(x0, 'shape', x0)!r}")
+        if x0.shape[0] != len(mixer.ranks):
+            raise ConfigError(
+                f"{self.name}: x0 has {x0.shape[0]} rows but the mixer hosts {len(mixer.ranks)} peers {mixer.ranks}"
+            )
+        if not x0.is_floating_point():
+            raise ConfigError(f"{self.name}: x0 must be floating point, got {x0.dtype}")
+        self.mixer = mixer
+        self.direction = make_direction(direction, **direction_kwargs)
+        self._step = 0
+        # the primary sequence (X for exact / dgda, z for overlap) and the previous direction d_{k-1}
+        self._rows = x0.detach().clone()
+        self._d_prev = torch.zeros_like(self._rows)
+        self._lr: LearningRate = 1.0
+        self.lr = lr
+
+    # -- learning rate ----------------------------------------------------------------------------
+    @property
+    def lr(self) -> LearningRate:
+        """The step size (a float, or a tensor ``[d]`` on the rows' device)."""
+        return self._lr
+
+    @lr.setter
+    def lr(self, lr: LearningRate) -> None:
+        lr = check_lr(lr, f"{self.name}: lr", self._rows.shape[1])
+        if isinstance(lr, torch.Tensor):
+            lr = lr.detach().to(dtype=self._rows.dtype, device=self._rows.device)
+        self._lr = lr
+
+    # -- views ------------------------------------------------------------------------------------
+    @property
+    def steps(self) -> int:
+        """Number of iterations completed (the next iteration's index k, passed to the mixer)."""
+        return self._step
+
+    @property
+    def d_prev(self) -> torch.Tensor:
+        """The last direction ``d_{k-1}`` (zeros before the first step)."""
+        return self._d_prev
+
+    @property
+    @abc.abstractmethod
+    def x(self) -> torch.Tensor:
+        """The ``X`` sequence (the anchor points after each update)."""
+
+    @property
+    @abc.abstractmethod
+    def z(self) -> torch.Tensor:
+        """Where the next gradient is taken, before that step's mixing: the model to evaluate."""
+
+    def step(self, field: Field) -> StepInfo:
+        """Run one iteration (exactly one evaluation of ``field``) and return its :class:`StepInfo`.
+
+        ``field`` is a :class:`MinMaxGame` or a callable ``z -> g`` on rows ``[n, d]``.
+        """
+        return self._iterate(_field_fn(field))
+
+    @abc.abstractmethod
+    def _iterate(self, field: Callable[[torch.Tensor], torch.Tensor]) -> StepInfo: ...
+
+    def _check_grad(self, g: torch.Tensor, z: torch.Tensor) -> None:
+        if not isinstance(g, torch.Tensor) or g.shape != z.shape:
+            raise P2PGANError(
+                f"{self.name}: the game's field returned {getattr(g, 'shape', type(g).__name__)} "
+                f"for a point of shape {tuple(z.shape)}; it must return one gradient row per row"
+            )
+
+    # -- checkpoints ------------------------------------------------------------------------------
+    def state_dict(self) -> dict[str, Any]:
+        """Everything needed to resume bit-for-bit: ``x``, ``z``, ``d_prev``, ``step``, direction moments."""
+        return {
+            "x": self.x.clone(),
+            "z": self.z.clone(),
+            "d_prev": self._d_prev.clone(),
+            "step": self._step,
+            "direction": self.direction.state_dict(),
+        }
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        """Restore from :meth:`state_dict`; raises :class:`CheckpointError` if it does not fit this run."""
+        missing = {"x", "z", "d_prev", "step", "direction"} - set(state)
+        if missing:
+            raise CheckpointError(f"{self.name}: checkpoint state lacks {sorted(missing)}")
+        for key in ("x", "z", "d_prev"):
+            t = state[key]
+            if not isinstance(t, torch.Tensor) or t.shape != self._rows.shape:
+                raise CheckpointError(
+                    f"{self.name}: checkpoint {key!r} has shape {tuple(getattr(t, 'shape', ()))}, "
+                    f"this run needs {tuple(self._rows.shape)}"
+                )
+        step = state["step"]
+        if isinstance(step, torch.Tensor):
+            step = int(step.item())
+        if not isinstance(step, int) or step < 0:
+            raise CheckpointError(f"{self.name}: checkpoint 'step' must be an integer >= 0, got {step!r}")
+        try:
+            self.direction.load_state_dict(state["direction"])
+        except ValueError as exc:
+            raise CheckpointError(f"{self.name}: checkpoint direction state: {exc}") from None
+        dev, dt = self._rows.device, self._rows.dtype
+        self._rows = state[self._primary].detach().to(device=dev, dtype=dt).clone()
+        self._d_prev = state["d_prev"].detach().to(device=dev, dtype=dt).clone()
+        self._step = step
+
+    _primary = "x"
+
+    def __repr__(self) -> str:
+        lr = self._lr if not isinstance(self._lr, torch.Tensor) else f"tensor[{self._lr.numel()}]"
+        return (
+            f"{type(self).__name__}(rows={tuple(self._rows.shape)}, direction={self.direction!r}, lr={lr}, "
+            f"step={self._step}, mixer={type(self.mixer).__name__})"
+        )
+
+
+class DPOSG(DecentralizedAlgorithm):
+    """Decentralized Parallel Optimistic Stochastic Gradient with a pluggable direction.
+
+    ``schedule="exact"`` is Algorithm 1 (mix, extrapolate with ``d_prev``, one gradient, update);
+    ``schedule="overlap"`` mixes ``z_k`` concurrently with the gradient at ``z_k`` (``Mixer.start``)
+    and sets ``z_{k+1} = mix(z_k) - 2 lr d_k + lr d_{k-1}``.
+
+    Call ``info = algo.step(field)`` once per iteration, where ``field`` is a :class:`MinMaxGame`
+    or a callable ``z -> g`` on rows ``[n, d]``.
+    """
+
+    name = "dposg"
+
+    def __init__(
+        self,
+        x0: torch.Tensor,
+        mixer: Mixer,
+        direction: Direction | str = "oadam",
+        lr: LearningRate = 1e-3,
+        schedule: str = "exact",
+        **direction_kwargs: Any,
+    ) -> None:
+        if schedule not in SCHEDULES:
+            raise ConfigError(f"dposg: unknown schedule {schedule!r}; allowed: {', '.join(SCHEDULES)}")
+        self.schedule = schedule
+        self.name = "dposg" if schedule == "exact" else "dposg-overlap"
+        super().__init__(x0, mixer, direction, lr, **direction_kwargs)
+        self._primary = "x" if schedule == "exact" else "z"
+
+    @property
+    def x(self) -> torch.Tensor:
+        if self.schedule == "exact":
+            return self._rows
+        return _minus_lr(self._rows, self._lr, -self._d_prev)  # X_k = z_{k+1} + lr d_k
+
+    @property
+    def z(self) -> torch.Tensor:
+        if self.schedule == "overlap":
+            return self._rows
+        return _minus_lr(self._rows, self._lr, self._d_prev)  # before mixing: X_k - lr d_k
+
+    def _iterate(self, field: Callable[[torch.Tensor], torch.Tensor]) -> StepInfo:
+        k = self._step
+        if self.schedule == "exact":
+            t0 = time.perf_counter()
+            xbar = self.mixer.mix(self._rows, k)
+            t1 = time.perf_counter()
+            z = _minus_lr(xbar, self._lr, self._d_prev)
+            g = field(z)
+            self._check_grad(g, z)
+            d = self.direction(g)
+            t2 = time.perf_counter()
+            self._rows = _minus_lr(xbar, self._lr, d)
+            mix_s, field_s = t1 - t0, t2 - t1
+        else:
+            z = self._rows
+            t0 = time.perf_counter()
+            handle = self.mixer.start(z, k)
+            t1 = time.perf_counter()
+            g = field(z)
+            self._check_grad(g, z)
+            d = self.direction(g)
+            t2 = time.perf_counter()
+            mixed = handle.wait()
+            t3 = time.perf_counter()
+            self._rows = _minus_lr(mixed, self._lr, d.mul(2.0).sub_(self._d_prev))
+            mix_s, field_s = (t1 - t0) + (t3 - t2), t2 - t1
+        self._d_prev = d
+        self._step = k + 1
+        return StepInfo(self._step, g, d, mix_s, field_s)
+
+
+class DGDA(DecentralizedAlgorithm):
+    """Decentralized gradient descent-ascent: ``X = mix(X) - lr * d(g(X))`` (mixing overlaps the gradient).
+
+    The baseline that fails: on bilinear games its iterates spiral outwards. With ``direction="oadam"``
+    it is decentralized (non-optimistic) Adam.
+    """
+
+    name = "dgda"
+
+    @property
+    def x(self) -> torch.Tensor:
+        return self._rows
+
+    @property
+    def z(self) -> torch.Tensor:
+        return self._rows
+
+    def _iterate(self, field: Callable[[torch.Tensor], torch.Tensor]) -> StepInfo:
+        k = self._step
+        x = self._rows
+        t0 = time.perf_counter()
+        handle = self.mixer.start(x, k)
+        t1 = time.perf_counter()
+        g = field(x)
+        self._check_grad(g, x)
+        d = self.direction(g)
+        t2 = time.perf_counter()
+        mixed = handle.wait()
+        t3 = time.perf_counter()
+        self._rows = _minus_lr(mixed, self._lr, d)
+        self._d_prev = d
+        self._step = k + 1
+        return StepInfo(self._step, g, d, (t1 - t0) + (t3 - t2), t2 - t1)
+
+
+def check_centralized(mixer: Mixer) -> None:
+    """Raise :class:`ConfigError` if ``mixer`` is an in-process mixer that is not W = J with one round.
+
+    Network mixers (no ``topology`` attribute) are trusted: the all-reduce mixer is the CP case.
+    """
+    topo = getattr(mixer, "topology", None)
+    if topo is None or mixer.size == 1:
+        return
+    from p2pgan.topology import Complete
+
+    if not isinstance(topo, Complete) or mixer.rounds != 1:
+        raise ConfigError(
+            f"cp: the centralized baseline needs the complete topology with 1 round, "
+            f"got {topo.name!r} with {mixer.rounds} rounds"
+        )
+
+
+def make_algorithm(
+    name: str,
+    x0: torch.Tensor,
+    mixer: Mixer,
+    direction: Direction | str = "oadam",
+    lr: LearningRate = 1e-3,
+    **direction_kwargs: Any,
+) -> DecentralizedAlgorithm:
+    """Build an algorithm by name (:data:`ALGORITHM_NAMES`).
+
+    ``dposg``: Algorithm 1 (exact schedule); ``overlap``: DPOSG with the overlap schedule; ``dgda``:
+    decentralized gradient descent-ascent; ``cp``: DPOSG on W = J with one round (the mixer must be
+    the complete graph, e.g. ``InProcessMixer(Complete(M), 1)`` or an all-reduce mixer).
+    """
+    if name in ("dposg", "cp"):
+        if name == "cp":
+            check_centralized(mixer)
+        return DPOSG(x0, mixer, direction, lr, schedule="exact", **direction_kwargs)
+    if name == "overlap":
+        return DPOSG(x0, mixer, direction, lr, schedule="overlap", **direction_kwargs)
+    if name == "dgda":
+        return DGDA(x0, mixer, direction, lr, **direction_kwargs)
+    raise ConfigError(f"unknown algorithm {name!r}; allowed: {', '.join(ALGORITHM_NAMES)}")
