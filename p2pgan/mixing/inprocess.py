@@ -100,10 +100,10 @@ class InProcessMixer(Mixer):
         if not topo.time_varying:
             w = self._sparse_cache.get((x.dtype, x.device))
             if w is None:
-                w = _sparse(topo, 0, 0, x.dtype, x.device)
+                w = topo.sparse_coo(dtype=x.dtype).to(x.device)
                 self._sparse_cache[(x.dtype, x.device)] = w
             return torch.sparse.mm(w, x)
-        return torch.sparse.mm(_sparse(topo, step, r, x.dtype, x.device), x)
+        return torch.sparse.mm(topo.sparse_coo(step, r, dtype=x.dtype).to(x.device), x)
 
     def _cached(self, key: str, device: torch.device) -> torch.Tensor:
         idx = self._index_cache.get((key, device))
@@ -115,15 +115,6 @@ class InProcessMixer(Mixer):
 
     def __repr__(self) -> str:
         return f"InProcessMixer({self.topology!r}, rounds={self.rounds})"
-
-
-def _sparse(topo: Topology, step: int, r: int, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
-    """``W(step, r)`` as a coalesced sparse COO tensor (float64 weights rounded once to ``dtype``)."""
-    edges = topo.edges(step, r)
-    idx = torch.tensor([[i for i, _, _ in edges], [j for _, j, _ in edges]], dtype=torch.int64)
-    val = torch.tensor([w for _, _, w in edges], dtype=torch.float64).to(dtype)
-    w = torch.sparse_coo_tensor(idx, val, (topo.size, topo.size), check_invariants=True)
-    return w.coalesce().to(device)
 
 
 def _three_way(x: torch.Tensor, left: torch.Tensor, right: torch.Tensor) -> torch.Tensor:

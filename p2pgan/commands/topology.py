@@ -1,0 +1,79 @@
+"""Print a topology's consensus factor rho, its degree and the gossip rounds t it needs.
+
+rho is the per-round contraction of the disagreement between peers (0: exact averaging in one round).
+The suggested t gives rho^t <= --target; with --sigma (and --grad-bound, --dim) it also prints the
+rounds Theorem 1 of Liu et al. (NeurIPS 2020) asks for.
+
+Examples:
+  p2pgan topology ring --peers 16
+  p2pgan topology random-ring --peers 64 --seed 7 --json
+  p2pgan topology peers/graph.yaml --peers 6 --sigma 0.1 --grad-bound 1 --dim 1000
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+from p2pgan.commands._threads import add_threads_argument, apply_threads
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.formatter_class = argparse.RawDescriptionHelpFormatter
+    p.add_argument(
+        "kind",
+        metavar="KIND",
+        help="ring, complete, random-ring, exponential, one-peer-exponential, torus or a YAML adjacency file",
+    )
+    p.add_argument("--peers", type=int, required=True, metavar="M", help="number of peers")
+    p.add_argument("--seed", type=int, default=0, help="shared seed (random-ring)")
+    p.add_argument("--target", type=float, default=0.01, help="consensus factor rho^t to reach (default: 0.01)")
+    p.add_argument("--sigma", type=float, default=None, help="gradient-noise std: also print Theorem 1's rounds")
+    p.add_argument("--grad-bound", type=float, default=1.0, help="Theorem 1: gradient bound G (default: 1)")
+    p.add_argument("--dim", type=int, default=None, help="Theorem 1: parameter dimension m (required with --sigma)")
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+    add_threads_argument(p)
+
+
+def run(args: argparse.Namespace) -> int:
+    from p2pgan.errors import config_error
+    from p2pgan.topology import make_topology, theorem1_rounds
+
+    apply_threads(args)
+    if args.peers < 1:
+        raise config_error("--peers", "", f"must be an integer >= 1, got {args.peers}")
+    if not 0.0 < args.target < 1.0:
+        raise config_error("--target", "", f"must be in (0, 1), got {args.target}")
+    if args.sigma is not None:
+        if not args.sigma > 0:
+            raise config_error("--sigma", "", f"must be > 0, got {args.sigma}")
+        if args.dim is None or args.dim < 1:
+            raise config_error("--dim", "", "Theorem 1 needs the parameter dimension: give --dim M >= 1")
+        if not args.grad_bound > 0:
+            raise config_error("--grad-bound", "", f"must be > 0, got {args.grad_bound}")
+    topo = make_topology(args.kind, args.peers, seed=args.seed)
+    topo.validate()
+    rho = topo.rho()
+    out: dict[str, object] = {
+        "topology": topo.name,
+        "peers": topo.size,
+        "seed": topo.seed,
+        "time_varying": topo.time_varying,
+        "directed": topo.directed,
+        "rho": rho,
+        "degree": topo.degree(),
+        "target": args.target,
+        "suggested_rounds": topo.suggested_rounds(args.target),
+    }
+    if args.sigma is not None:
+        out["theorem1_rounds"] = (
+            0 if topo.size == 1 else theorem1_rounds(rho, peers=topo.size, dim=args.dim, grad_bound=args.grad_bound, sigma=args.sigma)
+        )
+    if args.json:
+        json.dump(out, sys.stdout)
+        sys.stdout.write("\n")
+    else:
+        for key, value in out.items():
+            print(f"{key:>16}: {value:.6g}" if isinstance(value, float) else f"{key:>16}: {value}")
+    return 0

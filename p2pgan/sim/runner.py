@@ -1,0 +1,206 @@
+"""Run an algorithm on M virtual peers of a toy problem and measure where it goes.
+
+:func:`simulate` is what ``p2pgan simulate`` calls; tests and benchmarks call it directly. Metrics
+(on the evaluated model ``z``, see :attr:`p2pgan.algorithm.DecentralizedAlgorithm.z`):
+
+- ``distance``: ``||mean_i z_i - z*||`` for problems with a known equilibrium ``z*``;
+- ``consensus``: ``mean_i ||z_i - mean_j z_j||`` (0 when all peers agree);
+- the problem's own metrics of the average model (e.g. ``modes`` and ``hq_fraction`` for gaussians).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import sys
+import time
+from collections.abc import Callable
+from typing import Any
+
+import torch
+
+from p2pgan.algorithm import ALGORITHM_NAMES, DIRECTION_NAMES, DecentralizedAlgorithm, lr_vector, make_algorithm
+from p2pgan.errors import config_error
+from p2pgan.mixing import InProcessMixer, Mixer
+from p2pgan.sim.problems import PROBLEM_NAMES, Problem, ProblemConfig, make_problem
+from p2pgan.topology import make_topology
+
+
+
+@dataclasses.dataclass(frozen=True)
+class SimConfig:
+    """One simulation; every field maps to a ``p2pgan simulate`` flag and is validated here.
+
+    ``topology`` / ``rounds`` / ``lr`` / ``optimizer`` left as None take the defaults (ring, 1, the
+    problem's). ``cp`` forces the complete graph with one round.
+    """
+
+    problem: str = "bilinear"
+    peers: int = 8
+    topology: str | None = None
+    rounds: int | None = None
+    steps: int = 1000
+    lr: float | None = None
+    lr_u: float | None = None
+    lr_v: float | None = None
+    algorithm: str = "dposg"
+    optimizer: str | None = None
+    seed: int = 0
+    dim: int | None = None
+    hetero: float = 0.0
+    sigma: float = 0.0
+    batch: int = 64
+    eval_every: int | None = None
+    device: str = "cpu"
+
+    def __post_init__(self) -> None:
+        if self.problem not in PROBLEM_NAMES:
+            raise config_error("--problem", "", f"unknown problem {self.problem!r}; allowed: {', '.join(PROBLEM_NAMES)}")
+        if self.algorithm not in ALGORITHM_NAMES:
+            raise config_error("--algorithm", "", f"unknown algorithm {self.algorithm!r}; allowed: {', '.join(ALGORITHM_NAMES)}"
+            )
+        if self.optimizer is not None and self.optimizer not in DIRECTION_NAMES:
+            raise config_error("--optimizer", "", f"unknown optimizer {self.optimizer!r}; allowed: {', '.join(DIRECTION_NAMES)}"
+            )
+        if self.algorithm == "cp" and self.topology not in (None, "complete"):
+            raise config_error("--topology", "", f"cp is the complete graph (W = J); got {self.topology!r}")
+        if self.algorithm == "cp" and self.rounds not in (None, 1):
+            raise config_error("--rounds", "", f"cp averages exactly in 1 round; got {self.rounds}")
+        if self.rounds is not None and self.rounds < 0:
+            raise config_error("--rounds", "", f"must be an integer >= 0, got {self.rounds}")
+        if self.steps < 1:
+            raise config_error("--steps", "", f"must be an integer >= 1, got {self.steps}")
+        for flag, v in (("--lr", self.lr), ("--lr-u", self.lr_u), ("--lr-v", self.lr_v)):
+            if v is not None and (not math.isfinite(v) or v <= 0):
+                raise config_error(flag, "", f"must be a finite number > 0, got {v}")
+        if self.eval_every is not None and self.eval_every < 1:
+            raise config_error("--eval-every", "", f"must be an integer >= 1, got {self.eval_every}")
+
+    def problem_config(self) -> ProblemConfig:
+        return ProblemConfig(
+            peers=self.peers,
+            dim=self.dim,
+            hetero=self.hetero,
+            sigma=self.sigma,
+            batch=self.batch,
+            seed=self.seed,
+            device=self.device,
+        )
+
+
+@dataclasses.dataclass
+class Simulation:
+    """A built simulation: the problem, the mixer and the algorithm, ready to :meth:`run`."""
+
+    config: SimConfig
+    problem: Problem
+    mixer: Mixer
+    algorithm: DecentralizedAlgorithm
+    topology_name: str
+
+    @classmethod
+    def build(cls, config: SimConfig) -> Simulation:
+        problem = make_problem(config.problem, config.problem_config())
+        topo_name = "complete" if config.algorithm == "cp" else (config.topology or "ring")
+        topology = make_topology(topo_name, config.peers, seed=config.seed)
+        topology.validate()
+        mixer = InProcessMixer(topology, 1 if config.rounds is None else config.rounds)
+        base_lr = config.lr if config.lr is not None else problem.default_lr
+        lr: float | torch.Tensor = base_lr
+        if config.lr_u is not None or config.lr_v is not None:
+            lr = lr_vector(
+                problem.dim_u,
+                problem.dim_v,
+                config.lr_u if config.lr_u is not None else base_lr,
+                config.lr_v if config.lr_v is not None else base_lr,
+                device=problem.device,
+            )
+        direction = config.optimizer or problem.default_optimizer
+        algo = make_algorithm(config.algorithm, problem.initial(), mixer, direction, lr)
+        return cls(config, problem, mixer, algo, topo_name)
+
+    def metrics(self) -> dict[str, Any]:
+        """Distance to the equilibrium, consensus error and the problem's metrics, now."""
+        z = self.algorithm.z
+        avg = z.mean(dim=0)
+        out: dict[str, Any] = {"step": self.algorithm.steps}
+        eq = self.problem.equilibrium()
+        out["distance"] = float((avg - eq.to(avg.dtype)).norm()) if eq is not None else None
+        out["consensus"] = float((z - avg).norm(dim=1).mean())
+        if math.isfinite(out["consensus"]) and (out["distance"] is None or math.isfinite(out["distance"])):
+            out.update(self.problem.evaluate(avg))
+        return out
+
+    def run(self, progress: Callable[[int, dict[str, Any]], None] | None = None) -> dict[str, Any]:
+        """Run the configured steps; ``progress(steps_done, last_metrics)`` is called after each step.
+
+        Stops early (``diverged: true``) when the iterates stop being finite.
+        """
+        cfg = self.config
+        every = cfg.eval_every or max(1, cfg.steps // 20)
+        history = [self.metrics()]
+        diverged = False
+        t0 = time.perf_counter()
+        for k in range(1, cfg.steps + 1):
+            self.algorithm.step(self.problem)
+            if k % every == 0 or k == cfg.steps:
+                m = self.metrics()
+                history.append(m)
+                if not math.isfinite(m["consensus"]) or (m["distance"] is not None and not math.isfinite(m["distance"])):
+                    diverged = True
+            if progress is not None:
+                progress(k, history[-1])
+            if diverged:
+                break
+        seconds = time.perf_counter() - t0
+        last = history[-1]
+        result: dict[str, Any] = {
+            "problem": cfg.problem,
+            "algorithm": cfg.algorithm,
+            "optimizer": cfg.optimizer or self.problem.default_optimizer,
+            "topology": self.topology_name,
+            "peers": cfg.peers,
+            "rounds": self.mixer.rounds,
+            "dim": self.problem.dim,
+            "lr": cfg.lr if cfg.lr is not None else self.problem.default_lr,
+            "lr_u": cfg.lr_u,
+            "lr_v": cfg.lr_v,
+            "seed": cfg.seed,
+            "steps": self.algorithm.steps,
+            "diverged": diverged,
+            "seconds": seconds,
+            "steps_per_second": self.algorithm.steps / seconds if seconds > 0 else None,
+        }
+        for key, value in last.items():
+            if key != "step":
+                result[key] = value if not isinstance(value, float) or math.isfinite(value) else None
+        result["history"] = [
+            {k: (v if not isinstance(v, float) or math.isfinite(v) else None) for k, v in h.items()} for h in history
+        ]
+        return result
+
+
+def simulate(config: SimConfig, *, show_progress: bool = False) -> dict[str, Any]:
+    """Build and run one simulation; returns the JSON-ready result (``distance``, ``consensus``, ``history``...).
+
+    ``show_progress`` draws a tqdm bar with the latest metrics on stderr.
+    """
+    sim = Simulation.build(config)
+    if not show_progress:
+        return sim.run()
+    from tqdm import tqdm
+
+    with tqdm(total=config.steps, file=sys.stderr, desc=f"{config.algorithm} {config.problem}", unit="step") as bar:
+        last_step = [0]
+
+        def progress(k: int, m: dict[str, Any]) -> None:
+            bar.update(k - last_step[0])
+            last_step[0] = k
+            if m["step"] == k:
+                bar.set_postfix({key: _short(v) for key, v in m.items() if key != "step"}, refresh=False)
+
+        return sim.run(progress)
+
+
+def _short(v: Any) -> str:
+    return f"{v:.4g}" if isinstance(v, float) else str(v)
