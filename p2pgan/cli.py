@@ -20,6 +20,10 @@ from p2pgan.errors import P2PGANError
 COMMANDS: dict[str, tuple[str, str]] = {
     "simulate": ("p2pgan.commands.simulate", "run DPOSG and its baselines on M virtual peers (toy games)"),
     "topology": ("p2pgan.commands.topology", "print a topology's spectral gap rho, degree and suggested rounds"),
+    "peer": ("p2pgan.commands.peer", "run one peer daemon from its YAML config (training on private data)"),
+    "harness": ("p2pgan.commands.harness", "run M real peer daemons on this machine over mutual TLS, write a report"),
+    "certs": ("p2pgan.commands.certs", "make a federation CA and issue peer certificates (mutual TLS)"),
+    "selftest": ("p2pgan.commands.selftest", "M peer processes on loopback mix over mutual TLS; checked against W^t X"),
 }
 
 

@@ -27,6 +27,10 @@ class ProtocolError(P2PGANError):
     """A message received from the network is malformed or not acceptable (never crashes a peer)."""
 
 
+class StepWindowError(ProtocolError):
+    """A message for a step or round outside the receiver's window (too far ahead or behind)."""
+
+
 class SecurityError(P2PGANError):
     """A certificate, key or peer identity does not check out."""
 
@@ -51,3 +55,7 @@ def config_error(source: str, field: str, problem: str) -> ConfigError:
     """Return a :class:`ConfigError` whose message names ``source`` (a file or ``--flag``) and ``field``."""
     where = f"{source}: {field}" if field else source
     return ConfigError(f"{where}: {problem}")
+
+
+class PeerProcessError(P2PGANError):
+    """A peer daemon process started by the harness or a test exited with an error or did not stop."""

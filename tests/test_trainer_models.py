@@ -71,9 +71,9 @@ def test_wgan_gp_penalty_is_zero_for_unit_slope_critic() -> None:
             lin.weight.copy_(torch.tensor([[0.6, 0.8]]) * scale)
         d = lambda x, lin=lin: lin(x).view(-1)  # noqa: E731
         gp = loss.gradient_penalty(d, real, fake, torch.Generator().manual_seed(0))
-        assert float(gp) == pytest.approx(expected, abs=1e-5)
+        assert gp.item() == pytest.approx(expected, abs=1e-5)
         l_d = loss.discriminator(d, real, fake, torch.Generator().manual_seed(0))
-        assert float(l_d) == pytest.approx(float(d(fake).mean() - d(real).mean()) + 10 * expected, abs=1e-4)
+        assert l_d.item() == pytest.approx((d(fake).mean() - d(real).mean()).item() + 10 * expected, abs=1e-4)
 
 
 def test_ns_loss_values() -> None:

@@ -216,9 +216,24 @@ class Custom(Topology):
 
     name = "custom"
 
-    def __init__(self, size: int, adjacency: dict[int, set[int]], *, seed: int = 0, name: str = "custom") -> None:
+    def __init__(
+        self,
+        size: int,
+        adjacency: dict[int, set[int]],
+        *,
+        seed: int = 0,
+        name: str = "custom",
+        weights: torch.Tensor | None = None,
+    ) -> None:
         self.name = name
         super().__init__(size, seed=seed)
+        self.weights = None if weights is None else weights.to(torch.float64)
+        if self.weights is not None:
+            # explicit weights: the graph is whatever they connect; validate() judges them
+            if tuple(self.weights.shape) != (size, size):
+                raise TopologyError(f"{name}: weights must be a {size} x {size} matrix, got {tuple(self.weights.shape)}")
+            nz = (self.weights != 0) | (self.weights.T != 0)
+            adjacency = {i: set(nz[i].nonzero().flatten().tolist()) for i in range(size)}
         for i, nbrs in adjacency.items():
             for j in nbrs:
                 if i == j:
@@ -229,6 +244,9 @@ class Custom(Topology):
         self.validate()
 
     def _edges(self, step: int, round: int) -> list[Edge]:
+        if self.weights is not None:
+            idx = self.weights.nonzero().tolist()
+            return [(i, j, float(self.weights[i, j])) for i, j in idx]
         deg = {i: len(n) for i, n in self.adjacency.items()}
         out: list[Edge] = []
         for i, nbrs in self.adjacency.items():
@@ -242,7 +260,12 @@ class Custom(Topology):
 
     @classmethod
     def from_yaml(cls, path: str | Path, size: int, *, members: Sequence[str] | None = None, seed: int = 0) -> Custom:
-        """Load an adjacency file. ``members`` (sorted peer ids) lets the file name nodes by peer id."""
+        """Load an adjacency file. ``members`` (sorted peer ids) lets the file name nodes by peer id.
+
+        Instead of ``edges`` / ``neighbors`` the file may give ``weights: [[w00, w01, ...], ...]``, an
+        explicit M x M mixing matrix (rows = in-weights); it must be symmetric, non-negative, doubly
+        stochastic and connected.
+        """
         p = Path(path)
         try:
             data = yaml.safe_load(p.read_text())
@@ -250,8 +273,13 @@ class Custom(Topology):
             raise TopologyError(f"{p}: cannot read topology file: {exc.strerror}") from exc
         except yaml.YAMLError as exc:
             raise TopologyError(f"{p}: not valid YAML: {exc}") from exc
-        if not isinstance(data, dict) or not ({"edges", "neighbors"} & data.keys()):
-            raise TopologyError(f"{p}: expected a mapping with 'edges: [[a, b], ...]' or 'neighbors: {{a: [b, ...]}}'")
+        if not isinstance(data, dict) or not ({"edges", "neighbors", "weights"} & data.keys()):
+            raise TopologyError(
+                f"{p}: expected a mapping with 'edges: [[a, b], ...]', 'neighbors: {{a: [b, ...]}}' "
+                "or 'weights: [[w00, w01, ...], ...]'"
+            )
+        if "weights" in data:
+            return cls(size, {}, seed=seed, name=str(p), weights=_weights_from_yaml(p, data["weights"], size))
         index = {m: k for k, m in enumerate(members or ())}
 
         def node(v: object, field: str) -> int:
@@ -288,6 +316,22 @@ class Custom(Topology):
                     adj[a].add(b)
                     adj[b].add(a)
         return cls(size, adj, seed=seed, name=str(p))
+
+
+def _weights_from_yaml(path: Path, rows: object, size: int) -> torch.Tensor:
+    """An explicit ``size x size`` matrix from a YAML list of rows, with errors naming the file and row."""
+    if not isinstance(rows, list) or len(rows) != size:
+        raise TopologyError(f"{path}: weights: must be a list of {size} rows (one per peer)")
+    out = torch.zeros(size, size, dtype=torch.float64)
+    for i, row in enumerate(rows):
+        if (
+            not isinstance(row, list)
+            or len(row) != size
+            or not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in row)
+        ):
+            raise TopologyError(f"{path}: weights[{i}]: must be a list of {size} numbers, got {row!r}")
+        out[i] = torch.tensor([float(v) for v in row], dtype=torch.float64)
+    return out
 
 
 _CLASSES: dict[str, type[Topology]] = {

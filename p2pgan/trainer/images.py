@@ -175,8 +175,8 @@ def write_run_figures(records_by_peer: Mapping[str, Sequence[Mapping[str, Any]]]
     loss) and ``consensus.png`` (consensus distance, log scale). Returns the files written."""
     out_dir = Path(out_dir)
     written = []
-    score_names = sorted({name for rs in records_by_peer.values() for r in rs if r.get("type") == "eval"
-                          for name in (r.get("scores") or {})})
+    score_names = list(dict.fromkeys(name for rs in records_by_peer.values() for r in rs
+                                     if r.get("type") == "eval" for name in (r.get("scores") or {})))
     scores = {name: _collect(records_by_peer, "eval", x, "scores", name) for name in score_names}
     if any(scores.values()):
         written.append(plot_panels(out_dir / "score.png", scores, xlabel=x, title="evaluation score"))

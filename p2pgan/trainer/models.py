@@ -64,34 +64,34 @@ class MLPDiscriminator(nn.Module):
 
 
 class DigitsGenerator(nn.Module):
-    """Latent -> 1x8x8 image in [-1, 1]: a linear map to 2x2, then two transposed convolutions."""
+    """Latent -> 1x8x8 image in [-1, 1]: linear to 4x4, one transposed convolution to 8x8, a 3x3 output conv."""
 
     def __init__(self, latent_dim: int = 32, width: int = 64, channels: int = 1) -> None:
         super().__init__()
         self.width = width
-        self.fc = nn.Linear(latent_dim, 2 * width * 2 * 2)
+        self.fc = nn.Linear(latent_dim, 2 * width * 4 * 4)
         self.net = nn.Sequential(
             _batch_norm(2 * width, 2), nn.ReLU(),
-            nn.ConvTranspose2d(2 * width, width, 4, stride=2, padding=1),  # 4x4
+            nn.ConvTranspose2d(2 * width, width, 4, stride=2, padding=1),  # 8x8
             _batch_norm(width, 2), nn.ReLU(),
-            nn.ConvTranspose2d(width, channels, 4, stride=2, padding=1),  # 8x8
+            nn.Conv2d(width, channels, 3, padding=1),
             nn.Tanh(),
         )
 
     def forward(self, z: torch.Tensor) -> torch.Tensor:
-        return self.net(self.fc(z).view(-1, 2 * self.width, 2, 2))
+        return self.net(self.fc(z).view(-1, 2 * self.width, 4, 4))
 
 
 class DigitsDiscriminator(nn.Module):
-    """1x8x8 image -> score: two strided convolutions and a linear head."""
+    """1x8x8 image -> score: a 3x3 convolution at 8x8, a strided one to 4x4, and a linear head."""
 
     def __init__(self, width: int = 64, channels: int = 1) -> None:
         super().__init__()
         self.net = nn.Sequential(
-            nn.Conv2d(channels, width, 3, stride=2, padding=1), nn.LeakyReLU(0.2),  # 4x4
-            nn.Conv2d(width, 2 * width, 3, stride=2, padding=1), nn.LeakyReLU(0.2),  # 2x2
+            nn.Conv2d(channels, width, 3, padding=1), nn.LeakyReLU(0.2),  # 8x8
+            nn.Conv2d(width, 2 * width, 4, stride=2, padding=1), nn.LeakyReLU(0.2),  # 4x4
             nn.Flatten(),
-            nn.Linear(2 * width * 2 * 2, 1),
+            nn.Linear(2 * width * 4 * 4, 1),
         )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

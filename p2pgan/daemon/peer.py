@@ -1,0 +1,333 @@
+"""The peer daemon's run loop: config -> game on private data -> mixer -> DPOSG -> checkpoints and metrics.
+
+One iteration is one DPOSG step (:class:`p2pgan.algorithm.DPOSG`): t mixing rounds with the neighbours,
+one stochastic gradient of the GAN game on a minibatch of THIS peer's data, one update. Only the
+parameter vector ever goes to the mixer; the dataset is read from ``data.path`` and nothing else.
+
+Per step one ``step`` metrics record (losses, gradient norm, consensus distance, bytes, compute and
+communication seconds); every ``evaluation.interval`` steps an ``eval`` record with scores and a PNG
+grid of samples; every ``checkpoint.interval`` steps and at shutdown an atomic checkpoint holding
+everything a step needs, so ``--resume`` continues bit-for-bit.
+
+SIGTERM / SIGINT: the current step finishes (a neighbour that is gone costs at most one round deadline),
+a checkpoint is written, the mixer closes (streams, mDNS) and the daemon exits 0. A second signal
+abandons the step at once, keeping the last checkpoint.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import math
+import os
+import signal
+import threading
+import time
+from pathlib import Path
+from types import FrameType, TracebackType
+from typing import Any
+
+import torch
+
+from p2pgan.checkpoint import CheckpointManager, LoadedCheckpoint, capture_rng_state, restore_rng_state
+from p2pgan.daemon.config import PeerConfig
+from p2pgan.errors import CheckpointError, ConfigError
+
+log = logging.getLogger(__name__)
+
+#: format version of the daemon's checkpoint state (bump when its keys change)
+CHECKPOINT_FORMAT = 1
+#: fixed noise seed of the sample grids, so grids of different steps and peers are comparable
+SAMPLE_SEED = 1234
+#: number of Gaussians samples drawn by a peer whose private data is the synthetic 8-Gaussians set
+GAUSSIANS_SAMPLES = 10_000
+
+
+class StopSignals:
+    """SIGTERM / SIGINT -> a flag the loop checks between steps; a second signal abandons the step.
+
+    Installs handlers on entry (main thread only) and restores the previous ones on exit.
+    """
+
+    SIGNALS = (signal.SIGTERM, signal.SIGINT)
+
+    def __init__(self) -> None:
+        self.event = threading.Event()
+        self.received: str | None = None
+        self._previous: dict[int, Any] = {}
+
+    def __enter__(self) -> StopSignals:
+        if threading.current_thread() is threading.main_thread():
+            for sig in self.SIGNALS:
+                self._previous[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def _handle(self, signum: int, frame: FrameType | None) -> None:
+        name = signal.Signals(signum).name
+        if self.event.is_set():
+            log.warning("second %s: abandoning the current step (the last checkpoint is kept)", name)
+            raise KeyboardInterrupt
+        self.received = name
+        self.event.set()
+        log.warning("%s received: finishing the current step, then checkpoint and exit", name)
+
+    def is_set(self) -> bool:
+        return self.event.is_set()
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None) -> None:
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+        self._previous.clear()
+
+
+def resolve_device(name: str) -> torch.device:
+    """``auto`` -> CUDA when present, else CPU; ``cuda`` without CUDA is a clear error."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise ConfigError("train.device: cuda was asked for but torch sees no CUDA device here; use auto or cpu")
+    return torch.device(name)
+
+
+def load_private_data(cfg: PeerConfig) -> Any:
+    """This peer's own dataset, from ``data.path`` only (or the built-in digits / Gaussians)."""
+    from p2pgan.trainer.data import load_dataset
+
+    d = cfg.data
+    return load_dataset(d.format, d.path, image_size=d.image_size, channels=d.channels, n=GAUSSIANS_SAMPLES,
+                        seed=cfg.train.seed)
+
+
+def make_peer_evaluator(cfg: PeerConfig, data: Any, device: torch.device) -> Any | None:
+    """The evaluator for this peer's samples (``evaluation.kind``; ``auto`` picks by sample shape)."""
+    from p2pgan.trainer.evaluation import make_evaluator
+
+    kind = cfg.evaluation.kind
+    if kind == "auto":
+        if data.kind == "points":
+            kind = "gaussians"
+        elif data.sample_shape == (1, 8, 8):
+            kind = "digits"
+        elif cfg.evaluation.inception_weights is not None:
+            kind = "inception"
+        else:
+            kind = "none"
+    if kind == "none":
+        return None
+    return make_evaluator(kind, cache_dir=cfg.evaluation.cache_dir, inception_weights=cfg.evaluation.inception_weights,
+                          reference=data, device=device)
+
+
+def total_steps(cfg: PeerConfig, shard_size: int) -> int:
+    """``train.steps``, or ``train.epochs`` over this peer's shard converted to steps (rounded up)."""
+    if cfg.train.steps is not None:
+        return cfg.train.steps
+    assert cfg.train.epochs is not None  # the config guarantees one of the two
+    return max(1, math.ceil(cfg.train.epochs * shard_size / cfg.train.batch_size))
+
+
+@dataclasses.dataclass
+class _Run:
+    """The pieces of one running peer, so that checkpoints and evaluations see one consistent view."""
+
+    cfg: PeerConfig
+    game: Any
+    algo: Any
+    mixer: Any
+    digest: str
+    checkpoints: CheckpointManager
+
+    def state(self) -> dict[str, Any]:
+        """Everything a step needs: both sequences, the previous direction, optimizer moments, step,
+        RNG states (the game's private streams and the global ones), membership."""
+        return {
+            "format": CHECKPOINT_FORMAT,
+            "peer": self.cfg.peer.id,
+            "federation": self.cfg.peer.federation,
+            "layout_digest": self.digest,
+            "schedule": self.cfg.mixing.schedule,
+            "optimizer": self.cfg.train.optimizer,
+            "step": self.algo.steps,
+            "algorithm": self.algo.state_dict(),
+            "game": self.game.state_dict(),
+            "rng": capture_rng_state(),
+            "membership": list(getattr(self.mixer, "members", ())),
+        }
+
+    def save(self) -> Path:
+        return self.checkpoints.save(self.algo.steps, self.state())
+
+    def restore(self, loaded: LoadedCheckpoint) -> None:
+        st, where = loaded.state, str(loaded.path)
+        expected = {"format": CHECKPOINT_FORMAT, "peer": self.cfg.peer.id, "federation": self.cfg.peer.federation,
+                    "layout_digest": self.digest, "schedule": self.cfg.mixing.schedule,
+                    "optimizer": self.cfg.train.optimizer}
+        for key, want in expected.items():
+            if st.get(key) != want:
+                raise CheckpointError(
+                    f"{where}: written for {key} = {st.get(key)!r}, this run has {want!r}; "
+                    f"resume with the config that wrote it, or start in a new checkpoint.dir"
+                )
+        try:
+            self.algo.load_state_dict(st["algorithm"])
+            self.game.load_state_dict(st["game"])
+        except (KeyError, ValueError, RuntimeError) as exc:
+            raise CheckpointError(f"{where}: does not fit this run ({exc})") from None
+        restore_rng_state(st["rng"])
+        members = list(getattr(self.mixer, "members", ()))
+        if st.get("membership") and members and list(st["membership"]) != members:
+            log.warning("membership changed since the checkpoint: %s -> %s", st["membership"], members)
+
+
+def open_checkpoints(cfg: PeerConfig, resume: bool) -> tuple[CheckpointManager, LoadedCheckpoint | None]:
+    """The checkpoint directory and, with ``resume``, its newest checkpoint.
+
+    A damaged newest checkpoint is refused (never silently replaced by an older one): the error names
+    the file, the reason and the older checkpoints that are still intact. Without ``resume`` a
+    directory that already holds checkpoints is refused, so a run is never overwritten by accident.
+    """
+    manager = CheckpointManager(cfg.checkpoint.dir, keep=cfg.checkpoint.keep + 1)
+    steps = manager.steps()
+    if not resume:
+        if steps:
+            raise ConfigError(
+                f"{cfg.source}: checkpoint.dir {cfg.checkpoint.dir} already holds checkpoints up to step {steps[-1]}; "
+                "pass --resume to continue that run, or choose another checkpoint.dir"
+            )
+        return manager, None
+    if not steps:
+        log.warning("--resume: no checkpoint in %s yet, starting at step 0", cfg.checkpoint.dir)
+        return manager, None
+    try:
+        return manager, manager.load_latest(fallback=False)
+    except CheckpointError as exc:
+        intact = []
+        for s in steps:
+            path = manager.path_for(s)
+            try:
+                from p2pgan.checkpoint import load_checkpoint
+
+                load_checkpoint(path)
+                intact.append(path.name)
+            except CheckpointError:
+                continue
+        hint = (f"; intact older checkpoint(s): {', '.join(intact)} - move the damaged file away to resume from "
+                f"the newest of them") if intact else "; no intact checkpoint is left"
+        raise CheckpointError(f"refusing to resume: {exc}{hint}") from None
+
+
+def run_peer(cfg: PeerConfig, *, resume: bool = False) -> int:
+    """Run the daemon until ``train.steps`` (or epochs) are done or a signal arrives; returns 0."""
+    from p2pgan.algorithm import DPOSG
+    from p2pgan.daemon.mixer import make_mixer
+    from p2pgan.metrics import MetricsWriter, StatusLine
+    from p2pgan.trainer.game import build_game
+
+    if cfg.train.threads:
+        torch.set_num_threads(cfg.train.threads)
+    device = resolve_device(cfg.train.device)
+    checkpoints, loaded = open_checkpoints(cfg, resume)
+    data = load_private_data(cfg)
+    game = build_game(cfg.train.model, cfg.train.loss, data, batch_size=cfg.train.batch_size,
+                      init_seed=cfg.train.init_seed, seed=cfg.train.seed, device=device,
+                      latent_dim=cfg.train.latent_dim, width=cfg.train.width)
+    shard_size = len(data)
+    evaluator = make_peer_evaluator(cfg, data, device)
+    steps_total = total_steps(cfg, shard_size)
+    digest = game.layout_digest()
+    lr = game.lr_vector(cfg.train.lr_generator, cfg.train.lr_discriminator).to(device)
+    direction_kwargs = {"betas": cfg.train.betas} if cfg.train.optimizer == "oadam" else {}
+    status = StatusLine(logging.getLogger("p2pgan.daemon.status"), f"peer {cfg.peer.id}: step",
+                        steps_total, cfg.metrics.status_interval_s)
+
+    with StopSignals() as stop, make_mixer(cfg, game.dim, digest) as mixer, MetricsWriter(
+        cfg.metrics.path, cfg.peer.id, prometheus_port=cfg.metrics.prometheus_port
+    ) as metrics:
+        algo = DPOSG(game.point().to(device), mixer, cfg.train.optimizer, lr, schedule=cfg.mixing.schedule,
+                     **direction_kwargs)
+        run = _Run(cfg, game, algo, mixer, digest, checkpoints)
+        if loaded is not None:
+            run.restore(loaded)
+            log.warning("resumed from %s at step %d", loaded.path, algo.steps)
+        metrics.write({
+            "type": "start", "step": algo.steps, "epoch": game.epoch, "pid": os.getpid(), "shard_size": shard_size,
+            "dim": game.dim,
+            "total_steps": steps_total, "members": list(getattr(mixer, "members", ())),
+            "rank": getattr(mixer, "rank", None), "port": getattr(mixer, "port", None),
+            "variant": cfg.mixing.variant, "topology": cfg.mixing.topology, "rounds": cfg.mixing.rounds,
+            "resumed_from": str(loaded.path) if loaded is not None else None,
+        })
+        reason = "done"
+        evaluated_at = -1
+        while algo.steps < steps_total:
+            if stop.is_set():
+                reason = f"signal {stop.received}"
+                break
+            record = _one_step(run, device)
+            metrics.step(**record)
+            status.update(algo.steps, loss_d=record["loss_d"], loss_g=record["loss_g"],
+                          consensus=record["consensus"], sent_mb=record["bytes_sent"] / 1e6)
+            if algo.steps % cfg.checkpoint.interval == 0:
+                run.save()
+            if cfg.evaluation.interval and algo.steps % cfg.evaluation.interval == 0:
+                metrics.evaluation(**_evaluate(run, evaluator))
+                evaluated_at = algo.steps
+        if reason == "done" and evaluated_at != algo.steps:
+            metrics.evaluation(**_evaluate(run, evaluator))
+        path = run.save()
+        status.update(algo.steps, force=True, end=reason)
+        metrics.write({"type": "end", "step": algo.steps, "epoch": game.epoch, "reason": reason,
+                       "checkpoint": str(path)})
+    return 0
+
+
+def _one_step(run: _Run, device: torch.device) -> dict[str, Any]:
+    """One DPOSG step; returns the ``step`` metrics record."""
+    algo, mixer, game = run.algo, run.mixer, run.game
+    exact = algo.schedule == "exact"
+    before = (algo.x if exact else algo.z).clone()
+    d_before = algo.d_prev.clone()
+    start = time.perf_counter()
+    info = algo.step(game)
+    wall = time.perf_counter() - start
+    # the mixed point this step used: exact: Xbar = X_k + lr d_k; overlap: mix(z_k) = z_{k+1} + lr (2 d_k - d_{k-1})
+    if exact:
+        mixed = algo.x + algo.lr * info.direction
+    else:
+        mixed = algo.z + algo.lr * (2 * info.direction - d_before)
+    w_self = _self_weight(mixer, algo.steps - 1)
+    moved = float((before - mixed).double().norm())
+    consensus = moved / (1.0 - w_self) if w_self < 1.0 else 0.0
+    stats = mixer.stats
+    last = game.last
+    return {
+        "step": algo.steps, "epoch": game.epoch, "loss_g": last.loss_g, "loss_d": last.loss_d,
+        "grad_norm": last.grad_norm, "consensus": consensus, "bytes_sent": stats.bytes_sent,
+        "bytes_received": stats.bytes_received, "compute_s": info.field_seconds, "comm_s": info.mix_seconds,
+        "step_s": wall, "dropped": stats.dropped,
+    }
+
+
+def _self_weight(mixer: Any, step: int) -> float:
+    """This peer's self weight in round 0 of ``step`` (1.0 when the mixer exposes no topology)."""
+    topology = getattr(mixer, "topology", None)
+    ranks = getattr(mixer, "ranks", ())
+    if topology is None or not ranks or getattr(mixer, "rounds", 1) == 0:
+        return 1.0
+    return float(topology.in_weights(ranks[0], step, 0).get(ranks[0], 0.0))
+
+
+def _evaluate(run: _Run, evaluator: Any) -> dict[str, Any]:
+    """Scores and a sample grid of the model at ``X`` (the point the peer would publish)."""
+    from p2pgan.trainer.images import save_samples
+
+    start = time.perf_counter()
+    cfg, game, algo = run.cfg, run.game, run.algo
+    game.load_point(algo.x)  # field() loads its own point first, so this changes no training state
+    n = max(cfg.evaluation.samples, cfg.evaluation.grid)
+    samples = game.sample(n, seed=SAMPLE_SEED)
+    scores = evaluator.scores(samples) if evaluator is not None else {}
+    path = save_samples(samples[: cfg.evaluation.grid], cfg.evaluation.out_dir / f"samples-{algo.steps:07d}.png",
+                        title=f"{cfg.peer.id} step {algo.steps}")
+    return {"step": algo.steps, "epoch": game.epoch, "scores": scores, "samples": str(path),
+            "eval_s": time.perf_counter() - start}

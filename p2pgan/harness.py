@@ -1,0 +1,260 @@
+"""The local harness: a throw-away federation of M real peer daemons on this machine, and its report.
+
+:func:`run_harness` makes, under ``out``:
+
+- ``federation/``: a CA and one certificate per peer (mutual TLS on loopback), the roster;
+- ``data/<peer>/``: each peer's private shard of the dataset (IID or by label), nothing else shared;
+- ``peers/<peer>.yaml``: each peer's daemon config (the same format a real site uses, see ``peers/``);
+- ``state/<peer>/``: what each daemon writes (checkpoints, metrics, sample grids, log);
+
+then starts the M daemons as OS processes (``python -m p2pgan peer --config ...``), shows overall
+progress from their metrics files, stops them cleanly (also on Ctrl-C or when one dies, naming it with
+its log tail) and writes ``report.json`` with PNG curves and sample grids (:mod:`p2pgan.report`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import socket
+import time
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from p2pgan.daemon.config import VARIANTS, load_config
+from p2pgan.daemon.processes import MetricsTail, PeerGroup, PeerSpec
+from p2pgan.errors import ConfigError
+
+log = logging.getLogger(__name__)
+
+FEDERATION = "harness"
+#: dataset -> (model, evaluation kind) used when the harness is not told otherwise
+DATASET_MODELS = {"digits": "digits", "gaussians": "mlp2d", "cifar10": "dcgan32", "imagefolder": "dcgan32"}
+#: synthetic 8-Gaussians points split among the peers
+GAUSSIANS_TOTAL = 10_000
+#: seconds between progress refreshes
+PROGRESS_INTERVAL_S = 0.5
+
+
+@dataclasses.dataclass(frozen=True)
+class HarnessOptions:
+    """What ``p2pgan harness`` runs (command-line flags map one to one)."""
+
+    peers: int
+    out: Path
+    steps: int = 300
+    dataset: str = "digits"  # digits | gaussians | a CIFAR-10 batch folder | an image folder
+    topology: str = "ring"
+    rounds: int = 1
+    variant: str = "dp"
+    discovery: str = "roster"
+    split: str = "iid"
+    model: str | None = None  # default: by dataset (DATASET_MODELS)
+    loss: str = "wgan-gp"
+    optimizer: str = "oadam"
+    batch_size: int = 32
+    lr_generator: float = 2e-4
+    lr_discriminator: float = 2e-4
+    width: int | None = None
+    eval_interval: int | None = None  # default: steps // 10
+    checkpoint_interval: int | None = None  # default: steps // 4
+    round_timeout_s: float = 10.0
+    seed: int = 0
+    threads: int = 1
+    device: str = "cpu"
+    insecure: bool = False
+    timeout_s: float = 24 * 3600.0
+
+    def validate(self) -> None:
+        def bad(flag: str, problem: str) -> ConfigError:
+            return ConfigError(f"--{flag}: {problem}")
+
+        if self.peers < 1:
+            raise bad("peers", f"must be >= 1, got {self.peers}")
+        if self.steps < 1:
+            raise bad("steps", f"must be >= 1, got {self.steps}")
+        if self.rounds < 0:
+            raise bad("rounds", f"must be >= 0, got {self.rounds}")
+        if self.variant not in VARIANTS:
+            raise bad("variant", f"{self.variant!r} is not allowed; allowed: {', '.join(VARIANTS)}")
+        if self.discovery not in ("roster", "zeroconf"):
+            raise bad("discovery", f"{self.discovery!r} is not allowed; allowed: roster, zeroconf")
+        if self.batch_size < 1:
+            raise bad("batch-size", f"must be >= 1, got {self.batch_size}")
+
+
+def peer_ids(count: int) -> list[str]:
+    """``peer0 .. peer{M-1}``, zero-padded so that sorting them keeps their order (rank = index)."""
+    width = len(str(count - 1))
+    return [f"peer{i:0{width}d}" for i in range(count)]
+
+
+def free_ports(count: int, host: str = "127.0.0.1") -> list[int]:
+    """``count`` distinct ports free right now (held open together while choosing, then released)."""
+    sockets = []
+    try:
+        for _ in range(count):
+            s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+            s.bind((host, 0))
+            sockets.append(s)
+        return [s.getsockname()[1] for s in sockets]
+    finally:
+        for s in sockets:
+            s.close()
+
+
+def load_source_dataset(spec: str, *, seed: int = 0) -> tuple[Any, str]:
+    """The dataset to split: ``digits``, ``gaussians`` or a folder (CIFAR-10 batches or ImageFolder layout)."""
+    from p2pgan.trainer.data import gaussians, load_dataset, load_digits
+
+    if spec == "digits":
+        return load_digits(), "digits"
+    if spec == "gaussians":
+        return gaussians(GAUSSIANS_TOTAL, seed=seed), "gaussians"
+    path = Path(spec).expanduser()
+    if not path.is_dir():
+        raise ConfigError(f"--dataset: {spec!r} is neither digits, gaussians nor an existing folder")
+    fmt = "cifar10" if (path / "data_batch_1").is_file() else "imagefolder"
+    return load_dataset(fmt, path), fmt
+
+
+@dataclasses.dataclass(frozen=True)
+class Federation:
+    """What :func:`prepare` wrote: the peers' ids, configs, and shard sizes."""
+
+    out: Path
+    ids: list[str]
+    configs: dict[str, Path]
+    model: str
+    source_format: str
+
+    def specs(self, resume: bool = False) -> list[PeerSpec]:
+        specs = []
+        for pid in self.ids:
+            cfg = load_config(self.configs[pid])
+            specs.append(PeerSpec(pid, self.configs[pid], self.out / "state" / pid / "daemon.log", cfg.metrics.path, resume))
+        return specs
+
+
+def prepare(opts: HarnessOptions) -> Federation:
+    """Write certificates, roster, shards and per-peer configs under ``opts.out``."""
+    from p2pgan.discovery import write_roster
+    from p2pgan.security.certs import make_federation
+    from p2pgan.trainer.data import write_shards
+    from p2pgan.wire.config import PeerEntry
+
+    opts.validate()
+    out = opts.out.resolve()
+    out.mkdir(parents=True, exist_ok=True)
+    ids = peer_ids(opts.peers)
+    dataset, source_format = load_source_dataset(opts.dataset, seed=opts.seed)
+    if len(dataset) < opts.peers:
+        raise ConfigError(f"--peers: {opts.peers} peers cannot share {len(dataset)} samples")
+    model = opts.model or DATASET_MODELS[source_format]
+    shard_dirs = write_shards(dataset, out / "data", opts.peers, mode=opts.split, seed=opts.seed, names=ids)
+    tls = {} if opts.insecure else make_federation(out / "federation", FEDERATION, ids)
+    roster_path = out / "federation" / "roster.yaml"
+    ports = free_ports(opts.peers) if opts.discovery == "roster" else [0] * opts.peers
+    if opts.discovery == "roster":
+        roster_path.parent.mkdir(parents=True, exist_ok=True)
+        write_roster(roster_path, FEDERATION, [PeerEntry(pid, "127.0.0.1", port) for pid, port in zip(ids, ports)])
+    eval_interval = opts.eval_interval if opts.eval_interval is not None else max(1, opts.steps // 10)
+    ckpt_interval = opts.checkpoint_interval if opts.checkpoint_interval is not None else max(1, opts.steps // 4)
+    configs = {}
+    for pid, port, shard in zip(ids, ports, shard_dirs):
+        state = out / "state" / pid
+        doc: dict[str, Any] = {
+            "peer": {"id": pid, "federation": FEDERATION, "listen": f"127.0.0.1:{port}"},
+            "security": {"insecure": True} if opts.insecure else
+            {"ca": str(tls[pid].ca), "cert": str(tls[pid].cert), "key": str(tls[pid].key)},
+            "discovery": {"roster": str(roster_path)} if opts.discovery == "roster" else {"zeroconf_peers": opts.peers},
+            "mixing": {"variant": opts.variant, "rounds": opts.rounds, "seed": opts.seed,
+                       "round_timeout_s": opts.round_timeout_s},
+            "train": {"model": model, "loss": opts.loss, "optimizer": opts.optimizer, "batch_size": opts.batch_size,
+                      "lr_generator": opts.lr_generator, "lr_discriminator": opts.lr_discriminator,
+                      "steps": opts.steps, "init_seed": opts.seed, "threads": opts.threads, "device": opts.device},
+            "data": {"format": "shard", "path": str(shard)},
+            "checkpoint": {"dir": str(state), "interval": ckpt_interval},
+            "evaluation": {"interval": eval_interval},
+            "metrics": {"path": str(state / "metrics.jsonl")},
+        }
+        if VARIANTS[opts.variant][1] is None:
+            doc["mixing"]["topology"] = opts.topology
+        if VARIANTS[opts.variant][2] is not None:
+            doc["mixing"].pop("rounds")
+        if opts.width is not None:
+            doc["train"]["width"] = opts.width
+        path = out / "peers" / f"{pid}.yaml"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(f"# written by p2pgan harness for a throw-away federation on loopback\n{yaml.safe_dump(doc, sort_keys=False)}")
+        load_config(path)  # the harness writes only configs a daemon accepts
+        configs[pid] = path
+    return Federation(out, ids, configs, model, source_format)
+
+
+def prewarm_evaluator(fed: Federation) -> None:
+    """Train (or load) the cached digits classifier once here, instead of once in every peer."""
+    if fed.model == "digits":
+        from p2pgan.trainer.evaluation import make_evaluator
+
+        make_evaluator("digits")
+
+
+class Progress:
+    """A tqdm bar over the peers' steps (read from their metrics files), with the latest score."""
+
+    def __init__(self, tails: dict[str, MetricsTail], total: int) -> None:
+        from p2pgan.metrics import progress
+
+        self.tails = tails
+        self.bar = progress(total, f"{len(tails)} peers", unit="step")
+
+    def tick(self) -> None:
+        done = 0
+        score = None
+        for tail in self.tails.values():
+            tail.poll()
+            last = tail.last("step")
+            done += int(last["step"]) if last else 0
+            ev = tail.last("eval")
+            if ev and ev.get("scores"):
+                score = ev["scores"]
+        self.bar.update(done - self.bar.n)
+        if score:
+            self.bar.set_postfix({k: f"{v:.3g}" for k, v in score.items() if isinstance(v, (int, float))}, refresh=False)
+
+    def close(self) -> None:
+        self.bar.close()
+
+
+def run_harness(opts: HarnessOptions) -> Path:
+    """Prepare, run the M daemons to the end, write the report; returns the path of report.json."""
+    from p2pgan.metrics import read_metrics
+    from p2pgan.report import write_report
+
+    fed = prepare(opts)
+    prewarm_evaluator(fed)
+    specs = fed.specs()
+    tails = {s.name: MetricsTail(s.metrics) for s in specs}
+    started = time.time()
+    progress = Progress(tails, opts.peers * opts.steps)
+    try:
+        with PeerGroup(specs) as group:
+            pids = dict(zip(fed.ids, group.pids))
+            group.wait(opts.timeout_s, tick=progress.tick, tick_interval_s=PROGRESS_INTERVAL_S)
+            codes = {p.spec.name: p.returncode for p in group}
+    finally:
+        progress.close()
+    metrics = {s.name: read_metrics(s.metrics) for s in specs}
+    extra = {
+        "options": {k: (str(v) if isinstance(v, Path) else v) for k, v in dataclasses.asdict(opts).items()},
+        "model": fed.model,
+        "dataset_format": fed.source_format,
+        "wall_s": time.time() - started,
+        "pids": pids,
+        "exit_codes": codes,
+        "configs": {pid: str(path) for pid, path in fed.configs.items()},
+    }
+    return write_report(fed.out, metrics, extra)

@@ -1,0 +1,266 @@
+"""Tensor <-> wire frames: one Header frame, then Shard frames of raw little-endian bytes. Never pickle.
+
+The frames are protobuf ``p2pgan.wire.v1.Frame`` messages. Shard frames sit on the hot path, so they
+are written and read here by hand in canonical protobuf encoding: the data bytes are copied once from
+the tensor into the frame on the way out, and once from the frame into a preallocated buffer on the
+way in (a generated-class parse would copy them again). Any other valid protobuf encoding of a Frame
+(another implementation, another field order) falls back to the generated parser, so the format is
+exactly what ``protos/p2pgan/wire/v1/gossip.proto`` says.
+
+Structure checks live here (sizes add up, shard order, checksums, finite values, oversize); checks
+that need the receiver's context (federation, sender identity, layout, step window) live in
+:mod:`p2pgan.wire.inbox`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import struct
+import sys
+
+import torch
+import xxhash
+from google.protobuf.message import DecodeError
+
+from p2pgan.errors import ProtocolError
+from p2pgan.wire.v1 import gossip_pb2 as pb
+
+PROTOCOL_VERSION = 1
+#: largest shard accepted (and sent); gRPC's default message limit is 4 MiB, we raise it a little
+MAX_SHARD_BYTES = 4 * 1024 * 1024
+#: smallest configurable shard size (tiny shards only cost per-message overhead)
+MIN_SHARD_BYTES = 4 * 1024
+#: largest vector accepted: 16 Gi elements would not fit anyone's memory anyway
+MAX_ELEMENTS = 1 << 34
+#: room for the frame tags and varints around a shard's data
+FRAME_OVERHEAD_BYTES = 64
+
+#: wire dtype name -> (torch dtype, protobuf enum)
+WIRE_DTYPES: dict[str, tuple[torch.dtype, int]] = {
+    "float32": (torch.float32, pb.FLOAT32),
+    "bfloat16": (torch.bfloat16, pb.BFLOAT16),
+    "float16": (torch.float16, pb.FLOAT16),
+}
+_NAME_OF_ENUM = {enum: name for name, (_, enum) in WIRE_DTYPES.items()}
+_LITTLE_ENDIAN = sys.byteorder == "little"
+_SAME_WIDTH_INT = {1: torch.uint8, 2: torch.int16, 4: torch.int32, 8: torch.int64}
+
+
+def checksum(data: bytes | memoryview) -> int:
+    """xxh3_64 of ``data``: ~50 GB/s, so verifying every shard costs well under a millisecond per MB."""
+    return xxhash.xxh3_64_intdigest(data)
+
+
+@dataclasses.dataclass(frozen=True)
+class MessageHeader:
+    """The header of one parameter message (see ``Header`` in gossip.proto)."""
+
+    federation: str
+    sender: str
+    step: int
+    round: int
+    layout_digest: str
+    dtype: str  # a key of WIRE_DTYPES
+    element_count: int
+    shard_count: int
+
+    @property
+    def torch_dtype(self) -> torch.dtype:
+        return WIRE_DTYPES[self.dtype][0]
+
+    @property
+    def nbytes(self) -> int:
+        return self.element_count * self.torch_dtype.itemsize
+
+    def check_sizes(self) -> None:
+        """Raise :class:`ProtocolError` unless element and shard counts are consistent and bounded."""
+        if not 1 <= self.element_count <= MAX_ELEMENTS:
+            raise ProtocolError(f"{self._who}: element_count {self.element_count} is outside 1..{MAX_ELEMENTS}")
+        lo = math.ceil(self.nbytes / MAX_SHARD_BYTES)
+        if not lo <= self.shard_count <= self.nbytes:
+            raise ProtocolError(
+                f"{self._who}: shard_count {self.shard_count} does not fit {self.nbytes} bytes "
+                f"(needs {lo}..{self.nbytes} shards of at most {MAX_SHARD_BYTES} bytes)"
+            )
+
+    @property
+    def _who(self) -> str:
+        return f"message from {self.sender!r} (step {self.step}, round {self.round})"
+
+    def to_frame(self) -> bytes:
+        return pb.Frame(
+            header=pb.Header(
+                federation=self.federation, sender=self.sender, step=self.step, round=self.round,
+                layout_digest=self.layout_digest, dtype=WIRE_DTYPES[self.dtype][1],
+                element_count=self.element_count, shard_count=self.shard_count,
+            )
+        ).SerializeToString()
+
+
+@dataclasses.dataclass(frozen=True)
+class ShardView:
+    """A received shard; ``data`` is a view into the received frame (no copy)."""
+
+    index: int
+    checksum: int
+    data: memoryview
+
+
+# -- encoding -----------------------------------------------------------------------------------------
+def _varint(n: int) -> bytes:
+    out = bytearray()
+    while True:
+        b = n & 0x7F
+        n >>= 7
+        if n:
+            out.append(b | 0x80)
+        else:
+            out.append(b)
+            return bytes(out)
+
+
+def le_bytes(vec: torch.Tensor) -> memoryview:
+    """The raw little-endian bytes of a 1-D contiguous tensor (a zero-copy view on little-endian hosts)."""
+    flat = vec.detach().reshape(-1).contiguous()
+    as_int = flat.view(_SAME_WIDTH_INT[flat.element_size()])
+    arr = as_int.numpy()
+    if not _LITTLE_ENDIAN:
+        arr = arr.byteswap()
+    return memoryview(arr).cast("B")
+
+
+def shard_frame(index: int, data: memoryview) -> bytes:
+    """A ``Frame{shard: Shard{index, checksum, data}}`` in canonical protobuf encoding (one data copy)."""
+    n = len(data)
+    body_head = b"\x08" + _varint(index) + b"\x11" + struct.pack("<Q", checksum(data)) + b"\x1a" + _varint(n)
+    return b"".join((b"\x12", _varint(len(body_head) + n), body_head, data))
+
+
+def encode(header: MessageHeader, payload: memoryview, shard_bytes: int) -> list[bytes]:
+    """Header frame then shard frames for ``payload`` (``header.shard_count`` must match ``shard_bytes``)."""
+    frames = [header.to_frame()]
+    for i in range(header.shard_count):
+        frames.append(shard_frame(i, payload[i * shard_bytes : (i + 1) * shard_bytes]))
+    return frames
+
+
+def shard_count(nbytes: int, shard_bytes: int) -> int:
+    return max(1, math.ceil(nbytes / shard_bytes))
+
+
+# -- decoding -----------------------------------------------------------------------------------------
+class _NotCanonical(Exception):
+    """Internal: the frame is not in our canonical shard layout; use the generated parser."""
+
+
+def _read_varint(mv: memoryview, pos: int) -> tuple[int, int]:
+    result = shift = 0
+    while True:
+        if pos >= len(mv) or shift > 63:
+            raise _NotCanonical
+        b = mv[pos]
+        pos += 1
+        result |= (b & 0x7F) << shift
+        if not b & 0x80:
+            return result, pos
+        shift += 7
+
+
+def _fast_shard(msg: bytes) -> ShardView:
+    mv = memoryview(msg)
+    body_len, pos = _read_varint(mv, 1)
+    if pos + body_len != len(mv) or mv[pos] != 0x08:
+        raise _NotCanonical
+    index, pos = _read_varint(mv, pos + 1)
+    if pos + 10 > len(mv) or mv[pos] != 0x11:
+        raise _NotCanonical
+    (csum,) = struct.unpack_from("<Q", mv, pos + 1)
+    if mv[pos + 9] != 0x1A:
+        raise _NotCanonical
+    n, pos = _read_varint(mv, pos + 10)
+    if pos + n != len(mv):
+        raise _NotCanonical
+    return ShardView(index, csum, mv[pos:])
+
+
+def decode_frame(msg: bytes) -> MessageHeader | ShardView:
+    """Parse one stream message; raise :class:`ProtocolError` if it is not a valid Frame."""
+    if msg[:1] == b"\x12":
+        try:
+            return _fast_shard(msg)
+        except _NotCanonical:
+            pass
+    try:
+        frame = pb.Frame.FromString(msg)
+    except DecodeError as exc:
+        raise ProtocolError(f"undecodable frame of {len(msg)} bytes: {exc}") from None
+    kind = frame.WhichOneof("kind")
+    if kind == "shard":
+        s = frame.shard
+        return ShardView(s.index, s.checksum, memoryview(s.data))
+    if kind == "header":
+        h = frame.header
+        if h.dtype not in _NAME_OF_ENUM:
+            raise ProtocolError(
+                f"message from {h.sender!r}: dtype {h.dtype} is not one of {', '.join(WIRE_DTYPES)}"
+            )
+        return MessageHeader(
+            federation=h.federation, sender=h.sender, step=h.step, round=h.round,
+            layout_digest=h.layout_digest, dtype=_NAME_OF_ENUM[h.dtype],
+            element_count=h.element_count, shard_count=h.shard_count,
+        )
+    raise ProtocolError(f"empty frame of {len(msg)} bytes (neither header nor shard)")
+
+
+class ShardWriter:
+    """Checks the shards of one message and copies them into ``buffer`` (uint8, ``header.nbytes`` long)."""
+
+    def __init__(self, header: MessageHeader, buffer: torch.Tensor) -> None:
+        self.header = header
+        self._dst = memoryview(buffer.numpy()).cast("B")
+        self._buffer = buffer
+        self._next = 0
+        self._offset = 0
+
+    @property
+    def complete(self) -> bool:
+        return self._next == self.header.shard_count
+
+    def write(self, shard: ShardView) -> None:
+        h = self.header
+        n = len(shard.data)
+        if shard.index != self._next:
+            raise ProtocolError(f"{h._who}: shard {shard.index} arrived where shard {self._next} was due")
+        if n > MAX_SHARD_BYTES:
+            raise ProtocolError(f"{h._who}: shard {shard.index} has {n} bytes, more than {MAX_SHARD_BYTES}")
+        if self._offset + n > h.nbytes:
+            raise ProtocolError(
+                f"{h._who}: shards add up to more than the {h.nbytes} bytes of "
+                f"{h.element_count} {h.dtype} elements"
+            )
+        last = shard.index == h.shard_count - 1
+        if last and self._offset + n != h.nbytes:
+            raise ProtocolError(
+                f"{h._who}: shards add up to {self._offset + n} bytes, expected {h.nbytes} "
+                f"({h.element_count} {h.dtype} elements)"
+            )
+        if checksum(shard.data) != shard.checksum:
+            raise ProtocolError(f"{h._who}: checksum mismatch in shard {shard.index}")
+        self._dst[self._offset : self._offset + n] = shard.data
+        self._offset += n
+        self._next += 1
+
+    def tensor(self) -> torch.Tensor:
+        """The complete vector (a view of the buffer, in the wire dtype); checks that values are finite."""
+        h = self.header
+        if not self.complete:
+            raise ProtocolError(f"{h._who}: stream ended after {self._next} of {h.shard_count} shards")
+        raw = self._buffer
+        if not _LITTLE_ENDIAN:
+            raw.view(_SAME_WIDTH_INT[h.torch_dtype.itemsize]).numpy().byteswap(inplace=True)
+        vec = raw.view(h.torch_dtype)
+        if not bool(torch.isfinite(vec).all()):
+            raise ProtocolError(f"{h._who}: the vector holds non-finite values (NaN or inf)")
+        return vec
+

@@ -1,0 +1,275 @@
+"""Where received parameter messages land: buffers keyed by (step, round, sender), plain logic, no gRPC.
+
+The servicer hands every incoming stream to :meth:`Inbox.receive`, which validates each message against
+this peer's context (federation, sender identity and membership, topology neighbours, layout digest,
+vector length, step window) and writes its shards into a pooled, preallocated buffer. The mixer calls
+:meth:`Inbox.advance` when it enters a round and :meth:`Inbox.take` to wait (with a deadline) for the
+neighbours' vectors of that round.
+
+Look-ahead is bounded: a sender may have at most :data:`LOOKAHEAD_MESSAGES` messages held here (the
+one for our current round and one ahead); a further message blocks its stream, which is backpressure
+through gRPC flow control, until the mixer catches up or :data:`LOOKAHEAD_WAIT_S` passes.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import threading
+import time
+from collections import defaultdict
+from collections.abc import Callable, Collection, Iterable
+
+import torch
+
+from p2pgan.errors import PeerUnavailableError, ProtocolError, SecurityError, StepWindowError
+from p2pgan.wire.codec import MessageHeader, ShardView, ShardWriter, decode_frame
+
+log = logging.getLogger(__name__)
+
+#: messages one sender may have buffered here (current round + one round ahead)
+LOOKAHEAD_MESSAGES = 2
+#: how long a stream that is too far ahead is held back before it is refused
+LOOKAHEAD_WAIT_S = 30.0
+#: a message whose step differs from ours by more than this is refused
+MAX_STEP_SKEW = 4
+#: free buffers kept per size for reuse
+POOL_MAX = 8
+
+Key = tuple[int, int, str]
+
+
+@dataclasses.dataclass
+class _Slot:
+    key: Key
+    buffer: torch.Tensor
+    vec: torch.Tensor | None = None  # set when complete
+    dead: bool = False  # purged while still filling: the writer returns the buffer
+
+
+@dataclasses.dataclass(frozen=True)
+class InboxContext:
+    """What a message must agree with; fixed once the membership is known."""
+
+    federation: str
+    self_id: str
+    members: frozenset[str]
+    layout_digest: str
+    element_count: int
+    #: senders allowed at (step, round): this peer's in-neighbours in the topology
+    in_neighbours: Callable[[int, int], Collection[str]]
+
+
+class Inbox:
+    """Thread-safe buffers of received vectors (see module docstring)."""
+
+    def __init__(self) -> None:
+        self._cond = threading.Condition()
+        self._ctx: InboxContext | None = None
+        self._slots: dict[Key, _Slot] = {}
+        self._held: dict[str, int] = defaultdict(int)
+        self._pool: dict[int, list[torch.Tensor]] = defaultdict(list)
+        self._position: tuple[int, int] | None = None
+        self._closed = False
+        self.bytes_received = 0
+
+    # -- set-up ----------------------------------------------------------------------------------------
+    def configure(self, ctx: InboxContext) -> None:
+        with self._cond:
+            self._ctx = ctx
+            self._cond.notify_all()
+
+    def close(self) -> None:
+        with self._cond:
+            self._closed = True
+            self._cond.notify_all()
+
+    # -- the receiving side (server threads) -------------------------------------------------------------
+    def receive(self, identity: str | None, messages: Iterable[bytes]) -> int:
+        """Consume one Push stream from the peer whose TLS identity is ``identity`` (None: insecure).
+
+        Returns the number of complete messages accepted. Raises a :class:`P2PGANError` subclass that
+        the servicer turns into a gRPC status; a message in progress is then discarded.
+        """
+        ctx = self._context()
+        if identity is not None:
+            self._check_member(ctx, identity, "TLS certificate")
+        accepted = 0
+        writer: ShardWriter | None = None
+        slot: _Slot | None = None
+        try:
+            for msg in messages:
+                frame = decode_frame(msg)
+                self.bytes_received += len(msg)
+                if isinstance(frame, MessageHeader):
+                    if writer is not None:
+                        raise ProtocolError(
+                            f"{frame._who}: new header after {writer._next} of {writer.header.shard_count} shards"
+                        )
+                    self._check_header(ctx, frame, identity)
+                    slot = self._reserve(frame)
+                    writer = ShardWriter(frame, slot.buffer if slot is not None else self._scratch(frame))
+                    continue
+                if writer is None:
+                    raise ProtocolError(f"shard {frame.index} arrived before any header")
+                writer.write(frame)
+                if writer.complete:
+                    vec = writer.tensor()
+                    if slot is not None:
+                        self._commit(slot, vec)
+                        accepted += 1
+                    slot = writer = None
+            if writer is not None:
+                writer.tensor()  # raises: the stream ended inside a message
+        finally:
+            if slot is not None:
+                self._abandon(slot)
+        return accepted
+
+    def require_ready(self) -> None:
+        """Raise :class:`PeerUnavailableError` until the membership is known (Hello answers only then)."""
+        self._context()
+
+    def _context(self) -> InboxContext:
+        with self._cond:
+            if self._closed:
+                raise PeerUnavailableError("this peer is shutting down")
+            if self._ctx is None:
+                raise PeerUnavailableError("this peer has not resolved its membership yet; retry shortly")
+            return self._ctx
+
+    @staticmethod
+    def _check_member(ctx: InboxContext, peer: str, source: str) -> None:
+        if peer not in ctx.members:
+            raise SecurityError(
+                f"peer {peer!r} ({source}) is not a member of federation {ctx.federation!r}; "
+                f"members: {', '.join(sorted(ctx.members))}"
+            )
+
+    def _check_header(self, ctx: InboxContext, h: MessageHeader, identity: str | None) -> None:
+        if h.federation != ctx.federation:
+            raise SecurityError(f"{h._who}: federation {h.federation!r}, ours is {ctx.federation!r}")
+        self._check_member(ctx, h.sender, "header sender")
+        if identity is not None and h.sender != identity:
+            raise SecurityError(f"{h._who}: the sender field does not match the TLS identity {identity!r}")
+        if h.sender == ctx.self_id:
+            raise SecurityError(f"{h._who}: a message claiming to come from ourselves")
+        if ctx.layout_digest and h.layout_digest and h.layout_digest != ctx.layout_digest:
+            raise ProtocolError(
+                f"{h._who}: model layout digest {h.layout_digest!r} differs from ours {ctx.layout_digest!r} "
+                "(the peers run different models)"
+            )
+        if h.element_count != ctx.element_count:
+            raise ProtocolError(f"{h._who}: {h.element_count} elements, our vector has {ctx.element_count}")
+        h.check_sizes()
+        if h.step < 0 or h.round < 0:
+            raise StepWindowError(f"{h._who}: negative step or round")
+        if h.sender not in ctx.in_neighbours(h.step, h.round):
+            raise ProtocolError(f"{h._who}: {h.sender!r} is not our in-neighbour at step {h.step} round {h.round}")
+
+    def _scratch(self, h: MessageHeader) -> torch.Tensor:
+        """A buffer for a stale message that is read off the stream and dropped."""
+        return torch.empty(h.nbytes, dtype=torch.uint8)
+
+    def _reserve(self, h: MessageHeader) -> _Slot | None:
+        key = (h.step, h.round, h.sender)
+        deadline = time.monotonic() + LOOKAHEAD_WAIT_S
+        with self._cond:
+            while True:
+                if self._closed:
+                    raise PeerUnavailableError("this peer is shutting down")
+                pos = self._position
+                if pos is not None:
+                    if abs(h.step - pos[0]) > MAX_STEP_SKEW:
+                        raise StepWindowError(
+                            f"{h._who}: step {h.step} is more than {MAX_STEP_SKEW} steps from ours ({pos[0]})"
+                        )
+                    if (h.step, h.round) < pos:
+                        log.debug("dropping late message %s (we are at %s)", key, pos)
+                        return None
+                if key in self._slots:
+                    raise ProtocolError(f"{h._who}: duplicate message")
+                if self._held[h.sender] < LOOKAHEAD_MESSAGES:
+                    break
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    raise StepWindowError(
+                        f"{h._who}: more than {LOOKAHEAD_MESSAGES} messages ahead of us (we are at {pos}) "
+                        f"for {LOOKAHEAD_WAIT_S:g} s"
+                    )
+                self._cond.wait(remaining)
+            pool = self._pool[h.nbytes]
+            buf = pool.pop() if pool else torch.empty(h.nbytes, dtype=torch.uint8)
+            slot = _Slot(key, buf)
+            self._slots[key] = slot
+            self._held[h.sender] += 1
+            return slot
+
+    def _commit(self, slot: _Slot, vec: torch.Tensor) -> None:
+        with self._cond:
+            if slot.dead:
+                self._recycle(slot.buffer)
+                return
+            slot.vec = vec
+            self._cond.notify_all()
+
+    def _abandon(self, slot: _Slot) -> None:
+        with self._cond:
+            if not slot.dead:
+                self._drop(slot)
+            self._recycle(slot.buffer)
+
+    def _drop(self, slot: _Slot) -> None:
+        del self._slots[slot.key]
+        self._held[slot.key[2]] -= 1
+        self._cond.notify_all()
+
+    def _recycle(self, buffer: torch.Tensor) -> None:
+        pool = self._pool[buffer.numel()]
+        if len(pool) < POOL_MAX:
+            pool.append(buffer)
+
+    # -- the mixing side -------------------------------------------------------------------------------
+    def advance(self, step: int, round: int) -> None:
+        """We are now at ``(step, round)``: messages of earlier rounds are stale and dropped."""
+        with self._cond:
+            self._position = (step, round)
+            for key, slot in list(self._slots.items()):
+                if key[:2] < (step, round):
+                    self._drop(slot)
+                    if slot.vec is None:
+                        slot.dead = True  # still being written: the writer recycles the buffer
+                    else:
+                        self._recycle(slot.buffer)
+
+    def take(self, step: int, round: int, senders: Collection[str], deadline: float) -> dict[str, torch.Tensor]:
+        """Wait until ``monotonic() >= deadline`` at most for the senders' vectors of ``(step, round)``.
+
+        Returns the vectors that arrived (views of pooled buffers: pass them to :meth:`release` when
+        done). Missing senders are the caller's to handle.
+        """
+        with self._cond:
+            while not self._closed:
+                if all(self._ready((step, round, s)) for s in senders):
+                    break
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    break
+                self._cond.wait(remaining)
+            out: dict[str, torch.Tensor] = {}
+            for s in senders:
+                slot = self._slots.get((step, round, s))
+                if slot is not None and slot.vec is not None:
+                    out[s] = slot.vec
+                    self._drop(slot)
+            return out
+
+    def _ready(self, key: Key) -> bool:
+        slot = self._slots.get(key)
+        return slot is not None and slot.vec is not None
+
+    def release(self, vectors: Iterable[torch.Tensor]) -> None:
+        """Return the buffers behind vectors from :meth:`take` to the pool."""
+        with self._cond:
+            for v in vectors:
+                self._recycle(v.view(torch.uint8))

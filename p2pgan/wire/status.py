@@ -1,0 +1,55 @@
+"""The one place where p2pgan errors become gRPC status codes (and a log line)."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from collections.abc import Iterator
+
+import grpc
+
+from p2pgan.errors import (
+    DiscoveryError,
+    P2PGANError,
+    PeerUnavailableError,
+    ProtocolError,
+    SecurityError,
+    StepWindowError,
+)
+
+log = logging.getLogger(__name__)
+
+#: most specific first
+STATUS_CODES: tuple[tuple[type[P2PGANError], grpc.StatusCode], ...] = (
+    (SecurityError, grpc.StatusCode.PERMISSION_DENIED),
+    (StepWindowError, grpc.StatusCode.OUT_OF_RANGE),
+    (ProtocolError, grpc.StatusCode.INVALID_ARGUMENT),
+    (PeerUnavailableError, grpc.StatusCode.UNAVAILABLE),
+    (DiscoveryError, grpc.StatusCode.FAILED_PRECONDITION),
+    (P2PGANError, grpc.StatusCode.INTERNAL),
+)
+
+
+def status_code(exc: P2PGANError) -> grpc.StatusCode:
+    for cls, code in STATUS_CODES:
+        if isinstance(exc, cls):
+            return code
+    return grpc.StatusCode.INTERNAL
+
+
+@contextlib.contextmanager
+def grpc_status(context: grpc.ServicerContext, rpc: str) -> Iterator[None]:
+    """Run an RPC body; turn a :class:`P2PGANError` (or a bug) into an aborted call with a clear status."""
+    try:
+        yield
+    except P2PGANError as exc:
+        code = status_code(exc)
+        log.warning("%s from %s refused (%s): %s", rpc, context.peer(), code.name, exc)
+        context.abort(code, str(exc))
+    except grpc.RpcError:
+        raise  # the call was cancelled or aborted already; nothing to report back
+    except Exception as exc:  # a bug of ours must not take the server down
+        if not context.is_active():
+            return
+        log.exception("%s from %s failed", rpc, context.peer())
+        context.abort(grpc.StatusCode.INTERNAL, f"internal error: {type(exc).__name__}: {exc}")

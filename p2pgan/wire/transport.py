@@ -1,0 +1,255 @@
+"""gRPC plumbing: mutual-TLS credentials, the server, persistent client streams (links), identities.
+
+Identity checks, both ways:
+- server side: gRPC's TLS layer accepts only clients whose certificate chains to the federation CA;
+  :func:`tls_identity` then reads the peer id from the certificate's ``p2pgan://`` SAN URI and checks
+  the federation and the optional fingerprint pin (membership is the inbox's check).
+- client side: channels set ``grpc.ssl_target_name_override`` to the peer's identity DNS name
+  (``<id>.<federation>.p2pgan``), so the handshake fails unless the server holds that peer's
+  certificate from our CA. :func:`probe_identity` additionally fetches the certificate with Python's
+  ``ssl`` to check a pinned fingerprint or a zeroconf candidate.
+
+The hot path uses identity (de)serializers: a Push stream carries ``bytes`` frames built by
+:mod:`p2pgan.wire.codec`, with no protobuf object per shard.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import socket
+import ssl
+import threading
+import time
+from collections.abc import Callable, Iterator, Sequence
+from concurrent import futures
+from functools import lru_cache
+
+import grpc
+
+from p2pgan.errors import ConfigError, SecurityError
+from p2pgan.security.certs import fingerprint, identity_dns, normalize_fingerprint, peer_identity, read_tls
+from p2pgan.wire.codec import FRAME_OVERHEAD_BYTES, MAX_SHARD_BYTES
+from p2pgan.wire.config import PeerEntry, TLSFiles
+from p2pgan.wire.v1 import gossip_pb2 as pb
+
+log = logging.getLogger(__name__)
+
+SERVICE = pb.DESCRIPTOR.services_by_name["Gossip"].full_name
+PUSH_METHOD = f"/{SERVICE}/Push"
+HELLO_METHOD = f"/{SERVICE}/Hello"
+MAX_MESSAGE_BYTES = MAX_SHARD_BYTES + FRAME_OVERHEAD_BYTES
+#: first and largest wait before reopening a failed stream to a neighbour
+RECONNECT_BACKOFF_MIN_S = 0.05
+RECONNECT_BACKOFF_MAX_S = 5.0
+#: messages queued on a link before further sends are skipped (the neighbour is not draining)
+MAX_QUEUED_MESSAGES = 2
+#: how long close() waits for a stream to flush before cancelling it
+CLOSE_GRACE_S = 2.0
+PROBE_TIMEOUT_S = 5.0
+
+_CHANNEL_OPTIONS = [
+    ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
+    ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
+    ("grpc.use_local_subchannel_pool", 1),
+    ("grpc.keepalive_time_ms", 30_000),
+    ("grpc.initial_reconnect_backoff_ms", 100),
+    ("grpc.max_reconnect_backoff_ms", int(RECONNECT_BACKOFF_MAX_S * 1000)),
+]
+
+INSECURE_WARNING = (
+    "INSECURE TRANSPORT: mutual TLS is OFF (insecure=True). Anyone who can reach this port can read this "
+    "peer's parameters and inject their own. Use only on a trusted, isolated network."
+)
+
+
+# -- credentials and server ----------------------------------------------------------------------------
+def server_credentials(tls: TLSFiles) -> grpc.ServerCredentials:
+    ca, cert, key = read_tls(tls)
+    return grpc.ssl_server_credentials([(key, cert)], root_certificates=ca, require_client_auth=True)
+
+
+def channel_credentials(tls: TLSFiles) -> grpc.ChannelCredentials:
+    ca, cert, key = read_tls(tls)
+    return grpc.ssl_channel_credentials(root_certificates=ca, private_key=key, certificate_chain=cert)
+
+
+def open_server(
+    host: str, port: int, handlers: Sequence[grpc.GenericRpcHandler], tls: TLSFiles | None, *, max_workers: int
+) -> tuple[grpc.Server, int]:
+    """Start a gRPC server on ``host:port`` (0 = a free port); return it and the bound port."""
+    server = grpc.server(
+        futures.ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix="p2pgan-rpc"),
+        handlers=handlers,
+        options=[(k, v) for k, v in _CHANNEL_OPTIONS if k.startswith("grpc.max_")],
+    )
+    address = f"{host}:{port}"
+    try:
+        bound = server.add_secure_port(address, server_credentials(tls)) if tls else server.add_insecure_port(address)
+    except RuntimeError as exc:
+        raise ConfigError(f"listen address {address}: cannot bind: {exc}") from None
+    if not bound:
+        raise ConfigError(f"listen address {address}: cannot bind (in use or not a local address)")
+    server.start()
+    return server, bound
+
+
+def open_channel(peer: PeerEntry, federation: str, tls: TLSFiles | None) -> grpc.Channel:
+    target = f"{peer.host}:{peer.port}"
+    if tls is None:
+        return grpc.insecure_channel(target, options=_CHANNEL_OPTIONS)
+    options = [*_CHANNEL_OPTIONS, ("grpc.ssl_target_name_override", identity_dns(federation, peer.id))]
+    return grpc.secure_channel(target, channel_credentials(tls), options=options)
+
+
+# -- identities ----------------------------------------------------------------------------------------
+@lru_cache(maxsize=256)
+def _identity_of_pem(pem: bytes) -> tuple[str, str, str]:
+    fed, pid = peer_identity(pem)
+    return fed, pid, fingerprint(pem)
+
+
+def tls_identity(context: grpc.ServicerContext, federation: str, pins: dict[str, str]) -> str | None:
+    """The peer id of the caller's TLS certificate (None on an insecure server).
+
+    Raises :class:`SecurityError` for a certificate of another federation or a fingerprint that does
+    not match the pin of that id.
+    """
+    auth = context.auth_context()
+    pems = auth.get("x509_pem_cert")
+    if not pems:
+        if auth.get("transport_security_type") == [b"ssl"]:
+            raise SecurityError("the caller presented no client certificate")
+        return None
+    fed, pid, fp = _identity_of_pem(pems[0])
+    if fed != federation:
+        raise SecurityError(f"caller {pid!r} holds a certificate of federation {fed!r}, ours is {federation!r}")
+    pin = pins.get(pid)
+    if pin and pin != fp:
+        raise SecurityError(f"caller {pid!r}: certificate fingerprint {fp} does not match the pinned {pin}")
+    return pid
+
+
+def probe_identity(host: str, port: int, tls: TLSFiles, timeout: float = PROBE_TIMEOUT_S) -> tuple[str, str, str]:
+    """TLS-handshake with ``host:port`` using our client certificate; ``(federation, id, fingerprint)``.
+
+    The server's certificate must chain to our CA (:class:`SecurityError` otherwise).
+    """
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    ctx.check_hostname = False  # the identity is the SAN URI, checked by the caller
+    ctx.verify_mode = ssl.CERT_REQUIRED
+    ctx.load_verify_locations(cafile=str(tls.ca))
+    ctx.load_cert_chain(str(tls.cert), str(tls.key))
+    ctx.set_alpn_protocols(["h2"])
+    try:
+        with socket.create_connection((host, port), timeout=timeout) as raw, ctx.wrap_socket(raw) as s:
+            der = s.getpeercert(binary_form=True)
+    except ssl.SSLCertVerificationError as exc:
+        raise SecurityError(f"{host}:{port}: certificate does not chain to our federation CA: {exc.verify_message}") from None
+    except (OSError, ssl.SSLError) as exc:
+        raise SecurityError(f"{host}:{port}: TLS handshake failed: {exc}") from None
+    if der is None:
+        raise SecurityError(f"{host}:{port}: presented no certificate")
+    fed, pid = peer_identity(der)
+    return fed, pid, fingerprint(der)
+
+
+def check_pin(peer: PeerEntry, tls: TLSFiles, federation: str) -> None:
+    """Verify ``peer``'s identity and, when pinned, its fingerprint with :func:`probe_identity`."""
+    fed, pid, fp = probe_identity(peer.host, peer.port, tls)
+    if (fed, pid) != (federation, peer.id):
+        raise SecurityError(f"{peer.host}:{peer.port} is {pid!r} of federation {fed!r}, expected {peer.id!r} of {federation!r}")
+    if peer.fingerprint and normalize_fingerprint(peer.fingerprint) != fp:
+        raise SecurityError(f"peer {peer.id!r}: certificate fingerprint {fp} does not match the pinned {peer.fingerprint}")
+
+
+# -- client links --------------------------------------------------------------------------------------
+class _Stream:
+    """One open Push call fed from a queue of messages (each a list of frames)."""
+
+    def __init__(self, push: grpc.StreamUnaryMultiCallable, on_sent: Callable[[], None]) -> None:
+        self.queue: queue.SimpleQueue[list[bytes] | None] = queue.SimpleQueue()
+        self.pending = 0
+        self._on_sent = on_sent
+        self.call = push.future(self._frames())
+
+    def _frames(self) -> Iterator[bytes]:
+        while True:
+            item = self.queue.get()
+            if item is None:
+                return
+            yield from item
+            self._on_sent()
+
+
+class Link:
+    """The persistent connection to one neighbour: a channel plus a Push stream reopened with backoff.
+
+    :meth:`send` never blocks on the network: it queues a message (or skips it while the neighbour is
+    unreachable or not draining, which the neighbour sees as a missed round).
+    """
+
+    def __init__(self, peer: PeerEntry, federation: str, tls: TLSFiles | None) -> None:
+        self.peer = peer
+        self.channel = open_channel(peer, federation, tls)
+        self._push = self.channel.stream_unary(PUSH_METHOD, request_serializer=None, response_deserializer=pb.PushSummary.FromString)
+        self.hello = self.channel.unary_unary(
+            HELLO_METHOD, request_serializer=pb.HelloRequest.SerializeToString, response_deserializer=pb.HelloReply.FromString
+        )
+        # re-entrant: grpc runs a done-callback inline when the call already failed (dead neighbour),
+        # and _on_done takes this lock while send() still holds it
+        self._lock = threading.RLock()
+        self._stream: _Stream | None = None
+        self._backoff_s = RECONNECT_BACKOFF_MIN_S
+        self._retry_at = 0.0
+        self._closed = False
+        self.bytes_sent = 0
+
+    def send(self, frames: list[bytes]) -> bool:
+        """Queue one message; False if it was skipped (link down and backing off, or congested)."""
+        with self._lock:
+            if self._closed:
+                return False
+            stream = self._stream
+            if stream is None or stream.call.done():
+                if time.monotonic() < self._retry_at:
+                    return False
+                stream = self._stream = _Stream(self._push, lambda: self._on_sent(stream))
+                stream.call.add_done_callback(lambda call, s=stream: self._on_done(s, call))
+            if stream.pending >= MAX_QUEUED_MESSAGES:
+                log.warning("peer %s is not draining its stream; skipping this message", self.peer.id)
+                return False
+            stream.pending += 1
+            stream.queue.put(frames)
+        self.bytes_sent += sum(len(f) for f in frames)
+        return True
+
+    def _on_sent(self, stream: _Stream) -> None:
+        with self._lock:
+            stream.pending -= 1
+            self._backoff_s = RECONNECT_BACKOFF_MIN_S
+
+    def _on_done(self, stream: _Stream, call: grpc.Future) -> None:
+        if self._closed or call.cancelled():
+            return
+        exc = call.exception()
+        with self._lock:
+            self._retry_at = time.monotonic() + self._backoff_s
+            self._backoff_s = min(2 * self._backoff_s, RECONNECT_BACKOFF_MAX_S)
+        if exc is not None and isinstance(exc, grpc.Call):
+            code = exc.code()
+            level = logging.INFO if code in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.CANCELLED) else logging.ERROR
+            log.log(level, "stream to %s ended: %s: %s (retry in %.2f s)", self.peer.id, code.name, exc.details(), self._backoff_s)
+        stream.queue.put(None)
+
+    def close(self) -> None:
+        with self._lock:
+            self._closed = True
+            stream, self._stream = self._stream, None
+        if stream is not None:
+            stream.queue.put(None)
+            try:
+                stream.call.result(timeout=CLOSE_GRACE_S)
+            except (grpc.RpcError, grpc.FutureTimeoutError, grpc.FutureCancelledError):
+                stream.call.cancel()
+        self.channel.close()

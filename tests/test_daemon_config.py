@@ -1,0 +1,156 @@
+"""The peer's YAML config: valid files load into frozen dataclasses; every mistake names file, field, allowed values."""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from p2pgan.daemon.config import load_config, network_config
+from p2pgan.errors import ConfigError
+
+pytestmark = pytest.mark.timeout(60)
+
+
+def base_doc() -> dict[str, Any]:
+    return {
+        "peer": {"id": "alice", "federation": "demo", "listen": "127.0.0.1:7000"},
+        "security": {"ca": "certs/ca.pem", "cert": "certs/alice.pem", "key": "certs/alice.key"},
+        "discovery": {"roster": "roster.yaml"},
+        "mixing": {"variant": "dp", "rounds": 2},
+        "train": {"model": "digits", "steps": 100, "lr_generator": "2e-4", "lr_discriminator": 1e-3},
+        "data": {"format": "digits"},
+        "checkpoint": {"interval": 10},
+    }
+
+
+@pytest.fixture()
+def folder(tmp_path: Path) -> Path:
+    (tmp_path / "certs").mkdir()
+    for name in ("ca.pem", "alice.pem", "alice.key"):
+        (tmp_path / "certs" / name).write_text("pem")
+    (tmp_path / "roster.yaml").write_text("federation: demo\npeers: []\n")
+    return tmp_path
+
+
+def write(folder: Path, doc: object, name: str = "alice.yaml") -> Path:
+    path = folder / name
+    path.write_text(yaml.safe_dump(doc))
+    return path
+
+
+def test_valid_config_resolves_paths_and_defaults(folder: Path) -> None:
+    cfg = load_config(write(folder, base_doc()))
+    assert cfg.peer.id == "alice" and (cfg.peer.listen_host, cfg.peer.listen_port) == ("127.0.0.1", 7000)
+    assert cfg.security.tls is not None and cfg.security.tls.ca == folder / "certs" / "ca.pem"
+    assert cfg.discovery.kind == "roster" and cfg.discovery.roster == folder / "roster.yaml"
+    assert (cfg.mixing.topology, cfg.mixing.rounds, cfg.mixing.schedule) == ("ring", 2, "exact")
+    assert cfg.train.lr_generator == pytest.approx(2e-4) and cfg.train.lr_discriminator == pytest.approx(1e-3)
+    assert cfg.checkpoint.dir == folder / "state" / "alice"
+    assert cfg.metrics.path == folder / "state" / "alice" / "metrics.jsonl"
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        cfg.train.steps = 5  # type: ignore[misc]
+    net = network_config(cfg)
+    assert (net.peer_id, net.federation, net.rounds, net.topology, net.listen_port) == ("alice", "demo", 2, "ring", 7000)
+
+
+@pytest.mark.parametrize(
+    ("variant", "topology", "rounds", "schedule"),
+    [("rand-dp", "random-ring", 1, "exact"), ("cp", "complete", 1, "exact"), ("overlap", "ring", 1, "overlap")],
+)
+def test_variants_map_to_schedule_and_topology(folder: Path, variant: str, topology: str, rounds: int, schedule: str) -> None:
+    doc = base_doc()
+    doc["mixing"] = {"variant": variant}
+    cfg = load_config(write(folder, doc))
+    assert (cfg.mixing.topology, cfg.mixing.rounds, cfg.mixing.schedule) == (topology, rounds, schedule)
+
+
+def test_insecure_warns_loudly(folder: Path, caplog: pytest.LogCaptureFixture) -> None:
+    doc = base_doc()
+    doc["security"] = {"insecure": True}
+    cfg = load_config(write(folder, doc))
+    assert cfg.security.insecure and cfg.security.tls is None
+    assert "INSECURE" in caplog.text
+
+
+def _set(doc: dict[str, Any], dotted: str, value: object) -> dict[str, Any]:
+    doc = copy.deepcopy(doc)
+    *parents, last = dotted.split(".")
+    node = doc
+    for p in parents:
+        node = node.setdefault(p, {})
+    if value is _DELETE:
+        node.pop(last)
+    else:
+        node[last] = value
+    return doc
+
+
+_DELETE = object()
+
+BAD_CASES = [
+    # (dotted field, value, fragments that must be in the message)
+    ("mixing.variant", "rand_dp", ["mixing.variant", "did you mean 'rand-dp'", "dp, rand-dp, cp, overlap"]),
+    ("train.optimizer", "adam", ["train.optimizer", "osg, oadam, oadagrad"]),
+    ("train.lr_generator", "fast", ["train.lr_generator", "must be a number"]),
+    ("train.lr_discriminator", -1, ["train.lr_discriminator", "> 0"]),
+    ("train.batch_szie", 32, ["train.batch_szie", "unknown field", "did you mean 'batch_size'"]),
+    ("train.betas", [0.5], ["train.betas", "two numbers"]),
+    ("train.steps", _DELETE, ["train.steps", "is required"]),
+    ("train.epochs", 3, ["train.epochs", "not both"]),
+    ("mixing.topology", "rign", ["mixing.topology", "did you mean 'ring'", "random-ring"]),
+    ("mixing.rounds", -1, ["mixing.rounds", ">= 0"]),
+    ("peer.listen", "localhost", ["peer.listen", "HOST:PORT"]),
+    ("peer.id", "Bad id!", ["peer.id", "lowercase letters, digits"]),
+    ("security.key", _DELETE, ["security.key", "is required", "insecure: true"]),
+    ("security.ca", "certs/nope.pem", ["security.ca", "does not exist"]),
+    ("discovery.zeroconf_peers", 3, ["discovery", "exactly one of"]),
+    ("data.format", "mnist", ["data.format", "digits, gaussians, cifar10, imagefolder, shard"]),
+    ("metrics.prometheus_port", 70000, ["metrics.prometheus_port", "<= 65535"]),
+    ("checkpionts", {}, ["checkpionts", "did you mean 'checkpoint'"]),
+]
+
+
+@pytest.mark.parametrize(("field", "value", "fragments"), BAD_CASES, ids=[c[0] for c in BAD_CASES])
+def test_bad_field_names_file_field_and_allowed(folder: Path, field: str, value: object, fragments: list[str]) -> None:
+    path = write(folder, _set(base_doc(), field, value))
+    with pytest.raises(ConfigError) as info:
+        load_config(path)
+    message = str(info.value)
+    assert str(path) in message
+    for fragment in fragments:
+        assert fragment in message, message
+
+
+def test_cp_rejects_other_topology(folder: Path) -> None:
+    path = write(folder, _set(base_doc(), "mixing", {"variant": "cp", "topology": "ring"}))
+    with pytest.raises(ConfigError, match=r"mixing\.topology.*'complete'"):
+        load_config(path)
+
+
+@pytest.mark.parametrize(
+    ("text", "fragment"),
+    [("peer: [unclosed\n", "not valid YAML at line"), ("", "empty"), ("- a\n- b\n", "must be a mapping")],
+)
+def test_unparsable_files(folder: Path, text: str, fragment: str) -> None:
+    path = folder / "broken.yaml"
+    path.write_text(text)
+    with pytest.raises(ConfigError, match=fragment):
+        load_config(path)
+
+
+def test_cli_reports_config_error_without_traceback(folder: Path) -> None:
+    path = write(folder, _set(base_doc(), "mixing.variant", "gossip"))
+    proc = subprocess.run(
+        [sys.executable, "-m", "p2pgan", "peer", "--config", str(path)],
+        capture_output=True, text=True, timeout=60,
+    )
+    assert proc.returncode == 2
+    assert "Traceback" not in proc.stderr
+    assert str(path) in proc.stderr and "mixing.variant" in proc.stderr and "rand-dp" in proc.stderr
