@@ -128,13 +128,21 @@ class TorchDistMixer(Mixer):
         rounds: t, rounds per step (0: no mixing).
         group: the process group to use (default: the default group). All ranks of the group must
             construct the mixer and mix the same steps in the same order.
+        members: the peer ids in rank order, for logs and checkpoints (optional).
 
     The hosted row is this process's rank: ``ranks == (rank,)`` and ``x`` has shape ``[1, d]``.
     ``stats.bytes_*`` count payload bytes; for the all-reduce they are the ring-algorithm estimate
     ``2 (M - 1) / M`` times the vector size.
     """
 
-    def __init__(self, topology: Topology, rounds: int, *, group: dist.ProcessGroup | None = None) -> None:
+    def __init__(
+        self,
+        topology: Topology,
+        rounds: int,
+        *,
+        group: dist.ProcessGroup | None = None,
+        members: tuple[str, ...] = (),
+    ) -> None:
         super().__init__()
         if not dist.is_initialized():
             raise ConfigError("TorchDistMixer needs an initialised torch.distributed process group (see process_group)")
@@ -155,6 +163,8 @@ class TorchDistMixer(Mixer):
         self._allreduce = isinstance(topology, Complete)
         self._executor: ThreadPoolExecutor | None = ThreadPoolExecutor(1, thread_name_prefix="p2pgan-torchdist")
         self._lock = threading.Lock()
+        self.members = members
+        self._owned: contextlib.ExitStack | None = None
 
     def start(self, x: torch.Tensor, step: int) -> MixHandle:
         if x.ndim != 2 or x.shape[0] != 1:
@@ -205,3 +215,32 @@ class TorchDistMixer(Mixer):
             executor, self._executor = self._executor, None
         if executor is not None:
             executor.shutdown(wait=True)
+        owned, self._owned = self._owned, None
+        if owned is not None:
+            owned.close()
+
+
+def open_torch_mixer(
+    topology: Topology,
+    rounds: int,
+    *,
+    rank: int,
+    world_size: int,
+    init_method: str | None = None,
+    backend: str | None = None,
+    members: tuple[str, ...] = (),
+    timeout_s: float = DEFAULT_TIMEOUT_S,
+) -> TorchDistMixer:
+    """Initialise the default process group (see :func:`process_group`) and return a mixer on it that
+    destroys the group when it is closed: what a daemon that owns its process needs."""
+    stack = contextlib.ExitStack()
+    stack.enter_context(
+        process_group(backend=backend, rank=rank, world_size=world_size, init_method=init_method, timeout_s=timeout_s)
+    )
+    try:
+        mixer = TorchDistMixer(topology, rounds, members=members)
+    except BaseException:
+        stack.close()
+        raise
+    mixer._owned = stack
+    return mixer
