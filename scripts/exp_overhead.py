@@ -22,7 +22,7 @@ import sys
 from pathlib import Path
 
 from p2pgan.errors import P2PGANError
-from p2pgan.experiments.peers import PeerRun, run_peers
+from p2pgan.experiments.peers import PeerRun, best_of
 from p2pgan.experiments.report import format_table, write_json
 
 #: model -> per-peer batch (the ResNet's is smaller: it is ~50x the digits model's compute per sample)
@@ -38,12 +38,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--schedules", default="exact,overlap")
     p.add_argument("--steps", type=int, default=12, help="timed steps (digits); the ResNet runs a third of them")
     p.add_argument("--warmup", type=int, default=3)
+    p.add_argument("--repeats", type=int, default=2, help="runs per point; the fastest counts (see best_of)")
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--out", type=Path, default=Path("runs/overhead"))
     p.add_argument("--quick", action="store_true", help="digits only, 4 timed steps")
     args = p.parse_args(argv)
     if args.quick:
-        args.models, args.steps, args.warmup = "digits", 4, 2
+        args.models, args.steps, args.warmup, args.repeats = "digits", 4, 2, 1
     args.models = [m for m in args.models.split(",") if m]
     args.schedules = [s for s in args.schedules.split(",") if s]
     if not set(args.models) <= set(BATCH) or not set(args.schedules) <= {"exact", "overlap"}:
@@ -60,11 +61,11 @@ def main(argv: list[str] | None = None) -> int:
             steps = args.steps if model == "digits" else max(2, args.steps // 3)
             common = {"peers": args.peers, "model": model, "batch": BATCH[model], "steps": steps,
                       "warmup": args.warmup if model == "digits" else 1, "threads": args.threads}
-            local = run_peers(PeerRun(backend="none", **common))
+            local = best_of(PeerRun(backend="none", **common), args.repeats)
             mb = local["dim"] * 4 / 1e6
             print(f"{model} ({mb:.2f} MB): local step {1e3 * local['step_s']:.1f} ms", flush=True)
             for schedule in args.schedules:
-                r = run_peers(PeerRun(backend=args.backend, topology="ring", schedule=schedule, **common))
+                r = best_of(PeerRun(backend=args.backend, topology="ring", schedule=schedule, **common), args.repeats)
                 rows.append({
                     "model": model, "MB": mb, "schedule": schedule, "backend": args.backend, "peers": args.peers,
                     "local_step_ms": 1e3 * local["step_s"], "dp_step_ms": 1e3 * r["step_s"],

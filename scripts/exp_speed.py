@@ -29,7 +29,7 @@ import sys
 from pathlib import Path
 
 from p2pgan.errors import P2PGANError
-from p2pgan.experiments.peers import PeerRun, run_peers
+from p2pgan.experiments.peers import PeerRun, best_of
 from p2pgan.experiments.report import format_table, plot_lines, write_json
 from p2pgan.experiments.worker import SYNTHETIC_IMAGES
 from p2pgan.netem import measure_added_rtt
@@ -49,12 +49,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--total-batch", type=int, default=64)
     p.add_argument("--steps", type=int, default=15, help="timed steps per run (after --warmup)")
     p.add_argument("--warmup", type=int, default=3)
+    p.add_argument("--repeats", type=int, default=1, help="runs per point; the fastest counts (see best_of)")
     p.add_argument("--threads", type=int, default=1, help="torch threads per peer process")
     p.add_argument("--out", type=Path, default=Path("runs/speed"))
     p.add_argument("--quick", action="store_true", help="M = 1, 2, 4; DP and CP; 4 timed steps")
     args = p.parse_args(argv)
     if args.quick:
-        args.peers, args.variants, args.steps, args.warmup = "1,2,4", "cp,dp", 4, 2
+        args.peers, args.variants, args.steps, args.warmup, args.repeats = "1,2,4", "cp,dp", 4, 2, 1
     args.peers = sorted({int(m) for m in args.peers.split(",")})
     args.variants = [v for v in args.variants.split(",") if v]
     args.settings = [s for s in args.settings.split(",") if s]
@@ -82,7 +83,7 @@ def main(argv: list[str] | None = None) -> int:
         rows: list[dict[str, object]] = []
         base = None
         if 1 in args.peers:
-            base = run_peers(PeerRun(peers=1, backend="none", batch=args.total_batch, **common))
+            base = best_of(PeerRun(peers=1, backend="none", batch=args.total_batch, **common), args.repeats)
             rows.append({"variant": "single", "setting": "-", "peers": 1, "step_s": base["step_s"],
                          "epoch_s": base["step_s"] * steps_per_epoch, "speedup": 1.0, "mix_s_per_step": 0.0})
             print(f"M=1 baseline: {rows[-1]['epoch_s']:.2f} s/epoch", flush=True)
@@ -93,7 +94,7 @@ def main(argv: list[str] | None = None) -> int:
                     run = PeerRun(peers=m, backend=setting.split("+")[0], topology=topology,
                                   batch=args.total_batch // m,
                                   delay_ms=args.delay_ms if setting == "grpc+delay" else 0.0, **common)
-                    r = run_peers(run)
+                    r = best_of(run, args.repeats)
                     epoch_s = r["step_s"] * steps_per_epoch
                     rows.append({"variant": label, "setting": setting.replace("delay", f"{args.delay_ms:g}ms"),
                                  "peers": m, "step_s": r["step_s"], "epoch_s": epoch_s,
