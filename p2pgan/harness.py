@@ -70,6 +70,7 @@ class HarnessOptions:
     threads: int = 1
     device: str = "cpu"
     insecure: bool = False
+    backend: str = "grpc"  # grpc | torch (torch.distributed Gloo; needs insecure and roster discovery)
     timeout_s: float = 24 * 3600.0
 
     def validate(self) -> None:
@@ -94,6 +95,10 @@ class HarnessOptions:
                                      ("optimizer", self.optimizer, DIRECTION_NAMES), ("split", self.split, SHARD_MODES)):
             if value is not None and value not in allowed:
                 raise bad(flag, f"{value!r} is not allowed; allowed: {', '.join(allowed)}")
+        if self.backend not in ("grpc", "torch"):
+            raise bad("backend", f"{self.backend!r} is not allowed; allowed: grpc, torch")
+        if self.backend == "torch" and (not self.insecure or self.discovery != "roster"):
+            raise bad("backend", "torch (torch.distributed, no TLS) needs --insecure and --discovery roster")
 
 
 def peer_ids(count: int) -> list[str]:
@@ -173,6 +178,7 @@ def prepare(opts: HarnessOptions) -> Federation:
     if opts.discovery == "roster":
         roster_path.parent.mkdir(parents=True, exist_ok=True)
         write_roster(roster_path, FEDERATION, [PeerEntry(pid, "127.0.0.1", port) for pid, port in zip(ids, ports)])
+    torch_init = f"tcp://127.0.0.1:{free_ports(1)[0]}" if opts.backend == "torch" else None
     eval_interval = opts.eval_interval if opts.eval_interval is not None else max(1, opts.steps // 10)
     ckpt_interval = opts.checkpoint_interval if opts.checkpoint_interval is not None else max(1, opts.steps // 4)
     configs = {}
@@ -193,6 +199,8 @@ def prepare(opts: HarnessOptions) -> Federation:
             "evaluation": {"interval": eval_interval},
             "metrics": {"path": str(state / "metrics.jsonl")},
         }
+        if torch_init is not None:
+            doc["mixing"].update(backend="torch", torch_init=torch_init)
         if VARIANTS[opts.variant][1] is None:
             doc["mixing"]["topology"] = opts.topology
         if VARIANTS[opts.variant][2] is not None:

@@ -38,6 +38,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--threads", type=int, default=d.threads, help="torch threads per peer")
     parser.add_argument("--device", default=d.device, choices=("cpu", "cuda", "auto"))
     parser.add_argument("--insecure", action="store_true", help="plain-text gRPC (test networks only)")
+    parser.add_argument("--backend", default=d.backend, choices=("grpc", "torch"),
+                        help="mixer: mutual-TLS gRPC gossip, or torch.distributed Gloo (needs --insecure)")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -51,7 +53,7 @@ def run(args: argparse.Namespace) -> int:
         loss=args.loss, optimizer=args.optimizer, batch_size=args.batch_size, lr_generator=args.lr_g,
         lr_discriminator=args.lr_d, width=args.width, eval_interval=args.eval_interval,
         round_timeout_s=args.round_timeout, seed=args.seed, threads=args.threads, device=args.device,
-        insecure=args.insecure,
+        insecure=args.insecure, backend=args.backend,
     )
 
     def _terminate(signum: int, frame: object) -> None:

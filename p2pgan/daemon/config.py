@@ -53,8 +53,11 @@ VARIANTS: dict[str, tuple[str, str | None, int | None]] = {
 }
 DEVICES = ("auto", "cpu", "cuda")
 WIRE_DTYPES = ("float32", "bfloat16", "float16")
-#: mixer backends; the torch.distributed backend plugs in through :func:`p2pgan.daemon.mixer.make_mixer`
-BACKENDS = ("grpc",)
+#: mixer backends (:func:`p2pgan.daemon.mixer.make_mixer`): the gRPC gossip of p2pgan.wire, or
+#: torch.distributed (Gloo / NCCL) for clusters that already run it
+BACKENDS = ("grpc", "torch")
+#: torch.distributed init methods a config may name (``env://`` = torchrun's variables)
+TORCH_INIT_SCHEMES = ("tcp://", "file://", "env://")
 EVALUATIONS = ("auto", "digits", "gaussians", "inception", "none")
 DEFAULT_TOPOLOGY = "ring"
 
@@ -105,6 +108,7 @@ class MixingConfig:
     connect_timeout_s: float
     wire_dtype: str
     backend: str
+    torch_init: str = "env://"  # backend torch: tcp://HOST:PORT of rank 0, file:///shared/path, or env://
 
 
 @dataclasses.dataclass(frozen=True)
@@ -417,7 +421,10 @@ def _mixing(sec: _Section) -> MixingConfig:
         connect_timeout_s=sec.number("connect_timeout_s", 120.0, positive=True),
         wire_dtype=sec.choice("wire_dtype", WIRE_DTYPES, "float32"),
         backend=sec.choice("backend", BACKENDS, "grpc"),
+        torch_init=sec.string("torch_init", "env://"),
     )
+    if not cfg.torch_init.startswith(TORCH_INIT_SCHEMES):
+        raise sec.error("torch_init", f"{cfg.torch_init!r} must start with one of {', '.join(TORCH_INIT_SCHEMES)}")
     sec.done()
     return cfg
 
@@ -531,6 +538,14 @@ def parse_config(data: object, source: str | Path, base_dir: Path | None = None)
     evaluation = _evaluation(top.section("evaluation"), checkpoint.dir)
     metrics = _metrics(top.section("metrics"), checkpoint.dir)
     top.done()
+    if mixing.backend == "torch":
+        # torch.distributed has neither authentication nor encryption: say so by choosing insecure explicitly
+        if not security.insecure:
+            raise config_error(str(source), "mixing.backend", "'torch' (torch.distributed) has no TLS or peer "
+                               "authentication; it needs `security.insecure: true` (trusted cluster networks only)")
+        if discovery.kind != "roster":
+            raise config_error(str(source), "mixing.backend", "'torch' needs `discovery.roster` (a fixed, ordered "
+                               "membership: rank = position of the peer id in the sorted roster)")
     return PeerConfig(source_path, ident, security, discovery, mixing, train, data_cfg, checkpoint, evaluation, metrics)
 
 

@@ -1,7 +1,8 @@
 """The one seam between the daemon and the network: :func:`make_mixer` picks the mixer backend.
 
 ``mixing.backend: grpc`` (the product) opens the mutual-TLS gRPC gossip mixer of :mod:`p2pgan.wire`;
-another backend (torch.distributed for HPC clusters) plugs in here and nowhere else.
+``mixing.backend: torch`` joins a torch.distributed process group (Gloo on CPU, NCCL on CUDA) at
+``mixing.torch_init`` for clusters that already run it (no TLS: the config must say ``insecure: true``).
 """
 
 from __future__ import annotations
@@ -46,4 +47,23 @@ def make_mixer(config: PeerConfig, dim: int, digest: str) -> Mixer:
             mixer.close()
             raise
         return mixer
+    if backend == "torch":
+        return _torch_mixer(config)
     raise config_error(str(config.source), "mixing.backend", f"{backend!r} has no mixer here")
+
+
+def _torch_mixer(config: PeerConfig) -> Mixer:
+    """torch.distributed over the roster's membership: rank = index of the peer id in the sorted ids."""
+    from p2pgan.discovery import load_roster
+    from p2pgan.mixing.torchdist import open_torch_mixer
+    from p2pgan.topology import make_topology
+
+    if config.discovery.roster is None:
+        raise config_error(str(config.source), "discovery.roster", "the torch backend needs a roster")
+    ids = tuple(sorted(p.id for p in load_roster(config.discovery.roster).peers))
+    if config.peer.id not in ids:
+        raise config_error(str(config.source), "peer.id", f"{config.peer.id!r} is not in the roster {config.discovery.roster}")
+    mixing = config.mixing
+    topology = make_topology(mixing.topology, len(ids), seed=mixing.seed, members=ids)
+    return open_torch_mixer(topology, mixing.rounds, rank=ids.index(config.peer.id), world_size=len(ids),
+                            init_method=mixing.torch_init, members=ids, timeout_s=mixing.connect_timeout_s)
