@@ -24,7 +24,7 @@ from typing import Any
 import yaml
 
 from p2pgan.algorithm.directions import DIRECTION_NAMES
-from p2pgan.daemon.config import VARIANTS, load_config
+from p2pgan.daemon.config import BACKENDS, VARIANTS, load_config
 from p2pgan.daemon.processes import MetricsTail, PeerGroup, PeerSpec
 from p2pgan.errors import ConfigError
 from p2pgan.topology import TOPOLOGY_NAMES
@@ -95,8 +95,8 @@ class HarnessOptions:
                                      ("optimizer", self.optimizer, DIRECTION_NAMES), ("split", self.split, SHARD_MODES)):
             if value is not None and value not in allowed:
                 raise bad(flag, f"{value!r} is not allowed; allowed: {', '.join(allowed)}")
-        if self.backend not in ("grpc", "torch"):
-            raise bad("backend", f"{self.backend!r} is not allowed; allowed: grpc, torch")
+        if self.backend not in BACKENDS:
+            raise bad("backend", f"{self.backend!r} is not allowed; allowed: {', '.join(BACKENDS)}")
         if self.backend == "torch" and (not self.insecure or self.discovery != "roster"):
             raise bad("backend", "torch (torch.distributed, no TLS) needs --insecure and --discovery roster")
 
