@@ -114,7 +114,7 @@ def gaussians_problem(args: argparse.Namespace) -> Problem:
 
     steps = args.gaussian_steps
     return Problem("gaussians", setup, args.gaussian_batch, args.gaussian_lr, steps, max(1, steps // 40), "step",
-                   1.0, ("modes", "hq_fraction"))
+                   1.0, ("modes", "high_quality"))
 
 
 def run_variant(problem: Problem, variant: str, peers: int, seed: int, out: Path) -> dict[str, object]:

@@ -25,7 +25,7 @@ def test_convergence_smoke(tmp_path: Path) -> None:
                 "--gaussian-steps", "20", "--variants", "cp,rand-dp", "--out", str(tmp_path), timeout=110)
     assert r.returncode == 0, r.stderr[-3000:]
     report = json.loads((tmp_path / "convergence.json").read_text())
-    for problem, keys in (("digits", ("is", "fid")), ("gaussians", ("modes", "hq_fraction"))):
+    for problem, keys in (("digits", ("is", "fid")), ("gaussians", ("modes", "high_quality"))):
         assert set(report[problem]) == {"cp", "rand-dp"}
         for curve in report[problem].values():
             x = curve["epoch" if problem == "digits" else "step"]
