@@ -23,9 +23,14 @@ from typing import Any
 
 import yaml
 
+from p2pgan.algorithm.directions import DIRECTION_NAMES
 from p2pgan.daemon.config import VARIANTS, load_config
 from p2pgan.daemon.processes import MetricsTail, PeerGroup, PeerSpec
 from p2pgan.errors import ConfigError
+from p2pgan.topology import TOPOLOGY_NAMES
+from p2pgan.trainer.data import SHARD_MODES
+from p2pgan.trainer.losses import LOSS_NAMES
+from p2pgan.trainer.models import MODEL_NAMES
 
 log = logging.getLogger(__name__)
 
@@ -88,6 +93,12 @@ class HarnessOptions:
             raise bad("backend", f"{self.backend!r} is not allowed; allowed: grpc, torch")
         if self.backend == "torch" and (not self.insecure or self.discovery != "roster"):
             raise bad("backend", "torch (torch.distributed, no TLS) needs --insecure and --discovery roster")
+        if self.topology not in TOPOLOGY_NAMES and not Path(self.topology).is_file():
+            raise bad("topology", f"{self.topology!r} is not allowed; allowed: {', '.join(TOPOLOGY_NAMES)} or a YAML file")
+        for flag, value, allowed in (("model", self.model, MODEL_NAMES), ("loss", self.loss, LOSS_NAMES),
+                                     ("optimizer", self.optimizer, DIRECTION_NAMES), ("split", self.split, SHARD_MODES)):
+            if value is not None and value not in allowed:
+                raise bad(flag, f"{value!r} is not allowed; allowed: {', '.join(allowed)}")
 
 
 def peer_ids(count: int) -> list[str]:
@@ -152,6 +163,8 @@ def prepare(opts: HarnessOptions) -> Federation:
 
     opts.validate()
     out = opts.out.resolve()
+    if (out / "state").is_dir() and any((out / "state").iterdir()):
+        raise ConfigError(f"--out: {out} already holds a harness run (its state/ folder); choose a new folder")
     out.mkdir(parents=True, exist_ok=True)
     ids = peer_ids(opts.peers)
     dataset, source_format = load_source_dataset(opts.dataset, seed=opts.seed)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import socket
 import threading
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -26,6 +27,16 @@ def running(fed: Federation, *, resume: bool = False) -> Iterator[PeerGroup]:
     with group:
         yield group
     assert not [pid for pid in group.pids if pid_alive(pid)], "a peer process was left behind"
+
+
+def wait_for_text(path: Path, text: str, timeout_s: float, interval_s: float = 0.1) -> None:
+    """Wait until ``text`` appears in the file at ``path`` (a log another process writes)."""
+    deadline = time.monotonic() + timeout_s
+    ticker = threading.Event()  # never set: paces the polling of the file
+    while text not in (path.read_text(errors="replace") if path.exists() else ""):
+        if time.monotonic() > deadline:
+            raise AssertionError(f"{text!r} did not appear in {path} within {timeout_s} s")
+        ticker.wait(interval_s)
 
 
 class CaptureRelay:

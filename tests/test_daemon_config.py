@@ -154,3 +154,24 @@ def test_cli_reports_config_error_without_traceback(folder: Path) -> None:
     assert proc.returncode == 2
     assert "Traceback" not in proc.stderr
     assert str(path) in proc.stderr and "mixing.variant" in proc.stderr and "rand-dp" in proc.stderr
+
+
+def test_example_configs_in_peers_load(tmp_path: Path) -> None:
+    """The examples in peers/ are valid once their certificates exist (made as the README says)."""
+    import shutil
+
+    from p2pgan.discovery import load_roster
+    from p2pgan.security.certs import init_ca, issue_peer
+
+    peers = tmp_path / "peers"
+    shutil.copytree(Path(__file__).resolve().parents[1] / "peers", peers)
+    init_ca(peers / "certs" / "ca", "demo")
+    roster = load_roster(peers / "roster.yaml")
+    assert roster.members == ("alice", "bob")
+    for entry in roster.peers:
+        issue_peer(peers / "certs" / "ca", entry.id, peers / "certs" / entry.id)
+        cfg = load_config(peers / f"{entry.id}.yaml")
+        net = network_config(cfg, roster.peers)
+        assert (net.peer_id, net.federation, net.listen_port) == (entry.id, roster.federation, entry.port)
+        assert cfg.security.tls is not None and cfg.security.tls.key.is_file()
+    assert "ExecStart=" in (peers / "p2pgan-peer@.service").read_text()

@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 import torch
 import yaml
-from daemon_helpers import CaptureRelay, federation, running
+from daemon_helpers import CaptureRelay, federation, running, wait_for_text
 
 from p2pgan.checkpoint import CheckpointManager, load_checkpoint
 from p2pgan.daemon.processes import MetricsTail, wait_for_record
@@ -139,7 +139,7 @@ def test_kill9_of_a_peer_does_not_hang_the_others(tmp_path: Path) -> None:
 def test_only_parameters_go_on_the_wire(tmp_path: Path) -> None:
     """Two peers whose traffic passes a capturing relay (insecure mode, so frames are readable): the
     initial parameter vector is seen on the wire (the capture works), no training sample ever is."""
-    fed = federation(tmp_path, 2, dataset="digits", steps=15, insecure=True, eval_interval=0,
+    fed = federation(tmp_path, 2, dataset="digits", steps=5, insecure=True, eval_interval=0,
                      checkpoint_interval=100)
     for path in fed.configs.values():  # no evaluation: keeps the test independent of the classifier cache
         doc = yaml.safe_load(path.read_text())
@@ -159,7 +159,7 @@ def test_only_parameters_go_on_the_wire(tmp_path: Path) -> None:
     g, d, _, _ = make_models("digits", seed=0)
     x0 = torch.cat([p.detach().reshape(-1) for p in list(g.parameters()) + list(d.parameters())])
     dim = x0.numel()
-    assert len(wire) > 2 * 15 * dim * 4, "both peers sent a full vector every step"
+    assert len(wire) > 2 * 5 * dim * 4, "both peers sent a full vector every step"
     probe = x0[1000:1016].numpy().astype("<f4").tobytes()
     assert probe in wire, "the relay must see the parameters in plain text (else this test proves nothing)"
     for pid in fed.ids:
@@ -168,3 +168,20 @@ def test_only_parameters_go_on_the_wire(tmp_path: Path) -> None:
             raw = np.ascontiguousarray(image).tobytes()
             scaled = ((torch.from_numpy(image).float() / 127.5) - 1.0).numpy().astype("<f4").tobytes()
             assert raw not in wire and scaled not in wire, f"a training image of {pid} appeared on the wire"
+
+
+@pytest.mark.timeout(120)
+def test_peer_failing_at_start_is_named_and_others_stop_promptly(tmp_path: Path) -> None:
+    """peer1 cannot read its data; peer0, still waiting for it, stops at once on SIGTERM with status 0."""
+    fed = federation(tmp_path, 2, steps=20)
+    (fed.out / "data" / "peer1" / "shard.npz").write_bytes(b"not a shard")
+    with running(fed) as group:
+        with pytest.raises(PeerProcessError, match=r"peer peer1 .* exited with status 2[\s\S]*shard"):
+            group.wait(RUN_TIMEOUT_S)
+        peer0 = group.by_name("peer0")
+        wait_for_text(peer0.spec.log, "waiting up to", RUN_TIMEOUT_S)
+        assert peer0.returncode is None, "peer0 waits for its missing neighbour"
+        peer0.signal(signal.SIGTERM)
+        peer0.popen.wait(timeout=15)  # not the 120 s connect timeout
+        assert peer0.returncode == 0
+    assert "before training started" in (fed.out / "state" / "peer0" / "daemon.log").read_text()

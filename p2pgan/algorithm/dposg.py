@@ -190,11 +190,20 @@ class DecentralizedAlgorithm(abc.ABC):
             step = int(step.item())
         if not isinstance(step, int) or step < 0:
             raise CheckpointError(f"{self.name}: checkpoint 'step' must be an integer >= 0, got {step!r}")
+        dev, dt = self._rows.device, self._rows.dtype
+        moments = dict(state["direction"])
+        for key, value in moments.items():
+            if isinstance(value, torch.Tensor):
+                if value.shape != self._rows.shape:
+                    raise CheckpointError(
+                        f"{self.name}: checkpoint direction moment {key!r} has shape {tuple(value.shape)}, "
+                        f"this run needs {tuple(self._rows.shape)}"
+                    )
+                moments[key] = value.to(device=dev, dtype=dt)
         try:
-            self.direction.load_state_dict(state["direction"])
+            self.direction.load_state_dict(moments)
         except ValueError as exc:
             raise CheckpointError(f"{self.name}: checkpoint direction state: {exc}") from None
-        dev, dt = self._rows.device, self._rows.dtype
         self._rows = state[self._primary].detach().to(device=dev, dtype=dt).clone()
         self._d_prev = state["d_prev"].detach().to(device=dev, dtype=dt).clone()
         self._step = step

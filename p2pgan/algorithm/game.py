@@ -33,7 +33,10 @@ class MinMaxGame(Protocol):
     dim_v: int
 
     def field(self, z: torch.Tensor) -> torch.Tensor:
-        """``[grad_u f, -grad_v f]`` at each row of ``z`` (shape ``[n, dim_u + dim_v]``), same shape out."""
+        """``[grad_u f, -grad_v f]`` at each row of ``z`` (shape ``[n, dim_u + dim_v]``), same shape out.
+
+        Must not modify ``z`` (with the overlap schedule the mixer may be sending it meanwhile).
+        """
         ...
 
 

@@ -4,7 +4,7 @@ Examples:
   p2pgan simulate --problem bilinear --peers 16 --topology ring --algorithm dposg --steps 1000
   p2pgan simulate --problem bilinear --peers 16 --algorithm dgda --json        # the baseline that fails
   p2pgan simulate --problem linear-wgan --optimizer oadam --lr 0.01 --steps 3000
-  p2pgan simulate --problem gaussians --peers 4 --topology random-ring --steps 10000 --lr 3e-3
+  p2pgan simulate --problem gaussians --peers 4 --topology random-ring --steps 8000
 """
 
 from __future__ import annotations
@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from pathlib import Path
 
 from p2pgan.commands._threads import add_threads_argument, apply_threads
 
@@ -43,6 +44,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--eval-every", type=int, default=None, metavar="N", help="metrics every N steps (default: steps/20)")
     p.add_argument("--device", default="cpu", help="torch device of the [M, d] rows (default: cpu)")
     add_threads_argument(p)
+    p.add_argument("--plot", type=Path, default=None, metavar="PNG", help="write curves (and samples) to this PNG")
     p.add_argument("--json", action="store_true", help="print one JSON object to stdout (no progress bar)")
 
 
@@ -69,7 +71,7 @@ def run(args: argparse.Namespace) -> int:
         eval_every=args.eval_every,
         device=args.device,
     )
-    result = simulate(config, show_progress=not args.json)
+    result = simulate(config, show_progress=not args.json, plot=args.plot)
     if args.json:
         json.dump(result, sys.stdout)
         sys.stdout.write("\n")

@@ -7,9 +7,14 @@
 
 from __future__ import annotations
 
+import logging
+
 from p2pgan.daemon.config import PeerConfig, network_config
 from p2pgan.errors import config_error
 from p2pgan.mixing.base import Mixer
+from p2pgan.wire.config import PeerEntry
+
+log = logging.getLogger(__name__)
 
 
 def make_mixer(config: PeerConfig, dim: int, digest: str) -> Mixer:
@@ -23,7 +28,7 @@ def make_mixer(config: PeerConfig, dim: int, digest: str) -> Mixer:
         from p2pgan.discovery import load_roster
         from p2pgan.wire.mixer import open_mixer
 
-        roster: tuple = ()
+        roster: tuple[PeerEntry, ...] = ()
         if config.discovery.roster is not None:
             loaded = load_roster(config.discovery.roster)
             if loaded.federation != config.peer.federation:
@@ -34,6 +39,8 @@ def make_mixer(config: PeerConfig, dim: int, digest: str) -> Mixer:
             roster = loaded.peers
         net = network_config(config, roster)
         mixer = open_mixer(net, dim=dim, layout_digest=digest)
+        log.info("peer %s: listening on port %d; waiting up to %.0f s for the members %s",
+                 net.peer_id, mixer.port, net.connect_timeout_s, list(mixer.members))
         try:
             mixer.wait_ready(net.connect_timeout_s)
         except BaseException:

@@ -5,7 +5,8 @@ one stochastic gradient of the GAN game on a minibatch of THIS peer's data, one 
 parameter vector ever goes to the mixer; the dataset is read from ``data.path`` and nothing else.
 
 Per step one ``step`` metrics record (losses, gradient norm, consensus distance, bytes, compute and
-communication seconds); every ``evaluation.interval`` steps an ``eval`` record with scores and a PNG
+communication seconds; ``consensus`` is ``||x_i - mix(x)_i|| / (1 - w_ii)``, which for one round is
+exactly the distance from this peer's parameters to the weighted average of its neighbours'); every ``evaluation.interval`` steps an ``eval`` record with scores and a PNG
 grid of samples; every ``checkpoint.interval`` steps and at shutdown an atomic checkpoint holding
 everything a step needs, so ``--resume`` continues bit-for-bit.
 
@@ -43,10 +44,19 @@ SAMPLE_SEED = 1234
 GAUSSIANS_SAMPLES = 10_000
 
 
+class StopBeforeTraining(BaseException):
+    """Raised by the signal handler while the daemon is still starting (loading data, waiting for peers).
+
+    A BaseException, like KeyboardInterrupt, so that no ``except Exception`` on the way swallows it.
+    """
+
+
 class StopSignals:
     """SIGTERM / SIGINT -> a flag the loop checks between steps; a second signal abandons the step.
 
-    Installs handlers on entry (main thread only) and restores the previous ones on exit.
+    Until :attr:`training` is set (start-up: loading data, waiting for the other peers) a signal stops
+    at once by raising :class:`StopBeforeTraining`: there is nothing new to checkpoint yet. Installs
+    handlers on entry (main thread only) and restores the previous ones on exit.
     """
 
     SIGNALS = (signal.SIGTERM, signal.SIGINT)
@@ -54,6 +64,7 @@ class StopSignals:
     def __init__(self) -> None:
         self.event = threading.Event()
         self.received: str | None = None
+        self.training = False
         self._previous: dict[int, Any] = {}
 
     def __enter__(self) -> StopSignals:
@@ -64,6 +75,10 @@ class StopSignals:
 
     def _handle(self, signum: int, frame: FrameType | None) -> None:
         name = signal.Signals(signum).name
+        if not self.training:
+            self.received = name
+            self.event.set()
+            raise StopBeforeTraining(name)
         if self.event.is_set():
             log.warning("second %s: abandoning the current step (the last checkpoint is kept)", name)
             raise KeyboardInterrupt
@@ -122,8 +137,8 @@ def total_steps(cfg: PeerConfig, shard_size: int) -> int:
     """``train.steps``, or ``train.epochs`` over this peer's shard converted to steps (rounded up)."""
     if cfg.train.steps is not None:
         return cfg.train.steps
-    assert cfg.train.epochs is not None  # the config guarantees one of the two
-    return max(1, math.ceil(cfg.train.epochs * shard_size / cfg.train.batch_size))
+    epochs = float(cfg.train.epochs or 0.0)  # the config guarantees steps or epochs
+    return max(1, math.ceil(epochs * shard_size / cfg.train.batch_size))
 
 
 @dataclasses.dataclass
@@ -218,6 +233,15 @@ def open_checkpoints(cfg: PeerConfig, resume: bool) -> tuple[CheckpointManager, 
 
 def run_peer(cfg: PeerConfig, *, resume: bool = False) -> int:
     """Run the daemon until ``train.steps`` (or epochs) are done or a signal arrives; returns 0."""
+    with StopSignals() as stop:
+        try:
+            return _run_peer(cfg, resume, stop)
+        except StopBeforeTraining:
+            log.warning("%s before training started: nothing new to checkpoint, exiting", stop.received)
+            return 0
+
+
+def _run_peer(cfg: PeerConfig, resume: bool, stop: StopSignals) -> int:
     from p2pgan.algorithm import DPOSG
     from p2pgan.daemon.mixer import make_mixer
     from p2pgan.metrics import MetricsWriter, StatusLine
@@ -240,7 +264,7 @@ def run_peer(cfg: PeerConfig, *, resume: bool = False) -> int:
     status = StatusLine(logging.getLogger("p2pgan.daemon.status"), f"peer {cfg.peer.id}: step",
                         steps_total, cfg.metrics.status_interval_s)
 
-    with StopSignals() as stop, make_mixer(cfg, game.dim, digest) as mixer, MetricsWriter(
+    with make_mixer(cfg, game.dim, digest) as mixer, MetricsWriter(
         cfg.metrics.path, cfg.peer.id, prometheus_port=cfg.metrics.prometheus_port
     ) as metrics:
         algo = DPOSG(game.point().to(device), mixer, cfg.train.optimizer, lr, schedule=cfg.mixing.schedule,
@@ -249,6 +273,7 @@ def run_peer(cfg: PeerConfig, *, resume: bool = False) -> int:
         if loaded is not None:
             run.restore(loaded)
             log.warning("resumed from %s at step %d", loaded.path, algo.steps)
+        stop.training = True  # from here on a signal finishes the step and checkpoints
         metrics.write({
             "type": "start", "step": algo.steps, "epoch": game.epoch, "pid": os.getpid(), "shard_size": shard_size,
             "dim": game.dim,
@@ -257,6 +282,12 @@ def run_peer(cfg: PeerConfig, *, resume: bool = False) -> int:
             "variant": cfg.mixing.variant, "topology": cfg.mixing.topology, "rounds": cfg.mixing.rounds,
             "resumed_from": str(loaded.path) if loaded is not None else None,
         })
+        status.logger.info(
+            "peer %s: rank %s of %s %s, port %s, %s over %s with t=%d; %d parameters, %d private samples; "
+            "metrics %s, checkpoints %s", cfg.peer.id, getattr(mixer, "rank", "?"), mixer.size,
+            list(getattr(mixer, "members", ())), getattr(mixer, "port", "?"), cfg.mixing.variant, cfg.mixing.topology,
+            cfg.mixing.rounds, game.dim, shard_size, cfg.metrics.path, cfg.checkpoint.dir,
+        )
         reason = "done"
         evaluated_at = -1
         while algo.steps < steps_total:

@@ -298,7 +298,7 @@ def wait_for_record(
     Fails early when a peer of ``group`` dies, so a test never waits out the full timeout on a crash.
     """
     deadline = time.monotonic() + timeout_s
-    event = threading.Event()
+    ticker = threading.Event()  # never set: its wait() paces the polling of a file another process writes
     for record in tail.records:
         if predicate(record):
             return record
@@ -310,4 +310,4 @@ def wait_for_record(
             raise PeerProcessError(describe_failure(bad))
         if time.monotonic() > deadline:
             raise PeerProcessError(f"no matching record in {tail.path} after {timeout_s:.0f} s")
-        event.wait(interval_s)
+        ticker.wait(interval_s)

@@ -25,7 +25,7 @@ RADIUS = 2.0
 STD = 0.02
 LATENT = 2
 HIDDEN = 64
-GP_WEIGHT = 0.1
+GP_WEIGHT = 1.0
 EVAL_SAMPLES = 2500
 #: 20 of 2500 samples, PacGAN's threshold for the 2-D ring
 COVER_FRACTION = 20 / 2500
@@ -70,7 +70,10 @@ class Gaussians(Problem):
     """WGAN-GP on the 8-Gaussians ring; all peers start from the same networks (common initialisation)."""
 
     name = "gaussians"
-    default_lr = 1e-3
+    # two time scales (the critic 10x faster) stand in for the usual 5 critic steps per generator step,
+    # which a simultaneous one-gradient-per-iteration method cannot take
+    default_lr = 2e-4
+    default_lr_v = 2e-3
     default_optimizer = "oadam"
 
     def __init__(self, config: ProblemConfig) -> None:

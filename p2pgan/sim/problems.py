@@ -68,8 +68,10 @@ class Problem(abc.ABC):
     """A batched min-max game plus what the simulator needs around it (start, equilibrium, metrics)."""
 
     name: str = "abstract"
-    #: defaults used when ``--lr`` / ``--optimizer`` are not given
+    #: defaults used when ``--lr`` / ``--optimizer`` are not given (``default_lr_v``: the max player's
+    #: rate when it differs, used only when ``--lr`` is not given either)
     default_lr: float = 0.1
+    default_lr_v: float | None = None
     default_optimizer: str = "osg"
 
     dim_u: int

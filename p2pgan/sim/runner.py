@@ -15,6 +15,7 @@ import math
 import sys
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -76,6 +77,15 @@ class SimConfig:
         if self.eval_every is not None and self.eval_every < 1:
             raise config_error("--eval-every", "", f"must be an integer >= 1, got {self.eval_every}")
 
+    def learning_rates(self, problem: Problem) -> tuple[float, float]:
+        """(lr_u, lr_v): the flags where given, else ``--lr``, else the problem's defaults."""
+        base = self.lr if self.lr is not None else problem.default_lr
+        default_v = problem.default_lr_v if self.lr is None and problem.default_lr_v is not None else base
+        return (
+            self.lr_u if self.lr_u is not None else base,
+            self.lr_v if self.lr_v is not None else default_v,
+        )
+
     def problem_config(self) -> ProblemConfig:
         return ProblemConfig(
             peers=self.peers,
@@ -105,16 +115,8 @@ class Simulation:
         topology = make_topology(topo_name, config.peers, seed=config.seed)
         topology.validate()
         mixer = InProcessMixer(topology, 1 if config.rounds is None else config.rounds)
-        base_lr = config.lr if config.lr is not None else problem.default_lr
-        lr: float | torch.Tensor = base_lr
-        if config.lr_u is not None or config.lr_v is not None:
-            lr = lr_vector(
-                problem.dim_u,
-                problem.dim_v,
-                config.lr_u if config.lr_u is not None else base_lr,
-                config.lr_v if config.lr_v is not None else base_lr,
-                device=problem.device,
-            )
+        lr_u, lr_v = config.learning_rates(problem)
+        lr = lr_u if lr_u == lr_v else lr_vector(problem.dim_u, problem.dim_v, lr_u, lr_v, device=problem.device)
         direction = config.optimizer or problem.default_optimizer
         algo = make_algorithm(config.algorithm, problem.initial(), mixer, direction, lr)
         return cls(config, problem, mixer, algo, topo_name)
@@ -137,6 +139,7 @@ class Simulation:
         Stops early (``diverged: true``) when the iterates stop being finite.
         """
         cfg = self.config
+        lr_u, lr_v = cfg.learning_rates(self.problem)
         every = cfg.eval_every or max(1, cfg.steps // 20)
         history = [self.metrics()]
         diverged = False
@@ -162,9 +165,8 @@ class Simulation:
             "peers": cfg.peers,
             "rounds": self.mixer.rounds,
             "dim": self.problem.dim,
-            "lr": cfg.lr if cfg.lr is not None else self.problem.default_lr,
-            "lr_u": cfg.lr_u,
-            "lr_v": cfg.lr_v,
+            "lr_u": lr_u,
+            "lr_v": lr_v,
             "seed": cfg.seed,
             "steps": self.algorithm.steps,
             "diverged": diverged,
@@ -180,26 +182,37 @@ class Simulation:
         return result
 
 
-def simulate(config: SimConfig, *, show_progress: bool = False) -> dict[str, Any]:
+def simulate(config: SimConfig, *, show_progress: bool = False, plot: Path | None = None) -> dict[str, Any]:
     """Build and run one simulation; returns the JSON-ready result (``distance``, ``consensus``, ``history``...).
 
-    ``show_progress`` draws a tqdm bar with the latest metrics on stderr.
+    ``show_progress`` draws a tqdm bar with the latest metrics on stderr; ``plot`` writes a PNG of the
+    curves (and, for ``gaussians``, of the average model's samples).
     """
     sim = Simulation.build(config)
     if not show_progress:
-        return sim.run()
-    from tqdm import tqdm
+        result = sim.run()
+    else:
+        from tqdm import tqdm
 
-    with tqdm(total=config.steps, file=sys.stderr, desc=f"{config.algorithm} {config.problem}", unit="step") as bar:
-        last_step = [0]
+        desc = f"{config.algorithm} {config.problem}"
+        with tqdm(total=config.steps, file=sys.stderr, desc=desc, unit="step") as bar:
+            last_step = [0]
 
-        def progress(k: int, m: dict[str, Any]) -> None:
-            bar.update(k - last_step[0])
-            last_step[0] = k
-            if m["step"] == k:
-                bar.set_postfix({key: _short(v) for key, v in m.items() if key != "step"}, refresh=False)
+            def progress(k: int, m: dict[str, Any]) -> None:
+                bar.update(k - last_step[0])
+                last_step[0] = k
+                if m["step"] == k:
+                    bar.set_postfix({key: _short(v) for key, v in m.items() if key != "step"}, refresh=False)
 
-        return sim.run(progress)
+            result = sim.run(progress)
+    if plot is not None:
+        from p2pgan.sim.plot import write_png
+
+        sampler = getattr(sim.problem, "samples", None)
+        samples = sampler(sim.algorithm.z.mean(dim=0)) if callable(sampler) and not result["diverged"] else None
+        write_png(plot, result, samples)
+        result["plot"] = str(plot)
+    return result
 
 
 def _short(v: Any) -> str:

@@ -260,7 +260,9 @@ class ShardWriter:
         if not _LITTLE_ENDIAN:
             raw.view(_SAME_WIDTH_INT[h.torch_dtype.itemsize]).numpy().byteswap(inplace=True)
         vec = raw.view(h.torch_dtype)
-        if not bool(torch.isfinite(vec).all()):
+        # Any NaN or inf makes the sum non-finite, so a finite sum proves all values finite at ~1/50 the
+        # cost of isfinite().all(); a non-finite sum may also be an overflow of finite values: check exactly.
+        if not math.isfinite(float(vec.sum())) and not bool(torch.isfinite(vec).all()):
             raise ProtocolError(f"{h._who}: the vector holds non-finite values (NaN or inf)")
         return vec
 

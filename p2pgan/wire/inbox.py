@@ -126,9 +126,11 @@ class Inbox:
                 self._abandon(slot)
         return accepted
 
-    def require_ready(self) -> None:
-        """Raise :class:`PeerUnavailableError` until the membership is known (Hello answers only then)."""
-        self._context()
+    def check_caller(self, identity: str | None) -> None:
+        """Hello's check: the membership is known (else :class:`PeerUnavailableError`) and holds the caller."""
+        ctx = self._context()
+        if identity is not None:
+            self._check_member(ctx, identity, "TLS certificate")
 
     def _context(self) -> InboxContext:
         with self._cond:
@@ -159,9 +161,9 @@ class Inbox:
                 f"{h._who}: model layout digest {h.layout_digest!r} differs from ours {ctx.layout_digest!r} "
                 "(the peers run different models)"
             )
+        h.check_sizes()
         if h.element_count != ctx.element_count:
             raise ProtocolError(f"{h._who}: {h.element_count} elements, our vector has {ctx.element_count}")
-        h.check_sizes()
         if h.step < 0 or h.round < 0:
             raise StepWindowError(f"{h._who}: negative step or round")
         if h.sender not in ctx.in_neighbours(h.step, h.round):

@@ -255,7 +255,7 @@ class GrpcMixer(Mixer):
             links, self._links = list(self._links.values()), {}
         for link in links:
             link.close()
-        self._server.stop(grace=transport.CLOSE_GRACE_S).wait()
+        self._server.stop(grace=transport.SERVER_STOP_GRACE_S).wait()
 
     def __enter__(self) -> GrpcMixer:
         return self

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import secrets
 import statistics
 import subprocess
 import sys
@@ -25,7 +26,6 @@ from p2pgan.wire.selftest_worker import selftest_row
 
 #: how long the whole run may take beyond the mixing itself (process start-up, imports)
 STARTUP_TIMEOUT_S = 60.0
-FEDERATION = "selftest"
 
 
 def run_selftest(
@@ -41,6 +41,7 @@ def run_selftest(
     shard_bytes: int = 2 * 1024 * 1024,
     crash: tuple[str, int] | None = None,
     insecure: bool = False,
+    discovery: str = "roster",
 ) -> dict[str, Any]:
     """Run the federation; return a report (``max_abs_error``, ``round_ms``, per-peer summaries).
 
@@ -51,16 +52,17 @@ def run_selftest(
         raise ConfigError(f"selftest needs peers >= 1, rounds >= 0, steps >= 1 (got {peers}, {rounds}, {steps})")
     dim = max(1, int(size_mb * 1e6 / 4))
     ids = [f"peer{i}" for i in range(peers)]
+    federation = f"selftest-{secrets.token_hex(4)}"  # unique: concurrent runs never see each other on mDNS
     with tempfile.TemporaryDirectory(prefix="p2pgan-selftest-") as tmp:
         root = Path(tmp)
-        fed = make_federation(root / "federation", FEDERATION, ids)
+        fed = make_federation(root / "federation", federation, ids)
         out = root / "out"
         out.mkdir()
         procs: dict[str, subprocess.Popen[str]] = {}
         try:
             for pid in ids:
                 cfg = {
-                    "federation": FEDERATION, "peer_id": pid,
+                    "federation": federation, "peer_id": pid, "discovery": discovery, "peers": peers,
                     "tls": None if insecure else {k: str(v) for k, v in vars(fed[pid]).items()},
                     "topology": topology, "seed": seed, "rounds": rounds, "round_timeout_s": round_timeout_s,
                     "wire_dtype": wire_dtype, "shard_bytes": shard_bytes, "dim": dim, "steps": steps,

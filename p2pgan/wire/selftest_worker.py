@@ -3,7 +3,8 @@
 Protocol with the parent (:mod:`p2pgan.wire.selftest`): start the server on a free port, print
 ``{"port": N}`` on stdout, read the roster (a JSON list of [id, host, port]) from stdin, mix the
 deterministic random vectors of every step, write each result as raw little-endian float32 bytes to
-``<out>/<id>.step<k>.f32`` and a summary to ``<out>/<id>.json``.
+``<out>/<id>.step<k>.f32`` and a summary to ``<out>/<id>.json``. With ``"discovery": "zeroconf"`` the
+peer ignores the roster and finds the others by mDNS on 127.0.0.1.
 """
 
 from __future__ import annotations
@@ -35,12 +36,16 @@ def main(argv: list[str]) -> int:
         federation=cfg["federation"], peer_id=cfg["peer_id"], tls=tls, insecure=tls is None,
         topology=cfg["topology"], seed=cfg["seed"], rounds=cfg["rounds"], round_timeout_s=cfg["round_timeout_s"],
         wire_dtype=cfg["wire_dtype"], shard_bytes=cfg["shard_bytes"],
+        discovery=cfg["discovery"], expected_peers=cfg["peers"], connect_timeout_s=cfg["connect_timeout_s"],
     )
     out = Path(cfg["out"])
     with GrpcMixer(net, dim=cfg["dim"]) as mixer:
         print(json.dumps({"port": mixer.port}), flush=True)
         roster = json.loads(sys.stdin.readline())
-        mixer.join(tuple(PeerEntry(i, h, p) for i, h, p in roster))
+        if net.discovery == "zeroconf":
+            mixer.join()  # find the others by mDNS; the roster from the parent is not used
+        else:
+            mixer.join(tuple(PeerEntry(i, h, p) for i, h, p in roster))
         mixer.wait_ready(cfg["connect_timeout_s"])
         step_seconds = []
         for k in range(cfg["steps"]):
@@ -52,7 +57,7 @@ def main(argv: list[str]) -> int:
             step_seconds.append(time.perf_counter() - t0)
             (out / f"{net.peer_id}.step{k}.f32").write_bytes(y[0].to(torch.float32).numpy().astype("<f4").tobytes())
         summary = {
-            "id": net.peer_id, "rank": mixer.rank, "step_seconds": step_seconds,
+            "id": net.peer_id, "members": list(mixer.members), "rank": mixer.rank, "step_seconds": step_seconds,
             "round_seconds": mixer.round_seconds, "dropped": mixer.stats.dropped,
             "bytes_sent": mixer.stats.bytes_sent, "bytes_received": mixer.stats.bytes_received,
         }

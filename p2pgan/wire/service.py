@@ -40,8 +40,7 @@ class GossipService:
 
     def hello(self, request: pb.HelloRequest, context: grpc.ServicerContext) -> pb.HelloReply:
         with grpc_status(context, "Hello"):
-            self._authenticate(context)
-            self._inbox.require_ready()
+            self._inbox.check_caller(self._authenticate(context))
             return self._hello
         return pb.HelloReply()
 

@@ -44,8 +44,11 @@ RECONNECT_BACKOFF_MIN_S = 0.05
 RECONNECT_BACKOFF_MAX_S = 5.0
 #: messages queued on a link before further sends are skipped (the neighbour is not draining)
 MAX_QUEUED_MESSAGES = 2
-#: how long close() waits for a stream to flush before cancelling it
+#: how long close() waits for an outgoing stream to flush before cancelling it
 CLOSE_GRACE_S = 2.0
+#: how long a stopping server lets calls finish; incoming streams are persistent and never end by
+#: themselves, so this is short
+SERVER_STOP_GRACE_S = 0.2
 PROBE_TIMEOUT_S = 5.0
 
 _CHANNEL_OPTIONS = [
@@ -207,6 +210,7 @@ class Link:
 
     def send(self, frames: list[bytes]) -> bool:
         """Queue one message; False if it was skipped (link down and backing off, or congested)."""
+        opened = None
         with self._lock:
             if self._closed:
                 return False
@@ -214,13 +218,15 @@ class Link:
             if stream is None or stream.call.done():
                 if time.monotonic() < self._retry_at:
                     return False
-                stream = self._stream = _Stream(self._push, lambda: self._on_sent(stream))
-                stream.call.add_done_callback(lambda call, s=stream: self._on_done(s, call))
+                stream = opened = self._stream = _Stream(self._push, lambda: self._on_sent(stream))
             if stream.pending >= MAX_QUEUED_MESSAGES:
                 log.warning("peer %s is not draining its stream; skipping this message", self.peer.id)
                 return False
             stream.pending += 1
             stream.queue.put(frames)
+        if opened is not None:
+            # outside the lock: gRPC runs the callback at once, in this thread, if the call already failed
+            opened.call.add_done_callback(lambda call: self._on_done(opened, call))
         self.bytes_sent += sum(len(f) for f in frames)
         return True
 

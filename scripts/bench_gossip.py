@@ -1,0 +1,207 @@
+"""Benchmark one ring mixing round over our mutual-TLS gRPC wire against torch.distributed Gloo and raw TCP.
+
+For each payload (MB of float32) and each M (processes on loopback), in one run:
+  grpc_ring     one GrpcMixer round on the ring (send to both neighbours, receive both, weighted sum)
+  gloo_ring     the same exchange with Gloo isend/irecv to both neighbours, then the average
+  gloo_allreduce  a Gloo all_reduce of the vector (the centralized CP baseline)
+  tcp_oneway    a raw TCP transfer of the same bytes between two of the processes (floor of the medium)
+Times are the median over repetitions of the slowest rank. Prints a table and writes JSON with ratios.
+
+    python scripts/bench_gossip.py            # payloads 1, 8.36, 100 MB; M = 4 and 8
+    python scripts/bench_gossip.py --quick    # payloads 1, 8.36 MB; M = 4; fewer repetitions
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from datetime import timedelta
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))  # run from a checkout without installing
+SOCKET_TIMEOUT_S = 120.0
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _worker(args: argparse.Namespace) -> None:
+    import torch
+    import torch.distributed as dist
+
+    from p2pgan.wire.config import NetworkConfig, PeerEntry, TLSFiles
+    from p2pgan.wire.mixer import GrpcMixer
+
+    torch.set_num_threads(1)
+    rank, m = args.rank, args.world
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{args.master_port}", rank=rank, world_size=m,
+                            timeout=timedelta(seconds=SOCKET_TIMEOUT_S))
+    left, right = (rank - 1) % m, (rank + 1) % m
+    results: dict[str, dict[str, float]] = {}
+
+    def slowest(seconds: list[float]) -> float:
+        t = torch.tensor(seconds, dtype=torch.float64)
+        dist.all_reduce(t, op=dist.ReduceOp.MAX)
+        return float(t.median()) * 1e3
+
+    def timed(fn, reps: int) -> list[float]:
+        out = []
+        for _ in range(reps):
+            dist.barrier()
+            t0 = time.perf_counter()
+            fn()
+            out.append(time.perf_counter() - t0)
+        return out
+
+    fed = Path(args.federation)
+    pid = f"peer{rank}"
+    tls = TLSFiles(ca=fed / "peers" / pid / "ca.pem", cert=fed / "peers" / pid / "peer.pem", key=fed / "peers" / pid / "peer.key")
+    # the TCP server of the raw transfer (rank 1 receives from rank 0)
+    lsock = socket.create_server(("127.0.0.1", 0)) if rank == 1 else None
+    tcp_port = [lsock.getsockname()[1] if lsock else 0]
+    for mb in args.payloads:
+        d = int(mb * 1e6 / 4)
+        reps = args.reps if mb < 50 else max(3, args.reps // 3)
+        x = torch.randn(d)
+        # Gloo ring exchange
+        bl, br = torch.empty(d), torch.empty(d)
+
+        def gloo_ring() -> torch.Tensor:
+            reqs = [dist.isend(x, left), dist.isend(x, right), dist.irecv(bl, left), dist.irecv(br, right)]
+            for r in reqs:
+                r.wait()
+            return (x + bl + br) / 3
+
+        def gloo_allreduce() -> None:
+            y = x.clone()
+            dist.all_reduce(y)
+
+        timed(gloo_ring, 2)
+        ring_s = timed(gloo_ring, reps)
+        timed(gloo_allreduce, 1)
+        ar_s = timed(gloo_allreduce, reps)
+        # gRPC ring round
+        net = NetworkConfig(federation=args.fed_name, peer_id=pid, tls=tls, topology="ring", rounds=1, round_timeout_s=60.0)
+        with GrpcMixer(net, dim=d) as mixer:
+            ports = [None] * m
+            dist.all_gather_object(ports, mixer.port)  # bench coordination only, never the p2pgan wire
+            mixer.join(tuple(PeerEntry(f"peer{i}", "127.0.0.1", p) for i, p in enumerate(ports)))
+            mixer.wait_ready(60)
+            step = iter(range(10**6))
+            timed(lambda: mixer.mix(x.unsqueeze(0), next(step)), 2)
+            grpc_s = timed(lambda: mixer.mix(x.unsqueeze(0), next(step)), reps)
+            dist.barrier()  # nobody closes while a neighbour still waits for its last round
+        # raw TCP one-way transfer rank 0 -> rank 1 (+ 1-byte ack)
+        dist.broadcast_object_list(tcp_port, src=1)
+        payload = x.numpy().tobytes()
+        tcp_s: list[float] = []
+        if rank in (0, 1):
+            if rank == 0:
+                conn = socket.create_connection(("127.0.0.1", tcp_port[0]))
+            else:
+                assert lsock is not None
+                conn, _ = lsock.accept()
+            buf = bytearray(len(payload))
+            with conn:
+                for _ in range(reps + 1):
+                    t0 = time.perf_counter()
+                    if rank == 0:
+                        conn.sendall(payload)
+                        conn.recv(1)
+                    else:
+                        view, got = memoryview(buf), 0
+                        while got < len(buf):
+                            got += conn.recv_into(view[got:])
+                        conn.sendall(b"k")
+                    tcp_s.append(time.perf_counter() - t0)
+            tcp_s = tcp_s[1:]
+        all_tcp = [None] * m
+        dist.all_gather_object(all_tcp, statistics.median(tcp_s) * 1e3 if rank == 0 else None)
+        results[str(mb)] = {
+            "grpc_ring_ms": slowest(grpc_s), "gloo_ring_ms": slowest(ring_s),
+            "gloo_allreduce_ms": slowest(ar_s), "tcp_oneway_ms": float(all_tcp[0]),
+        }
+    if rank == 0:
+        Path(args.out).write_text(json.dumps(results))
+    dist.destroy_process_group()
+
+
+def _run_world(m: int, payloads: list[float], reps: int, tmp: Path) -> dict[str, dict[str, float]]:
+    from p2pgan.security.certs import make_federation
+
+    fed_name = f"bench-{os.getpid()}-{m}"
+    make_federation(tmp / fed_name, fed_name, [f"peer{i}" for i in range(m)])
+    out = tmp / f"result-{m}.json"
+    master = _free_port()
+    env = {**os.environ, "PYTHONPATH": f"{ROOT}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
+    cmd = [sys.executable, str(Path(__file__).resolve()), "--worker", "--world", str(m), "--master-port", str(master),
+           "--federation", str(tmp / fed_name), "--fed-name", fed_name, "--out", str(out), "--reps", str(reps),
+           "--payloads", *map(str, payloads)]
+    procs = [subprocess.Popen([*cmd, "--rank", str(r)], env=env) for r in range(m)]
+    try:
+        codes = [p.wait(timeout=1800) for p in procs]
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+                p.wait()
+    if any(codes):
+        raise SystemExit(f"bench workers failed with exit codes {codes}")
+    return json.loads(out.read_text())
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="payloads 1 and 8.36 MB, M = 4, 5 repetitions")
+    parser.add_argument("--peers", type=int, nargs="+", help="values of M (default 4 8; quick: 4)")
+    parser.add_argument("--payloads", type=float, nargs="+", help="MB of float32 (default 1 8.36 100)")
+    parser.add_argument("--reps", type=int, help="repetitions per measurement (default 10; quick: 5)")
+    parser.add_argument("--json-out", type=Path, default=ROOT / "runs" / "bench_gossip.json")
+    parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
+    for hidden in ("--rank", "--world", "--master-port"):
+        parser.add_argument(hidden, type=int, help=argparse.SUPPRESS)
+    parser.add_argument("--federation", help=argparse.SUPPRESS)
+    parser.add_argument("--fed-name", help=argparse.SUPPRESS)
+    parser.add_argument("--out", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.worker:
+        _worker(args)
+        return 0
+    peers = args.peers or ([4] if args.quick else [4, 8])
+    payloads = args.payloads or ([1.0, 8.36] if args.quick else [1.0, 8.36, 100.0])
+    reps = args.reps or (5 if args.quick else 10)
+    rows = []
+    with tempfile.TemporaryDirectory(prefix="p2pgan-bench-") as tmp:
+        for m in peers:
+            print(f"M = {m}: {len(payloads)} payloads x 4 transports ...", file=sys.stderr, flush=True)
+            for mb, r in _run_world(m, payloads, reps, Path(tmp)).items():
+                r = {"peers": m, "payload_mb": float(mb), **r}
+                r["grpc_over_gloo_ring"] = r["grpc_ring_ms"] / r["gloo_ring_ms"]
+                r["grpc_over_gloo_allreduce"] = r["grpc_ring_ms"] / r["gloo_allreduce_ms"]
+                r["grpc_over_tcp_oneway"] = r["grpc_ring_ms"] / r["tcp_oneway_ms"]
+                rows.append(r)
+    head = f"{'M':>3} {'MB':>7} {'grpc ring':>10} {'gloo ring':>10} {'allreduce':>10} {'tcp 1-way':>10} {'grpc/gloo':>10} {'grpc/ar':>8}"
+    print(head)
+    for r in rows:
+        print(f"{r['peers']:>3} {r['payload_mb']:>7.2f} {r['grpc_ring_ms']:>8.2f}ms {r['gloo_ring_ms']:>8.2f}ms "
+              f"{r['gloo_allreduce_ms']:>8.2f}ms {r['tcp_oneway_ms']:>8.2f}ms {r['grpc_over_gloo_ring']:>10.2f} "
+              f"{r['grpc_over_gloo_allreduce']:>8.2f}")
+    args.json_out.parent.mkdir(parents=True, exist_ok=True)
+    args.json_out.write_text(json.dumps({"cpu_count": os.cpu_count(), "reps": reps, "rows": rows}, indent=2))
+    print(f"JSON: {args.json_out}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,141 @@
+"""`p2pgan harness` end to end: M real daemons over mutual TLS, the report, and clean stops (crash, Ctrl-C)."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+from collections import Counter
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+from p2pgan.daemon.processes import MetricsTail, pid_alive, wait_for_record
+from p2pgan.trainer.data import load_digits, load_shard
+
+HARNESS_TIMEOUT_S = 240.0
+
+
+@pytest.fixture()
+def launch() -> Iterator[list[subprocess.Popen[str]]]:
+    """Harness processes started by a test; killed (with their peers, by parent-death signal) on failure."""
+    procs: list[subprocess.Popen[str]] = []
+    yield procs
+    for p in procs:
+        if p.poll() is None:
+            p.kill()
+        p.wait(timeout=30)
+
+
+def _harness(launch: list[subprocess.Popen[str]], out: Path, *args: str) -> subprocess.Popen[str]:
+    proc = subprocess.Popen([sys.executable, "-m", "p2pgan", "harness", "--out", str(out), *args],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=os.environ.copy())
+    launch.append(proc)
+    return proc
+
+
+def _peer_pids(out: Path) -> dict[str, int]:
+    pids = {}
+    for path in sorted((out / "state").glob("*/metrics.jsonl")):
+        tail = MetricsTail(path)
+        tail.poll()
+        for r in tail.records:
+            if r["type"] == "start":
+                pids[r["peer"]] = r["pid"]
+    return pids
+
+
+@pytest.mark.timeout(300)
+def test_harness_digits_end_to_end(tmp_path: Path, launch: list[subprocess.Popen[str]]) -> None:
+    out = tmp_path / "run"
+    proc = _harness(launch, out, "--peers", "3", "--steps", "30", "--dataset", "digits", "--eval-interval", "10",
+                    "--topology", "ring", "--variant", "dp")
+    stdout, stderr = proc.communicate(timeout=HARNESS_TIMEOUT_S)
+    assert proc.returncode == 0, stderr[-3000:]
+    assert str(out / "report.json") in stdout
+
+    report = json.loads((out / "report.json").read_text())
+    assert sorted(report["peers"]) == ["peer0", "peer1", "peer2"]
+    assert set(report["exit_codes"].values()) == {0}
+    assert sum(p["shard_size"] for p in report["peers"].values()) == 1797
+    dim = report["peers"]["peer0"]["parameters"]
+    for name, peer in report["peers"].items():
+        assert peer["steps"] == 30 and peer["end"] == "done" and peer["runs"] == 1
+        assert {"is", "fid"} <= set(peer["scores"]) and peer["scores"]["step"] == 30
+        assert peer["first_scores"]["step"] == 10
+        # ring of 3: every step one full vector to each of two neighbours, and two received
+        assert peer["bytes_sent"] >= 2 * 30 * dim * 4 and peer["bytes_received"] >= 2 * 30 * dim * 4
+        assert peer["compute_s"] > 0 and peer["comm_s"] > 0 and peer["dropped_rounds"] == 0
+        assert all(isinstance(peer["final"][k], float) for k in ("loss_g", "loss_d", "grad_norm", "consensus"))
+    assert {"is", "fid"} <= set(report["summary"])
+
+    for png in ["score.png", "losses.png", "consensus.png"] + [f"samples-peer{i}.png" for i in range(3)]:
+        with Image.open(out / png) as img:
+            assert img.format == "PNG" and img.width > 50 and img.height > 50
+    assert sorted(report["pictures"]) == ["consensus.png", "losses.png", "score.png"]
+
+    assert not [pid for pid in report["pids"].values() if pid_alive(pid)], "a peer process was left behind"
+
+    # the shards are disjoint and together exactly the dataset (each sample once, with its label)
+    full = load_digits()
+    rows = Counter(zip((x.tobytes() for x in full.x), full.y.tolist()))
+    shard_rows: Counter[tuple[bytes, int]] = Counter()
+    for i in range(3):
+        shard = load_shard(out / "data" / f"peer{i}")
+        shard_rows.update(zip((x.tobytes() for x in shard.x), shard.y.tolist()))
+    assert shard_rows == rows
+
+
+@pytest.mark.timeout(240)
+def test_harness_reports_a_dead_peer_and_leaves_nothing(tmp_path: Path, launch: list[subprocess.Popen[str]]) -> None:
+    out = tmp_path / "crash"
+    proc = _harness(launch, out, "--peers", "3", "--steps", "100000", "--dataset", "gaussians",
+                    "--round-timeout", "1", "--eval-interval", "0", "--variant", "rand-dp")
+    tail = MetricsTail(out / "state" / "peer1" / "metrics.jsonl")
+    wait_for_record(tail, lambda r: r["type"] == "step" and r["step"] >= 3, HARNESS_TIMEOUT_S)
+    pids = _peer_pids(out)
+    assert sorted(pids) == ["peer0", "peer1", "peer2"]
+    os.kill(pids["peer1"], signal.SIGKILL)
+    _, stderr = proc.communicate(timeout=HARNESS_TIMEOUT_S)
+    assert proc.returncode == 2
+    assert "Traceback" not in stderr
+    assert "peer peer1" in stderr and "killed by signal SIGKILL" in stderr and "daemon.log" in stderr
+    assert "step" in stderr.split("daemon.log", 1)[1], "the error shows the dead peer's log tail"
+    assert not [pid for pid in pids.values() if pid_alive(pid)], "a peer process was left behind"
+
+
+@pytest.mark.timeout(240)
+def test_harness_ctrl_c_stops_peers_with_checkpoints(tmp_path: Path, launch: list[subprocess.Popen[str]]) -> None:
+    out = tmp_path / "interrupt"
+    proc = _harness(launch, out, "--peers", "2", "--steps", "100000", "--dataset", "gaussians", "--eval-interval", "0",
+                    "--variant", "overlap", "--discovery", "zeroconf")
+    for name in ("peer0", "peer1"):
+        tail = MetricsTail(out / "state" / name / "metrics.jsonl")
+        wait_for_record(tail, lambda r: r["type"] == "step" and r["step"] >= 3, HARNESS_TIMEOUT_S)
+    pids = _peer_pids(out)
+    proc.send_signal(signal.SIGINT)
+    _, stderr = proc.communicate(timeout=HARNESS_TIMEOUT_S)
+    assert proc.returncode == 130, stderr[-2000:]
+    assert not [pid for pid in pids.values() if pid_alive(pid)], "a peer process was left behind"
+    for name in ("peer0", "peer1"):
+        tail = MetricsTail(out / "state" / name / "metrics.jsonl")
+        tail.poll()
+        end = tail.last("end")
+        assert end is not None and end["reason"] == "signal SIGTERM" and Path(end["checkpoint"]).is_file()
+
+
+@pytest.mark.parametrize(
+    ("args", "fragment"),
+    [(["--topology", "rign"], "--topology: 'rign' is not allowed"), (["--variant", "gossip"], "--variant"),
+     (["--peers", "0"], "--peers: must be >= 1"), (["--optimizer", "adam"], "osg, oadam, oadagrad")],
+)
+@pytest.mark.timeout(60)
+def test_harness_flag_errors_are_clear(tmp_path: Path, args: list[str], fragment: str) -> None:
+    proc = subprocess.run([sys.executable, "-m", "p2pgan", "harness", "--out", str(tmp_path / "x"), *args],
+                          capture_output=True, text=True, timeout=60, env=os.environ.copy())
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr and fragment in proc.stderr, proc.stderr
+    assert not (tmp_path / "x").exists(), "nothing is written for a bad command line"

@@ -1,0 +1,127 @@
+"""The gRPC mixer on real loopback servers with mutual TLS: results equal the matrix product.
+
+In-process peers (one GrpcMixer each, real servers on port 0) cover every topology cheaply; real OS
+processes cover the selftest command, a neighbour killed mid-run and zeroconf discovery.
+"""
+
+from __future__ import annotations
+
+import json
+import secrets
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import torch
+
+from p2pgan import cli
+from p2pgan.security.certs import make_federation
+from p2pgan.wire.config import NetworkConfig, PeerEntry
+from p2pgan.wire.mixer import GrpcMixer
+from p2pgan.wire.selftest import run_selftest
+
+DIM = 5000
+
+
+@pytest.fixture
+def federation(tmp_path: Path) -> Iterator[callable]:
+    """Factory of M joined, ready mixers; closes them all at the end."""
+    opened: list[GrpcMixer] = []
+
+    def make(m: int, topology: str, rounds: int, **net: object) -> list[GrpcMixer]:
+        fed = f"mix-{secrets.token_hex(3)}"
+        ids = [f"p{i}" for i in range(m)]
+        tls = make_federation(tmp_path / fed, fed, ids)
+        mixers = []
+        for pid in ids:
+            mixers.append(GrpcMixer(NetworkConfig(federation=fed, peer_id=pid, tls=tls[pid], topology=topology,
+                                                  rounds=rounds, seed=7, **net), dim=DIM))  # type: ignore[arg-type]
+            opened.append(mixers[-1])
+        roster = tuple(PeerEntry(pid, "127.0.0.1", mx.port) for pid, mx in zip(ids, mixers))
+        for mx in mixers:
+            mx.join(roster)
+        for mx in mixers:
+            mx.wait_ready(30)
+        return mixers
+
+    yield make
+    for mx in opened:
+        mx.close()
+
+
+def mix_all(mixers: list[GrpcMixer], x: torch.Tensor, step: int) -> torch.Tensor:
+    handles = [mx.start(x[mx.rank : mx.rank + 1], step) for mx in mixers]
+    return torch.cat([h.wait() for h in handles])
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize(
+    ("topology", "peers", "rounds"),
+    [("ring", 4, 3), ("random-ring", 5, 3), ("exponential", 5, 2), ("complete", 4, 1)],
+)
+def test_mixing_equals_matrix_product(federation, topology: str, peers: int, rounds: int) -> None:
+    mixers = federation(peers, topology, rounds)
+    topo = mixers[0].topology
+    for step in (0, 1):  # random-ring draws new neighbours per (step, round)
+        x = torch.randn(peers, DIM, dtype=torch.float64)
+        got = mix_all(mixers, x.float(), step).double()
+        torch.testing.assert_close(got, topo.product(step, rounds) @ x, rtol=0, atol=2e-6)
+    assert all(mx.stats.dropped == 0 and mx.stats.rounds == 2 * rounds for mx in mixers)
+    assert all(mx.stats.bytes_sent > 0 and mx.stats.bytes_received > 0 for mx in mixers)
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("dtype", ["bfloat16", "float16"])
+def test_half_precision_wire(federation, dtype: str) -> None:
+    mixers = federation(3, "ring", 1, wire_dtype=dtype)
+    x = torch.randn(3, DIM, dtype=torch.float64)
+    got = mix_all(mixers, x.float(), 0).double()
+    expected = mixers[0].topology.product(0, 1) @ x
+    err = (got - expected).abs().max().item()
+    assert err < (2e-2 if dtype == "bfloat16" else 3e-3)
+    assert err > 0  # half precision really was on the wire
+    assert mixers[0].stats.bytes_sent < 2 * 2 * DIM + 4096  # 2 bytes per element to 2 neighbours
+
+
+@pytest.mark.timeout(60)
+def test_silent_neighbour_is_dropped_at_the_deadline(federation) -> None:
+    """p2 stops mixing (still connected): p0 and p1 finish within the deadline, p2's weight goes to self."""
+    mixers = federation(3, "ring", 1, round_timeout_s=0.5)
+    x = torch.randn(3, DIM)
+    handles = [mixers[i].start(x[i : i + 1], 0) for i in (0, 1)]
+    y0, y1 = (h.wait() for h in handles)
+    # ring of 3: everyone is everyone's neighbour; without p2 each keeps 2/3 itself + 1/3 the other
+    torch.testing.assert_close(y0[0], x[0] * 2 / 3 + x[1] / 3, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(y1[0], x[1] * 2 / 3 + x[0] / 3, rtol=1e-5, atol=1e-5)
+    assert mixers[0].stats.dropped == mixers[1].stats.dropped == 1
+    assert max(mixers[0].round_seconds) < 0.5 + 1.0
+
+
+@pytest.mark.timeout(180)
+def test_selftest_command_processes(capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(cli, "COMMANDS", {"selftest": cli.COMMANDS["selftest"]})
+    rc = cli.main(["selftest", "--peers", "3", "--topology", "random-ring", "--rounds", "2",
+                   "--size-mb", "0.2", "--steps", "2", "--json"])
+    report = json.loads(capsys.readouterr().out)
+    assert rc == 0, report
+    assert report["max_abs_error"] < 1e-5 and report["checked_steps"] == 2
+    assert report["round_ms"] > 0 and report["dropped"] == 0
+
+
+@pytest.mark.timeout(180)
+def test_killed_neighbour_does_not_stall_the_others(monkeypatch: pytest.MonkeyPatch) -> None:
+    timeout_s = 1.0
+    report = run_selftest(3, "ring", 1, size_mb=0.05, steps=4, round_timeout_s=timeout_s, crash=("peer2", 2))
+    survivors = [p for p in report["per_peer"] if p["id"] != "peer2"]
+    assert len(survivors) == 2 and len(report["per_peer"]) == 2  # peer2 was killed and wrote nothing
+    assert report["max_abs_error"] < 1e-5  # steps 0 and 1, before the kill, were exact
+    for p in survivors:
+        assert p["dropped"] == 2  # peer2 missed steps 2 and 3
+        assert max(p["step_seconds"][2:]) < timeout_s + 2.0  # dropped at the deadline, no stall
+
+
+@pytest.mark.timeout(180)
+def test_two_processes_find_each_other_by_zeroconf() -> None:
+    report = run_selftest(2, "ring", 1, size_mb=0.01, steps=1, discovery="zeroconf")
+    assert report["max_abs_error"] < 1e-5
+    assert [p["members"] for p in report["per_peer"]] == [["peer0", "peer1"]] * 2
