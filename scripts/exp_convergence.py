@@ -30,11 +30,12 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
-from p2pgan.algorithm import DPOSG
+from p2pgan.algorithm import DPOSG, lr_vector
 from p2pgan.errors import P2PGANError
 from p2pgan.experiments.report import format_table, plot_variant_bands, write_json
 from p2pgan.mixing.inprocess import InProcessMixer
 from p2pgan.topology import make_topology
+from p2pgan.sim.gaussians import Gaussians
 from p2pgan.sim.problems import ProblemConfig, make_problem
 from p2pgan.trainer.data import Dataset, load_cifar10, load_digits, split_indices
 from p2pgan.trainer.evaluation import Evaluator, make_evaluator
@@ -53,6 +54,7 @@ class Setup:
     field: Callable[[torch.Tensor], torch.Tensor]  # [M, d] -> [M, d], each peer on its own data
     score: Callable[[torch.Tensor], list[dict[str, float]]]  # rows -> one dict of scores per peer
     save_samples: Callable[[torch.Tensor, Path], object]  # rows -> a PNG of peer 0's samples
+    dim_v: int  # the critic's share of a row (for two-time-scale step sizes)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -62,7 +64,7 @@ class Problem:
     name: str
     setup: Callable[[int, int], Setup]
     total_batch: int
-    lr: float
+    lr: float | tuple[float, float]  # one step size, or (generator, critic)
     steps: int
     eval_every: int  # steps
     x_unit: str  # "epoch" or "step"
@@ -91,7 +93,7 @@ def image_problem(name: str, data: Dataset, model: str, evaluator: Evaluator, ar
             games[0].load_point(z[:1])
             return save_image_grid(games[0].sample(64, seed=1), path)
 
-        return Setup(games[0].point().repeat(peers, 1), PeerGames(games).field, score, save)
+        return Setup(games[0].point().repeat(peers, 1), PeerGames(games).field, score, save, games[0].dim_v)
 
     per_epoch = len(data) / args.total_batch
     return Problem(name, setup, args.total_batch, args.lr, round(args.epochs * per_epoch),
@@ -110,10 +112,11 @@ def gaussians_problem(args: argparse.Namespace) -> Problem:
         def save(z: torch.Tensor, path: Path) -> object:
             return save_points(sim.samples(z[0]), path, reference=sim.centres.cpu().numpy())
 
-        return Setup(sim.initial(), sim.field, score, save)
+        return Setup(sim.initial(), sim.field, score, save, sim.dim_v)
 
     steps = args.gaussian_steps
-    return Problem("gaussians", setup, args.gaussian_batch, args.gaussian_lr, steps, max(1, steps // 40), "step",
+    lr = (args.gaussian_lr_g, args.gaussian_lr_d)
+    return Problem("gaussians", setup, args.gaussian_batch, lr, steps, max(1, steps // 40), "step",
                    1.0, ("modes", "high_quality"))
 
 
@@ -121,7 +124,11 @@ def run_variant(problem: Problem, variant: str, peers: int, seed: int, out: Path
     """Train ``peers`` in-process peers with one variant; return the per-peer score curves."""
     _, topo_name = VARIANTS[variant]
     setup = problem.setup(peers, seed)
-    algo = DPOSG(setup.x0, InProcessMixer(make_topology(topo_name, peers, seed=seed), 1), "oadam", problem.lr)
+    lr = problem.lr
+    if isinstance(lr, tuple):  # two time scales: the rows are [generator | critic]
+        dim_u = setup.x0.shape[1] - setup.dim_v
+        lr = lr_vector(dim_u, setup.dim_v, *lr)
+    algo = DPOSG(setup.x0, InProcessMixer(make_topology(topo_name, peers, seed=seed), 1), "oadam", lr)
     curves: dict[str, list[list[float]]] = {k: [] for k in problem.score_keys}
     xs: list[float] = []
 
@@ -195,7 +202,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--eval-samples", type=int, default=500)
     p.add_argument("--gaussian-steps", type=int, default=10000, help="0 skips the 8-Gaussians problem")
     p.add_argument("--gaussian-batch", type=int, default=256, help="total batch of the 8-Gaussians problem")
-    p.add_argument("--gaussian-lr", type=float, default=3e-3)
+    p.add_argument("--gaussian-lr-g", type=float, default=Gaussians.default_lr, help="generator step size")
+    p.add_argument("--gaussian-lr-d", type=float, default=Gaussians.default_lr_v, help="critic step size")
     p.add_argument("--skip-images", action="store_true", help="only the 8-Gaussians problem")
     p.add_argument("--cifar10", type=Path, default=None, help="a local CIFAR-10 python-batch folder (instead of digits)")
     p.add_argument("--inception-weights", type=Path, default=None, help="local Inception-v3 weights (CIFAR-10 scores)")

@@ -18,6 +18,7 @@ Writes OUT/overhead.json and prints the table.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 
@@ -78,7 +79,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"exp_overhead: error: {exc}", file=sys.stderr)
         return 2
     write_json(args.out / "overhead.json", {"config": {k: str(v) if isinstance(v, Path) else v
-                                                       for k, v in vars(args).items()}, "rows": rows})
+                                                       for k, v in vars(args).items()}, "rows": rows,
+                                            "load_average_after": os.getloadavg()})
     print(format_table(rows, ["model", "MB", "schedule", "local_step_ms", "dp_step_ms", "ratio", "exposed_mix_ms"]))
     print(f"wrote {args.out}/overhead.json")
     return 0

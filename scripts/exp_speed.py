@@ -24,6 +24,7 @@ Writes OUT/speed.json and OUT/speed.png.
 from __future__ import annotations
 
 import argparse
+import os
 import math
 import sys
 from pathlib import Path
@@ -107,6 +108,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"exp_speed: error: {exc}", file=sys.stderr)
         return 2
     report["rows"] = rows
+    report["load_average_after"] = os.getloadavg()  # this machine is shared: context for the timings
     write_json(args.out / "speed.json", report)
     lines: dict[str, dict[str, list[tuple[float, float]]]] = {"time per epoch (s)": {}, "speedup vs 1 peer": {}}
     for r in rows[1:] if base else rows:

@@ -199,7 +199,9 @@ class Link:
         self.hello = self.channel.unary_unary(
             HELLO_METHOD, request_serializer=pb.HelloRequest.SerializeToString, response_deserializer=pb.HelloReply.FromString
         )
-        self._lock = threading.Lock()
+        # re-entrant: grpc runs a done-callback inline when the call already failed (dead neighbour),
+        # and _on_done takes this lock while send() still holds it
+        self._lock = threading.RLock()
         self._stream: _Stream | None = None
         self._backoff_s = RECONNECT_BACKOFF_MIN_S
         self._retry_at = 0.0
