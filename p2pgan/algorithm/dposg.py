@@ -155,6 +155,25 @@ class DecentralizedAlgorithm(abc.ABC):
     @abc.abstractmethod
     def _iterate(self, field: Callable[[torch.Tensor], torch.Tensor]) -> StepInfo: ...
 
+    def _mix_while_computing(
+        self, x: torch.Tensor, field: Callable[[torch.Tensor], torch.Tensor]
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, float, float]:
+        """Start mixing ``x``, take the gradient and direction at ``x`` meanwhile, then wait for the mix.
+
+        Returns ``(g, d, mixed, mix_seconds, field_seconds)``; mix seconds count only the time the
+        mixing was not hidden behind the gradient computation.
+        """
+        t0 = time.perf_counter()
+        handle = self.mixer.start(x, self._step)
+        t1 = time.perf_counter()
+        g = field(x)
+        self._check_grad(g, x)
+        d = self.direction(g)
+        t2 = time.perf_counter()
+        mixed = handle.wait()
+        t3 = time.perf_counter()
+        return g, d, mixed, (t1 - t0) + (t3 - t2), t2 - t1
+
     def _check_grad(self, g: torch.Tensor, z: torch.Tensor) -> None:
         if not isinstance(g, torch.Tensor) or g.shape != z.shape:
             raise P2PGANError(
@@ -273,18 +292,8 @@ class DPOSG(DecentralizedAlgorithm):
             self._rows = _minus_lr(xbar, self._lr, d)
             mix_s, field_s = t1 - t0, t2 - t1
         else:
-            z = self._rows
-            t0 = time.perf_counter()
-            handle = self.mixer.start(z, k)
-            t1 = time.perf_counter()
-            g = field(z)
-            self._check_grad(g, z)
-            d = self.direction(g)
-            t2 = time.perf_counter()
-            mixed = handle.wait()
-            t3 = time.perf_counter()
+            g, d, mixed, mix_s, field_s = self._mix_while_computing(self._rows, field)
             self._rows = _minus_lr(mixed, self._lr, d.mul(2.0).sub_(self._d_prev))
-            mix_s, field_s = (t1 - t0) + (t3 - t2), t2 - t1
         self._d_prev = d
         self._step = k + 1
         return StepInfo(self._step, g, d, mix_s, field_s)
@@ -308,21 +317,11 @@ class DGDA(DecentralizedAlgorithm):
         return self._rows
 
     def _iterate(self, field: Callable[[torch.Tensor], torch.Tensor]) -> StepInfo:
-        k = self._step
-        x = self._rows
-        t0 = time.perf_counter()
-        handle = self.mixer.start(x, k)
-        t1 = time.perf_counter()
-        g = field(x)
-        self._check_grad(g, x)
-        d = self.direction(g)
-        t2 = time.perf_counter()
-        mixed = handle.wait()
-        t3 = time.perf_counter()
+        g, d, mixed, mix_s, field_s = self._mix_while_computing(self._rows, field)
         self._rows = _minus_lr(mixed, self._lr, d)
         self._d_prev = d
-        self._step = k + 1
-        return StepInfo(self._step, g, d, (t1 - t0) + (t3 - t2), t2 - t1)
+        self._step += 1
+        return StepInfo(self._step, g, d, mix_s, field_s)
 
 
 def check_centralized(mixer: Mixer) -> None:
