@@ -39,14 +39,14 @@ def test_roundtrip_and_generated_parser_agree(dtype: str) -> None:
     h = header(2500, dtype)
     frames = codec.encode(h, codec.le_bytes(vec), 1000)
     assert codec.decode_frame(frames[0]) == h
-    writer = codec.ShardWriter(h, torch.empty(h.nbytes, dtype=torch.uint8))
+    writer = codec.ShardAssembler(h)
     for i, f in enumerate(frames[1:]):
         parsed = pb.Frame.FromString(f).shard  # our hand encoding is what the proto says
         assert parsed.index == i and parsed.checksum == codec.checksum(parsed.data)
         # a non-canonical encoding of the same shard (generated serializer) decodes the same way
         assert codec.decode_frame(pb.Frame(shard=parsed).SerializeToString()).data == codec.decode_frame(f).data
-        writer.write(codec.decode_frame(f))
-    assert torch.equal(writer.tensor(), vec)
+        writer.add(codec.decode_frame(f))
+    assert torch.equal(writer.vector().tensor(), vec)
     assert len(frames[1]) < 1000 + codec.FRAME_OVERHEAD_BYTES
 
 
@@ -59,8 +59,21 @@ def test_non_finite_values_are_refused() -> None:
     vec = torch.ones(10)
     vec[3] = math.inf
     h = header(10)
-    writer = codec.ShardWriter(h, torch.empty(h.nbytes, dtype=torch.uint8))
+    writer = codec.ShardAssembler(h)
     for f in codec.encode(h, codec.le_bytes(vec), 1000)[1:]:
-        writer.write(codec.decode_frame(f))
+        writer.add(codec.decode_frame(f))
     with pytest.raises(ProtocolError, match="non-finite"):
-        writer.tensor()
+        writer.vector()
+
+
+def test_shards_that_split_elements_reassemble() -> None:
+    vec = torch.randn(1000)
+    h = header(1000, shard_bytes=1001)  # 1001 is no multiple of 4: shards split float32 elements
+    writer = codec.ShardAssembler(h)
+    for f in codec.encode(h, codec.le_bytes(vec), 1001)[1:]:
+        writer.add(codec.decode_frame(f))
+    received = writer.vector()
+    assert torch.equal(received.tensor(), vec)
+    out = torch.ones(1000)
+    received.add_to(out, 0.5)
+    assert torch.allclose(out, 1 + 0.5 * vec)

@@ -2,8 +2,8 @@
 
 The frames are protobuf ``p2pgan.wire.v1.Frame`` messages. Shard frames sit on the hot path, so they
 are written and read here by hand in canonical protobuf encoding: the data bytes are copied once from
-the tensor into the frame on the way out, and once from the frame into a preallocated buffer on the
-way in (a generated-class parse would copy them again). Any other valid protobuf encoding of a Frame
+the tensor into the frame on the way out, and not at all on the way in: a received vector is read
+where gRPC delivered it (:class:`ReceivedVector`; a generated-class parse would copy them again). Any other valid protobuf encoding of a Frame
 (another implementation, another field order) falls back to the generated parser, so the format is
 exactly what ``protos/p2pgan/wire/v1/gossip.proto`` says.
 
@@ -18,6 +18,7 @@ import dataclasses
 import math
 import struct
 import sys
+import warnings
 
 import torch
 import xxhash
@@ -213,13 +214,47 @@ def decode_frame(msg: bytes) -> MessageHeader | ShardView:
     raise ProtocolError(f"empty frame of {len(msg)} bytes (neither header nor shard)")
 
 
-class ShardWriter:
-    """Checks the shards of one message and copies them into ``buffer`` (uint8, ``header.nbytes`` long)."""
+@dataclasses.dataclass(frozen=True)
+class ReceivedVector:
+    """A complete, checked vector in the wire dtype, kept as read-only views of its received shards.
 
-    def __init__(self, header: MessageHeader, buffer: torch.Tensor) -> None:
+    Mixing reads the shards where gRPC delivered them, so a received vector is never copied into a
+    contiguous buffer (one full pass over the payload saved per neighbour and round).
+    """
+
+    chunks: tuple[torch.Tensor, ...]
+
+    def add_to(self, out: torch.Tensor, alpha: float) -> None:
+        """``out += alpha * vector`` for a 1-D ``out`` of the same length."""
+        offset = 0
+        for chunk in self.chunks:
+            n = chunk.numel()
+            out[offset : offset + n].add_(chunk, alpha=alpha)
+            offset += n
+
+    def tensor(self) -> torch.Tensor:
+        """The vector as one new contiguous tensor (a copy)."""
+        return torch.cat(self.chunks)
+
+
+def _readonly_view(data: memoryview, dtype: torch.dtype) -> torch.Tensor:
+    """A tensor over the bytes of a received frame; never written to (see :class:`ReceivedVector`)."""
+    return torch.frombuffer(data, dtype=dtype)
+
+
+# torch warns once per process that a tensor over an immutable buffer could be written through; ours
+# are only read, so the one warning is consumed here rather than shown to the user mid-training
+with warnings.catch_warnings():
+    warnings.simplefilter("ignore")
+    _readonly_view(memoryview(b"\0"), torch.uint8)
+
+
+class ShardAssembler:
+    """Checks the shards of one message and keeps views of their data (no copy)."""
+
+    def __init__(self, header: MessageHeader) -> None:
         self.header = header
-        self._dst = memoryview(buffer.numpy()).cast("B")
-        self._buffer = buffer
+        self._data: list[memoryview] = []
         self._next = 0
         self._offset = 0
 
@@ -227,7 +262,7 @@ class ShardWriter:
     def complete(self) -> bool:
         return self._next == self.header.shard_count
 
-    def write(self, shard: ShardView) -> None:
+    def add(self, shard: ShardView) -> None:
         h = self.header
         n = len(shard.data)
         if shard.index != self._next:
@@ -247,22 +282,26 @@ class ShardWriter:
             )
         if checksum(shard.data) != shard.checksum:
             raise ProtocolError(f"{h._who}: checksum mismatch in shard {shard.index}")
-        self._dst[self._offset : self._offset + n] = shard.data
+        self._data.append(shard.data)
         self._offset += n
         self._next += 1
 
-    def tensor(self) -> torch.Tensor:
-        """The complete vector (a view of the buffer, in the wire dtype); checks that values are finite."""
+    def vector(self) -> ReceivedVector:
+        """The complete vector; checks that its values are finite."""
         h = self.header
         if not self.complete:
             raise ProtocolError(f"{h._who}: stream ended after {self._next} of {h.shard_count} shards")
-        raw = self._buffer
-        if not _LITTLE_ENDIAN:
-            raw.view(_SAME_WIDTH_INT[h.torch_dtype.itemsize]).numpy().byteswap(inplace=True)
-        vec = raw.view(h.torch_dtype)
-        # Any NaN or inf makes the sum non-finite, so a finite sum proves all values finite at ~1/50 the
-        # cost of isfinite().all(); a non-finite sum may also be an overflow of finite values: check exactly.
-        if not math.isfinite(float(vec.sum())) and not bool(torch.isfinite(vec).all()):
-            raise ProtocolError(f"{h._who}: the vector holds non-finite values (NaN or inf)")
-        return vec
-
+        dtype, size = h.torch_dtype, h.torch_dtype.itemsize
+        if _LITTLE_ENDIAN and all(len(d) % size == 0 for d in self._data):
+            chunks = tuple(_readonly_view(d, dtype) for d in self._data)
+        else:  # shards that split an element, or a big-endian host: one contiguous (writable) copy
+            raw = torch.cat([_readonly_view(d, torch.uint8) for d in self._data])
+            if not _LITTLE_ENDIAN:
+                raw.view(_SAME_WIDTH_INT[size]).numpy().byteswap(inplace=True)
+            chunks = (raw.view(dtype),)
+        for chunk in chunks:
+            # Any NaN or inf makes the sum non-finite, so a finite sum proves all values finite at ~1/50 the
+            # cost of isfinite().all(); a non-finite sum may also be an overflow of finite values: check exactly.
+            if not math.isfinite(float(chunk.sum())) and not bool(torch.isfinite(chunk).all()):
+                raise ProtocolError(f"{h._who}: the vector holds non-finite values (NaN or inf)")
+        return ReceivedVector(chunks)

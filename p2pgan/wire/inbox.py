@@ -2,7 +2,7 @@
 
 The servicer hands every incoming stream to :meth:`Inbox.receive`, which validates each message against
 this peer's context (federation, sender identity and membership, topology neighbours, layout digest,
-vector length, step window) and writes its shards into a pooled, preallocated buffer. The mixer calls
+vector length, step window) and keeps its checked shards where they arrived. The mixer calls
 :meth:`Inbox.advance` when it enters a round and :meth:`Inbox.take` to wait (with a deadline) for the
 neighbours' vectors of that round.
 
@@ -20,10 +20,8 @@ import time
 from collections import defaultdict
 from collections.abc import Callable, Collection, Iterable
 
-import torch
-
 from p2pgan.errors import PeerUnavailableError, ProtocolError, SecurityError, StepWindowError
-from p2pgan.wire.codec import MessageHeader, ShardView, ShardWriter, decode_frame
+from p2pgan.wire.codec import MessageHeader, ReceivedVector, ShardAssembler, decode_frame
 
 log = logging.getLogger(__name__)
 
@@ -33,8 +31,6 @@ LOOKAHEAD_MESSAGES = 2
 LOOKAHEAD_WAIT_S = 30.0
 #: a message whose step differs from ours by more than this is refused
 MAX_STEP_SKEW = 4
-#: free buffers kept per size for reuse
-POOL_MAX = 8
 
 Key = tuple[int, int, str]
 
@@ -42,9 +38,8 @@ Key = tuple[int, int, str]
 @dataclasses.dataclass
 class _Slot:
     key: Key
-    buffer: torch.Tensor
-    vec: torch.Tensor | None = None  # set when complete
-    dead: bool = False  # purged while still filling: the writer returns the buffer
+    vec: ReceivedVector | None = None  # set when complete
+    dead: bool = False  # purged while still filling: the writer does not commit it
 
 
 @dataclasses.dataclass(frozen=True)
@@ -68,7 +63,6 @@ class Inbox:
         self._ctx: InboxContext | None = None
         self._slots: dict[Key, _Slot] = {}
         self._held: dict[str, int] = defaultdict(int)
-        self._pool: dict[int, list[torch.Tensor]] = defaultdict(list)
         self._position: tuple[int, int] | None = None
         self._closed = False
         self.bytes_received = 0
@@ -95,7 +89,7 @@ class Inbox:
         if identity is not None:
             self._check_member(ctx, identity, "TLS certificate")
         accepted = 0
-        writer: ShardWriter | None = None
+        writer: ShardAssembler | None = None
         slot: _Slot | None = None
         try:
             for msg in messages:
@@ -108,19 +102,19 @@ class Inbox:
                         )
                     self._check_header(ctx, frame, identity)
                     slot = self._reserve(frame)
-                    writer = ShardWriter(frame, slot.buffer if slot is not None else self._scratch(frame))
+                    writer = ShardAssembler(frame)  # a late message (slot None) is still checked, then dropped
                     continue
                 if writer is None:
                     raise ProtocolError(f"shard {frame.index} arrived before any header")
-                writer.write(frame)
+                writer.add(frame)
                 if writer.complete:
-                    vec = writer.tensor()
+                    vec = writer.vector()
                     if slot is not None:
                         self._commit(slot, vec)
                         accepted += 1
                     slot = writer = None
             if writer is not None:
-                writer.tensor()  # raises: the stream ended inside a message
+                writer.vector()  # raises: the stream ended inside a message
         finally:
             if slot is not None:
                 self._abandon(slot)
@@ -169,10 +163,6 @@ class Inbox:
         if h.sender not in ctx.in_neighbours(h.step, h.round):
             raise ProtocolError(f"{h._who}: {h.sender!r} is not our in-neighbour at step {h.step} round {h.round}")
 
-    def _scratch(self, h: MessageHeader) -> torch.Tensor:
-        """A buffer for a stale message that is read off the stream and dropped."""
-        return torch.empty(h.nbytes, dtype=torch.uint8)
-
     def _reserve(self, h: MessageHeader) -> _Slot | None:
         key = (h.step, h.round, h.sender)
         deadline = time.monotonic() + LOOKAHEAD_WAIT_S
@@ -200,17 +190,14 @@ class Inbox:
                         f"for {LOOKAHEAD_WAIT_S:g} s"
                     )
                 self._cond.wait(remaining)
-            pool = self._pool[h.nbytes]
-            buf = pool.pop() if pool else torch.empty(h.nbytes, dtype=torch.uint8)
-            slot = _Slot(key, buf)
+            slot = _Slot(key)
             self._slots[key] = slot
             self._held[h.sender] += 1
             return slot
 
-    def _commit(self, slot: _Slot, vec: torch.Tensor) -> None:
+    def _commit(self, slot: _Slot, vec: ReceivedVector) -> None:
         with self._cond:
             if slot.dead:
-                self._recycle(slot.buffer)
                 return
             slot.vec = vec
             self._cond.notify_all()
@@ -219,17 +206,11 @@ class Inbox:
         with self._cond:
             if not slot.dead:
                 self._drop(slot)
-            self._recycle(slot.buffer)
 
     def _drop(self, slot: _Slot) -> None:
         del self._slots[slot.key]
         self._held[slot.key[2]] -= 1
         self._cond.notify_all()
-
-    def _recycle(self, buffer: torch.Tensor) -> None:
-        pool = self._pool[buffer.numel()]
-        if len(pool) < POOL_MAX:
-            pool.append(buffer)
 
     # -- the mixing side -------------------------------------------------------------------------------
     def advance(self, step: int, round: int) -> None:
@@ -239,16 +220,12 @@ class Inbox:
             for key, slot in list(self._slots.items()):
                 if key[:2] < (step, round):
                     self._drop(slot)
-                    if slot.vec is None:
-                        slot.dead = True  # still being written: the writer recycles the buffer
-                    else:
-                        self._recycle(slot.buffer)
+                    slot.dead = True  # if still being written, the writer will not commit it
 
-    def take(self, step: int, round: int, senders: Collection[str], deadline: float) -> dict[str, torch.Tensor]:
+    def take(self, step: int, round: int, senders: Collection[str], deadline: float) -> dict[str, ReceivedVector]:
         """Wait until ``monotonic() >= deadline`` at most for the senders' vectors of ``(step, round)``.
 
-        Returns the vectors that arrived (views of pooled buffers: pass them to :meth:`release` when
-        done). Missing senders are the caller's to handle.
+        Returns the vectors that arrived; missing senders are the caller's to handle.
         """
         with self._cond:
             while not self._closed:
@@ -258,7 +235,7 @@ class Inbox:
                 if remaining <= 0:
                     break
                 self._cond.wait(remaining)
-            out: dict[str, torch.Tensor] = {}
+            out: dict[str, ReceivedVector] = {}
             for s in senders:
                 slot = self._slots.get((step, round, s))
                 if slot is not None and slot.vec is not None:
@@ -269,9 +246,3 @@ class Inbox:
     def _ready(self, key: Key) -> bool:
         slot = self._slots.get(key)
         return slot is not None and slot.vec is not None
-
-    def release(self, vectors: Iterable[torch.Tensor]) -> None:
-        """Return the buffers behind vectors from :meth:`take` to the pool."""
-        with self._cond:
-            for v in vectors:
-                self._recycle(v.view(torch.uint8))

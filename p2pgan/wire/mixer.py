@@ -179,13 +179,22 @@ class GrpcMixer(Mixer):
 
     # -- mixing ----------------------------------------------------------------------------------------
     def start(self, x: torch.Tensor, step: int) -> MixHandle:
+        self._check_input(x)
+        return _Handle(self._worker.submit(self._run, x[0].detach().clone(), step))
+
+    def mix(self, x: torch.Tensor, step: int) -> torch.Tensor:
+        """``start(x, step).wait()`` without start's private copy of ``x`` (the caller waits, so ``x`` cannot
+        change meanwhile, and rounds never write their input); with no rounds the result is still a copy."""
+        self._check_input(x)
+        row = x[0].detach() if self.rounds else x[0].detach().clone()
+        return self._worker.submit(self._run, row, step).result()
+
+    def _check_input(self, x: torch.Tensor) -> None:
         self._require_joined()
         if x.ndim != 2 or x.shape != (1, self.dim):
             raise ValueError(f"GrpcMixer hosts one row: x must have shape [1, {self.dim}], got {tuple(x.shape)}")
         if self._closed:
             raise PeerUnavailableError("the mixer is closed")
-        row = x[0].detach().clone()
-        return _Handle(self._worker.submit(self._run, row, step))
 
     def _run(self, row: torch.Tensor, step: int) -> torch.Tensor:
         assert self.topology is not None
@@ -236,10 +245,9 @@ class GrpcMixer(Mixer):
                     step, r, self.members[j], self.net.round_timeout_s, w,
                 )
             else:
-                out.add_(vec, alpha=w)
+                vec.add_to(out, w)
         if extra:
             out.add_(cur, alpha=extra)
-        self._inbox.release(got.values())
         return out
 
     # -- shutdown --------------------------------------------------------------------------------------
