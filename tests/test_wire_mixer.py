@@ -110,13 +110,15 @@ def test_selftest_command_processes(capsys: pytest.CaptureFixture[str], monkeypa
 
 @pytest.mark.timeout(180)
 def test_killed_neighbour_does_not_stall_the_others(monkeypatch: pytest.MonkeyPatch) -> None:
-    timeout_s = 1.0
+    # headroom for a loaded 2-core CI machine; a stall (no deadline) would last the connect timeout
+    timeout_s = 3.0
     report = run_selftest(3, "ring", 1, size_mb=0.05, steps=4, round_timeout_s=timeout_s, crash=("peer2", 2))
     survivors = [p for p in report["per_peer"] if p["id"] != "peer2"]
     assert len(survivors) == 2 and len(report["per_peer"]) == 2  # peer2 was killed and wrote nothing
-    assert report["max_abs_error"] < 1e-5  # steps 0 and 1, before the kill, were exact
+    assert report["checked_steps"] == 1 and report["max_abs_error"] < 1e-5  # step 0, surely before the kill, exact
     for p in survivors:
-        assert p["dropped"] == 2  # peer2 missed steps 2 and 3
+        # peer2 missed steps 2 and 3, and step 1 too when the kill overtook its last queued message
+        assert p["dropped"] in (2, 3)
         assert max(p["step_seconds"][2:]) < timeout_s + 2.0  # dropped at the deadline, no stall
 
 

@@ -42,8 +42,10 @@ MAX_MESSAGE_BYTES = MAX_SHARD_BYTES + FRAME_OVERHEAD_BYTES
 #: first and largest wait before reopening a failed stream to a neighbour
 RECONNECT_BACKOFF_MIN_S = 0.05
 RECONNECT_BACKOFF_MAX_S = 5.0
-#: messages queued on a link before further sends are skipped (the neighbour is not draining)
-MAX_QUEUED_MESSAGES = 2
+#: messages waiting on a link behind the one being written before further sends are skipped (the
+#: neighbour is not draining). Lock-step rounds keep a healthy link at <= 2; the headroom absorbs a
+#: gRPC writer thread that is scheduled late on a busy machine. Memory per link is bounded by this + 1.
+MAX_QUEUED_MESSAGES = 4
 #: how long close() waits for an outgoing stream to flush before cancelling it
 CLOSE_GRACE_S = 2.0
 #: how long a stopping server lets calls finish; incoming streams are persistent and never end by
@@ -170,10 +172,13 @@ def check_pin(peer: PeerEntry, tls: TLSFiles, federation: str) -> None:
 class _Stream:
     """One open Push call fed from a queue of messages (each a list of frames)."""
 
-    def __init__(self, push: grpc.StreamUnaryMultiCallable, on_sent: Callable[[], None]) -> None:
+    def __init__(
+        self, push: grpc.StreamUnaryMultiCallable, on_taken: Callable[[], None], on_written: Callable[[], None]
+    ) -> None:
         self.queue: queue.SimpleQueue[list[bytes] | None] = queue.SimpleQueue()
-        self.pending = 0
-        self._on_sent = on_sent
+        self.pending = 0  # messages put on the queue and not yet taken by gRPC's writer
+        self._on_taken = on_taken
+        self._on_written = on_written
         self.call = push.future(self._frames())
 
     def _frames(self) -> Iterator[bytes]:
@@ -181,8 +186,12 @@ class _Stream:
             item = self.queue.get()
             if item is None:
                 return
+            # Counted off when taken, not after its last frame: gRPC asks for the next frame only when
+            # its writer thread runs again, which on a loaded machine can be long after the neighbour
+            # has read the message, and would make a healthy link look congested.
+            self._on_taken()
             yield from item
-            self._on_sent()
+            self._on_written()
 
 
 class Link:
@@ -218,7 +227,9 @@ class Link:
             if stream is None or stream.call.done():
                 if time.monotonic() < self._retry_at:
                     return False
-                stream = opened = self._stream = _Stream(self._push, lambda: self._on_sent(stream))
+                stream = opened = self._stream = _Stream(
+                    self._push, lambda: self._on_taken(stream), self._on_written
+                )
             if stream.pending >= MAX_QUEUED_MESSAGES:
                 log.warning("peer %s is not draining its stream; skipping this message", self.peer.id)
                 return False
@@ -230,9 +241,13 @@ class Link:
         self.bytes_sent += sum(len(f) for f in frames)
         return True
 
-    def _on_sent(self, stream: _Stream) -> None:
+    def _on_taken(self, stream: _Stream) -> None:
         with self._lock:
             stream.pending -= 1
+
+    def _on_written(self) -> None:
+        """A whole message went into the stream: the link works, so the next failure backs off afresh."""
+        with self._lock:
             self._backoff_s = RECONNECT_BACKOFF_MIN_S
 
     def _on_done(self, stream: _Stream, call: grpc.Future) -> None:
