@@ -40,8 +40,14 @@ def test_points_scatter(tmp_path: Path) -> None:
 
 def test_band_interpolates_on_common_grid() -> None:
     x, mean, lo, hi = images.band({"a": [(0, 0.0), (1, 2.0), (2, 4.0)], "b": [(0.5, 1.0), (2.5, 1.0)]})
-    assert x.tolist() == [1.0, 2.0]  # inside the range both peers cover
-    assert lo.tolist() == [1.0, 1.0] and hi.tolist() == [2.0, 4.0] and mean.tolist() == [1.5, 2.5]
+    assert x.tolist() == [0.5, 1.0, 2.0]  # inside the range both peers cover, its ends included
+    assert lo.tolist() == [1.0, 1.0, 1.0] and hi.tolist() == [1.0, 2.0, 4.0] and mean.tolist() == [1.0, 1.5, 2.5]
+
+
+def test_band_keeps_first_and_last_evaluation_when_epochs_differ_slightly() -> None:
+    # shards of 450 and 449 samples put the same evaluation step at slightly different epochs
+    x, mean, _, _ = images.band({"a": [(7.11, 1.0), (14.22, 3.0)], "b": [(7.13, 1.0), (14.26, 3.0)]})
+    assert len(x) == 2 and x[0] == 7.13 and x[-1] == 14.22
 
 
 def test_run_figures_from_metrics(tmp_path: Path) -> None:

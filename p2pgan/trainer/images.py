@@ -105,15 +105,16 @@ def save_samples(samples: torch.Tensor, path: str | os.PathLike[str], *, title: 
 def band(series: Mapping[str, Series]) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """``(x, mean, min, max)`` across peers on a common x grid (linear interpolation).
 
-    The grid is the x values of the peer with the most points, inside the x range all peers cover;
-    a single point or peer gives a degenerate band.
+    The grid is the x values of the peer with the most points inside the x range all peers cover, plus
+    that range's ends (peers' epochs differ slightly when shard sizes do, and the first and last
+    evaluations must not fall off the band); a single point or peer gives a degenerate band.
     """
     curves = [np.asarray(sorted(s), dtype=np.float64) for s in series.values() if len(s)]
     if not curves:
         raise ValueError("no data to plot")
     lo, hi = max(c[0, 0] for c in curves), min(c[-1, 0] for c in curves)
     grid = max(curves, key=len)[:, 0]
-    grid = grid[(grid >= lo) & (grid <= hi)] if lo <= hi else grid[-1:]
+    grid = np.unique(np.concatenate(([lo], grid[(grid >= lo) & (grid <= hi)], [hi]))) if lo <= hi else grid[-1:]
     ys = np.stack([np.interp(grid, c[:, 0], c[:, 1]) for c in curves])
     return grid, ys.mean(axis=0), ys.min(axis=0), ys.max(axis=0)
 
