@@ -30,12 +30,6 @@ sys.path.insert(0, str(ROOT))  # run from a checkout without installing
 SOCKET_TIMEOUT_S = 120.0
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _worker(args: argparse.Namespace) -> None:
     import torch
     import torch.distributed as dist
@@ -138,12 +132,13 @@ def _worker(args: argparse.Namespace) -> None:
 
 
 def _run_world(m: int, payloads: list[float], reps: int, tmp: Path) -> dict[str, dict[str, float]]:
+    from p2pgan.harness import free_ports
     from p2pgan.security.certs import make_federation
 
     fed_name = f"bench-{os.getpid()}-{m}"
     make_federation(tmp / fed_name, fed_name, [f"peer{i}" for i in range(m)])
     out = tmp / f"result-{m}.json"
-    master = _free_port()
+    (master,) = free_ports(1)
     env = {**os.environ, "PYTHONPATH": f"{ROOT}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
     cmd = [sys.executable, str(Path(__file__).resolve()), "--worker", "--world", str(m), "--master-port", str(master),
            "--federation", str(tmp / fed_name), "--fed-name", fed_name, "--out", str(out), "--reps", str(reps),
