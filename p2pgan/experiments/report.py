@@ -13,7 +13,10 @@ from pathlib import Path
 from typing import Any
 
 from p2pgan.checkpoint import atomic_write_bytes
-from p2pgan.trainer.images import Series, _figure_bytes, _pyplot, band
+from p2pgan.trainer.images import Series, band, save_panel_figure
+
+#: inches per subplot of the experiment figures (a little larger than the run report's)
+PANEL_SIZE = (4.6, 3.6)
 
 
 def write_json(path: str | os.PathLike[str], data: Any) -> Path:
@@ -41,20 +44,14 @@ def plot_variant_bands(
 ) -> Path:
     """One subplot per panel (key = y label); in each, one colour per variant: the mean over its peers
     and the min-max band across them. ``panels[ylabel][variant][peer] = [(x, y), ...]``."""
-    plt = _pyplot()
-    fig, axes = plt.subplots(1, len(panels), figsize=(4.6 * len(panels), 3.6), squeeze=False)
-    for ax, (ylabel, variants) in zip(axes[0], panels.items()):
+
+    def draw(ax: Any, ylabel: str, variants: Mapping[str, Mapping[str, Series]]) -> None:
         for n, (variant, series) in enumerate(variants.items()):
             x, mean, lo, hi = band(series)
             ax.fill_between(x, lo, hi, alpha=0.2, color=f"C{n}")
             ax.plot(x, mean, color=f"C{n}", lw=1.6, label=f"{variant} ({len(series)} peers)")
-        ax.set_xlabel(xlabel)
-        ax.set_ylabel(ylabel)
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize=7)
-    if title:
-        fig.suptitle(title)
-    return atomic_write_bytes(Path(path), _figure_bytes(fig))
+
+    return save_panel_figure(path, panels, draw, xlabel=xlabel, title=title, panel_size=PANEL_SIZE)
 
 
 def plot_lines(
@@ -66,18 +63,12 @@ def plot_lines(
     log_x: bool = False,
 ) -> Path:
     """One subplot per panel (key = y label), one marked line per label: ``panels[ylabel][label] = [(x, y)]``."""
-    plt = _pyplot()
-    fig, axes = plt.subplots(1, len(panels), figsize=(4.6 * len(panels), 3.6), squeeze=False)
-    for ax, (ylabel, lines) in zip(axes[0], panels.items()):
+
+    def draw(ax: Any, ylabel: str, lines: Mapping[str, Series]) -> None:
         for n, (label, pts) in enumerate(lines.items()):
             xs, ys = zip(*sorted(pts)) if pts else ((), ())
             ax.plot(xs, ys, marker="o", color=f"C{n}", label=label)
         if log_x:
             ax.set_xscale("log", base=2)
-        ax.set_xlabel(xlabel)
-        ax.set_ylabel(ylabel)
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize=7)
-    if title:
-        fig.suptitle(title)
-    return atomic_write_bytes(Path(path), _figure_bytes(fig))
+
+    return save_panel_figure(path, panels, draw, xlabel=xlabel, title=title, panel_size=PANEL_SIZE)

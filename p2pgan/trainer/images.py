@@ -15,7 +15,7 @@ from __future__ import annotations
 import io
 import math
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -128,16 +128,33 @@ def _smooth(series: Series, window: int) -> Series:
     return list(zip(xs[window - 1:], ys_s.tolist()))
 
 
+def save_panel_figure(path: str | os.PathLike[str], panels: Mapping[str, Any],
+                      draw: Callable[[Any, str, Any], None], *, xlabel: str, title: str = "",
+                      panel_size: tuple[float, float] = (4.2, 3.4)) -> Path:
+    """One subplot per panel (its key is the y label), filled by ``draw(ax, ylabel, content)``; the axes
+    labels, grid, legend, title and the atomic PNG write are the same for every figure of p2pgan."""
+    plt = _pyplot()
+    fig, axes = plt.subplots(1, len(panels), figsize=(panel_size[0] * len(panels), panel_size[1]), squeeze=False)
+    for ax, (ylabel, content) in zip(axes[0], panels.items()):
+        draw(ax, ylabel, content)
+        ax.set_xlabel(xlabel)
+        ax.set_ylabel(ylabel)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
+    if title:
+        fig.suptitle(title)
+    return atomic_write_bytes(path, _figure_bytes(fig))
+
+
 def plot_panels(path: str | os.PathLike[str], panels: Mapping[str, Mapping[str, Series]], *, xlabel: str,
                 title: str = "", log_y: Sequence[str] = (), smooth: int = 1) -> Path:
     """One subplot per panel (its key is the y label); each shows every peer's curve thinly, the mean
     across peers, and the min-max band across peers. ``smooth`` is a moving-average window in points."""
-    plt = _pyplot()
     panels = {k: v for k, v in panels.items() if any(len(s) for s in v.values())}
     if not panels:
         raise ValueError(f"{path}: nothing to plot")
-    fig, axes = plt.subplots(1, len(panels), figsize=(4.2 * len(panels), 3.4), squeeze=False)
-    for ax, (ylabel, series) in zip(axes[0], panels.items()):
+
+    def draw(ax: Any, ylabel: str, series: Mapping[str, Series]) -> None:
         series = {peer: _smooth(s, smooth) for peer, s in series.items() if len(s)}
         for peer, s in sorted(series.items()):
             xs, ys = zip(*sorted(s))
@@ -145,15 +162,10 @@ def plot_panels(path: str | os.PathLike[str], panels: Mapping[str, Mapping[str, 
         x, mean, lo, hi = band(series)
         ax.fill_between(x, lo, hi, alpha=0.25, color="C0", label=f"min-max over {len(series)} peers")
         ax.plot(x, mean, color="C0", lw=1.8, label="mean")
-        ax.set_xlabel(xlabel)
-        ax.set_ylabel(ylabel)
         if ylabel in log_y:
             ax.set_yscale("log")
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize=7)
-    if title:
-        fig.suptitle(title)
-    return atomic_write_bytes(path, _figure_bytes(fig))
+
+    return save_panel_figure(path, panels, draw, xlabel=xlabel, title=title)
 
 
 def _collect(records_by_peer: Mapping[str, Sequence[Mapping[str, Any]]], kind: str, x: str,
