@@ -10,7 +10,6 @@ import json
 import os
 import statistics
 import subprocess
-import sys
 import tempfile
 import threading
 from pathlib import Path
@@ -18,6 +17,7 @@ from typing import Any
 
 from p2pgan.errors import ConfigError, PeerUnavailableError
 from p2pgan.netem import LatencyRelay
+from p2pgan.wire.workers import exchange_ports, worker_processes
 
 BACKENDS = ("none", "gloo", "grpc")
 FEDERATION = "bench"
@@ -81,40 +81,24 @@ def run_peers(run: PeerRun) -> dict[str, Any]:
 
             tls = make_federation(root / "federation", FEDERATION, ids)
         init = f"tcp://127.0.0.1:{free_ports(1)[0]}"
-        procs: list[subprocess.Popen[str]] = []
-
-        def kill_all() -> None:
-            for p in procs:
-                if p.poll() is None:
-                    p.kill()
-                p.wait()
-
-        stack.callback(kill_all)
         env = dict(os.environ, OMP_NUM_THREADS=str(run.threads))
-        for rank, pid in enumerate(ids):
-            cfg = {
+        configs = {
+            pid: {
                 **dataclasses.asdict(run), "rank": rank, "world": run.peers, "peer_id": pid, "federation": FEDERATION,
                 "init_method": init, "connect_timeout_s": STARTUP_TIMEOUT_S,
                 "tls": {k: str(v) for k, v in vars(tls[pid]).items()} if tls else None,
             }
-            path = root / f"{pid}.json"
-            path.write_text(json.dumps(cfg))
-            procs.append(subprocess.Popen([sys.executable, "-m", "p2pgan.experiments.worker", str(path)],
-                                          stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=env))
-        roster = []
-        for pid, proc in zip(ids, procs):
-            assert proc.stdout is not None
-            line = proc.stdout.readline()
-            if not line:
-                raise PeerUnavailableError(f"bench peer {pid} exited during start-up (rc {proc.wait()})")
-            port = json.loads(line)["port"]
+            for rank, pid in enumerate(ids)
+        }
+        by_id = stack.enter_context(worker_processes("p2pgan.experiments.worker", configs, root, env))
+        procs = list(by_id.values())
+
+        def dial(port: int | None) -> int | None:
             if port is not None and run.delay_ms > 0:
-                port = stack.enter_context(LatencyRelay(("127.0.0.1", port), run.delay_ms / 1e3)).port
-            roster.append([pid, "127.0.0.1", port])
-        for proc in procs:
-            assert proc.stdin is not None
-            proc.stdin.write(json.dumps(roster) + "\n")
-            proc.stdin.close()
+                return stack.enter_context(LatencyRelay(("127.0.0.1", port), run.delay_ms / 1e3)).port
+            return port
+
+        exchange_ports(by_id, "bench peer", dial)
         budget = STARTUP_TIMEOUT_S + (run.warmup + run.steps) * STEP_TIMEOUT_S
         outputs: dict[str, str] = {}
         readers = [

@@ -11,8 +11,6 @@ import json
 import os
 import secrets
 import statistics
-import subprocess
-import sys
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -23,6 +21,7 @@ from p2pgan.errors import ConfigError, PeerUnavailableError
 from p2pgan.security.certs import make_federation
 from p2pgan.topology import make_topology
 from p2pgan.wire.selftest_worker import selftest_row
+from p2pgan.wire.workers import exchange_ports, worker_processes
 
 #: how long the whole run may take beyond the mixing itself (process start-up, imports)
 STARTUP_TIMEOUT_S = 60.0
@@ -58,41 +57,21 @@ def run_selftest(
         fed = make_federation(root / "federation", federation, ids)
         out = root / "out"
         out.mkdir()
-        procs: dict[str, subprocess.Popen[str]] = {}
-        try:
-            for pid in ids:
-                cfg = {
-                    "federation": federation, "peer_id": pid, "discovery": discovery, "peers": peers,
-                    "tls": None if insecure else {k: str(v) for k, v in vars(fed[pid]).items()},
-                    "topology": topology, "seed": seed, "rounds": rounds, "round_timeout_s": round_timeout_s,
-                    "wire_dtype": wire_dtype, "shard_bytes": shard_bytes, "dim": dim, "steps": steps,
-                    "out": str(out), "connect_timeout_s": STARTUP_TIMEOUT_S,
-                    "crash_at_step": crash[1] if crash and crash[0] == pid else None,
-                }
-                path = root / f"{pid}.json"
-                path.write_text(json.dumps(cfg))
-                procs[pid] = subprocess.Popen(
-                    [sys.executable, "-m", "p2pgan.wire.selftest_worker", str(path)],
-                    stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=os.environ.copy(),
-                )
-            roster = []
-            for pid, proc in procs.items():
-                assert proc.stdout is not None
-                line = proc.stdout.readline()
-                if not line:
-                    raise PeerUnavailableError(f"selftest peer {pid} exited before starting its server (rc {proc.wait()})")
-                roster.append([pid, "127.0.0.1", json.loads(line)["port"]])
-            for proc in procs.values():
-                assert proc.stdin is not None
-                proc.stdin.write(json.dumps(roster) + "\n")
-                proc.stdin.close()
+        configs = {
+            pid: {
+                "federation": federation, "peer_id": pid, "discovery": discovery, "peers": peers,
+                "tls": None if insecure else {k: str(v) for k, v in vars(fed[pid]).items()},
+                "topology": topology, "seed": seed, "rounds": rounds, "round_timeout_s": round_timeout_s,
+                "wire_dtype": wire_dtype, "shard_bytes": shard_bytes, "dim": dim, "steps": steps,
+                "out": str(out), "connect_timeout_s": STARTUP_TIMEOUT_S,
+                "crash_at_step": crash[1] if crash and crash[0] == pid else None,
+            }
+            for pid in ids
+        }
+        with worker_processes("p2pgan.wire.selftest_worker", configs, root, os.environ) as procs:
+            exchange_ports(procs, "selftest peer")
             budget = STARTUP_TIMEOUT_S + steps * rounds * (round_timeout_s + 5.0)
             codes = {pid: proc.wait(timeout=budget) for pid, proc in procs.items()}
-        finally:
-            for proc in procs.values():
-                if proc.poll() is None:
-                    proc.kill()
-                    proc.wait()
         crashed = crash[0] if crash else None
         bad = {p: c for p, c in codes.items() if c != 0 and p != crashed}
         if bad:
