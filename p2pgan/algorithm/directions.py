@@ -79,6 +79,11 @@ class Direction(abc.ABC):
     def _moment_names(self) -> tuple[str, ...]:
         return ()
 
+    @property
+    def moment_names(self) -> tuple[str, ...]:
+        """The tensors this direction keeps once it has seen a gradient (each shaped like the rows)."""
+        return self._moment_names()
+
     def __repr__(self) -> str:
         return f"{type(self).__name__}()"
 

@@ -181,6 +181,16 @@ class DecentralizedAlgorithm(abc.ABC):
                 f"for a point of shape {tuple(z.shape)}; it must return one gradient row per row"
             )
 
+    def skip_to(self, step: int) -> None:
+        """Continue at iteration ``step`` (>= the current one) without taking the iterations in between.
+
+        What a network peer does when it finds the federation ahead of it (elastic membership): it keeps
+        its rows and direction state and rejoins the mixing at the federation's step.
+        """
+        if step < self._step:
+            raise ValueError(f"{self.name}: cannot skip back from step {self._step} to {step}")
+        self._step = step
+
     # -- checkpoints ------------------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:
         """Everything needed to resume bit-for-bit: ``x``, ``z``, ``d_prev``, ``step``, direction moments."""

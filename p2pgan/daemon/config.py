@@ -109,6 +109,8 @@ class MixingConfig:
     wire_dtype: str
     backend: str
     torch_init: str = "env://"  # backend torch: tcp://HOST:PORT of rank 0, file:///shared/path, or env://
+    #: members (self included) that must answer before step 0 when none trains yet; None = all of them
+    start_quorum: int | None = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -422,6 +424,7 @@ def _mixing(sec: _Section) -> MixingConfig:
         wire_dtype=sec.choice("wire_dtype", WIRE_DTYPES, "float32"),
         backend=sec.choice("backend", BACKENDS, "grpc"),
         torch_init=sec.string("torch_init", "env://"),
+        start_quorum=sec.integer("start_quorum", None, minimum=1),
     )
     if not cfg.torch_init.startswith(TORCH_INIT_SCHEMES):
         raise sec.error("torch_init", f"{cfg.torch_init!r} must start with one of {', '.join(TORCH_INIT_SCHEMES)}")
@@ -593,5 +596,6 @@ def network_config(cfg: PeerConfig, roster: tuple[PeerEntry, ...] = ()) -> Netwo
         rounds=cfg.mixing.rounds,
         round_timeout_s=cfg.mixing.round_timeout_s,
         connect_timeout_s=cfg.mixing.connect_timeout_s,
+        start_quorum=cfg.mixing.start_quorum,
         wire_dtype=cfg.mixing.wire_dtype,  # type: ignore[arg-type]
     )

@@ -17,15 +17,18 @@ from p2pgan.wire.config import PeerEntry
 log = logging.getLogger(__name__)
 
 
-def make_mixer(config: PeerConfig, dim: int, digest: str) -> Mixer:
+def make_mixer(config: PeerConfig, dim: int, digest: str, *, start_step: int = 0) -> Mixer:
     """Open the mixer ``config.mixing.backend`` names for vectors of ``dim`` entries of layout ``digest``.
 
-    The returned mixer is ready (listening, membership found, every member answered) and must be
-    closed (it is a context manager).
+    ``start_step`` is the step this peer starts at (its checkpoint's), which Hello replies report to
+    the other members while they start up (so that a federation restarted as a whole agrees on a step).
+
+    The returned mixer is ready (listening, membership found, the members answered, or a quorum of
+    them, or one that already trains) and must be closed (it is a context manager).
     """
     backend = config.mixing.backend
     if backend == "grpc":
-        from p2pgan.discovery import load_roster
+        from p2pgan.discovery import load_roster, member_finder
         from p2pgan.wire.mixer import open_mixer
 
         roster: tuple[PeerEntry, ...] = ()
@@ -38,10 +41,12 @@ def make_mixer(config: PeerConfig, dim: int, digest: str) -> Mixer:
                 )
             roster = loaded.peers
         net = network_config(config, roster)
-        mixer = open_mixer(net, dim=dim, layout_digest=digest)
+        mixer = open_mixer(net, dim=dim, layout_digest=digest, discover=member_finder(net))
         log.info("peer %s: listening on port %d; waiting up to %.0f s for the members %s",
                  net.peer_id, mixer.port, net.connect_timeout_s, list(mixer.members))
         try:
+            assert mixer.membership is not None
+            mixer.membership.step = start_step
             mixer.wait_ready(net.connect_timeout_s)
         except BaseException:
             mixer.close()

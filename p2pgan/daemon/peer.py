@@ -10,8 +10,21 @@ exactly the distance from this peer's parameters to the weighted average of its 
 grid of samples; every ``checkpoint.interval`` steps and at shutdown an atomic checkpoint holding
 everything a step needs, so ``--resume`` continues bit-for-bit.
 
-SIGTERM / SIGINT: the current step finishes (a neighbour that is gone costs at most one round deadline),
-a checkpoint is written, the mixer closes (streams, mDNS) and the daemon exits 0. A second signal
+Elastic membership (gRPC backend; DESIGN.md section 5, :mod:`p2pgan.membership`):
+
+- start-up: when a member that answers Hello already trains, the federation is running and this peer
+  (restarted, or a late joiner) fetches the current state from the furthest such member (FetchState;
+  its own checkpoint is the fallback when none answers) and continues at that step. When nobody trains
+  yet (a fresh start, or every peer restarted with ``--resume``) all start at the furthest checkpoint
+  step among the members, so the federation continues from one consistent step;
+- every step boundary: pending FetchState requests of other members are answered with a snapshot; if
+  the last step found this peer out of sync (a neighbour had moved past a round without it), it skips
+  ahead to the federation's step, fetching the state first when it is more than
+  :data:`p2pgan.membership.view.TRANSFER_LAG_STEPS` behind.
+
+SIGTERM / SIGINT / SIGHUP: the current step finishes (a neighbour that is gone costs at most one round
+deadline), the neighbours are told that this peer leaves (they stop waiting for it at once), a
+checkpoint is written, the mixer closes (streams, mDNS) and the daemon exits 0. A second signal
 abandons the step at once, keeping the last checkpoint.
 """
 
@@ -31,6 +44,7 @@ from typing import Any
 import torch
 
 from p2pgan.checkpoint import CheckpointManager, LoadedCheckpoint, capture_rng_state, restore_rng_state
+from p2pgan.daemon import elastic
 from p2pgan.daemon.config import PeerConfig
 from p2pgan.errors import CheckpointError, ConfigError
 
@@ -52,14 +66,14 @@ class StopBeforeTraining(BaseException):
 
 
 class StopSignals:
-    """SIGTERM / SIGINT -> a flag the loop checks between steps; a second signal abandons the step.
+    """SIGTERM / SIGINT / SIGHUP -> a flag the loop checks between steps; a second signal abandons the step.
 
     Until :attr:`training` is set (start-up: loading data, waiting for the other peers) a signal stops
     at once by raising :class:`StopBeforeTraining`: there is nothing new to checkpoint yet. Installs
     handlers on entry (main thread only) and restores the previous ones on exit.
     """
 
-    SIGNALS = (signal.SIGTERM, signal.SIGINT)
+    SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)  # SIGHUP: the SSH session that started us closed
 
     def __init__(self) -> None:
         self.event = threading.Event()
@@ -264,7 +278,8 @@ def _run_peer(cfg: PeerConfig, resume: bool, stop: StopSignals) -> int:
     status = StatusLine(logging.getLogger("p2pgan.daemon.status"), f"peer {cfg.peer.id}: step",
                         steps_total, cfg.metrics.status_interval_s)
 
-    with make_mixer(cfg, game.dim, digest) as mixer, MetricsWriter(
+    start_step = int(loaded.state.get("step", 0)) if loaded is not None else 0
+    with make_mixer(cfg, game.dim, digest, start_step=start_step) as mixer, MetricsWriter(
         cfg.metrics.path, cfg.peer.id, prometheus_port=cfg.metrics.prometheus_port
     ) as metrics:
         algo = DPOSG(game.point().to(device), mixer, cfg.train.optimizer, lr, schedule=cfg.mixing.schedule,
@@ -273,6 +288,12 @@ def _run_peer(cfg: PeerConfig, resume: bool, stop: StopSignals) -> int:
         if loaded is not None:
             run.restore(loaded)
             log.warning("resumed from %s at step %d", loaded.path, algo.steps)
+        membership = getattr(mixer, "membership", None)
+        board = getattr(mixer, "board", None)
+        events = elastic.MemberEvents(mixer)
+        elastic.start_position(cfg, algo, mixer, loaded is not None, metrics.write)
+        if membership is not None:
+            membership.step, membership.training = algo.steps, True
         stop.training = True  # from here on a signal finishes the step and checkpoints
         metrics.write({
             "type": "start", "step": algo.steps, "epoch": game.epoch, "pid": os.getpid(), "shard_size": shard_size,
@@ -281,6 +302,7 @@ def _run_peer(cfg: PeerConfig, resume: bool, stop: StopSignals) -> int:
             "rank": getattr(mixer, "rank", None), "port": getattr(mixer, "port", None),
             "variant": cfg.mixing.variant, "topology": cfg.mixing.topology, "rounds": cfg.mixing.rounds,
             "resumed_from": str(loaded.path) if loaded is not None else None,
+            "absent": sorted(membership.absent()) if membership is not None else [],
         })
         status.logger.info(
             "peer %s: rank %s of %s %s, port %s, %s over %s with t=%d; %d parameters, %d private samples; "
@@ -290,19 +312,30 @@ def _run_peer(cfg: PeerConfig, resume: bool, stop: StopSignals) -> int:
         )
         reason = "done"
         evaluated_at = -1
-        while algo.steps < steps_total:
-            if stop.is_set():
-                reason = f"signal {stop.received}"
-                break
-            record = _one_step(run, device)
-            metrics.step(**record)
-            status.update(algo.steps, loss_d=record["loss_d"], loss_g=record["loss_g"],
-                          consensus=record["consensus"], sent_mb=record["bytes_sent"] / 1e6)
-            if algo.steps % cfg.checkpoint.interval == 0:
-                run.save()
-            if cfg.evaluation.interval and algo.steps % cfg.evaluation.interval == 0:
-                metrics.evaluation(**_evaluate(run, evaluator))
-                evaluated_at = algo.steps
+        try:
+            while algo.steps < steps_total:
+                if stop.is_set():
+                    reason = f"signal {stop.received}"
+                    break
+                if board is not None:
+                    board.serve(lambda: elastic.snapshot(cfg, algo))
+                record = _one_step(run, device)
+                for event in events.drain():
+                    metrics.write(event)
+                if membership is not None:
+                    record["absent"] = len(membership.absent())
+                metrics.step(**record)
+                status.update(algo.steps, loss_d=record["loss_d"], loss_g=record["loss_g"],
+                              consensus=record["consensus"], sent_mb=record["bytes_sent"] / 1e6)
+                if algo.steps % cfg.checkpoint.interval == 0:
+                    run.save()
+                if cfg.evaluation.interval and algo.steps % cfg.evaluation.interval == 0:
+                    metrics.evaluation(**_evaluate(run, evaluator))
+                    evaluated_at = algo.steps
+                elastic.catch_up(cfg, algo, mixer, steps_total, metrics.write)
+        finally:
+            if hasattr(mixer, "leave"):
+                mixer.leave(reason)  # before the checkpoint: nobody waits a deadline for us meanwhile
         if reason == "done" and evaluated_at != algo.steps:
             metrics.evaluation(**_evaluate(run, evaluator))
         path = run.save()

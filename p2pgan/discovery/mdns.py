@@ -19,7 +19,8 @@ from zeroconf import IPVersion, ServiceBrowser, ServiceInfo, ServiceStateChange,
 from p2pgan.errors import DiscoveryError, P2PGANError
 from p2pgan.security.certs import fingerprint, read_tls
 from p2pgan.wire.codec import PROTOCOL_VERSION
-from p2pgan.wire.config import NetworkConfig, PeerEntry
+from p2pgan.membership.members import PeerEntry
+from p2pgan.wire.config import NetworkConfig
 from p2pgan.wire.transport import probe_identity
 
 log = logging.getLogger(__name__)

@@ -13,15 +13,15 @@ The membership is the sorted list of ids; every peer computes the same topology 
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
 import yaml
 
-from p2pgan.errors import ConfigError, DiscoveryError, config_error
+from p2pgan.errors import ConfigError, config_error
 from p2pgan.security.certs import check_name, normalize_fingerprint
-from p2pgan.wire.config import PeerEntry
+from p2pgan.membership.members import PeerEntry
 
 
 @dataclasses.dataclass(frozen=True)
@@ -114,13 +114,3 @@ def write_roster(path: str | Path, federation: str, peers: Iterable[PeerEntry]) 
         entries.append(e)
     path.write_text(yaml.safe_dump({"federation": federation, "peers": entries}, sort_keys=False))
     return path
-
-
-def check_members(peers: Sequence[PeerEntry], self_id: str, *, source: str) -> None:
-    """The membership must hold this peer once and no id twice."""
-    ids = [p.id for p in peers]
-    dup = sorted({i for i in ids if ids.count(i) > 1})
-    if dup:
-        raise DiscoveryError(f"{source}: duplicate peer ids {dup}")
-    if self_id not in ids:
-        raise DiscoveryError(f"{source}: this peer {self_id!r} is not among the members {sorted(ids)}")

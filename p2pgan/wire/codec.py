@@ -211,6 +211,8 @@ def decode_frame(msg: bytes) -> MessageHeader | ShardView:
             layout_digest=h.layout_digest, dtype=_NAME_OF_ENUM[h.dtype],
             element_count=h.element_count, shard_count=h.shard_count,
         )
+    if kind == "manifest":
+        raise ProtocolError("a state manifest frame is only valid at the start of a FetchState reply")
     raise ProtocolError(f"empty frame of {len(msg)} bytes (neither header nor shard)")
 
 

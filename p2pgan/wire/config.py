@@ -11,6 +11,8 @@ import dataclasses
 from pathlib import Path
 from typing import Literal
 
+from p2pgan.membership.members import PeerEntry
+
 WireDType = Literal["float32", "bfloat16", "float16"]
 Discovery = Literal["roster", "zeroconf"]
 
@@ -22,16 +24,6 @@ class TLSFiles:
     ca: Path
     cert: Path
     key: Path
-
-
-@dataclasses.dataclass(frozen=True)
-class PeerEntry:
-    """One federation member as a roster lists it (or as zeroconf found it, once its TLS identity checked out)."""
-
-    id: str
-    host: str
-    port: int
-    fingerprint: str | None = None  # SHA-256 of the DER certificate, hex; pinned when given
 
 
 @dataclasses.dataclass(frozen=True)
@@ -53,5 +45,7 @@ class NetworkConfig:
     rounds: int = 1  # t, mixing rounds per step
     round_timeout_s: float = 10.0  # a neighbour later than this in a round is dropped for that round
     connect_timeout_s: float = 120.0  # how long to wait for the membership to come up at start
+    #: members (self included) that must answer before step 0 when no member trains yet; None = all
+    start_quorum: int | None = None
     wire_dtype: WireDType = "float32"  # bf16 / fp16 halve the bytes on the wire
     shard_bytes: int = 2 * 1024 * 1024  # bound on one shard message

@@ -2,13 +2,19 @@
 
 The servicer hands every incoming stream to :meth:`Inbox.receive`, which validates each message against
 this peer's context (federation, sender identity and membership, topology neighbours, layout digest,
-vector length, step window) and keeps its checked shards where they arrived. The mixer calls
-:meth:`Inbox.advance` when it enters a round and :meth:`Inbox.take` to wait (with a deadline) for the
-neighbours' vectors of that round.
+vector length) and keeps its checked shards where they arrived. The mixer calls :meth:`Inbox.advance`
+when it enters a round and :meth:`Inbox.take` to wait (with a deadline) for the neighbours' vectors of
+that round.
 
-Look-ahead is bounded: a sender may have at most :data:`LOOKAHEAD_MESSAGES` messages held here (the
-one for our current round and one ahead); a further message blocks its stream, which is backpressure
-through gRPC flow control, until the mixer catches up or :data:`LOOKAHEAD_WAIT_S` passes.
+Every header is reported to the :class:`~p2pgan.membership.Membership` (who was heard at which step),
+which is how an absent member comes back and how a peer notices that it fell behind. A message for a
+round we have passed is dropped (its sender is behind: not an error); so is one more than
+:data:`MAX_STEP_SKEW` steps ahead (we are behind, and the daemon catches up; holding it would only cost
+memory). Look-ahead is bounded: a sender may have at most :data:`LOOKAHEAD_MESSAGES` messages held
+here (the one for our current round and one ahead); a further message blocks its stream, which is
+backpressure through gRPC flow control, until the mixer catches up or :data:`LOOKAHEAD_WAIT_S` passes.
+:meth:`Inbox.take` waits only for senders the membership says are *awaited* (live, and not already
+heard at a later round), and wakes whenever the membership changes.
 """
 
 from __future__ import annotations
@@ -21,6 +27,7 @@ from collections import defaultdict
 from collections.abc import Callable, Collection, Iterable
 
 from p2pgan.errors import PeerUnavailableError, ProtocolError, SecurityError, StepWindowError
+from p2pgan.membership import Membership
 from p2pgan.wire.codec import MessageHeader, ReceivedVector, ShardAssembler, decode_frame
 
 log = logging.getLogger(__name__)
@@ -29,7 +36,7 @@ log = logging.getLogger(__name__)
 LOOKAHEAD_MESSAGES = 2
 #: how long a stream that is too far ahead is held back before it is refused
 LOOKAHEAD_WAIT_S = 30.0
-#: a message whose step differs from ours by more than this is refused
+#: a message more than this many steps ahead of ours is dropped (counted as heard, not held)
 MAX_STEP_SKEW = 4
 
 Key = tuple[int, int, str]
@@ -53,6 +60,8 @@ class InboxContext:
     element_count: int
     #: senders allowed at (step, round): this peer's in-neighbours in the topology
     in_neighbours: Callable[[int, int], Collection[str]]
+    #: liveness and steps of the members (told what is heard; asked whom to wait for)
+    membership: Membership | None = None
 
 
 class Inbox:
@@ -101,6 +110,7 @@ class Inbox:
                             f"{frame._who}: new header after {writer._next} of {writer.header.shard_count} shards"
                         )
                     self._check_header(ctx, frame, identity)
+                    self._heard(ctx, frame)
                     slot = self._reserve(frame)
                     writer = ShardAssembler(frame)  # a late message (slot None) is still checked, then dropped
                     continue
@@ -163,6 +173,23 @@ class Inbox:
         if h.sender not in ctx.in_neighbours(h.step, h.round):
             raise ProtocolError(f"{h._who}: {h.sender!r} is not our in-neighbour at step {h.step} round {h.round}")
 
+    def _heard(self, ctx: InboxContext, h: MessageHeader) -> None:
+        """Tell the membership (outside our lock: its listeners call :meth:`wake`) and wake the mixer."""
+        if ctx.membership is None:
+            return
+        with self._cond:
+            pos = self._position
+        # useful: for a round we have not finished, or at most one step behind (a neighbour that is a round
+        # late is mixing with us and should be waited for again); older ones come from a peer that fell behind
+        useful = pos is None or h.step >= pos[0] - 1
+        ctx.membership.heard(h.sender, h.step, h.round, useful=useful)
+        self.wake()
+
+    def wake(self) -> None:
+        """Re-check what :meth:`take` waits for (the membership changed)."""
+        with self._cond:
+            self._cond.notify_all()
+
     def _reserve(self, h: MessageHeader) -> _Slot | None:
         key = (h.step, h.round, h.sender)
         deadline = time.monotonic() + LOOKAHEAD_WAIT_S
@@ -172,10 +199,9 @@ class Inbox:
                     raise PeerUnavailableError("this peer is shutting down")
                 pos = self._position
                 if pos is not None:
-                    if abs(h.step - pos[0]) > MAX_STEP_SKEW:
-                        raise StepWindowError(
-                            f"{h._who}: step {h.step} is more than {MAX_STEP_SKEW} steps from ours ({pos[0]})"
-                        )
+                    if h.step - pos[0] > MAX_STEP_SKEW:
+                        log.debug("dropping message %s: more than %d steps ahead of us (%s)", key, MAX_STEP_SKEW, pos)
+                        return None
                     if (h.step, h.round) < pos:
                         log.debug("dropping late message %s (we are at %s)", key, pos)
                         return None
@@ -225,11 +251,14 @@ class Inbox:
     def take(self, step: int, round: int, senders: Collection[str], deadline: float) -> dict[str, ReceivedVector]:
         """Wait until ``monotonic() >= deadline`` at most for the senders' vectors of ``(step, round)``.
 
-        Returns the vectors that arrived; missing senders are the caller's to handle.
+        Waits only for the senders the membership awaits (all of them without a membership); returns
+        every vector of ``senders`` that is here. Missing senders are the caller's to handle.
         """
+        membership = self._ctx.membership if self._ctx is not None else None
         with self._cond:
             while not self._closed:
-                if all(self._ready((step, round, s)) for s in senders):
+                if all(self._ready((step, round, s)) or (membership is not None and not membership.awaited(s, step, round))
+                       for s in senders):
                     break
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:

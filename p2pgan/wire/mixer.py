@@ -1,18 +1,25 @@
-"""The gRPC mixer: one network peer's row, mixed with its neighbours over mutual-TLS gRPC.
+"""The gRPC mixer: one network peer's row, mixed with its live neighbours over mutual-TLS gRPC.
 
 Life cycle (what the daemon does)::
 
-    with open_mixer(net, dim=d, layout_digest=digest) as mixer:   # server up, membership resolved
-        mixer.wait_ready(net.connect_timeout_s)                   # every member answers Hello
+    with open_mixer(net, dim=d, layout_digest=digest) as mixer:   # server up, membership known
+        mixer.wait_ready(net.connect_timeout_s)                   # members answer Hello (or a quorum)
         for k in steps:
             x = mixer.mix(x, k)                                   # x: shape [1, d]
+        mixer.leave("done")                                       # neighbours stop waiting at once
 
 Each step runs ``net.rounds`` lock-step rounds. In round r of step k this peer sends its current vector to
-``topology.out_neighbours(rank, k, r)`` and waits until the round's deadline (``net.round_timeout_s``)
-for ``topology.in_weights(rank, k, r)``'s senders; the result is ``sum_j W[rank, j] x_j``. A neighbour
-that misses the deadline is dropped for that round: its weight moves to the self weight (the row
-still sums to 1), a warning is logged and ``stats.dropped`` counts it. Links to any peer open lazily on
-first use and are reused (Rand-DP talks to new peers every round); a failed stream reopens with backoff.
+``topology.out_neighbours(rank, k, r)`` and waits, until the round's deadline, for the vectors of the
+in-neighbours the :class:`~p2pgan.membership.Membership` *awaits* (live ones that have not moved past
+the round). The result is ``sum_j W'[rank, j] x_j`` where ``W'`` is the topology's ``W`` with every
+missing neighbour's weight moved to the self weight (:mod:`p2pgan.membership.churn`). A neighbour that
+misses the deadline, whose stream breaks or that announced its leave is absent from then on, so one
+failure costs at most one deadline; it is awaited again once a message shows it mixes at our pace.
+
+Also served here (:class:`~p2pgan.wire.service.PeerHooks`): Hello replies with this peer's step,
+FetchState (a consistent snapshot handed over by the training loop through :attr:`GrpcMixer.board`)
+and Leave notices. Links to any peer open lazily on first use and are reused; a failed stream reopens
+with backoff, and at once when the peer shows up again.
 """
 
 from __future__ import annotations
@@ -20,13 +27,15 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections.abc import Callable
 from concurrent import futures
 from types import TracebackType
 
+import grpc
 import torch
 
-from p2pgan.discovery.roster import check_members
 from p2pgan.errors import ConfigError, PeerUnavailableError, SecurityError
+from p2pgan.membership import Membership, live_weights
 from p2pgan.mixing.base import MixHandle, Mixer
 from p2pgan.security.certs import normalize_fingerprint
 from p2pgan.topology import Topology, make_topology
@@ -34,6 +43,7 @@ from p2pgan.wire import codec, transport
 from p2pgan.wire.config import NetworkConfig, PeerEntry
 from p2pgan.wire.inbox import Inbox, InboxContext
 from p2pgan.wire.service import GossipService
+from p2pgan.wire.state import StateBoard, StateLayout, StateSnapshot, decode_state, encode_state
 from p2pgan.wire.v1 import gossip_pb2 as pb
 
 log = logging.getLogger(__name__)
@@ -42,6 +52,10 @@ log = logging.getLogger(__name__)
 READY_RETRY_S = 0.2
 #: server threads (made lazily): one per incoming persistent stream plus Hello calls
 SERVER_WORKERS = 64
+#: how long a FetchState call waits for the serving peer's next step boundary
+STATE_SERVE_TIMEOUT_S = 60.0
+#: how long a leaving peer waits for its Leave notices to be delivered
+LEAVE_TIMEOUT_S = 1.0
 
 
 class _Handle(MixHandle):
@@ -55,7 +69,7 @@ class _Handle(MixHandle):
 class GrpcMixer(Mixer):
     """Hosts ONE row (``ranks == (rank,)``, ``x`` of shape ``[1, dim]``); see the module docstring.
 
-    Construction starts the server (``.port`` is the bound port); :meth:`join` resolves the membership.
+    Construction starts the server (``.port`` is the bound port); :meth:`join` fixes the membership.
     :func:`open_mixer` does both.
     """
 
@@ -80,6 +94,12 @@ class GrpcMixer(Mixer):
         self.size = 0
         self.ranks: tuple[int, ...] = ()
         self.topology: Topology | None = None
+        self.membership: Membership | None = None
+        #: the training loop answers FetchState requests through this board between steps
+        self.board = StateBoard()
+        #: set during a step when a neighbour we waited for had already moved past the round: this peer
+        #: is behind the federation (the daemon asks the membership how to catch up)
+        self.out_of_sync = False
         self._tls = None if net.insecure else net.tls
         self._wire_dtype = codec.WIRE_DTYPES[net.wire_dtype][0]
         self._peers: dict[str, PeerEntry] = {}
@@ -88,11 +108,11 @@ class GrpcMixer(Mixer):
         self._links_lock = threading.Lock()
         self._inbox = Inbox()
         self._worker = futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="p2pgan-mix")
-        self._discovery = None
+        self._closers: list[Callable[[], None]] = []
         self._closed = False
         self.round_seconds: list[float] = []  # duration of every round so far (benchmarks, selftest)
         service = GossipService(
-            self._inbox, self._authenticate, federation=net.federation, peer_id=net.peer_id,
+            self._inbox, self._authenticate, self, federation=net.federation, peer_id=net.peer_id,
             layout_digest=layout_digest, element_count=dim,
         )
         self._server, self.port = transport.open_server(
@@ -101,29 +121,29 @@ class GrpcMixer(Mixer):
 
     # -- membership ------------------------------------------------------------------------------------
     def join(self, peers: tuple[PeerEntry, ...] | None = None) -> None:
-        """Fix the membership: ``peers`` if given, else the roster or zeroconf as ``net.discovery`` says."""
+        """Fix the membership: ``peers`` (found by discovery) if given, else ``net.roster``."""
         net = self.net
-        if peers is None and net.discovery == "zeroconf":
-            from p2pgan.discovery.mdns import ZeroconfDiscovery
-
-            self._discovery = ZeroconfDiscovery(net, port=self.port)
-            peers = self._discovery.discover(net.expected_peers, timeout=net.connect_timeout_s)
-        elif peers is None:
-            peers = net.roster
-        check_members(peers, net.peer_id, source="roster")
-        self._peers = {p.id: p for p in peers}
-        self._pins = {p.id: normalize_fingerprint(p.fingerprint) for p in peers if p.fingerprint}
-        self.members = tuple(sorted(self._peers))
-        self.size = len(self.members)
-        self.rank = self.members.index(net.peer_id)
+        membership = Membership(net.peer_id, net.roster if peers is None else peers)
+        self.membership = membership
+        self._peers = dict(membership.entries)
+        self._pins = {p.id: normalize_fingerprint(p.fingerprint) for p in self._peers.values() if p.fingerprint}
+        self.members = membership.members
+        self.size = membership.size
+        self.rank = membership.rank
         self.ranks = (self.rank,)
         self.topology = make_topology(net.topology, self.size, seed=net.seed, members=self.members)
+        membership.add_listener(self._on_member_change)
         self._inbox.configure(
             InboxContext(
                 federation=net.federation, self_id=net.peer_id, members=frozenset(self.members),
                 layout_digest=self.layout_digest, element_count=self.dim, in_neighbours=self._in_neighbour_ids,
+                membership=membership,
             )
         )
+
+    def close_with(self, closer: Callable[[], None]) -> None:
+        """Run ``closer`` when the mixer closes (e.g. the zeroconf announcement that found the members)."""
+        self._closers.append(closer)
 
     def _in_neighbour_ids(self, step: int, round: int) -> set[str]:
         assert self.topology is not None
@@ -135,47 +155,131 @@ class GrpcMixer(Mixer):
         return transport.tls_identity(context, self.net.federation, self._pins)  # type: ignore[arg-type]
 
     def wait_ready(self, timeout: float | None = None) -> None:
-        """Block until every other member answers Hello as the right peer (or raise PeerUnavailableError).
+        """Wait for the other members to answer Hello as the right peers, then fix who is live.
 
-        Also checks pinned fingerprints of the members with a TLS probe. Call once before step 0.
+        Returns when every member answered, or when one of them already trains (the federation is
+        running: this peer joins it; see :meth:`Membership.running`), or when ``net.start_quorum``
+        members (self included) answered. Members that did not answer start as absent. Raises
+        :class:`PeerUnavailableError` if none of that happens within ``timeout``. Also checks pinned
+        fingerprints of the members with a TLS probe. Call once before step 0.
         """
-        self._require_joined()
-        deadline = time.monotonic() + (self.net.connect_timeout_s if timeout is None else timeout)
-        missing = [m for m in self.members if m != self.net.peer_id]
+        membership = self._require_joined()
+        net = self.net
+        deadline = time.monotonic() + (net.connect_timeout_s if timeout is None else timeout)
+        quorum = min(net.start_quorum or self.size, self.size)
+        missing = list(membership.others())
         last_error: dict[str, str] = {}
         while missing:
-            for pid in list(missing):
+            wait = max(0.05, min(1.0, deadline - time.monotonic()))
+            calls = {pid: self._link(pid).hello.future(
+                pb.HelloRequest(federation=net.federation, sender=net.peer_id), timeout=wait) for pid in missing}
+            for pid, call in calls.items():
                 try:
-                    reply = self._link(pid).hello(
-                        pb.HelloRequest(federation=self.net.federation, sender=self.net.peer_id),
-                        timeout=max(0.05, min(1.0, deadline - time.monotonic())),
-                    )
-                except Exception as exc:  # grpc.RpcError: not up yet
-                    last_error[pid] = str(getattr(exc, "details", lambda: exc)())
+                    reply = call.result()
+                except grpc.RpcError as exc:  # not up yet
+                    last_error[pid] = str(exc.details() if isinstance(exc, grpc.Call) else exc)
                     continue
-                if reply.federation != self.net.federation or reply.peer_id != pid:
+                if reply.federation != net.federation or reply.peer_id != pid:
                     raise SecurityError(f"peer {pid!r} answered as {reply.peer_id!r} of {reply.federation!r}")
                 if reply.element_count != self.dim:
                     raise ConfigError(f"peer {pid!r} mixes vectors of {reply.element_count} elements, ours have {self.dim}")
                 if self._tls is not None and self._peers[pid].fingerprint:
-                    transport.check_pin(self._peers[pid], self._tls, self.net.federation)
+                    transport.check_pin(self._peers[pid], self._tls, net.federation)
+                membership.reported(pid, int(reply.step), training=reply.training)
                 missing.remove(pid)
-            if missing:
-                if time.monotonic() >= deadline:
-                    detail = "; ".join(f"{p}: {last_error.get(p, '?')}" for p in missing)
-                    raise PeerUnavailableError(f"peers not reachable within the timeout: {detail}")
-                time.sleep(READY_RETRY_S)  # polling a remote peer, not synchronizing threads
+            running = membership.running()
+            if not missing or running or self.size - len(missing) >= quorum:
+                break
+            if time.monotonic() >= deadline:
+                detail = "; ".join(f"{p}: {last_error.get(p, '?')}" for p in missing)
+                raise PeerUnavailableError(f"peers not reachable within the timeout: {detail}")
+            time.sleep(READY_RETRY_S)  # polling a remote peer, not synchronizing threads
+        for pid in missing:
+            membership.mark_absent(pid, "did not answer at start-up")
 
-    def _require_joined(self) -> None:
-        if self.topology is None:
+    def _require_joined(self) -> Membership:
+        if self.membership is None or self.topology is None:
             raise PeerUnavailableError("the mixer has no membership yet: call join() (open_mixer does)")
+        return self.membership
 
     def _link(self, pid: str) -> transport.Link:
         with self._links_lock:
             link = self._links.get(pid)
             if link is None:
-                link = self._links[pid] = transport.Link(self._peers[pid], self.net.federation, self._tls)
+                link = self._links[pid] = transport.Link(self._peers[pid], self.net.federation, self._tls,
+                                                          on_gone=self._on_gone)
             return link
+
+    def _refresh_link(self, pid: str) -> None:
+        """Replace a broken link to ``pid`` (it is back: dial it now rather than after the backoff)."""
+        with self._links_lock:
+            link = self._links.get(pid)
+            if link is None or not link.broken:
+                return
+            del self._links[pid]
+        link.close()
+
+    def _on_gone(self, pid: str, reason: str) -> None:
+        if self.membership is not None and not self._closed:
+            self.membership.mark_absent(pid, reason)
+
+    def _on_member_change(self, pid: str, live: bool, reason: str) -> None:
+        self._inbox.wake()
+        if live:
+            self._refresh_link(pid)
+
+    # -- what the servicer asks (PeerHooks) --------------------------------------------------------------
+    def status(self) -> tuple[int, bool]:
+        m = self.membership
+        return (m.step, m.training and not m.leaving) if m is not None else (0, False)
+
+    def contact(self, caller: str) -> None:
+        if caller in self._peers:
+            self._refresh_link(caller)
+
+    def state_frames(self, caller: str) -> list[bytes]:
+        snap = self.board.request(STATE_SERVE_TIMEOUT_S)
+        log.info("handing our state at step %d to %s", snap.step, caller)
+        return encode_state(snap, federation=self.net.federation, sender=self.net.peer_id,
+                            layout_digest=self.layout_digest, shard_bytes=self.net.shard_bytes)
+
+    def left(self, caller: str, step: int, reason: str) -> None:
+        if self.membership is not None:
+            self.membership.mark_absent(caller, f"left at step {step} ({reason or 'no reason given'})", announced=True)
+
+    # -- state transfer and leave (the client side) ------------------------------------------------------
+    def fetch_state(self, pid: str, expected: StateLayout, timeout: float = STATE_SERVE_TIMEOUT_S) -> StateSnapshot:
+        """The current state of member ``pid``, checked against ``expected`` (our own state's layout).
+
+        Raises :class:`PeerUnavailableError` when ``pid`` does not answer and :class:`ProtocolError`
+        when its reply is malformed or its layout differs from ours.
+        """
+        self._require_joined()
+        call = self._link(pid).fetch_state(pb.StateRequest(federation=self.net.federation, sender=self.net.peer_id),
+                                           timeout=timeout)
+        try:
+            return decode_state(call, federation=self.net.federation, sender=pid,
+                                layout_digest=self.layout_digest, expected=expected)
+        except grpc.RpcError as exc:
+            detail = f"{exc.code().name}: {exc.details()}" if isinstance(exc, grpc.Call) else str(exc)
+            raise PeerUnavailableError(f"state transfer from {pid}: {detail}") from None
+        finally:
+            call.cancel()
+
+    def leave(self, reason: str) -> None:
+        """Tell the live members that this peer leaves, so that none of them waits a deadline for it."""
+        m = self.membership
+        if m is None or m.leaving:
+            return
+        m.leaving = True
+        notice = pb.LeaveNotice(federation=self.net.federation, sender=self.net.peer_id, step=m.step, reason=reason)
+        calls = [self._link(pid).leave.future(notice, timeout=LEAVE_TIMEOUT_S) for pid in m.live_members()
+                 if pid != self.net.peer_id]
+        for call in calls:
+            try:
+                call.result()
+            except grpc.RpcError:
+                pass  # it is gone too, or will notice our absence by itself
 
     # -- mixing ----------------------------------------------------------------------------------------
     def start(self, x: torch.Tensor, step: int) -> MixHandle:
@@ -197,8 +301,10 @@ class GrpcMixer(Mixer):
             raise PeerUnavailableError("the mixer is closed")
 
     def _run(self, row: torch.Tensor, step: int) -> torch.Tensor:
-        assert self.topology is not None
+        assert self.membership is not None
         t_start = time.perf_counter()
+        self.membership.step = step
+        self.out_of_sync = False
         cur = row
         for r in range(self.rounds):
             t0 = time.perf_counter()
@@ -210,8 +316,8 @@ class GrpcMixer(Mixer):
         return cur.unsqueeze(0)
 
     def _round(self, cur: torch.Tensor, step: int, r: int) -> torch.Tensor:
-        topo = self.topology
-        assert topo is not None
+        topo, m = self.topology, self.membership
+        assert topo is not None and m is not None
         self._inbox.advance(step, r)
         weights = topo.in_weights(self.rank, step, r)
         outs = topo.out_neighbours(self.rank, step, r)
@@ -230,24 +336,22 @@ class GrpcMixer(Mixer):
         senders = [self.members[j] for j in weights if j != self.rank]
         got = self._inbox.take(step, r, senders, deadline=time.monotonic() + self.net.round_timeout_s)
         self.stats.bytes_received = self._inbox.bytes_received
-        self_weight = weights.get(self.rank, 0.0)
-        out = cur * self_weight
-        extra = 0.0
-        for j, w in weights.items():
-            if j == self.rank:
+        missing = set()
+        for j in weights:
+            pid = self.members[j]
+            if j == self.rank or pid in got:
                 continue
-            vec = got.get(self.members[j])
-            if vec is None:
-                extra += w
-                self.stats.dropped += 1
-                log.warning(
-                    "step %d round %d: no vector from %s within %.3g s; its weight %.3g goes to ourselves",
-                    step, r, self.members[j], self.net.round_timeout_s, w,
-                )
-            else:
-                vec.add_to(out, w)
-        if extra:
-            out.add_(cur, alpha=extra)
+            missing.add(j)
+            self.stats.dropped += 1
+            if m.passed(pid, step, r):
+                self.out_of_sync = True  # it did not wait for us: we are behind
+            elif m.is_live(pid):
+                m.mark_absent(pid, f"no vector for step {step} round {r} within {self.net.round_timeout_s:.3g} s")
+        row = live_weights(weights, self.rank, missing)
+        out = cur * row[self.rank]
+        for j, w in row.items():
+            if j != self.rank:
+                got[self.members[j]].add_to(out, w)
         return out
 
     # -- shutdown --------------------------------------------------------------------------------------
@@ -255,10 +359,14 @@ class GrpcMixer(Mixer):
         if self._closed:
             return
         self._closed = True
+        self.board.close()
         self._inbox.close()
         self._worker.shutdown(wait=True, cancel_futures=True)
-        if self._discovery is not None:
-            self._discovery.close()
+        for closer in reversed(self._closers):
+            try:
+                closer()
+            except Exception:  # closing must go on (a zeroconf that is already down, ...)
+                log.exception("closing %s failed", closer)
         with self._links_lock:
             links, self._links = list(self._links.values()), {}
         for link in links:
@@ -272,15 +380,18 @@ class GrpcMixer(Mixer):
         self.close()
 
 
-def open_mixer(net: NetworkConfig, *, dim: int, layout_digest: str = "") -> GrpcMixer:
-    """Start the server, resolve the membership (roster or zeroconf) and return the mixer.
+def open_mixer(net: NetworkConfig, *, dim: int, layout_digest: str = "",
+               discover: Callable[[GrpcMixer], tuple[PeerEntry, ...]] | None = None) -> GrpcMixer:
+    """Start the server, fix the membership and return the mixer.
 
-    The result is a context manager; call :meth:`GrpcMixer.wait_ready` before step 0 so that no peer
-    starts mixing while its neighbours are still starting up.
+    The members are ``net.roster``, or what ``discover(mixer)`` returns (zeroconf needs the bound port:
+    see :func:`p2pgan.daemon.mixer.make_mixer`). The result is a context manager; call
+    :meth:`GrpcMixer.wait_ready` before step 0 so that no peer starts mixing while its neighbours are
+    still starting up.
     """
     mixer = GrpcMixer(net, dim=dim, layout_digest=layout_digest)
     try:
-        mixer.join()
+        mixer.join(discover(mixer) if discover is not None else None)
     except BaseException:
         mixer.close()
         raise

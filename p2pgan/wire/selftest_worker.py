@@ -27,6 +27,7 @@ def selftest_row(seed: int, step: int, rank: int, dim: int) -> torch.Tensor:
 
 def main(argv: list[str]) -> int:
     torch.set_num_threads(1)
+    from p2pgan.discovery import member_finder
     from p2pgan.wire.config import NetworkConfig, PeerEntry, TLSFiles
     from p2pgan.wire.mixer import GrpcMixer
 
@@ -43,7 +44,7 @@ def main(argv: list[str]) -> int:
         print(json.dumps({"port": mixer.port}), flush=True)
         roster = json.loads(sys.stdin.readline())
         if net.discovery == "zeroconf":
-            mixer.join()  # find the others by mDNS; the roster from the parent is not used
+            mixer.join(member_finder(net)(mixer))  # find the others by mDNS; the parent's roster is not used
         else:
             mixer.join(tuple(PeerEntry(i, h, p) for i, h, p in roster))
         mixer.wait_ready(cfg["connect_timeout_s"])

@@ -1,15 +1,18 @@
-"""The thin gRPC servicer: decode, call plain logic (:class:`p2pgan.wire.inbox.Inbox`), map errors once.
+"""The thin gRPC servicer: decode, call plain logic (:class:`p2pgan.wire.inbox.Inbox`, :class:`PeerHooks`), map errors once.
 
 Push is served by a generic handler with identity deserialization, so each stream message reaches the
-inbox as the raw ``bytes`` of a Frame (no protobuf object per shard); Hello uses the generated classes.
+inbox as the raw ``bytes`` of a Frame (no protobuf object per shard); Hello, FetchState and Leave use
+the generated classes. FetchState streams the frames :mod:`p2pgan.wire.state` encodes.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
+from typing import Protocol
 
 import grpc
 
+from p2pgan.errors import SecurityError
 from p2pgan.wire.codec import PROTOCOL_VERSION
 from p2pgan.wire.inbox import Inbox
 from p2pgan.wire.status import grpc_status
@@ -20,13 +23,31 @@ from p2pgan.wire.v1 import gossip_pb2 as pb
 Authenticator = Callable[[grpc.ServicerContext], "str | None"]
 
 
-class GossipService:
-    """Serves Push (parameter streams into the inbox) and Hello (identity/readiness)."""
+class PeerHooks(Protocol):
+    """What the servicer asks of the peer behind it (the gRPC mixer implements it)."""
 
-    def __init__(self, inbox: Inbox, authenticate: Authenticator, *, federation: str, peer_id: str,
+    def status(self) -> tuple[int, bool]:
+        """(current step, training yet?) for Hello replies."""
+
+    def contact(self, caller: str) -> None:
+        """A member called us (it is up): re-dial it if our link to it is broken."""
+
+    def state_frames(self, caller: str) -> list[bytes]:
+        """The FetchState reply for ``caller`` (blocks until a consistent snapshot exists)."""
+
+    def left(self, caller: str, step: int, reason: str) -> None:
+        """``caller`` announced that it leaves."""
+
+
+class GossipService:
+    """Serves Push (parameter streams into the inbox), Hello (identity/readiness/step), FetchState and Leave."""
+
+    def __init__(self, inbox: Inbox, authenticate: Authenticator, hooks: PeerHooks, *, federation: str, peer_id: str,
                  layout_digest: str, element_count: int) -> None:
         self._inbox = inbox
         self._authenticate = authenticate
+        self._hooks = hooks
+        self._federation = federation
         self._hello = pb.HelloReply(
             federation=federation, peer_id=peer_id, protocol_version=PROTOCOL_VERSION,
             layout_digest=layout_digest, element_count=element_count,
@@ -38,11 +59,43 @@ class GossipService:
             return pb.PushSummary(messages=self._inbox.receive(identity, requests))
         return pb.PushSummary()  # only reached when the caller went away
 
+    def _caller(self, context: grpc.ServicerContext, federation: str, sender: str) -> str:
+        """The calling member's id: its certificate's (checked against the membership) or, insecure, the claim."""
+        identity = self._authenticate(context)
+        if federation != self._federation:
+            raise SecurityError(f"caller of federation {federation!r}, ours is {self._federation!r}")
+        if identity is not None and sender and sender != identity:
+            raise SecurityError(f"caller claims to be {sender!r} but its certificate names {identity!r}")
+        caller = identity or sender
+        self._inbox.check_caller(caller)
+        return caller
+
     def hello(self, request: pb.HelloRequest, context: grpc.ServicerContext) -> pb.HelloReply:
         with grpc_status(context, "Hello"):
-            self._inbox.check_caller(self._authenticate(context))
-            return self._hello
+            identity = self._authenticate(context)
+            self._inbox.check_caller(identity)
+            if identity is not None:
+                self._hooks.contact(identity)
+            step, training = self._hooks.status()
+            reply = pb.HelloReply()
+            reply.CopyFrom(self._hello)
+            reply.step, reply.training = step, training
+            return reply
         return pb.HelloReply()
+
+    def fetch_state(self, request: pb.StateRequest, context: grpc.ServicerContext) -> Iterator[bytes]:
+        frames: list[bytes] = []
+        with grpc_status(context, "FetchState"):
+            caller = self._caller(context, request.federation, request.sender)
+            self._hooks.contact(caller)
+            frames = self._hooks.state_frames(caller)
+        yield from frames
+
+    def leave(self, request: pb.LeaveNotice, context: grpc.ServicerContext) -> pb.LeaveAck:
+        with grpc_status(context, "Leave"):
+            caller = self._caller(context, request.federation, request.sender)
+            self._hooks.left(caller, int(request.step), request.reason[:200])
+        return pb.LeaveAck()
 
     def handler(self) -> grpc.GenericRpcHandler:
         return grpc.method_handlers_generic_handler(
@@ -54,6 +107,13 @@ class GossipService:
                 "Hello": grpc.unary_unary_rpc_method_handler(
                     self.hello, request_deserializer=pb.HelloRequest.FromString,
                     response_serializer=pb.HelloReply.SerializeToString,
+                ),
+                "FetchState": grpc.unary_stream_rpc_method_handler(
+                    self.fetch_state, request_deserializer=pb.StateRequest.FromString, response_serializer=None,
+                ),
+                "Leave": grpc.unary_unary_rpc_method_handler(
+                    self.leave, request_deserializer=pb.LeaveNotice.FromString,
+                    response_serializer=pb.LeaveAck.SerializeToString,
                 ),
             },
         )

@@ -38,10 +38,15 @@ log = logging.getLogger(__name__)
 SERVICE = pb.DESCRIPTOR.services_by_name["Gossip"].full_name
 PUSH_METHOD = f"/{SERVICE}/Push"
 HELLO_METHOD = f"/{SERVICE}/Hello"
+FETCH_STATE_METHOD = f"/{SERVICE}/FetchState"
+LEAVE_METHOD = f"/{SERVICE}/Leave"
 MAX_MESSAGE_BYTES = MAX_SHARD_BYTES + FRAME_OVERHEAD_BYTES
-#: first and largest wait before reopening a failed stream to a neighbour
+#: first and largest wait before reopening a failed stream to a neighbour (a returning member is also
+#: re-dialled at once when it shows up: :meth:`Link.broken` lets the mixer replace the link)
 RECONNECT_BACKOFF_MIN_S = 0.05
-RECONNECT_BACKOFF_MAX_S = 5.0
+RECONNECT_BACKOFF_MAX_S = 2.0
+#: status codes of a stream that ended because the neighbour is gone (not because it refused a message)
+GONE_CODES = (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.CANCELLED)
 #: messages waiting on a link behind the one being written before further sends are skipped (the
 #: neighbour is not draining). Lock-step rounds keep a healthy link at <= 2; the headroom absorbs a
 #: gRPC writer thread that is scheduled late on a busy machine. Memory per link is bounded by this + 1.
@@ -201,12 +206,20 @@ class Link:
     unreachable or not draining, which the neighbour sees as a missed round).
     """
 
-    def __init__(self, peer: PeerEntry, federation: str, tls: TLSFiles | None) -> None:
+    def __init__(self, peer: PeerEntry, federation: str, tls: TLSFiles | None,
+                 on_gone: Callable[[str, str], None] | None = None) -> None:
         self.peer = peer
+        self._on_gone = on_gone  # (peer id, reason): the stream ended because the neighbour is gone
         self.channel = open_channel(peer, federation, tls)
         self._push = self.channel.stream_unary(PUSH_METHOD, request_serializer=None, response_deserializer=pb.PushSummary.FromString)
         self.hello = self.channel.unary_unary(
             HELLO_METHOD, request_serializer=pb.HelloRequest.SerializeToString, response_deserializer=pb.HelloReply.FromString
+        )
+        self.fetch_state = self.channel.unary_stream(
+            FETCH_STATE_METHOD, request_serializer=pb.StateRequest.SerializeToString, response_deserializer=None
+        )
+        self.leave = self.channel.unary_unary(
+            LEAVE_METHOD, request_serializer=pb.LeaveNotice.SerializeToString, response_deserializer=pb.LeaveAck.FromString
         )
         # re-entrant: grpc runs a done-callback inline when the call already failed (dead neighbour),
         # and _on_done takes this lock while send() still holds it
@@ -257,11 +270,20 @@ class Link:
         with self._lock:
             self._retry_at = time.monotonic() + self._backoff_s
             self._backoff_s = min(2 * self._backoff_s, RECONNECT_BACKOFF_MAX_S)
+        stream.queue.put(None)
         if exc is not None and isinstance(exc, grpc.Call):
             code = exc.code()
-            level = logging.INFO if code in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.CANCELLED) else logging.ERROR
-            log.log(level, "stream to %s ended: %s: %s (retry in %.2f s)", self.peer.id, code.name, exc.details(), self._backoff_s)
-        stream.queue.put(None)
+            gone = code in GONE_CODES
+            log.log(logging.INFO if gone else logging.ERROR, "stream to %s ended: %s: %s (retry in %.2f s)",
+                    self.peer.id, code.name, exc.details(), self._backoff_s)
+            if gone and self._on_gone is not None:
+                self._on_gone(self.peer.id, f"stream broken ({code.name}: {exc.details()})")
+
+    @property
+    def broken(self) -> bool:
+        """The last stream failed (and no new one works yet): a fresh link would reach a returning peer sooner."""
+        with self._lock:
+            return self._stream is not None and self._stream.call.done() and not self._closed
 
     def close(self) -> None:
         with self._lock:

@@ -1,7 +1,8 @@
+from google.protobuf.internal import containers as _containers
 from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
-from collections.abc import Mapping as _Mapping
+from collections.abc import Iterable as _Iterable, Mapping as _Mapping
 from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 
 DESCRIPTOR: _descriptor.FileDescriptor
@@ -48,12 +49,14 @@ class Shard(_message.Message):
     def __init__(self, index: _Optional[int] = ..., checksum: _Optional[int] = ..., data: _Optional[bytes] = ...) -> None: ...
 
 class Frame(_message.Message):
-    __slots__ = ("header", "shard")
+    __slots__ = ("header", "shard", "manifest")
     HEADER_FIELD_NUMBER: _ClassVar[int]
     SHARD_FIELD_NUMBER: _ClassVar[int]
+    MANIFEST_FIELD_NUMBER: _ClassVar[int]
     header: Header
     shard: Shard
-    def __init__(self, header: _Optional[_Union[Header, _Mapping]] = ..., shard: _Optional[_Union[Shard, _Mapping]] = ...) -> None: ...
+    manifest: StateManifest
+    def __init__(self, header: _Optional[_Union[Header, _Mapping]] = ..., shard: _Optional[_Union[Shard, _Mapping]] = ..., manifest: _Optional[_Union[StateManifest, _Mapping]] = ...) -> None: ...
 
 class PushSummary(_message.Message):
     __slots__ = ("messages",)
@@ -70,15 +73,76 @@ class HelloRequest(_message.Message):
     def __init__(self, federation: _Optional[str] = ..., sender: _Optional[str] = ...) -> None: ...
 
 class HelloReply(_message.Message):
-    __slots__ = ("federation", "peer_id", "protocol_version", "layout_digest", "element_count")
+    __slots__ = ("federation", "peer_id", "protocol_version", "layout_digest", "element_count", "step", "training")
     FEDERATION_FIELD_NUMBER: _ClassVar[int]
     PEER_ID_FIELD_NUMBER: _ClassVar[int]
     PROTOCOL_VERSION_FIELD_NUMBER: _ClassVar[int]
     LAYOUT_DIGEST_FIELD_NUMBER: _ClassVar[int]
     ELEMENT_COUNT_FIELD_NUMBER: _ClassVar[int]
+    STEP_FIELD_NUMBER: _ClassVar[int]
+    TRAINING_FIELD_NUMBER: _ClassVar[int]
     federation: str
     peer_id: str
     protocol_version: int
     layout_digest: str
     element_count: int
-    def __init__(self, federation: _Optional[str] = ..., peer_id: _Optional[str] = ..., protocol_version: _Optional[int] = ..., layout_digest: _Optional[str] = ..., element_count: _Optional[int] = ...) -> None: ...
+    step: int
+    training: bool
+    def __init__(self, federation: _Optional[str] = ..., peer_id: _Optional[str] = ..., protocol_version: _Optional[int] = ..., layout_digest: _Optional[str] = ..., element_count: _Optional[int] = ..., step: _Optional[int] = ..., training: _Optional[bool] = ...) -> None: ...
+
+class StateRequest(_message.Message):
+    __slots__ = ("federation", "sender")
+    FEDERATION_FIELD_NUMBER: _ClassVar[int]
+    SENDER_FIELD_NUMBER: _ClassVar[int]
+    federation: str
+    sender: str
+    def __init__(self, federation: _Optional[str] = ..., sender: _Optional[str] = ...) -> None: ...
+
+class StatePart(_message.Message):
+    __slots__ = ("name", "element_count")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    ELEMENT_COUNT_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    element_count: int
+    def __init__(self, name: _Optional[str] = ..., element_count: _Optional[int] = ...) -> None: ...
+
+class StateManifest(_message.Message):
+    __slots__ = ("federation", "sender", "step", "layout_digest", "algorithm", "parts", "counters")
+    class CountersEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: int
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[int] = ...) -> None: ...
+    FEDERATION_FIELD_NUMBER: _ClassVar[int]
+    SENDER_FIELD_NUMBER: _ClassVar[int]
+    STEP_FIELD_NUMBER: _ClassVar[int]
+    LAYOUT_DIGEST_FIELD_NUMBER: _ClassVar[int]
+    ALGORITHM_FIELD_NUMBER: _ClassVar[int]
+    PARTS_FIELD_NUMBER: _ClassVar[int]
+    COUNTERS_FIELD_NUMBER: _ClassVar[int]
+    federation: str
+    sender: str
+    step: int
+    layout_digest: str
+    algorithm: str
+    parts: _containers.RepeatedCompositeFieldContainer[StatePart]
+    counters: _containers.ScalarMap[str, int]
+    def __init__(self, federation: _Optional[str] = ..., sender: _Optional[str] = ..., step: _Optional[int] = ..., layout_digest: _Optional[str] = ..., algorithm: _Optional[str] = ..., parts: _Optional[_Iterable[_Union[StatePart, _Mapping]]] = ..., counters: _Optional[_Mapping[str, int]] = ...) -> None: ...
+
+class LeaveNotice(_message.Message):
+    __slots__ = ("federation", "sender", "step", "reason")
+    FEDERATION_FIELD_NUMBER: _ClassVar[int]
+    SENDER_FIELD_NUMBER: _ClassVar[int]
+    STEP_FIELD_NUMBER: _ClassVar[int]
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    federation: str
+    sender: str
+    step: int
+    reason: str
+    def __init__(self, federation: _Optional[str] = ..., sender: _Optional[str] = ..., step: _Optional[int] = ..., reason: _Optional[str] = ...) -> None: ...
+
+class LeaveAck(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...

@@ -44,6 +44,16 @@ class GossipStub:
                 request_serializer=p2pgan_dot_wire_dot_v1_dot_gossip__pb2.HelloRequest.SerializeToString,
                 response_deserializer=p2pgan_dot_wire_dot_v1_dot_gossip__pb2.HelloReply.FromString,
                 _registered_method=True)
+        self.FetchState = channel.unary_stream(
+                '/p2pgan.wire.v1.Gossip/FetchState',
+                request_serializer=p2pgan_dot_wire_dot_v1_dot_gossip__pb2.StateRequest.SerializeToString,
+                response_deserializer=p2pgan_dot_wire_dot_v1_dot_gossip__pb2.Frame.FromString,
+                _registered_method=True)
+        self.Leave = channel.unary_unary(
+                '/p2pgan.wire.v1.Gossip/Leave',
+                request_serializer=p2pgan_dot_wire_dot_v1_dot_gossip__pb2.LeaveNotice.SerializeToString,
+                response_deserializer=p2pgan_dot_wire_dot_v1_dot_gossip__pb2.LeaveAck.FromString,
+                _registered_method=True)
 
 
 class GossipServicer:
@@ -57,7 +67,24 @@ class GossipServicer:
         raise NotImplementedError('Method not implemented!')
 
     def Hello(self, request, context):
-        """Identity and readiness probe: who is there, which federation, which protocol version.
+        """Identity and readiness probe: who is there, which federation, which protocol version, which step.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def FetchState(self, request, context):
+        """State transfer for a (re)joining member: one StateManifest frame, then one parameter message
+        (Header + Shards, the same codec and checks as Push) holding the manifest's tensors back to back.
+        Only parameters and the algorithm's state travel (X, Z, the previous direction, optimizer
+        moments, step counters); never data.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def Leave(self, request, context):
+        """The caller leaves the federation (shutdown): the callee stops waiting for it at once.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -75,6 +102,16 @@ def add_GossipServicer_to_server(servicer, server):
                     servicer.Hello,
                     request_deserializer=p2pgan_dot_wire_dot_v1_dot_gossip__pb2.HelloRequest.FromString,
                     response_serializer=p2pgan_dot_wire_dot_v1_dot_gossip__pb2.HelloReply.SerializeToString,
+            ),
+            'FetchState': grpc.unary_stream_rpc_method_handler(
+                    servicer.FetchState,
+                    request_deserializer=p2pgan_dot_wire_dot_v1_dot_gossip__pb2.StateRequest.FromString,
+                    response_serializer=p2pgan_dot_wire_dot_v1_dot_gossip__pb2.Frame.SerializeToString,
+            ),
+            'Leave': grpc.unary_unary_rpc_method_handler(
+                    servicer.Leave,
+                    request_deserializer=p2pgan_dot_wire_dot_v1_dot_gossip__pb2.LeaveNotice.FromString,
+                    response_serializer=p2pgan_dot_wire_dot_v1_dot_gossip__pb2.LeaveAck.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -131,6 +168,60 @@ class Gossip:
             '/p2pgan.wire.v1.Gossip/Hello',
             p2pgan_dot_wire_dot_v1_dot_gossip__pb2.HelloRequest.SerializeToString,
             p2pgan_dot_wire_dot_v1_dot_gossip__pb2.HelloReply.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def FetchState(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/p2pgan.wire.v1.Gossip/FetchState',
+            p2pgan_dot_wire_dot_v1_dot_gossip__pb2.StateRequest.SerializeToString,
+            p2pgan_dot_wire_dot_v1_dot_gossip__pb2.Frame.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Leave(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/p2pgan.wire.v1.Gossip/Leave',
+            p2pgan_dot_wire_dot_v1_dot_gossip__pb2.LeaveNotice.SerializeToString,
+            p2pgan_dot_wire_dot_v1_dot_gossip__pb2.LeaveAck.FromString,
             options,
             channel_credentials,
             insecure,

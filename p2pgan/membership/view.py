@@ -1,0 +1,190 @@
+"""This peer's view of the federation: members, liveness, and the step each member was last heard at.
+
+Liveness (DESIGN.md section 5, "failure detection"):
+
+- a member becomes *absent* when it misses a round's deadline, when the stream to it breaks, when it
+  announces that it leaves, or when it did not answer at start-up;
+- it becomes *live* again when a message of it arrives that shows it mixes at our pace again (for
+  our current step or later, or at most one step behind);
+- a live member is *awaited* in round ``(k, r)`` unless it was already heard at a later position
+  (it has moved past that round, so its message for it is not coming).
+
+Catching up: a peer is *out of sync* when a neighbour it waited for had already moved past the round
+(that neighbour did not wait for it). :meth:`Membership.catch_up` then names the step to adopt (one
+past the furthest step heard, so that our next message is ahead of everyone and they wait for it) and,
+when that is more than :data:`TRANSFER_LAG_STEPS` away, the members to fetch the state from.
+
+The class is plain thread-safe bookkeeping: no network, no torch. Listeners (the inbox, the mixer, the
+daemon's metrics) are called outside the lock on every liveness change.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import threading
+import time
+from collections.abc import Callable, Sequence
+
+from p2pgan.membership.members import PeerEntry, check_members
+
+log = logging.getLogger(__name__)
+
+#: a peer further behind than this many steps fetches the state from a neighbour instead of skipping
+#: ahead with its own (stale) parameters
+TRANSFER_LAG_STEPS = 10
+
+Position = tuple[int, int]  # (step, round)
+#: (member id, now live?, reason) -> None
+Listener = Callable[[str, bool, str], None]
+
+
+@dataclasses.dataclass
+class MemberState:
+    """What this peer knows about one other member."""
+
+    id: str
+    live: bool = True
+    reason: str = ""  # why absent (empty while live)
+    changed_at: float = 0.0  # monotonic time of the last liveness change
+    heard: Position | None = None  # latest (step, round) of a message from it
+    reported_step: int | None = None  # the step it reported (Hello reply, leave notice)
+    training: bool = False  # it said it is past start-up (Hello reply)
+
+
+@dataclasses.dataclass(frozen=True)
+class CatchUp:
+    """What a peer that fell behind does before its next step (see the module docstring)."""
+
+    target: int  # the step to continue at
+    lag: int  # steps between ours and the target
+    sources: tuple[str, ...] = ()  # members to fetch the state from, best first; empty: keep our own state
+
+
+class Membership:
+    """The members (sorted ids; rank = index), their liveness and steps; see the module docstring."""
+
+    def __init__(self, self_id: str, peers: Sequence[PeerEntry], *, source: str = "roster") -> None:
+        check_members(peers, self_id, source=source)
+        self.self_id = self_id
+        self.entries = {p.id: p for p in peers}
+        self.members: tuple[str, ...] = tuple(sorted(self.entries))
+        self.rank = self.members.index(self_id)
+        self._lock = threading.Lock()
+        now = time.monotonic()
+        self._state = {m: MemberState(m, changed_at=now) for m in self.members if m != self_id}
+        self._listeners: list[Listener] = []
+        #: this peer's own step and whether it trains yet (what Hello replies report)
+        self.step = 0
+        self.training = False
+        self.leaving = False
+
+    @property
+    def size(self) -> int:
+        return len(self.members)
+
+    def others(self) -> tuple[str, ...]:
+        return tuple(m for m in self.members if m != self.self_id)
+
+    def add_listener(self, listener: Listener) -> None:
+        self._listeners.append(listener)
+
+    # -- liveness ----------------------------------------------------------------------------------
+    def is_live(self, pid: str) -> bool:
+        if pid == self.self_id:
+            return True
+        with self._lock:
+            return self._state[pid].live
+
+    def absent(self) -> dict[str, str]:
+        """Absent members and why."""
+        with self._lock:
+            return {m: s.reason for m, s in self._state.items() if not s.live}
+
+    def live_members(self) -> tuple[str, ...]:
+        with self._lock:
+            return tuple(m for m in self.members if m == self.self_id or self._state[m].live)
+
+    def mark_absent(self, pid: str, reason: str, *, announced: bool = False) -> bool:
+        """``pid`` is absent from now on (until a useful message of it arrives); True if that is news.
+
+        ``announced``: it said so itself (a leave notice), which is logged as news, not as a warning."""
+        return self._set_live(pid, False, reason, logging.INFO if announced else logging.WARNING)
+
+    def mark_live(self, pid: str, reason: str) -> bool:
+        return self._set_live(pid, True, reason, logging.INFO)
+
+    def _set_live(self, pid: str, live: bool, reason: str, level: int) -> bool:
+        with self._lock:
+            st = self._state.get(pid)
+            if st is None or st.live == live:
+                return False
+            st.live = live
+            st.reason = "" if live else reason
+            st.changed_at = time.monotonic()
+        log.log(level, "member %s is %s: %s", pid, "back" if live else "absent", reason)
+        for listener in self._listeners:
+            listener(pid, live, reason)
+        return True
+
+    # -- what the wire hears -----------------------------------------------------------------------
+    def heard(self, pid: str, step: int, round: int, *, useful: bool) -> None:
+        """A message of ``pid`` for ``(step, round)`` arrived; ``useful``: it mixes at our pace (see the module docstring)."""
+        with self._lock:
+            st = self._state.get(pid)
+            if st is None:
+                return
+            if st.heard is None or (step, round) > st.heard:
+                st.heard = (step, round)
+            back = useful and not st.live
+        if back:
+            self.mark_live(pid, f"a message for step {step} round {round} arrived")
+
+    def reported(self, pid: str, step: int, *, training: bool) -> None:
+        """``pid`` said (Hello reply) that it is at ``step`` and whether it trains yet."""
+        with self._lock:
+            st = self._state.get(pid)
+            if st is not None:
+                st.reported_step = step
+                st.training = training
+
+    def awaited(self, pid: str, step: int, round: int) -> bool:
+        """Wait for ``pid``'s message of ``(step, round)``? Live and not already heard further on."""
+        with self._lock:
+            st = self._state[pid]
+            return st.live and (st.heard is None or st.heard <= (step, round))
+
+    def passed(self, pid: str, step: int, round: int) -> bool:
+        """``pid`` was heard at a position after ``(step, round)``: its message for that round is not coming."""
+        with self._lock:
+            st = self._state[pid]
+            return st.heard is not None and st.heard > (step, round)
+
+    def snapshot(self) -> dict[str, MemberState]:
+        with self._lock:
+            return {m: dataclasses.replace(s) for m, s in self._state.items()}
+
+    # -- steps ---------------------------------------------------------------------------------------
+    def running(self) -> dict[str, int]:
+        """Members that said they are training, with the step they reported (start-up decisions)."""
+        with self._lock:
+            return {m: s.reported_step for m, s in self._state.items()
+                    if s.training and s.reported_step is not None}
+
+    def furthest(self) -> list[tuple[int, str]]:
+        """``(step, member)`` for every member heard from, furthest first."""
+        with self._lock:
+            steps = [(s.heard[0], m) for m, s in self._state.items() if s.heard is not None]
+        return sorted(steps, key=lambda sm: (-sm[0], sm[1]))
+
+    def catch_up(self, our_step: int, *, out_of_sync: bool) -> CatchUp | None:
+        """What to do before step ``our_step`` when the last step found us out of sync (else None)."""
+        if not out_of_sync:
+            return None
+        furthest = self.furthest()
+        if not furthest or furthest[0][0] < our_step:
+            return None
+        target = furthest[0][0] + 1
+        lag = target - our_step
+        sources = tuple(m for _, m in furthest) if lag > TRANSFER_LAG_STEPS else ()
+        return CatchUp(target, lag, sources)
