@@ -27,6 +27,7 @@ from p2pgan.algorithm.directions import DIRECTION_NAMES
 from p2pgan.daemon.config import BACKENDS, VARIANTS, load_config
 from p2pgan.daemon.processes import MetricsTail, PeerGroup, PeerSpec
 from p2pgan.errors import ConfigError
+from p2pgan.faults import FaultRunner, parse_faults
 from p2pgan.topology import TOPOLOGY_NAMES
 from p2pgan.trainer.data import SHARD_MODES
 from p2pgan.trainer.losses import LOSS_NAMES
@@ -39,8 +40,8 @@ FEDERATION = "harness"
 DATASET_MODELS = {"digits": "digits", "gaussians": "mlp2d", "cifar10": "dcgan32", "imagefolder": "dcgan32"}
 #: synthetic 8-Gaussians points split among the peers
 GAUSSIANS_TOTAL = 10_000
-#: seconds between progress refreshes
-PROGRESS_INTERVAL_S = 0.5
+#: seconds between looks at the peers' progress (faults fire at most this late after their step)
+FAULT_TICK_S = 0.1
 
 
 @dataclasses.dataclass(frozen=True)
@@ -71,6 +72,7 @@ class HarnessOptions:
     device: str = "cpu"
     insecure: bool = False
     backend: str = "grpc"  # grpc | torch (torch.distributed Gloo; needs insecure and roster discovery)
+    faults: tuple[str, ...] = ()  # --fault specs (p2pgan.faults)
     timeout_s: float = 24 * 3600.0
 
     def validate(self) -> None:
@@ -99,6 +101,13 @@ class HarnessOptions:
             raise bad("backend", f"{self.backend!r} is not allowed; allowed: {', '.join(BACKENDS)}")
         if self.backend == "torch" and (not self.insecure or self.discovery != "roster"):
             raise bad("backend", "torch (torch.distributed, no TLS) needs --insecure and --discovery roster")
+        if self.faults and self.backend != "grpc":
+            raise bad("fault", "faults need the gRPC backend (torch.distributed has a fixed world)")
+        parse_faults(self.faults, self.peers)
+
+    @property
+    def late_joiners(self) -> int:
+        return sum(1 for f in parse_faults(self.faults, self.peers) if f.kind == "join")
 
 
 def peer_ids(count: int) -> list[str]:
@@ -207,6 +216,8 @@ def prepare(opts: HarnessOptions) -> Federation:
             doc["mixing"].pop("rounds")
         if opts.width is not None:
             doc["train"]["width"] = opts.width
+        if opts.late_joiners:  # the others start without the late joiners
+            doc["mixing"]["start_quorum"] = opts.peers - opts.late_joiners
         path = out / "peers" / f"{pid}.yaml"
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(f"# written by p2pgan harness for a throw-away federation on loopback\n{yaml.safe_dump(doc, sort_keys=False)}")
@@ -262,9 +273,11 @@ def run_harness(opts: HarnessOptions) -> Path:
     started = time.time()
     progress = Progress(tails, opts.peers * opts.steps)
     try:
-        with PeerGroup(specs) as group:
-            pids = dict(zip(fed.ids, group.pids))
-            group.wait(opts.timeout_s, tick=progress.tick, tick_interval_s=PROGRESS_INTERVAL_S)
+        with PeerGroup([]) as group:
+            runner = FaultRunner(group, specs, tails, parse_faults(opts.faults, opts.peers))
+            runner.start()
+            runner.wait(opts.timeout_s, tick=progress.tick, tick_interval_s=FAULT_TICK_S)
+            pids = {p.spec.name: p.pid for p in group}  # the last process of each peer
             codes = {p.spec.name: p.returncode for p in group}
     finally:
         progress.close()
@@ -277,5 +290,6 @@ def run_harness(opts: HarnessOptions) -> Path:
         "pids": pids,
         "exit_codes": codes,
         "configs": {pid: str(path) for pid, path in fed.configs.items()},
+        "faults": runner.events,
     }
     return write_report(fed.out, metrics, extra)

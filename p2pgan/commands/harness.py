@@ -40,6 +40,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--insecure", action="store_true", help="plain-text gRPC (test networks only)")
     parser.add_argument("--backend", default=d.backend, choices=("grpc", "torch"),
                         help="mixer: mutual-TLS gRPC gossip, or torch.distributed Gloo (needs --insecure)")
+    parser.add_argument("--fault", action="append", default=[], metavar="SPEC", dest="faults",
+                        help="inject a fault (repeatable; PEER = index in the sorted peer list): kill:PEER@STEP, "
+                             "term:PEER@STEP, stop:PEER@STEP:SECONDS, restart:PEER@+SECONDS, join:PEER@STEP. "
+                             "Example: --fault kill:1@50 --fault restart:1@+5 --round-timeout 2")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -53,7 +57,7 @@ def run(args: argparse.Namespace) -> int:
         loss=args.loss, optimizer=args.optimizer, batch_size=args.batch_size, lr_generator=args.lr_g,
         lr_discriminator=args.lr_d, width=args.width, eval_interval=args.eval_interval,
         round_timeout_s=args.round_timeout, seed=args.seed, threads=args.threads, device=args.device,
-        insecure=args.insecure, backend=args.backend,
+        insecure=args.insecure, backend=args.backend, faults=tuple(args.faults),
     )
 
     def _terminate(signum: int, frame: object) -> None:

@@ -146,6 +146,15 @@ class PeerGroup:
     def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None) -> None:
         self.stop()
 
+    def start(self, spec: PeerSpec) -> PeerProcess:
+        """Start one more daemon (a late joiner, a restart with ``--resume``); it is stopped with the group."""
+        return self._spawn(spec)
+
+    def wait_change(self, timeout_s: float) -> None:
+        """Return when a process of the group exits, or after ``timeout_s``."""
+        self._changed.wait(timeout_s)
+        self._changed.clear()
+
     def _spawn(self, spec: PeerSpec) -> PeerProcess:
         proc = PeerProcess(spec, self.env)
         self.procs.append(proc)
@@ -212,6 +221,7 @@ class PeerGroup:
         """SIGTERM every running peer, wait up to ``grace_s`` for checkpoints, SIGKILL the rest, reap all."""
         grace = STOP_GRACE_S if grace_s is None else grace_s
         for proc in self.running():
+            proc.signal(signal.SIGCONT)  # a paused (SIGSTOPped) peer could not act on SIGTERM
             proc.signal(signal.SIGTERM)
         deadline = time.monotonic() + grace
         for proc in self.procs:
