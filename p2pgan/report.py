@@ -51,10 +51,18 @@ def _median(values: Sequence[float]) -> float | None:
 
 
 def _fault_end(event: Mapping[str, Any], metrics: Mapping[str, Sequence[Mapping[str, Any]]]) -> float:
-    """When a fault is over: its peer (back, or the joiner) made its next step after the fault."""
+    """When a fault is over: its peer makes a step again (after SIGCONT; after its restart for kill and
+    term; its first step for a join). A peer that never comes back: the end of the run."""
+    records = metrics.get(event["peer"], ())
     t0 = float(event.get("end_time") or event["time"])
-    own = [float(r["time"]) for r in metrics.get(event["peer"], ()) if r.get("type") == "step" and float(r["time"]) > t0]
-    return own[0] if own else t0
+    after = [r for r in records if float(r["time"]) > t0]
+    if event.get("kind") in ("kill", "term"):
+        restart = next((i for i, r in enumerate(after) if r.get("type") == "start"), None)
+        after = after[restart:] if restart is not None else []
+    step = next((float(r["time"]) for r in after if r.get("type") == "step"), None)
+    if step is not None:
+        return step
+    return max((float(r["time"]) for recs in metrics.values() for r in recs), default=t0)
 
 
 def fault_phases(records: Sequence[Mapping[str, Any]], events: Sequence[Mapping[str, Any]],

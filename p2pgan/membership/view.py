@@ -4,15 +4,16 @@ Liveness (DESIGN.md section 5, "failure detection"):
 
 - a member becomes *absent* when it misses a round's deadline, when the stream to it breaks, when it
   announces that it leaves, or when it did not answer at start-up;
-- it becomes *live* again when a message of it arrives that shows it mixes at our pace again (for
-  our current step or later, or at most one step behind);
+- it becomes *live* again when a message of it arrives that shows it mixes at about our pace again
+  (at most :data:`p2pgan.wire.inbox.MAX_STEP_SKEW` steps behind us, or ahead);
 - a live member is *awaited* in round ``(k, r)`` unless it was already heard at a later position
   (it has moved past that round, so its message for it is not coming).
 
 Catching up: a peer is *out of sync* when a neighbour it waited for had already moved past the round
-(that neighbour did not wait for it). :meth:`Membership.catch_up` then names the step to adopt (one
-past the furthest step heard, so that our next message is ahead of everyone and they wait for it) and,
-when that is more than :data:`TRANSFER_LAG_STEPS` away, the members to fetch the state from.
+(that neighbour did not wait for it). If a member was heard at a step beyond ours (it trains without
+us), :meth:`Membership.catch_up` names the step to adopt (the furthest step heard: its messages for
+that step are already here, and ours are useful to it) and, when that is more than
+:data:`TRANSFER_LAG_STEPS` away, the members to fetch the state from.
 
 The class is plain thread-safe bookkeeping: no network, no torch. Listeners (the inbox, the mixer, the
 daemon's metrics) are called outside the lock on every liveness change.
@@ -182,9 +183,11 @@ class Membership:
         if not out_of_sync:
             return None
         furthest = self.furthest()
-        if not furthest or furthest[0][0] < our_step:
+        if not furthest or furthest[0][0] <= our_step:
+            # a member at our step, or behind: our next message is useful to it (it is at most one step
+            # ahead of that message), so it waits for us again; skipping would make *it* fall behind
             return None
-        target = furthest[0][0] + 1
+        target = furthest[0][0]
         lag = target - our_step
         sources = tuple(m for _, m in furthest) if lag > TRANSFER_LAG_STEPS else ()
         return CatchUp(target, lag, sources)

@@ -179,9 +179,10 @@ class Inbox:
             return
         with self._cond:
             pos = self._position
-        # useful: for a round we have not finished, or at most one step behind (a neighbour that is a round
-        # late is mixing with us and should be waited for again); older ones come from a peer that fell behind
-        useful = pos is None or h.step >= pos[0] - 1
+        # useful: the sender mixes at about our pace (at most MAX_STEP_SKEW steps behind us): waiting for it
+        # again costs at most a few steps, once. Older messages come from a peer that fell behind (a long
+        # pause); it catches up by itself (state transfer) before it is waited for again.
+        useful = pos is None or h.step >= pos[0] - MAX_STEP_SKEW
         ctx.membership.heard(h.sender, h.step, h.round, useful=useful)
         self.wake()
 

@@ -227,6 +227,7 @@ class Link:
         self._stream: _Stream | None = None
         self._backoff_s = RECONNECT_BACKOFF_MIN_S
         self._retry_at = 0.0
+        self._congested = False
         self._closed = False
         self.bytes_sent = 0
 
@@ -244,8 +245,11 @@ class Link:
                     self._push, lambda: self._on_taken(stream), self._on_written
                 )
             if stream.pending >= MAX_QUEUED_MESSAGES:
-                log.warning("peer %s is not draining its stream; skipping this message", self.peer.id)
+                if not self._congested:  # once per episode: a paused neighbour would flood the log
+                    log.warning("peer %s is not draining its stream; skipping messages until it does", self.peer.id)
+                self._congested = True
                 return False
+            self._congested = False
             stream.pending += 1
             stream.queue.put(frames)
         if opened is not None:
