@@ -8,8 +8,11 @@ live members mix with is
     W'[i, j] = 0                                    for i != j, i or j in A
     W'[i, i] = W[i, i] + sum_{j in A, j != i} W[i, j]   (an absent i keeps only itself: W'[i, i] = 1)
 
-``W'`` is still doubly stochastic whenever ``W`` is and every live member agrees on ``A`` (each column
-loses exactly what its diagonal gains), and it is symmetric when ``W`` is. Members may briefly disagree
+When ``W`` is symmetric and doubly stochastic (ring, torus, random ring, complete, Metropolis-Hastings
+graphs) and every live member agrees on ``A``, ``W'`` is again symmetric and doubly stochastic: column
+``k`` loses ``W[a, k]`` for each absent ``a`` and its diagonal gains ``W[k, a]``, the same amount. For
+the directed exponential graphs rows still sum to 1 (every peer's result is an average) but columns
+need not: during churn their mixing is only row stochastic. Members may briefly disagree
 (one end has noticed an absence and the other not yet): for that round the two rows differ from ``W'``
 only on that edge. :func:`live_weights` is the row form that a network peer computes;
 :func:`live_matrix` the matrix form the tests compare against.
@@ -24,6 +27,8 @@ import torch
 
 def live_weights(weights: Mapping[int, float], self_rank: int, absent: Collection[int]) -> dict[int, float]:
     """Row ``self_rank`` of ``W'``: ``weights`` (row of ``W``, sparse) with absent neighbours' weight on the diagonal."""
+    if self_rank in absent:
+        return {self_rank: 1.0}
     row = {j: w for j, w in weights.items() if j == self_rank or j not in absent}
     moved = sum(w for j, w in weights.items() if j != self_rank and j in absent)
     if moved:
