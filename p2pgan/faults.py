@@ -78,12 +78,14 @@ def parse_fault(spec: str, peers: int) -> Fault:
 
 def parse_faults(specs: Sequence[str], peers: int) -> tuple[Fault, ...]:
     faults = tuple(parse_fault(s, peers) for s in specs)
-    joined = [f.peer for f in faults if f.kind == "join"]
-    if len(set(joined)) != len(joined):
-        raise ConfigError(f"--fault: a peer can join only once (join faults for peers {sorted(joined)})")
-    for f in faults:
-        if f.kind != "join" and f.peer in joined and faults.index(f) < next(
-                i for i, g in enumerate(faults) if g.kind == "join" and g.peer == f.peer):
+    joins: dict[int, int] = {}
+    for i, f in enumerate(faults):
+        if f.kind == "join":
+            if f.peer in joins:
+                raise ConfigError(f"--fault {f.spec!r}: peer {f.peer} can join only once")
+            joins[f.peer] = i
+    for i, f in enumerate(faults):
+        if f.kind != "join" and i < joins.get(f.peer, -1):
             raise ConfigError(f"--fault {f.spec!r}: peer {f.peer} joins later; put its faults after its join")
     return faults
 

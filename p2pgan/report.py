@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import statistics
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -43,11 +44,7 @@ def step_intervals(records: Sequence[Mapping[str, Any]]) -> list[tuple[float, fl
 
 
 def _median(values: Sequence[float]) -> float | None:
-    if not values:
-        return None
-    v = sorted(values)
-    mid = len(v) // 2
-    return v[mid] if len(v) % 2 else (v[mid - 1] + v[mid]) / 2
+    return statistics.median(values) if values else None
 
 
 def _fault_end(event: Mapping[str, Any], metrics: Mapping[str, Sequence[Mapping[str, Any]]]) -> float:

@@ -212,6 +212,14 @@ def test_fault_specs_are_checked(spec: str, words: str) -> None:
     assert spec in str(info.value) and "allowed forms" in str(info.value)
 
 
+def test_fault_order_is_checked() -> None:
+    assert [f.kind for f in parse_faults(["join:2@5", "kill:2@9", "restart:2@+1"], 4)] == ["join", "kill", "restart"]
+    with pytest.raises(ConfigError, match="joins later"):
+        parse_faults(["kill:2@9", "join:2@5"], 4)
+    with pytest.raises(ConfigError, match="only once"):
+        parse_faults(["join:2@5", "join:2@9"], 4)
+
+
 # -- real processes, real signals -------------------------------------------------------------------------
 def _harness(tmp: Path, steps: int, faults: list[str], *, peers: int = 4) -> dict[str, Any]:
     import json
@@ -308,7 +316,10 @@ def test_whole_federation_restart_continues_from_one_step_and_sighup_is_a_clean_
                   for n, t in tails.items()}
         for tail in tails.values():
             wait_for_record(tail, lambda r: r["type"] == "step" and r["step"] >= end0["step"] + 5, 120, group=group)
-    assert {n: s["step"] for n, s in starts.items()} == dict.fromkeys(tails, end0["step"])
-    for name in ("peer1", "peer2"):  # they adopted the furthest checkpoint step, keeping their own state
+    first = {n: s["step"] for n, s in starts.items()}
+    # nobody restarts behind the furthest checkpoint; a peer that comes up a moment after the others
+    # started may find them a step on and take the state of one of them
+    assert min(first.values()) == end0["step"] and max(first.values()) <= end0["step"] + 1, (first, end0["step"])
+    for name in ("peer1", "peer2"):  # they moved up from their own, earlier checkpoint step
         rejoin = [r for r in read_metrics(tails[name].path) if r["type"] == "rejoin"]
-        assert rejoin[-1]["how"] == "checkpoint" and rejoin[-1]["from_step"] < end0["step"]
+        assert rejoin[-1]["how"] in ("checkpoint", "state-transfer") and rejoin[-1]["from_step"] < end0["step"]
