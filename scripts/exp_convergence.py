@@ -36,7 +36,8 @@ from p2pgan.experiments.report import format_table, plot_variant_bands, write_js
 from p2pgan.mixing.inprocess import InProcessMixer
 from p2pgan.topology import make_topology
 from p2pgan.sim.gaussians import Gaussians
-from p2pgan.sim.problems import ProblemConfig, make_problem
+from p2pgan.sim.base import ProblemConfig
+from p2pgan.sim.problems import make_problem
 from p2pgan.trainer.data import Dataset, load_cifar10, load_digits, split_indices
 from p2pgan.trainer.evaluation import Evaluator, make_evaluator
 from p2pgan.trainer.game import PeerGames, build_game

@@ -117,7 +117,7 @@ class GrpcMixer(Mixer):
         self.size = len(self.members)
         self.rank = self.members.index(net.peer_id)
         self.ranks = (self.rank,)
-        self.topology = make_topology(net.topology, self.size, seed=net.seed, members=self.members)
+        self.topology = make_topology(net.topology, self.size, seed=net.seed, members=self.members, rounds=net.rounds)
         self._inbox.configure(
             InboxContext(
                 federation=net.federation, self_id=net.peer_id, members=frozenset(self.members),
