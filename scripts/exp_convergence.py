@@ -9,7 +9,7 @@ and Rand-DP, the overlap schedule (the paper's Section 5.1). The exact schedule 
 with the proof) runs side by side for DP and Rand-DP. Every setting runs once per seed; a seed fixes
 the initial point, the data split and every noise stream, so settings are compared seed by seed.
 
-Reported per setting: the peers' mean score at the end and over the last 20 % of the evaluations,
+Reported per setting: the peers' mean score at the end and over the evaluations of the last 20 % of training,
 mean +- standard error across seeds, and the spread across peers; the tests: is Rand-DP better than DP
 (paired one-sided t-test over seeds, 5 %), and does the schedule change DP or Rand-DP (two-sided).
 
@@ -58,7 +58,7 @@ VARIANTS = {"cp": ("CP-OAdam", "complete"), "dp": ("DP-OAdam", "ring"), "rand-dp
 PAPER_SCHEDULE = {"cp": "exact", "dp": "overlap", "rand-dp": "overlap"}
 #: whether a larger score is better (the direction of the one-sided test)
 HIGHER_IS_BETTER = {"is": True, "fid": False, "modes": True, "high_quality": True}
-#: share of the evaluations, at the end, that the tail average covers
+#: share of training, at the end, whose evaluations the tail average covers (x >= (1 - TAIL) * last x)
 TAIL = 0.2
 
 
@@ -209,12 +209,13 @@ def run_problem(problem: Problem, peers: int, args: argparse.Namespace) -> dict[
 
 
 def per_seed(res: dict, key: str, peers: int) -> tuple[list[float], list[float], list[float]]:
-    """Per seed: the peers' mean score at the end, its mean over the last :data:`TAIL` of the evaluations,
-    and the spread (max - min) across peers at the end."""
+    """Per seed: the peers' mean score at the end, its mean over the evaluations of the last :data:`TAIL`
+    of training, and the spread (max - min) across peers at the end."""
     finals, tails, spreads = [], [], []
     for r in res["runs"].values():
         means = [sum(v) / peers for v in r["scores"][key]]
-        tail = means[-max(1, round(len(means) * TAIL)):]
+        start = (1.0 - TAIL) * r["x"][-1]
+        tail = [m for x, m in zip(r["x"], means) if x >= start - 1e-9]
         finals.append(means[-1])
         tails.append(sum(tail) / len(tail))
         spreads.append(max(r["scores"][key][-1]) - min(r["scores"][key][-1]))
