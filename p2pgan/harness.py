@@ -24,7 +24,8 @@ from typing import Any
 import yaml
 
 from p2pgan.algorithm.directions import DIRECTION_NAMES
-from p2pgan.daemon.config import BACKENDS, VARIANTS, load_config
+from p2pgan.algorithm.dposg import SCHEDULES
+from p2pgan.daemon.config import BACKENDS, RETIRED_VARIANTS, VARIANTS, load_config
 from p2pgan.daemon.processes import MetricsTail, PeerGroup, PeerSpec
 from p2pgan.errors import ConfigError
 from p2pgan.faults import FaultRunner, parse_faults
@@ -55,6 +56,7 @@ class HarnessOptions:
     topology: str = "ring"
     rounds: int = 1
     variant: str = "dp"
+    schedule: str | None = None  # exact | overlap; None = the variant's default (the paper's)
     discovery: str = "roster"
     split: str = "iid"
     model: str | None = None  # default: by dataset (DATASET_MODELS)
@@ -85,8 +87,12 @@ class HarnessOptions:
             raise bad("steps", f"must be >= 1, got {self.steps}")
         if self.rounds < 0:
             raise bad("rounds", f"must be >= 0, got {self.rounds}")
+        if self.variant in RETIRED_VARIANTS:
+            raise bad("variant", f"{self.variant!r} is no longer a variant; use --variant dp --schedule overlap")
         if self.variant not in VARIANTS:
             raise bad("variant", f"{self.variant!r} is not allowed; allowed: {', '.join(VARIANTS)}")
+        if self.schedule is not None and self.schedule not in SCHEDULES:
+            raise bad("schedule", f"{self.schedule!r} is not allowed; allowed: {', '.join(SCHEDULES)}")
         if self.discovery not in ("roster", "zeroconf"):
             raise bad("discovery", f"{self.discovery!r} is not allowed; allowed: roster, zeroconf")
         if self.batch_size < 1:
@@ -210,6 +216,8 @@ def prepare(opts: HarnessOptions) -> Federation:
         }
         if torch_init is not None:
             doc["mixing"].update(backend="torch", torch_init=torch_init)
+        if opts.schedule is not None:
+            doc["mixing"]["schedule"] = opts.schedule
         if VARIANTS[opts.variant][1] is None:
             doc["mixing"]["topology"] = opts.topology
         if VARIANTS[opts.variant][2] is not None:

@@ -1,21 +1,29 @@
 #!/usr/bin/env python
-"""Figure 2 analogue: does decentralized training converge like the centralized baseline, per epoch?
+"""Figure 2 at the paper's scale: CP-OAdam, DP-OAdam and Rand-DP-OAdam with 16 peers, several seeds.
 
-Trains the same GAN with CP-OAdam (complete graph, W = J), DP-OAdam (fixed ring, 1/3 weights) and
-Rand-DP-OAdam (random permuted ring every round), M peers, a FIXED total batch (per-peer batch x M
-constant), the same learning rate and the same initial point, and records every peer's score against
-the epoch (one epoch = one pass over the whole dataset by the federation together). Each peer trains on
-its own IID shard. Also the 8-Gaussians problem: modes covered and high-quality fraction vs step.
+Trains the same GAN with CP-OAdam (complete graph, W = J, all-reduce after each update: exact schedule),
+DP-OAdam (fixed ring, 1/3 weights) and Rand-DP-OAdam (a new random permuted ring every round) with the
+paper's settings: a FIXED total batch (per-peer batch x M constant), the same learning rate for every
+variant, the same initial point, each peer on its own IID shard, one mixing round per step and, for DP
+and Rand-DP, the overlap schedule (the paper's Section 5.1). The exact schedule (Algorithm 1, the one
+with the proof) runs side by side for DP and Rand-DP. Every setting runs once per seed; a seed fixes
+the initial point, the data split and every noise stream, so settings are compared seed by seed.
+
+Reported per setting: the peers' mean score at the end and over the evaluations of the last 20 % of training,
+mean +- standard error across seeds, and the spread across peers; the tests: is Rand-DP better than DP
+(paired one-sided t-test over seeds, 5 %), and does the schedule change DP or Rand-DP (two-sided).
 
 The peers run IN ONE PROCESS (InProcessMixer, the exact matrix form of the mixing; the network mixers
-are tested to give the same numbers), which is what makes a run fit the time budget on 2 CPU cores.
+are tested to give the same numbers), which is what lets M = 16 with several seeds fit 2 CPU cores.
 
-    python scripts/exp_convergence.py                   # M = 4, digits + 8 Gaussians, ~15 min on 2 cores
-    python scripts/exp_convergence.py --quick           # ~1-2 min smoke run
-    python scripts/exp_convergence.py --peers 8 --cifar10 /data/cifar-10-batches-py --inception-weights W.pt
+    python scripts/exp_convergence.py                         # full form: M = 16, 3 seeds (hours on 2 cores)
+    python scripts/exp_convergence.py --peers 4,8,16          # the same at M = 4, 8 and 16
+    python scripts/exp_convergence.py --quick                 # short form (CI): M = 4, 2 seeds, ~1 min
+    python scripts/exp_convergence.py --cifar10 /data/cifar-10-batches-py --inception-weights W.pt
 
-Writes OUT/convergence.json (every curve, every peer), OUT/convergence_digits.png (IS and FID vs epoch
-with the min-max band across peers), OUT/convergence_gaussians.png and OUT/samples_<variant>.png.
+Writes OUT/convergence.json (every curve, every peer, every seed; the summary and the tests),
+OUT/convergence_<problem>_M<M>.png (mean over seeds, band across seeds, dotted: band across peers)
+and OUT/samples_<problem>_M<M>_<setting>.png (seed 0).
 """
 
 from __future__ import annotations
@@ -32,11 +40,13 @@ from tqdm import tqdm
 
 from p2pgan.algorithm import DPOSG, lr_vector
 from p2pgan.errors import P2PGANError
-from p2pgan.experiments.report import format_table, plot_variant_bands, write_json
+from p2pgan.experiments.report import format_table, plot_seed_bands, write_json
+from p2pgan.experiments.statistics import ALPHA, mean_se, paired_test
 from p2pgan.mixing.inprocess import InProcessMixer
-from p2pgan.topology import make_topology
+from p2pgan.sim.base import ProblemConfig
 from p2pgan.sim.gaussians import Gaussians
-from p2pgan.sim.problems import ProblemConfig, make_problem
+from p2pgan.sim.problems import make_problem
+from p2pgan.topology import make_topology
 from p2pgan.trainer.data import Dataset, load_cifar10, load_digits, split_indices
 from p2pgan.trainer.evaluation import Evaluator, make_evaluator
 from p2pgan.trainer.game import PeerGames, build_game
@@ -44,6 +54,12 @@ from p2pgan.trainer.images import save_image_grid, save_points
 
 #: variant -> (label in plots, topology); one mixing round per step for all three, as in the paper
 VARIANTS = {"cp": ("CP-OAdam", "complete"), "dp": ("DP-OAdam", "ring"), "rand-dp": ("Rand-DP-OAdam", "random-ring")}
+#: the paper's schedule per variant (Section 5.1): CP all-reduces after the update, DP and Rand-DP overlap
+PAPER_SCHEDULE = {"cp": "exact", "dp": "overlap", "rand-dp": "overlap"}
+#: whether a larger score is better (the direction of the one-sided test)
+HIGHER_IS_BETTER = {"is": True, "fid": False, "modes": True, "high_quality": True}
+#: share of training, at the end, whose evaluations the tail average covers (x >= (1 - TAIL) * last x)
+TAIL = 0.2
 
 
 @dataclasses.dataclass(frozen=True)
@@ -116,19 +132,34 @@ def gaussians_problem(args: argparse.Namespace) -> Problem:
 
     steps = args.gaussian_steps
     lr = (args.gaussian_lr_g, args.gaussian_lr_d)
-    return Problem("gaussians", setup, args.gaussian_batch, lr, steps, max(1, steps // 40), "step",
+    return Problem("gaussians", setup, args.gaussian_batch, lr, steps, max(1, steps // args.gaussian_evals), "step",
                    1.0, ("modes", "high_quality"))
 
 
-def run_variant(problem: Problem, variant: str, peers: int, seed: int, out: Path) -> dict[str, object]:
-    """Train ``peers`` in-process peers with one variant; return the per-peer score curves."""
+def settings(variants: list[str], schedules: list[str]) -> list[tuple[str, str]]:
+    """(variant, schedule) pairs to run: CP always exact (W = J, nothing to overlap in the paper), DP and
+    Rand-DP with every listed schedule."""
+    out = []
+    for v in variants:
+        for sch in (["exact"] if v == "cp" else schedules):
+            out.append((v, sch))
+    return out
+
+
+def label(variant: str, schedule: str) -> str:
+    return f"{VARIANTS[variant][0]} ({schedule})"
+
+
+def run_setting(problem: Problem, variant: str, schedule: str, peers: int, seed: int) -> dict[str, object]:
+    """Train ``peers`` in-process peers with one variant and schedule; return the per-peer score curves."""
     _, topo_name = VARIANTS[variant]
     setup = problem.setup(peers, seed)
     lr = problem.lr
     if isinstance(lr, tuple):  # two time scales: the rows are [generator | critic]
         dim_u = setup.x0.shape[1] - setup.dim_v
         lr = lr_vector(dim_u, setup.dim_v, *lr)
-    algo = DPOSG(setup.x0, InProcessMixer(make_topology(topo_name, peers, seed=seed), 1), "oadam", lr)
+    mixer = InProcessMixer(make_topology(topo_name, peers, seed=seed, rounds=1), 1)
+    algo = DPOSG(setup.x0, mixer, "oadam", lr, schedule=schedule)
     curves: dict[str, list[list[float]]] = {k: [] for k in problem.score_keys}
     xs: list[float] = []
 
@@ -140,61 +171,98 @@ def run_variant(problem: Problem, variant: str, peers: int, seed: int, out: Path
 
     t0 = time.perf_counter()
     evaluate(0)
-    bar = tqdm(range(1, problem.steps + 1), desc=f"{problem.name} {variant}", unit="step", leave=False)
+    bar = tqdm(range(1, problem.steps + 1), desc=f"{problem.name} M={peers} {variant}/{schedule} seed {seed}",
+               unit="step", leave=False)
     for k in bar:
         algo.step(setup.field)
         if k % problem.eval_every == 0 or k == problem.steps:
             evaluate(k)
             bar.set_postfix({key: f"{sum(curves[key][-1]) / peers:.3g}" for key in problem.score_keys})
     bar.close()
-    seconds = time.perf_counter() - t0
-    setup.save_samples(algo.z, out / f"samples_{problem.name}_{variant}.png")
-    return {problem.x_unit: xs, "scores": curves, "seconds": seconds}
+    return {"x": xs, "scores": curves, "seconds": time.perf_counter() - t0, "z": algo.z, "save": setup.save_samples}
 
 
-def band_series(xs: list[float], per_peer: list[list[float]]) -> dict[str, list[tuple[float, float]]]:
-    peers = len(per_peer[0])
-    return {f"peer{i}": [(x, v[i]) for x, v in zip(xs, per_peer)] for i in range(peers)}
-
-
-def run_problem(problem: Problem, args: argparse.Namespace) -> dict[str, dict]:
-    """Every variant on ``problem``; prints a line per variant and writes the comparison PNG."""
+def run_problem(problem: Problem, peers: int, args: argparse.Namespace) -> dict[str, dict]:
+    """Every setting and seed of ``problem`` at ``peers``; prints a line per run, writes the PNGs."""
     results: dict[str, dict] = {}
-    for variant in args.variants:
-        r = run_variant(problem, variant, args.peers, args.seed, args.out)
-        results[variant] = r
-        final = {k: sum(v[-1]) / args.peers for k, v in r["scores"].items()}
-        print(f"{problem.name} {VARIANTS[variant][0]}: {r['seconds']:.0f} s, final mean "
-              + ", ".join(f"{k} {v:.3g}" for k, v in final.items()), flush=True)
+    for variant, schedule in settings(args.variants, args.schedules):
+        runs = {}
+        for seed in range(args.seed, args.seed + args.seeds):
+            r = run_setting(problem, variant, schedule, peers, seed)
+            if seed == args.seed:
+                r["save"](r["z"], args.out / f"samples_{problem.name}_M{peers}_{variant}_{schedule}.png")
+            del r["z"], r["save"]
+            runs[str(seed)] = r
+            final = {k: sum(v[-1]) / peers for k, v in r["scores"].items()}
+            print(f"{problem.name} M={peers} {label(variant, schedule)} seed {seed}: {r['seconds']:.0f} s, final "
+                  + ", ".join(f"{k} {v:.3g}" for k, v in final.items()), flush=True)
+        results[f"{variant}/{schedule}"] = {"variant": variant, "schedule": schedule, "runs": runs}
     panels = {
-        key: {VARIANTS[v][0]: band_series(results[v][problem.x_unit], results[v]["scores"][key]) for v in args.variants}
+        key: {label(res["variant"], res["schedule"]): [(r["x"], r["scores"][key]) for r in res["runs"].values()]
+              for res in results.values()}
         for key in problem.score_keys
     }
-    plot_variant_bands(args.out / f"convergence_{problem.name}.png", panels, xlabel=problem.x_unit,
-                       title=f"{problem.name}: {args.peers} peers, total batch {problem.total_batch}, lr {problem.lr}")
+    plot_seed_bands(args.out / f"convergence_{problem.name}_M{peers}.png", panels, xlabel=problem.x_unit,
+                    title=f"{problem.name}: M = {peers}, total batch {problem.total_batch}, lr {problem.lr}, "
+                          f"{args.seeds} seeds")
     return results
 
 
-def summary_rows(name: str, results: dict, keys: tuple[str, ...], peers: int) -> list[dict[str, object]]:
+def per_seed(res: dict, key: str, peers: int) -> tuple[list[float], list[float], list[float]]:
+    """Per seed: the peers' mean score at the end, its mean over the evaluations of the last :data:`TAIL`
+    of training, and the spread (max - min) across peers at the end."""
+    finals, tails, spreads = [], [], []
+    for r in res["runs"].values():
+        means = [sum(v) / peers for v in r["scores"][key]]
+        start = (1.0 - TAIL) * r["x"][-1]
+        tail = [m for x, m in zip(r["x"], means) if x >= start - 1e-9]
+        finals.append(means[-1])
+        tails.append(sum(tail) / len(tail))
+        spreads.append(max(r["scores"][key][-1]) - min(r["scores"][key][-1]))
+    return finals, tails, spreads
+
+
+def summarize(name: str, peers: int, results: dict, keys: tuple[str, ...]) -> tuple[list[dict], list[dict]]:
+    """The table rows (mean +- s.e. across seeds) and the paired tests of one problem at one M."""
     rows = []
-    for variant, r in results.items():
-        row: dict[str, object] = {"problem": name, "variant": VARIANTS[variant][0]}
+    for res in results.values():
+        row: dict[str, object] = {"problem": name, "peers": peers, "variant": VARIANTS[res["variant"]][0],
+                                  "schedule": res["schedule"], "seeds": len(res["runs"])}
         for k in keys:
-            means = [sum(v) / peers for v in r["scores"][k]]
-            tail = means[-max(1, len(means) // 5):]  # last fifth of the evaluations: less noisy than the last one
-            row[f"{k} final"] = means[-1]
-            row[f"{k} last-20% mean"] = sum(tail) / len(tail)
-            row[f"{k} peer spread"] = max(r["scores"][k][-1]) - min(r["scores"][k][-1])
-        row["seconds"] = r["seconds"]
+            finals, tails, spreads = per_seed(res, k, peers)
+            for what, values in (("final", finals), ("tail", tails), ("peer spread", spreads)):
+                m, se = mean_se(values)
+                row[f"{k} {what}"] = f"{m:.4g} ± {se:.2g}"
+                row[f"{k} {what} mean"], row[f"{k} {what} se"] = m, se
+        row["seconds per run"] = sum(r["seconds"] for r in res["runs"].values()) / len(res["runs"])
         rows.append(row)
-    return rows
+    tests = []
+
+    def compare(a: str, b: str, question: str, one_sided: bool) -> None:
+        if a not in results or b not in results or len(results[a]["runs"]) < 2:
+            return
+        for k in keys:
+            ta, tb = per_seed(results[a], k, peers)[1], per_seed(results[b], k, peers)[1]
+            alternative = ("greater" if HIGHER_IS_BETTER[k] else "less") if one_sided else "two-sided"
+            tests.append({"problem": name, "peers": peers, "question": question, "score": f"{k} tail",
+                          **paired_test(ta, tb, alternative=alternative)})
+
+    for sch in ("overlap", "exact"):
+        compare(f"rand-dp/{sch}", f"dp/{sch}", f"Rand-DP better than DP ({sch})", True)
+    for v in ("dp", "rand-dp"):
+        compare(f"{v}/overlap", f"{v}/exact", f"{VARIANTS[v][0]}: overlap differs from exact", False)
+    compare("dp/overlap", "cp/exact", "DP-OAdam (overlap) differs from CP-OAdam", False)
+    return rows, tests
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[1], formatter_class=argparse.RawDescriptionHelpFormatter,
                                 epilog="\n".join(__doc__.splitlines()[2:]))
-    p.add_argument("--peers", type=int, default=4, choices=(2, 4, 8, 16))
+    p.add_argument("--peers", default="16", help="comma-separated M values from 2, 4, 8, 16 (default 16, the paper's)")
+    p.add_argument("--seeds", type=int, default=3, help="runs per setting, seeds SEED, SEED+1, ... (default 3)")
     p.add_argument("--variants", default="cp,dp,rand-dp", help="comma-separated subset of cp, dp, rand-dp")
+    p.add_argument("--schedules", default="overlap,exact",
+                   help="schedules for DP and Rand-DP (CP is always exact); default overlap,exact side by side")
     p.add_argument("--epochs", type=float, default=60.0, help="digits / CIFAR epochs (federation passes)")
     p.add_argument("--total-batch", type=int, default=64, help="per-peer batch x peers, constant across M")
     p.add_argument("--lr", type=float, default=1e-3, help="OAdam step size, the same for every variant")
@@ -204,24 +272,40 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--gaussian-batch", type=int, default=256, help="total batch of the 8-Gaussians problem")
     p.add_argument("--gaussian-lr-g", type=float, default=Gaussians.default_lr, help="generator step size")
     p.add_argument("--gaussian-lr-d", type=float, default=Gaussians.default_lr_v, help="critic step size")
+    p.add_argument("--gaussian-evals", type=int, default=40, help="evaluations per 8-Gaussians run")
     p.add_argument("--skip-images", action="store_true", help="only the 8-Gaussians problem")
     p.add_argument("--cifar10", type=Path, default=None, help="a local CIFAR-10 python-batch folder (instead of digits)")
     p.add_argument("--inception-weights", type=Path, default=None, help="local Inception-v3 weights (CIFAR-10 scores)")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0, help="the first seed")
     p.add_argument("--threads", type=int, default=1, help="torch threads (more only on an otherwise idle machine)")
     p.add_argument("--out", type=Path, default=Path("runs/convergence"))
-    p.add_argument("--quick", action="store_true", help="a 1-2 minute smoke run (few epochs and steps)")
+    p.add_argument("--quick", action="store_true", help="the short form: M = 4, 2 seeds, a few epochs and steps")
     args = p.parse_args(argv)
+    if args.quick:
+        args.peers, args.seeds = "4", 2
+        args.epochs, args.eval_every, args.eval_samples = 1.0, 0.5, 100
+        args.gaussian_steps, args.gaussian_evals = min(args.gaussian_steps, 400), 4
+    try:
+        args.peers = [int(m) for m in args.peers.split(",") if m.strip()]
+    except ValueError:
+        p.error(f"--peers: {args.peers!r} must be comma-separated integers from 2, 4, 8, 16")
+    if not args.peers or any(m not in (2, 4, 8, 16) for m in args.peers):
+        p.error(f"--peers: {args.peers} must be comma-separated values from 2, 4, 8, 16")
+    if args.seeds < 1:
+        p.error(f"--seeds: must be >= 1, got {args.seeds}")
     args.variants = [v.strip() for v in args.variants.split(",") if v.strip()]
     bad = [v for v in args.variants if v not in VARIANTS]
     if bad or not args.variants:
         p.error(f"--variants: unknown {bad}; allowed: {', '.join(VARIANTS)}")
+    args.schedules = [v.strip() for v in args.schedules.split(",") if v.strip()]
+    if not args.schedules or any(v not in ("exact", "overlap") for v in args.schedules):
+        p.error(f"--schedules: {args.schedules} must be a comma-separated subset of overlap, exact")
     for flag, total in (("--total-batch", args.total_batch), ("--gaussian-batch", args.gaussian_batch)):
-        if total % args.peers:
-            p.error(f"{flag} {total} must be a multiple of --peers {args.peers}")
-    if args.quick:
-        args.epochs, args.eval_every, args.eval_samples = 4.0, 1.0, 200
-        args.gaussian_steps = min(args.gaussian_steps, 1500)
+        for m in args.peers:
+            if total % m:
+                p.error(f"{flag} {total} must be a multiple of --peers {m}")
+    if args.gaussian_evals < 1:
+        p.error(f"--gaussian-evals: must be >= 1, got {args.gaussian_evals}")
     return args
 
 
@@ -231,9 +315,12 @@ def main(argv: list[str] | None = None) -> int:
     args.out.mkdir(parents=True, exist_ok=True)
     report: dict[str, object] = {
         "config": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
-        "note": "peers simulated in one process (InProcessMixer); IID shards; OAdam; WGAN-GP; 1 round/step",
+        "note": "peers simulated in one process (InProcessMixer); IID shards; OAdam; WGAN-GP; 1 round/step; "
+                "first step as in Algorithm 1",
     }
     rows: list[dict[str, object]] = []
+    tests: list[dict[str, object]] = []
+    t0 = time.perf_counter()
     try:
         problems = []
         if not args.skip_images:
@@ -248,19 +335,27 @@ def main(argv: list[str] | None = None) -> int:
         if args.gaussian_steps > 0:
             problems.append(gaussians_problem(args))
         for problem in problems:
-            results = run_problem(problem, args)
-            report[problem.name] = results
-            rows += summary_rows(problem.name, results, problem.score_keys, args.peers)
+            report[problem.name] = {}
+            for peers in args.peers:
+                results = run_problem(problem, peers, args)
+                report[problem.name][str(peers)] = results  # type: ignore[index]
+                r, t = summarize(problem.name, peers, results, problem.score_keys)
+                rows += r
+                tests += t
     except P2PGANError as exc:
         print(f"exp_convergence: error: {exc}", file=sys.stderr)
         return 2
-    report["summary"] = rows
+    report["summary"], report["tests"], report["seconds"] = rows, tests, time.perf_counter() - t0
     write_json(args.out / "convergence.json", report)
     for name in dict.fromkeys(r["problem"] for r in rows):
-        mine = [r for r in rows if r["problem"] == name]
-        keys = [k for k in mine[0] if k not in ("problem", "variant", "seconds")]
-        print(f"\n{name} ({args.peers} peers)\n" + format_table(mine, ["variant", *keys, "seconds"]))
-    print(f"wrote {args.out}/convergence.json and PNGs")
+        for peers in args.peers:
+            mine = [r for r in rows if r["problem"] == name and r["peers"] == peers]
+            keys = [c for c in mine[0] if not c.endswith((" mean", " se")) and c not in ("problem", "peers")]
+            print(f"\n{name}, M = {peers} (mean ± s.e. over seeds)\n" + format_table(mine, keys))
+    if tests:
+        cols = ["problem", "peers", "question", "score", "alternative", "n", "mean_difference", "t", "p", "significant"]
+        print(f"\npaired t-tests over seeds (alpha {ALPHA})\n" + format_table(tests, cols))
+    print(f"wrote {args.out}/convergence.json and PNGs ({time.perf_counter() - t0:.0f} s)")
     return 0
 
 

@@ -62,37 +62,139 @@ def ref_direction(name: str):
     return {"osg": lambda g: g, "oadam": oadam, "oadagrad": oadagrad}[name]
 
 
-@pytest.mark.parametrize("name", ["osg", "oadam", "oadagrad"])
-@pytest.mark.parametrize("schedule", ["exact", "overlap"])
-def test_one_peer_is_the_one_line_optimistic_update(name: str, schedule: str) -> None:
-    game = LinearGame(1)
-    z0 = torch.randn(1, 5, dtype=DT, generator=torch.Generator().manual_seed(1))
-    lr = 0.03
-    algo = DPOSG(z0, IdentityMixer(1), name, lr, schedule=schedule)
-    # reference: z_{k+1} = z_k - 2 lr d_k + lr d_{k-1}
+class Recorder:
+    """Wraps a game and records every point its field is evaluated at (one row per call)."""
+
+    def __init__(self, game: LinearGame) -> None:
+        self.game, self.points = game, []
+        self.dim_u, self.dim_v = game.dim_u, game.dim_v
+
+    def field(self, z: torch.Tensor) -> torch.Tensor:
+        self.points.append(z[0].clone())
+        return self.game.field(z)
+
+
+def _algorithm1_one_peer(game: LinearGame, z0: torch.Tensor, name: str, lr: float, n: int) -> list[torch.Tensor]:
+    """Algorithm 1 with M = 1, W = I, written literally with its two sequences; the gradient points.
+
+    Z_0 = X_0; Z_k = X_{k-1} - lr P(g(Z_{k-1})); X_k = X_{k-1} - lr P(g(Z_k)).
+    """
     direction = ref_direction(name)
-    z, d_prev = z0[0].clone(), torch.zeros(5, dtype=DT)
-    # the torch.optim flavour
-    p = torch.nn.Parameter(z0[0].clone())
-    opt = OptimisticOptimizer([p], lr=lr, direction=name)
-    for _ in range(100):
-        assert torch.allclose(algo.z[0], z, atol=1e-6, rtol=0)
-        assert torch.allclose(p.detach(), z, atol=1e-6, rtol=0)
+    x = z = z0.clone()
+    d = direction(game.field(z[None])[0])  # g(Z_0)
+    points = [z.clone()]
+    while len(points) < n:
+        z = x - lr * d  # line 3
+        d = direction(game.field(z[None])[0])
+        x = x - lr * d  # line 4
+        points.append(z.clone())
+    return points
+
+
+def _zero_start_one_peer(game: LinearGame, z0: torch.Tensor, name: str, lr: float, n: int) -> list[torch.Tensor]:
+    """The one-line update z_{k+1} = z_k - 2 lr d_k + lr d_{k-1} from d_{-1} = 0; the gradient points."""
+    direction = ref_direction(name)
+    z, d_prev, points = z0.clone(), torch.zeros_like(z0), []
+    while len(points) < n:
+        points.append(z.clone())
         d = direction(game.field(z[None])[0])
         z, d_prev = z - 2 * lr * d + lr * d_prev, d
+    return points
+
+
+@pytest.mark.parametrize("first_step", ["gradient", "zero"])
+@pytest.mark.parametrize("name", ["osg", "oadam", "oadagrad"])
+@pytest.mark.parametrize("schedule", ["exact", "overlap"])
+def test_one_peer_is_algorithm_1_and_the_one_line_optimistic_update(name: str, schedule: str, first_step: str) -> None:
+    """M = 1, W = I: every gradient is taken where Algorithm 1 (or the zero start) takes it, to 1e-12."""
+    steps, lr = 100, 0.03
+    z0 = torch.randn(1, 5, dtype=DT, generator=torch.Generator().manual_seed(1))
+    reference = _algorithm1_one_peer if first_step == "gradient" else _zero_start_one_peer
+    game = Recorder(LinearGame(1))
+    algo = DPOSG(z0, IdentityMixer(1), name, lr, schedule=schedule, first_step=first_step)
+    for _ in range(steps):
         algo.step(game)
-        p.grad = game.field(p.detach()[None])[0]
+    # the exact schedule's first step takes the extra gradient at X_0 (Algorithm 1, line 3 at k = 1)
+    extra = int(schedule == "exact" and first_step == "gradient")
+    assert len(game.points) == steps + extra and algo.steps == steps
+    want = reference(LinearGame(1), z0[0], name, lr, steps + extra)
+    assert torch.allclose(torch.stack(game.points), torch.stack(want), atol=1e-12, rtol=0)
+    # the torch.optim flavour: p is where the next gradient is taken
+    p = torch.nn.Parameter(z0[0].clone())
+    opt = OptimisticOptimizer([p], lr=lr, direction=name, first_step=first_step)
+    opt_game, seen = LinearGame(1), []
+    for _ in range(steps):
+        seen.append(p.detach().clone())
+        p.grad = opt_game.field(p.detach()[None])[0]
         opt.step()
-    assert torch.allclose(algo.z[0], z, atol=1e-6, rtol=0)
-    assert algo.steps == 100
-    assert game.calls == 300  # exactly one gradient per iteration for each of the three runs
+    assert torch.allclose(torch.stack(seen), torch.stack(reference(LinearGame(1), z0[0], name, lr, steps)), atol=1e-12)
+
+
+def test_the_two_first_steps_differ_and_bad_names_are_refused() -> None:
+    """The gradient start moves the trajectory (so the tests above can tell the two apart)."""
+    z0 = torch.randn(1, 5, dtype=DT, generator=torch.Generator().manual_seed(1))
+    runs = {}
+    for first_step in ("gradient", "zero"):
+        algo = DPOSG(z0, IdentityMixer(1), "oadam", 0.03, first_step=first_step)
+        for _ in range(5):
+            algo.step(LinearGame(1))
+        runs[first_step] = algo.x
+    assert (runs["gradient"] - runs["zero"]).abs().max() > 1e-3
+    with pytest.raises(ConfigError, match="first_step 'ones'.*allowed: gradient, zero"):
+        DPOSG(z0, IdentityMixer(1), "oadam", 0.03, first_step="ones")
+    with pytest.raises(ConfigError, match="allowed: gradient, zero"):
+        OptimisticOptimizer([torch.nn.Parameter(torch.zeros(2))], first_step="ones")
+
+
+def test_oadagrad_is_algorithm_2_of_liu_et_al_iclr_2020() -> None:
+    """OAdagrad against Algorithm 2 of Liu et al. (ICLR 2020) written with explicit matrices.
+
+    z_k = x_{k-1} - lr H_{k-1}^{-1} g_{k-1};  x_k = x_{k-1} - lr H_k^{-1} g_k;  g_k = g(z_k);
+    H_k = delta I + diag(s_k), s_{k,i} = ||g_{1:k,i}||_2: the accumulator of step k holds g_k itself.
+    The seed gradient g_0 = g(z_0) enters the accumulator too (H_0 = delta I + diag(|g_0|)), the one
+    documented deviation (with H_0 = delta I the first step would be lr / delta times g_0).
+    """
+    delta, lr, steps = 1e-3, 0.05, 60
+    game = LinearGame(1)
+    z0 = torch.randn(5, dtype=DT, generator=torch.Generator().manual_seed(4))
+    grads: list[torch.Tensor] = []
+
+    def h_inv() -> torch.Tensor:
+        s = torch.stack(grads).pow(2).sum(0).sqrt()  # s_k: column 2-norms of g_{1:k}
+        return torch.linalg.inv(delta * torch.eye(5, dtype=DT) + torch.diag(s))
+
+    x = z = z0.clone()
+    grads.append(game.field(z[None])[0])
+    step_prev = h_inv() @ grads[-1]  # H_0^{-1} g_0
+    points = [z.clone()]
+    for _ in range(steps):
+        z = x - lr * step_prev
+        grads.append(game.field(z[None])[0])
+        step_prev = h_inv() @ grads[-1]  # H_k includes g_k
+        x = x - lr * step_prev
+        points.append(z.clone())
+    rec = Recorder(LinearGame(1))
+    algo = DPOSG(z0[None], IdentityMixer(1), "oadagrad", lr, eps=delta)
+    for _ in range(steps):
+        algo.step(rec)
+    assert torch.allclose(torch.stack(rec.points), torch.stack(points), atol=1e-12, rtol=0)
+    assert torch.allclose(algo.x[0], x, atol=1e-12, rtol=0)
+    # an accumulator that left out the current gradient (H_{k-1} in line 4) takes other points
+    bad = make_direction("oadagrad", eps=delta)
+    g = torch.tensor([3.0, -1.0], dtype=DT)
+    assert torch.allclose(bad(g), g / (delta + g.abs()), atol=1e-15)
 
 
 def _reference_dposg(game: LinearGame, x0: torch.Tensor, ws: list[torch.Tensor], lr: float, schedule: str, steps: int):
-    """Algorithm 1 written with explicit matrices ``ws[k]`` (t rounds already multiplied) and OAdam per peer."""
+    """Algorithm 1 written with explicit matrices ``ws[k]`` (t rounds already multiplied) and OAdam per peer.
+
+    First step as in Algorithm 1: the exact schedule seeds d_prev with P(g(X_0)); the overlap one
+    takes z_1 = W z_0 - lr d_0.
+    """
     dirs = [ref_direction("oadam") for _ in range(x0.shape[0])]
     rows = x0.clone()
-    d_prev = torch.zeros_like(x0)
+    g0 = game.field(rows) if schedule == "exact" else None
+    d_prev = torch.stack([dirs[i](g0[i]) for i in range(len(dirs))]) if g0 is not None else None
     for k in range(steps):
         if schedule == "exact":
             xbar = ws[k] @ rows
@@ -103,7 +205,7 @@ def _reference_dposg(game: LinearGame, x0: torch.Tensor, ws: list[torch.Tensor],
         else:
             g = game.field(rows)
             d = torch.stack([dirs[i](g[i]) for i in range(len(dirs))])
-            rows = ws[k] @ rows - 2 * lr * d + lr * d_prev
+            rows = ws[k] @ rows - 2 * lr * d + lr * (d if k == 0 else d_prev)
         d_prev = d
     return rows
 
@@ -112,14 +214,14 @@ def _reference_dposg(game: LinearGame, x0: torch.Tensor, ws: list[torch.Tensor],
 @pytest.mark.parametrize("schedule", ["exact", "overlap"])
 def test_dposg_with_mixing_matches_the_matrix_form_of_algorithm_1(topology: str, schedule: str) -> None:
     m, t, steps, lr = 8, 2, 30, 0.02
-    topo = make_topology(topology, m, seed=5)
+    topo = make_topology(topology, m, seed=5, rounds=t)
     game = LinearGame(m)
     x0 = torch.randn(m, 5, dtype=DT, generator=torch.Generator().manual_seed(2))
     algo = DPOSG(x0, InProcessMixer(topo, t), "oadam", lr, schedule=schedule)
     for _ in range(steps):
         algo.step(game)
     ws = [topo.product(k, t) for k in range(steps)]
-    expected = _reference_dposg(game, x0, ws, lr, schedule, steps)
+    expected = _reference_dposg(LinearGame(m), x0, ws, lr, schedule, steps)
     got = algo.x if schedule == "exact" else algo.z
     assert torch.allclose(got, expected, atol=1e-9, rtol=0)
 
@@ -134,7 +236,9 @@ def test_complete_graph_is_the_centralized_parallel_average() -> None:
     # centralized reference: a server holds x, each worker i computes at x - lr d_prev_i
     dirs = [ref_direction("oadam") for _ in range(m)]
     x = x0.mean(0)
-    d_prev = torch.zeros_like(x0)
+    g0 = LinearGame(m).field(x0)  # Algorithm 1's first step: g(Z_0) at Z_0 = X_0, before any averaging
+    d_prev = torch.stack([dirs[i](g0[i]) for i in range(m)])
+    game.calls += 1
     for _ in range(50):
         z = x - lr * d_prev
         g = game.field(z)
@@ -174,7 +278,8 @@ def test_separate_learning_rates_for_u_and_v() -> None:
     z0 = torch.randn(1, 5, dtype=DT)
     lr = lr_vector(3, 2, 0.01, 0.04, dtype=DT)
     assert lr.tolist() == [0.01] * 3 + [0.04] * 2
-    algo = DPOSG(z0, IdentityMixer(1), "oadam", lr)
+    # the overlap schedule takes its gradients where the optimizer does (no extra first gradient)
+    algo = DPOSG(z0, IdentityMixer(1), "oadam", lr, schedule="overlap")
     u = torch.nn.Parameter(z0[0, :3].clone())
     v = torch.nn.Parameter(z0[0, 3:].clone())
     opt = OptimisticOptimizer([{"params": [u], "lr": 0.01}, {"params": [v], "lr": 0.04}], direction="oadam")
@@ -300,7 +405,9 @@ def test_optimizer_state_dict_resumes_bit_for_bit() -> None:
 
 def test_maximize_group_ascends() -> None:
     w = torch.nn.Parameter(torch.tensor([1.0]))
-    opt = OptimisticOptimizer([w], lr=0.1, direction="osg", maximize=True)
+    opt = OptimisticOptimizer([w], lr=0.1, direction="osg", maximize=True, first_step="zero")
     w.grad = torch.tensor([1.0])  # d f / d w > 0: ascending increases w
     opt.step()
     assert math.isclose(w.item(), 1.0 + 2 * 0.1, rel_tol=1e-6)
+    opt.step()  # - 2 lr d_1 + lr d_0 = + 0.1
+    assert math.isclose(w.item(), 1.0 + 3 * 0.1, rel_tol=1e-6)

@@ -50,7 +50,7 @@ def test_valid_config_resolves_paths_and_defaults(folder: Path) -> None:
     assert cfg.peer.id == "alice" and (cfg.peer.listen_host, cfg.peer.listen_port) == ("127.0.0.1", 7000)
     assert cfg.security.tls is not None and cfg.security.tls.ca == folder / "certs" / "ca.pem"
     assert cfg.discovery.kind == "roster" and cfg.discovery.roster == folder / "roster.yaml"
-    assert (cfg.mixing.topology, cfg.mixing.rounds, cfg.mixing.schedule) == ("ring", 2, "exact")
+    assert (cfg.mixing.topology, cfg.mixing.rounds, cfg.mixing.schedule) == ("ring", 2, "overlap")
     assert cfg.train.lr_generator == pytest.approx(2e-4) and cfg.train.lr_discriminator == pytest.approx(1e-3)
     assert cfg.checkpoint.dir == folder / "state" / "alice"
     assert cfg.metrics.path == folder / "state" / "alice" / "metrics.jsonl"
@@ -62,13 +62,41 @@ def test_valid_config_resolves_paths_and_defaults(folder: Path) -> None:
 
 @pytest.mark.parametrize(
     ("variant", "topology", "rounds", "schedule"),
-    [("rand-dp", "random-ring", 1, "exact"), ("cp", "complete", 1, "exact"), ("overlap", "ring", 1, "overlap")],
+    [("dp", "ring", 1, "overlap"), ("rand-dp", "random-ring", 1, "overlap"), ("cp", "complete", 1, "exact")],
 )
-def test_variants_map_to_schedule_and_topology(folder: Path, variant: str, topology: str, rounds: int, schedule: str) -> None:
+def test_variants_map_to_topology_and_the_papers_default_schedule(
+    folder: Path, variant: str, topology: str, rounds: int, schedule: str
+) -> None:
     doc = base_doc()
     doc["mixing"] = {"variant": variant}
     cfg = load_config(write(folder, doc))
     assert (cfg.mixing.topology, cfg.mixing.rounds, cfg.mixing.schedule) == (topology, rounds, schedule)
+    assert cfg.mixing.first_step == "gradient"
+
+
+@pytest.mark.parametrize("variant", ["dp", "rand-dp", "cp"])
+@pytest.mark.parametrize("schedule", ["exact", "overlap"])
+def test_the_schedule_is_its_own_setting_for_every_variant(folder: Path, variant: str, schedule: str) -> None:
+    doc = base_doc()
+    doc["mixing"] = {"variant": variant, "schedule": schedule, "first_step": "zero"}
+    cfg = load_config(write(folder, doc))
+    assert (cfg.mixing.variant, cfg.mixing.schedule, cfg.mixing.first_step) == (variant, schedule, "zero")
+
+
+def test_the_old_overlap_variant_is_refused_saying_what_to_write(folder: Path) -> None:
+    doc = base_doc()
+    doc["mixing"] = {"variant": "overlap", "topology": "torus"}
+    path = write(folder, doc)
+    with pytest.raises(ConfigError) as err:
+        load_config(path)
+    msg = str(err.value)
+    assert str(path) in msg and "mixing.variant" in msg and "variant: dp" in msg and "schedule: overlap" in msg
+    doc["mixing"] = {"variant": "dp", "schedule": "overlapped"}
+    with pytest.raises(ConfigError, match=r"mixing.schedule.*did you mean 'overlap'.*allowed: exact, overlap"):
+        load_config(write(folder, doc))
+    doc["mixing"] = {"variant": "dp", "first_step": "grad"}
+    with pytest.raises(ConfigError, match=r"mixing.first_step.*allowed: gradient, zero"):
+        load_config(write(folder, doc))
 
 
 def test_insecure_warns_loudly(folder: Path, caplog: pytest.LogCaptureFixture) -> None:
@@ -96,7 +124,7 @@ _DELETE = object()
 
 BAD_CASES = [
     # (dotted field, value, fragments that must be in the message)
-    ("mixing.variant", "rand_dp", ["mixing.variant", "did you mean 'rand-dp'", "dp, rand-dp, cp, overlap"]),
+    ("mixing.variant", "rand_dp", ["mixing.variant", "did you mean 'rand-dp'", "dp, rand-dp, cp"]),
     ("train.optimizer", "adam", ["train.optimizer", "osg, oadam, oadagrad"]),
     ("train.lr_generator", "fast", ["train.lr_generator", "must be a number"]),
     ("train.lr_discriminator", -1, ["train.lr_discriminator", "> 0"]),

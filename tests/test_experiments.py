@@ -19,26 +19,45 @@ def _script(name: str, *args: str, timeout: float) -> subprocess.CompletedProces
                           env=env, timeout=timeout, cwd=ROOT)
 
 
-@pytest.mark.timeout(120)
-def test_convergence_smoke(tmp_path: Path) -> None:
-    r = _script("exp_convergence.py", "--epochs", "0.2", "--eval-every", "0.1", "--eval-samples", "50",
-                "--gaussian-steps", "20", "--variants", "cp,rand-dp", "--out", str(tmp_path), timeout=110)
+@pytest.mark.timeout(150)
+def test_convergence_short_form_with_seeds_statistics_and_both_schedules(tmp_path: Path) -> None:
+    """The CI form of Figure 2: two seeds, DP and Rand-DP under both schedules, CP; every peer's curve
+    of every seed, mean +- s.e. rows, the paired tests, one PNG per problem and M."""
+    r = _script("exp_convergence.py", "--peers", "4", "--seeds", "2", "--epochs", "0.2", "--eval-every", "0.1",
+                "--eval-samples", "50", "--gaussian-steps", "20", "--gaussian-evals", "2", "--out", str(tmp_path),
+                timeout=140)
     assert r.returncode == 0, r.stderr[-3000:]
     report = json.loads((tmp_path / "convergence.json").read_text())
+    settings = {"cp/exact", "dp/overlap", "dp/exact", "rand-dp/overlap", "rand-dp/exact"}
     for problem, keys in (("digits", ("is", "fid")), ("gaussians", ("modes", "high_quality"))):
-        assert set(report[problem]) == {"cp", "rand-dp"}
-        for curve in report[problem].values():
-            x = curve["epoch" if problem == "digits" else "step"]
-            assert x[0] == 0 and x == sorted(x) and len(x) >= 2
-            for k in keys:
-                assert len(curve["scores"][k]) == len(x) and all(len(v) == 4 for v in curve["scores"][k])
-        assert (tmp_path / f"convergence_{problem}.png").read_bytes()[:4] == b"\x89PNG"
-    assert {r["variant"] for r in report["summary"]} == {"CP-OAdam", "Rand-DP-OAdam"}
+        assert set(report[problem]) == {"4"} and set(report[problem]["4"]) == settings
+        for res in report[problem]["4"].values():
+            assert set(res["runs"]) == {"0", "1"}
+            for run in res["runs"].values():
+                assert run["x"][0] == 0 and run["x"] == sorted(run["x"]) and len(run["x"]) >= 2
+                for k in keys:
+                    assert len(run["scores"][k]) == len(run["x"]) and all(len(v) == 4 for v in run["scores"][k])
+        # the seeds differ (initial point, split, noise), so the two runs of a setting are not copies
+        runs = report[problem]["4"]["dp/overlap"]["runs"]
+        assert runs["0"]["scores"][keys[-1]] != runs["1"]["scores"][keys[-1]]
+        assert (tmp_path / f"convergence_{problem}_M4.png").read_bytes()[:4] == b"\x89PNG"
+    rows = [row for row in report["summary"] if row["problem"] == "digits"]
+    assert {(row["variant"], row["schedule"]) for row in rows} == {
+        ("CP-OAdam", "exact"), ("DP-OAdam", "overlap"), ("DP-OAdam", "exact"),
+        ("Rand-DP-OAdam", "overlap"), ("Rand-DP-OAdam", "exact")}
+    for row in rows:
+        assert row["seeds"] == 2 and row["is tail se"] >= 0 and " ± " in row["is tail"]
+    questions = {(t["problem"], t["question"], t["score"]) for t in report["tests"]}
+    assert ("digits", "Rand-DP better than DP (overlap)", "is tail") in questions
+    assert ("gaussians", "DP-OAdam: overlap differs from exact", "high_quality tail") in questions
+    assert all(t["n"] == 2 and t["test"] == "paired t-test" for t in report["tests"])
 
 
 def test_convergence_rejects_bad_batch(tmp_path: Path) -> None:
-    r = _script("exp_convergence.py", "--peers", "8", "--total-batch", "60", "--out", str(tmp_path), timeout=60)
+    r = _script("exp_convergence.py", "--peers", "4,8", "--total-batch", "60", "--out", str(tmp_path), timeout=60)
     assert r.returncode == 2 and "--total-batch 60 must be a multiple of --peers 8" in r.stderr
+    r = _script("exp_convergence.py", "--peers", "16", "--schedules", "fast", "--out", str(tmp_path), timeout=60)
+    assert r.returncode == 2 and "subset of overlap, exact" in r.stderr
 
 
 @pytest.mark.timeout(150)

@@ -112,7 +112,7 @@ def test_harness_reports_a_dead_peer_and_leaves_nothing(tmp_path: Path, launch: 
 def test_harness_ctrl_c_stops_peers_with_checkpoints(tmp_path: Path, launch: list[subprocess.Popen[str]]) -> None:
     out = tmp_path / "interrupt"
     proc = _harness(launch, out, "--peers", "2", "--steps", "100000", "--dataset", "gaussians", "--eval-interval", "0",
-                    "--variant", "overlap", "--discovery", "zeroconf")
+                    "--variant", "dp", "--schedule", "overlap", "--discovery", "zeroconf")
     for name in ("peer0", "peer1"):
         tail = MetricsTail(out / "state" / name / "metrics.jsonl")
         wait_for_record(tail, lambda r: r["type"] == "step" and r["step"] >= 3, HARNESS_TIMEOUT_S)
@@ -131,7 +131,8 @@ def test_harness_ctrl_c_stops_peers_with_checkpoints(tmp_path: Path, launch: lis
 @pytest.mark.parametrize(
     ("args", "fragment"),
     [(["--topology", "rign"], "--topology: 'rign' is not allowed"), (["--variant", "gossip"], "--variant"),
-     (["--peers", "0"], "--peers: must be >= 1"), (["--optimizer", "adam"], "osg, oadam, oadagrad")],
+     (["--peers", "0"], "--peers: must be >= 1"), (["--optimizer", "adam"], "osg, oadam, oadagrad"),
+     (["--variant", "overlap"], "--variant dp --schedule overlap"), (["--schedule", "fast"], "exact, overlap")],
 )
 @pytest.mark.timeout(60)
 def test_harness_flag_errors_are_clear(tmp_path: Path, args: list[str], fragment: str) -> None:

@@ -73,7 +73,8 @@ def test_gaussians_wgan_gp_runs_vectorised_over_peers() -> None:
 
 def test_gaussians_field_matches_per_peer_autograd() -> None:
     """The batched field of peer i equals autograd on peer i alone (no cross-peer leakage)."""
-    from p2pgan.sim.problems import ProblemConfig, make_problem
+    from p2pgan.sim.base import ProblemConfig
+    from p2pgan.sim.problems import make_problem
 
     both = make_problem("gaussians", ProblemConfig(peers=2, batch=8, seed=3))
     z = both.initial() + 0.01 * torch.randn(2, both.dim, generator=torch.Generator().manual_seed(0))
@@ -125,11 +126,20 @@ def test_cli_simulate_json_prints_one_object(tmp_path: Path) -> None:
 
 
 def test_cli_topology_json_and_errors_without_traceback(tmp_path: Path) -> None:
-    out = _cli("topology", "ring", "--peers", "16", "--json", "--sigma", "0.1", "--dim", "100")
+    out = _cli("topology", "ring", "--peers", "16", "--json", "--sigma", "0.1", "--batch-size", "16")
     assert out.returncode == 0, out.stderr
     info = json.loads(out.stdout)
     assert round(info["rho"], 4) == 0.9493 and info["degree"] == 2
-    assert 0.9493 ** info["suggested_rounds"] <= 0.0101 and info["theorem1_rounds"] >= 1
+    assert 0.9493 ** info["suggested_rounds"] <= 0.0101
+    assert info["theorem1_rounds"] == 151  # the hand computation in test_topology.py
+    out = _cli("topology", "one-peer-exponential", "--peers", "8", "--json")
+    info = json.loads(out.stdout)
+    assert info["rho"] < 1e-12 and info["suggested_rounds"] == 3
+    # the old flag took the parameter count, which is not Theorem 1's m: refused, saying what to write
+    out = _cli("topology", "ring", "--peers", "16", "--sigma", "0.1", "--dim", "100")
+    assert out.returncode == 2 and "--batch-size" in out.stderr and "Traceback" not in out.stderr
+    out = _cli("topology", "ring", "--peers", "16", "--sigma", "0.1")
+    assert out.returncode == 2 and "--batch-size" in out.stderr
     bad = tmp_path / "g.yaml"
     bad.write_text("edges: [[0, 1], [2, 3]]\n")
     out = _cli("topology", str(bad), "--peers", "4")

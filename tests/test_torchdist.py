@@ -86,7 +86,7 @@ def test_gloo_mixing_equals_matrix_product(peer_group, size: int, rounds: int, o
     summary = json.loads(results[0][1].strip().splitlines()[-1])
     assert summary["size"] == size and summary["backend"] == "gloo"
     for name in TOPOLOGIES:
-        topo = make_topology(name, size, seed=seed)
+        topo = make_topology(name, size, seed=seed, rounds=rounds)
         for k in range(steps):
             x = reference_rows(seed, k, size, dim)
             want = topo.product(k, rounds) @ x

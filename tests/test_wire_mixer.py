@@ -57,7 +57,8 @@ def mix_all(mixers: list[GrpcMixer], x: torch.Tensor, step: int) -> torch.Tensor
 @pytest.mark.timeout(120)
 @pytest.mark.parametrize(
     ("topology", "peers", "rounds"),
-    [("ring", 4, 3), ("random-ring", 5, 3), ("exponential", 5, 2), ("complete", 4, 1)],
+    [("ring", 4, 3), ("random-ring", 5, 3), ("exponential", 5, 2), ("complete", 4, 1),
+     ("one-peer-exponential", 4, 1)],  # t = 1: the hop must follow the step (2 steps = log2 4 = exact J)
 )
 def test_mixing_equals_matrix_product(federation, topology: str, peers: int, rounds: int) -> None:
     mixers = federation(peers, topology, rounds)
@@ -66,6 +67,9 @@ def test_mixing_equals_matrix_product(federation, topology: str, peers: int, rou
         x = torch.randn(peers, DIM, dtype=torch.float64)
         got = mix_all(mixers, x.float(), step).double()
         torch.testing.assert_close(got, topo.product(step, rounds) @ x, rtol=0, atol=2e-6)
+    if topology == "one-peer-exponential":  # hops 1 then 2 across the two steps: their product is J
+        torch.testing.assert_close(topo.product(1, 1) @ topo.product(0, 1), torch.full((peers, peers), 1 / peers,
+                                   dtype=torch.float64), rtol=0, atol=1e-15)
     assert all(mx.stats.dropped == 0 and mx.stats.rounds == 2 * rounds for mx in mixers)
     assert all(mx.stats.bytes_sent > 0 and mx.stats.bytes_received > 0 for mx in mixers)
 

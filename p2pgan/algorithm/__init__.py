@@ -3,7 +3,8 @@
 Public API (what the trainer, daemon and baselines code against)::
 
     make_direction(name, **hyperparameters) -> Direction        # "osg" | "oadam" | "oadagrad"
-    DPOSG(x0[n, d], mixer, direction, lr, schedule="exact"|"overlap").step(field) -> StepInfo
+    DPOSG(x0[n, d], mixer, direction, lr, schedule="exact"|"overlap", first_step="gradient"|"zero")
+        .step(field) -> StepInfo
     make_algorithm(name, x0, mixer, direction, lr)              # "dposg" | "overlap" | "dgda" | "cp"
     MinMaxGame (dim_u, dim_v, field(z[n, d]) -> g[n, d]),  lr_vector(dim_u, dim_v, lr_u, lr_v)
     OptimisticOptimizer(params, lr, direction="oadam")          # torch.optim flavour, one process
@@ -16,6 +17,7 @@ from p2pgan.algorithm.dposg import (
     ALGORITHM_NAMES,
     DGDA,
     DPOSG,
+    FIRST_STEPS,
     SCHEDULES,
     DecentralizedAlgorithm,
     StepInfo,
@@ -30,6 +32,7 @@ __all__ = [
     "DGDA",
     "DIRECTION_NAMES",
     "DPOSG",
+    "FIRST_STEPS",
     "OSG",
     "SCHEDULES",
     "DecentralizedAlgorithm",

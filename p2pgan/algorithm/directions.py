@@ -7,8 +7,8 @@ gradient reuse of DPOSG (one gradient per iteration) requires.
 - :class:`OSG`: ``d = g`` (optimistic stochastic gradient).
 - :class:`OAdam`: Optimistic Adam (Daskalakis et al., ICLR 2018): bias-corrected first and second moments,
   ``d = mhat / (sqrt(vhat) + eps)``.
-- :class:`OAdagrad`: Optimistic Adagrad (Liu et al., ICLR 2020, Algorithm 2): ``H_k = eps I + diag(s_k)``
-  with ``s_k`` the coordinate-wise 2-norm of all gradients so far, ``d = H_k^{-1} g``.
+- :class:`OAdagrad`: Optimistic Adagrad (Liu et al., ICLR 2020, Algorithm 2): ``H_k = delta I + diag(s_k)``
+  with ``s_k`` the coordinate-wise 2-norm of all gradients so far, the current one included, ``d = H_k^{-1} g``.
 
 The math lives in :meth:`Direction.update`, which works on an explicit state dict; the object form
 (``d = direction(g)``) keeps its own state, and :class:`p2pgan.algorithm.OptimisticOptimizer` keeps
@@ -146,7 +146,21 @@ class OAdam(Direction):
 
 
 class OAdagrad(Direction):
-    """Optimistic Adagrad's direction (Liu et al., ICLR 2020): ``d = g / (eps + sqrt(sum_{i<=k} g_i^2))``."""
+    """Optimistic Adagrad's direction (Liu et al., ICLR 2020, "Towards better understanding of adaptive
+    gradient algorithms in generative adversarial nets", Algorithm 2): ``d_k = H_k^{-1} g_k``.
+
+    Algorithm 2 keeps ``g_{1:k} = [g_1, ..., g_k]``, ``s_{k,i} = ||g_{1:k,i}||_2`` (the 2-norm of
+    coordinate i over all gradients so far) and ``H_k = delta I + diag(s_k)``; its x step is
+    ``x_k = x_{k-1} - eta H_k^{-1} g_k``, so the accumulator of step k holds ``g_k`` itself, and its
+    z step ``z_k = x_{k-1} - eta H_{k-1}^{-1} g_{k-1}`` reuses the previous direction, which is
+    exactly the ``d_prev`` DPOSG keeps. Hence ``d = g / (delta + sqrt(sum_{j<=k} g_j^2))``, with
+    ``eps`` playing delta. One documented difference: Algorithm 2 starts from ``H_0 = delta I``, so
+    its first z step is ``eta / delta`` times ``g_0``; here the seed gradient ``g_0`` (Algorithm 1's
+    first step) enters the accumulator like every other one, which keeps that step bounded by eta
+    per coordinate. ``tests/test_algorithm.py`` checks this against Algorithm 2 written with explicit
+    matrices. delta: the paper leaves it a free constant > 0; the default 1e-8 only guards the
+    division (every ``|d_i| <= 1`` already, because ``s_k`` includes ``g_k``).
+    """
 
     name = "oadagrad"
 

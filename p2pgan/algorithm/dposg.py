@@ -9,9 +9,16 @@ in a network peer) and never know which mixer they run on. Per iteration ``k`` (
     d    = direction(g)         # OSG / OAdam / OAdagrad, moments updated once
     X    = Xbar - lr * d
 
-The ``overlap`` schedule (the paper's practical implementation) mixes ``z_k`` while the gradient at
-``z_k`` is computed, then ``z_{k+1} = mixed - 2 lr d_k + lr d_{k-1}``. With one peer and no mixing both
-schedules follow the one-line optimistic update ``z <- z - 2 lr d_k + lr d_{k-1}`` exactly.
+The first step follows Algorithm 1 by default (``first_step="gradient"``): its line 3 needs
+``g(Z_0)`` at ``Z_0 = X_0``, so step 0 takes one extra gradient there to seed ``d_prev``
+(``Z_1 = mix(X_0) - lr P(g(X_0))``); ``first_step="zero"`` starts from ``d_prev = 0`` instead
+(``Z_1 = mix(X_0)``, no extra gradient).
+
+The ``overlap`` schedule (the paper's practical implementation, its Section 5.1) mixes ``z_k`` while
+the gradient at ``z_k`` is computed, then ``z_{k+1} = mixed - 2 lr d_k + lr d_{k-1}``; its Algorithm-1
+start is ``z_1 = mix(z_0) - lr d_0`` (that is, ``d_{-1} = d_0``: no extra gradient needed). With one
+peer and no mixing both schedules follow Algorithm 1's ``z`` sequence exactly, which after the first
+step is the one-line optimistic update ``z <- z - 2 lr d_k + lr d_{k-1}``.
 
 DGDA (decentralized gradient descent-ascent, ``X = mix(X) - lr d(g(X))``) is the baseline that fails
 on bilinear games; ``cp`` is DPOSG on the complete graph with one round (W = J, the centralized case).
@@ -34,7 +41,10 @@ from p2pgan.mixing.base import Mixer
 
 #: names accepted by :func:`make_algorithm` (``--algorithm`` on the command line)
 ALGORITHM_NAMES = ("dposg", "overlap", "dgda", "cp")
+#: ``exact``: Algorithm 1 literally (the schedule with the proof); ``overlap``: the paper's implementation
 SCHEDULES = ("exact", "overlap")
+#: ``gradient``: Algorithm 1's start (one gradient at X_0 seeds d_prev); ``zero``: d_prev = 0
+FIRST_STEPS = ("gradient", "zero")
 
 Field = Callable[[torch.Tensor], torch.Tensor] | MinMaxGame
 
@@ -146,7 +156,8 @@ class DecentralizedAlgorithm(abc.ABC):
         """Where the next gradient is taken, before that step's mixing: the model to evaluate."""
 
     def step(self, field: Field) -> StepInfo:
-        """Run one iteration (exactly one evaluation of ``field``) and return its :class:`StepInfo`.
+        """Run one iteration (one evaluation of ``field``; two in the first step of the exact schedule
+        with ``first_step="gradient"``) and return its :class:`StepInfo`.
 
         ``field`` is a :class:`MinMaxGame` or a callable ``z -> g`` on rows ``[n, d]``.
         """
@@ -252,7 +263,8 @@ class DPOSG(DecentralizedAlgorithm):
 
     ``schedule="exact"`` is Algorithm 1 (mix, extrapolate with ``d_prev``, one gradient, update);
     ``schedule="overlap"`` mixes ``z_k`` concurrently with the gradient at ``z_k`` (``Mixer.start``)
-    and sets ``z_{k+1} = mix(z_k) - 2 lr d_k + lr d_{k-1}``.
+    and sets ``z_{k+1} = mix(z_k) - 2 lr d_k + lr d_{k-1}``. ``first_step`` (:data:`FIRST_STEPS`)
+    chooses how ``d_prev`` is seeded at step 0 (see the module docstring).
 
     Call ``info = algo.step(field)`` once per iteration, where ``field`` is a :class:`MinMaxGame`
     or a callable ``z -> g`` on rows ``[n, d]``.
@@ -267,11 +279,15 @@ class DPOSG(DecentralizedAlgorithm):
         direction: Direction | str = "oadam",
         lr: LearningRate = 1e-3,
         schedule: str = "exact",
+        first_step: str = "gradient",
         **direction_kwargs: Any,
     ) -> None:
         if schedule not in SCHEDULES:
             raise ConfigError(f"dposg: unknown schedule {schedule!r}; allowed: {', '.join(SCHEDULES)}")
+        if first_step not in FIRST_STEPS:
+            raise ConfigError(f"dposg: unknown first_step {first_step!r}; allowed: {', '.join(FIRST_STEPS)}")
         self.schedule = schedule
+        self.first_step = first_step
         self.name = "dposg" if schedule == "exact" else "dposg-overlap"
         super().__init__(x0, mixer, direction, lr, **direction_kwargs)
         self._primary = "x" if schedule == "exact" else "z"
@@ -290,7 +306,15 @@ class DPOSG(DecentralizedAlgorithm):
 
     def _iterate(self, field: Callable[[torch.Tensor], torch.Tensor]) -> StepInfo:
         k = self._step
+        seed = k == 0 and self.first_step == "gradient"
         if self.schedule == "exact":
+            seed_s = 0.0
+            if seed:  # Algorithm 1, line 3 at k = 1: g(Z_0) with Z_0 = X_0, before any mixing
+                t = time.perf_counter()
+                g0 = field(self._rows)
+                self._check_grad(g0, self._rows)
+                self._d_prev = self.direction(g0)
+                seed_s = time.perf_counter() - t
             t0 = time.perf_counter()
             xbar = self.mixer.mix(self._rows, k)
             t1 = time.perf_counter()
@@ -300,9 +324,11 @@ class DPOSG(DecentralizedAlgorithm):
             d = self.direction(g)
             t2 = time.perf_counter()
             self._rows = _minus_lr(xbar, self._lr, d)
-            mix_s, field_s = t1 - t0, t2 - t1
+            mix_s, field_s = t1 - t0, t2 - t1 + seed_s
         else:
             g, d, mixed, mix_s, field_s = self._mix_while_computing(self._rows, field)
+            if seed:  # z_1 = mix(z_0) - lr d_0, the overlap form of Algorithm 1's first step
+                self._d_prev = d
             self._rows = _minus_lr(mixed, self._lr, d.mul(2.0).sub_(self._d_prev))
         self._d_prev = d
         self._step = k + 1
@@ -357,6 +383,7 @@ def make_algorithm(
     mixer: Mixer,
     direction: Direction | str = "oadam",
     lr: LearningRate = 1e-3,
+    first_step: str = "gradient",
     **direction_kwargs: Any,
 ) -> DecentralizedAlgorithm:
     """Build an algorithm by name (:data:`ALGORITHM_NAMES`).
@@ -364,13 +391,14 @@ def make_algorithm(
     ``dposg``: Algorithm 1 (exact schedule); ``overlap``: DPOSG with the overlap schedule; ``dgda``:
     decentralized gradient descent-ascent; ``cp``: DPOSG on W = J with one round (the mixer must be
     the complete graph, e.g. ``InProcessMixer(Complete(M), 1)`` or an all-reduce mixer).
+    ``first_step`` (:data:`FIRST_STEPS`) applies to the DPOSG forms; DGDA has no previous direction.
     """
     if name in ("dposg", "cp"):
         if name == "cp":
             check_centralized(mixer)
-        return DPOSG(x0, mixer, direction, lr, schedule="exact", **direction_kwargs)
+        return DPOSG(x0, mixer, direction, lr, schedule="exact", first_step=first_step, **direction_kwargs)
     if name == "overlap":
-        return DPOSG(x0, mixer, direction, lr, schedule="overlap", **direction_kwargs)
+        return DPOSG(x0, mixer, direction, lr, schedule="overlap", first_step=first_step, **direction_kwargs)
     if name == "dgda":
         return DGDA(x0, mixer, direction, lr, **direction_kwargs)
     raise ConfigError(f"unknown algorithm {name!r}; allowed: {', '.join(ALGORITHM_NAMES)}")

@@ -3,6 +3,8 @@
 For users with ``nn.Module`` parameters (one process, no mixing): after the gradients of the current
 point are in ``p.grad``, ``step()`` applies ``p <- p - 2 lr d_k + lr d_{k-1}`` with ``d = P(grad)``
 (OSG / OAdam / OAdagrad). This is DPOSG with one peer, and Optimistic Adam with ``direction="oadam"``.
+The first step is Algorithm 1's (``p_1 = p_0 - lr d_0``, i.e. ``d_{-1} = d_0``) unless
+``first_step="zero"`` (``d_{-1} = 0``: ``p_1 = p_0 - 2 lr d_0``).
 
 Each parameter minimises along its own gradient, so put the discriminator's own loss gradient in its
 ``.grad`` (or set ``maximize=True`` on its param group when ``.grad`` holds ``grad_v f``). Param groups
@@ -17,6 +19,7 @@ from typing import Any
 import torch
 
 from p2pgan.algorithm.directions import Direction, make_direction
+from p2pgan.algorithm.dposg import FIRST_STEPS
 from p2pgan.algorithm.game import check_lr
 from p2pgan.errors import ConfigError
 
@@ -40,6 +43,7 @@ class OptimisticOptimizer(torch.optim.Optimizer):
         direction: ``"osg"``, ``"oadam"`` or ``"oadagrad"``.
         betas, eps: OAdam's (and OAdagrad's ``eps``) hyperparameters.
         maximize: ascend instead of descend (for a player whose ``.grad`` is ``grad_v f``).
+        first_step: ``"gradient"`` (Algorithm 1's start) or ``"zero"`` (see the module docstring).
     """
 
     def __init__(
@@ -50,7 +54,13 @@ class OptimisticOptimizer(torch.optim.Optimizer):
         betas: tuple[float, float] = (0.5, 0.9),
         eps: float = 1e-8,
         maximize: bool = False,
+        first_step: str = "gradient",
     ) -> None:
+        if first_step not in FIRST_STEPS:
+            raise ConfigError(
+                f"OptimisticOptimizer: unknown first_step {first_step!r}; allowed: {', '.join(FIRST_STEPS)}"
+            )
+        self.first_step = first_step
         defaults = dict(lr=lr, direction=direction, betas=betas, eps=eps, maximize=maximize)
         super().__init__(params, defaults)
 
@@ -79,10 +89,13 @@ class OptimisticOptimizer(torch.optim.Optimizer):
                     raise ConfigError("OptimisticOptimizer does not support sparse gradients")
                 g = -p.grad if group["maximize"] else p.grad
                 state = self.state[p]
-                if not state:
+                fresh = not state
+                if fresh:
                     state.update(direction.initial_state())
                     state["d_prev"] = torch.zeros_like(p, memory_format=torch.preserve_format)
                 d = direction.update(g, state)
+                if fresh and self.first_step == "gradient":
+                    state["d_prev"] = d
                 p.add_(d, alpha=-2.0 * lr).add_(state["d_prev"], alpha=lr)
                 state["d_prev"] = d
         return loss

@@ -17,9 +17,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
     d = HarnessOptions(peers=0, out=Path("."))
     parser.add_argument("--peers", type=int, default=4, help="number of peer daemons M (default 4)")
-    parser.add_argument("--topology", default=d.topology, help="ring, exponential, torus, ... (dp and overlap)")
+    parser.add_argument("--topology", default=d.topology, help="ring, exponential, torus, ... (dp)")
     parser.add_argument("--rounds", type=int, default=d.rounds, help="mixing rounds t per step")
-    parser.add_argument("--variant", default=d.variant, help="dp | rand-dp | cp | overlap")
+    parser.add_argument("--variant", default=d.variant, help="dp | rand-dp | cp (the topology)")
+    parser.add_argument("--schedule", default=None,
+                        help="exact (Algorithm 1) | overlap (the paper's implementation); default: overlap for "
+                             "dp and rand-dp, exact for cp")
     parser.add_argument("--dataset", default=d.dataset, help="digits | gaussians | PATH (CIFAR-10 batches or image folder)")
     parser.add_argument("--split", default=d.split, choices=("iid", "label"), help="how the data is shared out")
     parser.add_argument("--steps", type=int, default=d.steps, help="DPOSG steps per peer")
@@ -53,7 +56,7 @@ def run(args: argparse.Namespace) -> int:
 
     opts = HarnessOptions(
         peers=args.peers, out=args.out, steps=args.steps, dataset=args.dataset, topology=args.topology,
-        rounds=args.rounds, variant=args.variant, discovery=args.discovery, split=args.split, model=args.model,
+        rounds=args.rounds, variant=args.variant, schedule=args.schedule, discovery=args.discovery, split=args.split, model=args.model,
         loss=args.loss, optimizer=args.optimizer, batch_size=args.batch_size, lr_generator=args.lr_g,
         lr_discriminator=args.lr_d, width=args.width, eval_interval=args.eval_interval,
         round_timeout_s=args.round_timeout, seed=args.seed, threads=args.threads, device=args.device,

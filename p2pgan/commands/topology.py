@@ -1,13 +1,13 @@
 """Print a topology's consensus factor rho, its degree and the gossip rounds t it needs.
 
 rho is the per-round contraction of the disagreement between peers (0: exact averaging in one round).
-The suggested t gives rho^t <= --target; with --sigma (and --grad-bound, --dim) it also prints the
-rounds Theorem 1 of Liu et al. (NeurIPS 2020) asks for.
+The suggested t gives rho^t <= --target; with --sigma (and --grad-bound, --batch-size) it also prints
+the rounds Theorem 1 of Liu et al. (NeurIPS 2020) asks for, where m is the minibatch size per peer.
 
 Examples:
   p2pgan topology ring --peers 16
   p2pgan topology random-ring --peers 64 --seed 7 --json
-  p2pgan topology peers/graph.yaml --peers 6 --sigma 0.1 --grad-bound 1 --dim 1000
+  p2pgan topology peers/graph.yaml --peers 6 --sigma 0.1 --grad-bound 1 --batch-size 16
 """
 
 from __future__ import annotations
@@ -31,7 +31,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--target", type=float, default=0.01, help="consensus factor rho^t to reach (default: 0.01)")
     p.add_argument("--sigma", type=float, default=None, help="gradient-noise std: also print Theorem 1's rounds")
     p.add_argument("--grad-bound", type=float, default=1.0, help="Theorem 1: gradient bound G (default: 1)")
-    p.add_argument("--dim", type=int, default=None, help="Theorem 1: parameter dimension m (required with --sigma)")
+    p.add_argument(
+        "--batch-size", type=int, default=None, metavar="m",
+        help="Theorem 1: minibatch size m per peer (required with --sigma; not the parameter count)",
+    )
+    # the old flag, kept only to refuse it with a message: it took the parameter count, which is not m
+    p.add_argument("--dim", type=int, default=None, help=argparse.SUPPRESS)
     p.add_argument("--json", action="store_true", help="print one JSON object")
     add_threads_argument(p)
 
@@ -45,11 +50,18 @@ def run(args: argparse.Namespace) -> int:
         raise config_error("--peers", "", f"must be an integer >= 1, got {args.peers}")
     if not 0.0 < args.target < 1.0:
         raise config_error("--target", "", f"must be in (0, 1), got {args.target}")
+    if args.dim is not None:
+        raise config_error(
+            "--dim", "", "is gone: Theorem 1's m is the minibatch size per peer, not the parameter "
+            "dimension; write --batch-size m instead",
+        )
     if args.sigma is not None:
         if not args.sigma > 0:
             raise config_error("--sigma", "", f"must be > 0, got {args.sigma}")
-        if args.dim is None or args.dim < 1:
-            raise config_error("--dim", "", "Theorem 1 needs the parameter dimension: give --dim M >= 1")
+        if args.batch_size is None or args.batch_size < 1:
+            raise config_error(
+                "--batch-size", "", "Theorem 1 needs the minibatch size per peer: give --batch-size m >= 1"
+            )
         if not args.grad_bound > 0:
             raise config_error("--grad-bound", "", f"must be > 0, got {args.grad_bound}")
     topo = make_topology(args.kind, args.peers, seed=args.seed)
@@ -68,7 +80,11 @@ def run(args: argparse.Namespace) -> int:
     }
     if args.sigma is not None:
         out["theorem1_rounds"] = (
-            0 if topo.size == 1 else theorem1_rounds(rho, peers=topo.size, dim=args.dim, grad_bound=args.grad_bound, sigma=args.sigma)
+            0
+            if topo.size == 1
+            else theorem1_rounds(
+                rho, peers=topo.size, batch_size=args.batch_size, grad_bound=args.grad_bound, sigma=args.sigma
+            )
         )
     if args.json:
         json.dump(out, sys.stdout)

@@ -8,17 +8,22 @@ can be moved as a whole. Example (see ``peers/`` for complete files)::
     peer:       {id: alice, federation: demo, listen: "0.0.0.0:7000"}
     security:   {ca: certs/ca.pem, cert: certs/alice.pem, key: certs/alice.key}   # or insecure: true
     discovery:  {roster: roster.yaml}                                          # or zeroconf_peers: 4
-    mixing:     {variant: dp, topology: ring, rounds: 1}
+    mixing:     {variant: dp, schedule: overlap, topology: ring, rounds: 1}
     train:      {model: digits, loss: wgan-gp, optimizer: oadam, steps: 2000}
     data:       {format: digits, path: data/alice}
     checkpoint: {dir: state/alice, interval: 200}
     evaluation: {interval: 200}
     metrics:    {path: state/alice/metrics.jsonl}
 
-The variant picks the algorithm schedule and constrains the topology (:data:`VARIANTS`):
-``dp`` = DPOSG on the configured topology (default ring), ``rand-dp`` = DPOSG on ``random-ring``,
-``cp`` = DPOSG on ``complete`` with one round (the centralized average), ``overlap`` = the overlap
-schedule on the configured topology.
+The variant picks the topology (:data:`VARIANTS`): ``dp`` = DPOSG on the configured topology
+(default ring), ``rand-dp`` = DPOSG on ``random-ring``, ``cp`` = DPOSG on ``complete`` with one round
+(the centralized average). The schedule is its own setting (:data:`p2pgan.algorithm.SCHEDULES`):
+``exact`` is Algorithm 1 literally (the one with the proof), ``overlap`` the paper's implementation
+(its Section 5.1: the exchange runs while the gradient is computed). Defaults follow the paper's
+experiments: ``overlap`` for ``dp`` and ``rand-dp``, ``exact`` for ``cp`` (all-reduce after each
+update). ``first_step`` (``gradient`` = Algorithm 1's start, or ``zero``) seeds the first step.
+The former ``variant: overlap`` is refused with what to write instead (``variant: dp`` and
+``schedule: overlap``), so an old config never silently changes meaning.
 """
 
 from __future__ import annotations
@@ -34,6 +39,7 @@ from typing import Any, Literal
 import yaml
 
 from p2pgan.algorithm.directions import DIRECTION_NAMES
+from p2pgan.algorithm.dposg import FIRST_STEPS, SCHEDULES
 from p2pgan.errors import ConfigError, config_error
 from p2pgan.security.certs import check_name
 from p2pgan.topology import TOPOLOGY_NAMES
@@ -44,12 +50,16 @@ from p2pgan.wire.config import NetworkConfig, PeerEntry, TLSFiles
 
 log = logging.getLogger(__name__)
 
-#: variant -> (algorithm schedule, forced topology or None = as configured, forced rounds or None)
+#: variant -> (default schedule, forced topology or None = as configured, forced rounds or None)
 VARIANTS: dict[str, tuple[str, str | None, int | None]] = {
-    "dp": ("exact", None, None),
-    "rand-dp": ("exact", "random-ring", None),
+    "dp": ("overlap", None, None),
+    "rand-dp": ("overlap", "random-ring", None),
     "cp": ("exact", "complete", 1),
-    "overlap": ("overlap", None, None),
+}
+#: variant names that no longer exist -> what to write instead
+RETIRED_VARIANTS = {
+    "overlap": "the schedule is its own setting now: write `variant: dp` and `schedule: overlap` "
+    "(overlap is already dp's default)",
 }
 DEVICES = ("auto", "cpu", "cuda")
 WIRE_DTYPES = ("float32", "bfloat16", "float16")
@@ -111,6 +121,7 @@ class MixingConfig:
     torch_init: str = "env://"  # backend torch: tcp://HOST:PORT of rank 0, file:///shared/path, or env://
     #: members (self included) that must answer before step 0 when none trains yet; None = all of them
     start_quorum: int | None = None
+    first_step: str = "gradient"  # "gradient" (Algorithm 1) or "zero" (p2pgan.algorithm.FIRST_STEPS)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -392,8 +403,12 @@ def _discovery(sec: _Section) -> DiscoveryConfig:
 
 
 def _mixing(sec: _Section) -> MixingConfig:
+    retired = sec.raw("variant", None)
+    if isinstance(retired, str) and retired in RETIRED_VARIANTS:
+        raise sec.error("variant", f"{retired!r} is no longer a variant; {RETIRED_VARIANTS[retired]}")
     variant = sec.choice("variant", tuple(VARIANTS), "dp")
-    schedule, forced_topology, forced_rounds = VARIANTS[variant]
+    default_schedule, forced_topology, forced_rounds = VARIANTS[variant]
+    schedule = sec.choice("schedule", SCHEDULES, default_schedule)
     topology = sec.string("topology", None)
     if topology is not None and topology not in TOPOLOGY_NAMES:
         path = Path(topology).expanduser()
@@ -425,6 +440,7 @@ def _mixing(sec: _Section) -> MixingConfig:
         backend=sec.choice("backend", BACKENDS, "grpc"),
         torch_init=sec.string("torch_init", "env://"),
         start_quorum=sec.integer("start_quorum", None, minimum=1),
+        first_step=sec.choice("first_step", FIRST_STEPS, "gradient"),
     )
     if not cfg.torch_init.startswith(TORCH_INIT_SCHEMES):
         raise sec.error("torch_init", f"{cfg.torch_init!r} must start with one of {', '.join(TORCH_INIT_SCHEMES)}")

@@ -69,6 +69,6 @@ def _torch_mixer(config: PeerConfig) -> Mixer:
     if config.peer.id not in ids:
         raise config_error(str(config.source), "peer.id", f"{config.peer.id!r} is not in the roster {config.discovery.roster}")
     mixing = config.mixing
-    topology = make_topology(mixing.topology, len(ids), seed=mixing.seed, members=ids)
+    topology = make_topology(mixing.topology, len(ids), seed=mixing.seed, members=ids, rounds=mixing.rounds)
     return open_torch_mixer(topology, mixing.rounds, rank=ids.index(config.peer.id), world_size=len(ids),
                             init_method=mixing.torch_init, members=ids, timeout_s=mixing.connect_timeout_s)

@@ -283,7 +283,7 @@ def _run_peer(cfg: PeerConfig, resume: bool, stop: StopSignals) -> int:
         cfg.metrics.path, cfg.peer.id, prometheus_port=cfg.metrics.prometheus_port
     ) as metrics:
         algo = DPOSG(game.point().to(device), mixer, cfg.train.optimizer, lr, schedule=cfg.mixing.schedule,
-                     **direction_kwargs)
+                     first_step=cfg.mixing.first_step, **direction_kwargs)
         run = _Run(cfg, game, algo, mixer, digest, checkpoints)
         if loaded is not None:
             run.restore(loaded)
@@ -354,6 +354,8 @@ def _one_step(run: _Run, device: torch.device) -> dict[str, Any]:
     start = time.perf_counter()
     info = algo.step(game)
     wall = time.perf_counter() - start
+    if algo.steps == 1 and algo.first_step == "gradient":
+        d_before = info.direction  # Algorithm 1's start: the first overlap step used d_{-1} = d_0
     # the mixed point this step used: exact: Xbar = X_k + lr d_k; overlap: mix(z_k) = z_{k+1} + lr (2 d_k - d_{k-1})
     if exact:
         mixed = algo.x + algo.lr * info.direction

@@ -1,7 +1,8 @@
 """Outputs of the experiment scripts: JSON files, plain-text tables and comparison plots (PNG).
 
-The plots put several variants (CP, DP, Rand-DP...) on one axis, each as its mean across peers with
-the lowest-to-highest band, the way the paper's Figure 2 does.
+:func:`plot_seed_bands` puts several settings (CP, DP, Rand-DP...) on one axis, each as its mean over
+repeated runs (seeds) with the band across seeds and, as the paper's Figure 2 does, the band across
+the peers of a run.
 """
 
 from __future__ import annotations
@@ -12,8 +13,10 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from p2pgan.checkpoint import atomic_write_bytes
-from p2pgan.trainer.images import Series, band, save_panel_figure
+from p2pgan.trainer.images import Series, save_panel_figure
 
 #: inches per subplot of the experiment figures (a little larger than the run report's)
 PANEL_SIZE = (4.6, 3.6)
@@ -35,25 +38,6 @@ def format_table(rows: Sequence[Mapping[str, Any]], columns: Sequence[str]) -> s
     return "\n".join(lines)
 
 
-def plot_variant_bands(
-    path: str | os.PathLike[str],
-    panels: Mapping[str, Mapping[str, Mapping[str, Series]]],
-    *,
-    xlabel: str,
-    title: str = "",
-) -> Path:
-    """One subplot per panel (key = y label); in each, one colour per variant: the mean over its peers
-    and the min-max band across them. ``panels[ylabel][variant][peer] = [(x, y), ...]``."""
-
-    def draw(ax: Any, ylabel: str, variants: Mapping[str, Mapping[str, Series]]) -> None:
-        for n, (variant, series) in enumerate(variants.items()):
-            x, mean, lo, hi = band(series)
-            ax.fill_between(x, lo, hi, alpha=0.2, color=f"C{n}")
-            ax.plot(x, mean, color=f"C{n}", lw=1.6, label=f"{variant} ({len(series)} peers)")
-
-    return save_panel_figure(path, panels, draw, xlabel=xlabel, title=title, panel_size=PANEL_SIZE)
-
-
 def plot_lines(
     path: str | os.PathLike[str],
     panels: Mapping[str, Mapping[str, Series]],
@@ -70,5 +54,37 @@ def plot_lines(
             ax.plot(xs, ys, marker="o", color=f"C{n}", label=label)
         if log_x:
             ax.set_xscale("log", base=2)
+
+    return save_panel_figure(path, panels, draw, xlabel=xlabel, title=title, panel_size=PANEL_SIZE)
+
+
+#: one run's curve: the x values and, at each x, one value per peer
+PeerCurve = tuple[Sequence[float], Sequence[Sequence[float]]]
+
+
+def plot_seed_bands(
+    path: str | os.PathLike[str],
+    panels: Mapping[str, Mapping[str, Sequence[PeerCurve]]],
+    *,
+    xlabel: str,
+    title: str = "",
+) -> Path:
+    """One subplot per panel (key = y label); in each, one colour per setting, over its runs (seeds):
+    the line is the mean over seeds of the peers' mean, the shaded band the lowest-to-highest seed, and
+    the dotted lines the band across peers within a run (the peers' min and max, averaged over seeds).
+    ``panels[ylabel][setting] = [(xs, values[eval][peer]) for each seed]``; the runs share their xs."""
+
+    def draw(ax: Any, ylabel: str, settings: Mapping[str, Sequence[PeerCurve]]) -> None:
+        for n, (label, runs) in enumerate(settings.items()):
+            xs = np.asarray(runs[0][0], dtype=np.float64)
+            vals = [np.asarray(v, dtype=np.float64) for _, v in runs]  # each [evals, peers]
+            if any(len(x) != len(xs) for x, _ in runs):
+                raise ValueError(f"{path}: {label}: the runs were evaluated at different x")
+            seed_means = np.stack([v.mean(axis=1) for v in vals])  # [seeds, evals]
+            color = f"C{n}"
+            ax.fill_between(xs, seed_means.min(axis=0), seed_means.max(axis=0), alpha=0.25, color=color, lw=0)
+            ax.plot(xs, seed_means.mean(axis=0), color=color, lw=1.6, label=f"{label} ({len(runs)} seeds)")
+            for edge in (np.stack([v.min(axis=1) for v in vals]), np.stack([v.max(axis=1) for v in vals])):
+                ax.plot(xs, edge.mean(axis=0), color=color, lw=0.8, ls=":")
 
     return save_panel_figure(path, panels, draw, xlabel=xlabel, title=title, panel_size=PANEL_SIZE)

@@ -52,7 +52,7 @@ def open_mixer(cfg: dict[str, Any], dim: int, digest: str) -> Any:
         from p2pgan.mixing.torchdist import TorchDistMixer
         from p2pgan.topology import make_topology
 
-        topology = make_topology(cfg["topology"], cfg["world"], seed=cfg["seed"])
+        topology = make_topology(cfg["topology"], cfg["world"], seed=cfg["seed"], rounds=cfg["rounds"])
         return TorchDistMixer(topology, cfg["rounds"], group=dist.new_group(backend="gloo"))
     from p2pgan.wire.config import NetworkConfig, TLSFiles
     from p2pgan.wire.mixer import GrpcMixer

@@ -6,8 +6,10 @@ network peer) and applies ``t`` gossip rounds to their parameter rows::
     x  (shape [n, d])  ->  rows of  W(k, t-1) ... W(k, 1) W(k, 0) X   that belong to the hosted peers
 
 where ``W(k, r)`` is the topology's mixing matrix for step ``k`` and round ``r`` (static topologies
-return the same matrix for every (k, r)). Because every ``W`` is symmetric, this equals ``X W^t`` in
-the column convention of the paper.
+return the same matrix for every (k, r)). Row ``i`` of ``W`` holds peer ``i``'s in-weights. For the
+symmetric graphs (ring, random ring, complete, torus, custom) this equals ``X W^t`` in the column
+convention of the paper; the exponential graphs are directed (doubly stochastic but not symmetric),
+where it is ``X (W(k, t-1) ... W(k, 0))^T``: the same averages, with who-sends-to-whom transposed.
 
 The algorithm never knows which mixer it runs on. Mixing may run concurrently with the gradient
 computation (the overlap schedule): :meth:`Mixer.start` begins the rounds and returns a

@@ -54,6 +54,7 @@ class InProcessMixer(Mixer):
         super().__init__()
         if not isinstance(rounds, int) or isinstance(rounds, bool) or rounds < 0:
             raise ConfigError(f"InProcessMixer: rounds must be an integer >= 0, got {rounds!r}")
+        topology.check_rounds(rounds)
         self.topology = topology
         self.rounds = rounds
         self.size = topology.size
@@ -95,7 +96,7 @@ class InProcessMixer(Mixer):
             right[order] = order.roll(-1)
             return _three_way(x, left, right)
         if isinstance(topo, OnePeerExponential):
-            src = (torch.arange(self.size, device=x.device) - topo.hop(r)) % self.size
+            src = (torch.arange(self.size, device=x.device) - topo.hop(step, r)) % self.size
             return (x + x.index_select(0, src)).mul_(0.5)
         if not topo.time_varying:
             w = self._sparse_cache.get((x.dtype, x.device))

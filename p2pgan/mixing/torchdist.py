@@ -148,6 +148,7 @@ class TorchDistMixer(Mixer):
             raise ConfigError("TorchDistMixer needs an initialised torch.distributed process group (see process_group)")
         if not isinstance(rounds, int) or isinstance(rounds, bool) or rounds < 0:
             raise ValueError(f"rounds must be an integer >= 0, got {rounds!r}")
+        topology.check_rounds(rounds)
         world = dist.get_world_size(group)
         if topology.size != world:
             raise TopologyError(

@@ -58,7 +58,7 @@ def run_checks(args: argparse.Namespace) -> dict[str, object]:
     worst = 0.0
     step_ms: list[float] = []
     for name in [n.strip() for n in args.topologies.split(",") if n.strip()]:
-        topo = make_topology(name, size, seed=args.seed)
+        topo = make_topology(name, size, seed=args.seed, rounds=args.rounds)
         rows[name] = {}
         xs = [reference_rows(args.seed, k, size, args.dim) for k in range(args.steps)]
         with TorchDistMixer(topo, args.rounds) as mixer:

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from p2pgan.sim.problems import PROBLEM_NAMES, Bilinear, LinearWGAN, Problem, ProblemConfig, make_problem
+from p2pgan.sim.base import Problem, ProblemConfig
+from p2pgan.sim.problems import PROBLEM_NAMES, Bilinear, LinearWGAN, make_problem
 from p2pgan.sim.runner import SimConfig, Simulation, simulate
 
 __all__ = [

@@ -18,7 +18,7 @@ import math
 import torch
 
 from p2pgan.errors import config_error
-from p2pgan.sim.problems import Problem, ProblemConfig
+from p2pgan.sim.base import Problem, ProblemConfig
 from p2pgan.trainer.evaluation import GaussiansEvaluator
 
 MODES = 8

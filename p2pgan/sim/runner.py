@@ -23,7 +23,8 @@ import torch
 from p2pgan.algorithm import ALGORITHM_NAMES, DIRECTION_NAMES, DecentralizedAlgorithm, lr_vector, make_algorithm
 from p2pgan.errors import config_error
 from p2pgan.mixing import InProcessMixer, Mixer
-from p2pgan.sim.problems import PROBLEM_NAMES, Problem, ProblemConfig, make_problem
+from p2pgan.sim.base import Problem, ProblemConfig
+from p2pgan.sim.problems import PROBLEM_NAMES, make_problem
 from p2pgan.topology import make_topology
 
 
@@ -112,9 +113,10 @@ class Simulation:
     def build(cls, config: SimConfig) -> Simulation:
         problem = make_problem(config.problem, config.problem_config())
         topo_name = "complete" if config.algorithm == "cp" else (config.topology or "ring")
-        topology = make_topology(topo_name, config.peers, seed=config.seed)
+        rounds = 1 if config.rounds is None else config.rounds
+        topology = make_topology(topo_name, config.peers, seed=config.seed, rounds=rounds)
         topology.validate()
-        mixer = InProcessMixer(topology, 1 if config.rounds is None else config.rounds)
+        mixer = InProcessMixer(topology, rounds)
         lr_u, lr_v = config.learning_rates(problem)
         lr = lr_u if lr_u == lr_v else lr_vector(problem.dim_u, problem.dim_v, lr_u, lr_v, device=problem.device)
         direction = config.optimizer or problem.default_optimizer

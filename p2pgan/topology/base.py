@@ -32,13 +32,34 @@ class Topology(abc.ABC):
     name: str = "abstract"
     time_varying: bool = False
     directed: bool = False
+    #: True when W depends on the global round index ``n = step * rounds + round`` (so the topology
+    #: must know the rounds per step, and a mixer must run exactly that many)
+    round_indexed: bool = False
 
-    def __init__(self, size: int, *, seed: int = 0) -> None:
+    def __init__(self, size: int, *, seed: int = 0, rounds: int = 1) -> None:
         if not isinstance(size, int) or isinstance(size, bool) or size < 1:
             raise TopologyError(f"{self.name}: the number of peers must be an integer >= 1, got {size!r}")
+        if not isinstance(rounds, int) or isinstance(rounds, bool) or rounds < 0:
+            raise TopologyError(f"{self.name}: rounds per step must be an integer >= 0, got {rounds!r}")
         self.size = size
         self.seed = int(seed)
+        self.rounds = rounds
         self._static_cache: list[Edge] | None = None
+
+    def global_round(self, step: int, round: int) -> int:
+        """The federation-wide round index ``n = step * rounds + round`` of round ``round`` of step ``step``."""
+        return step * self.rounds + round
+
+    def check_rounds(self, rounds: int) -> None:
+        """Raise :class:`TopologyError` if a mixer running ``rounds`` rounds per step would break this topology.
+
+        Only round-indexed topologies care: their schedule counts rounds across steps.
+        """
+        if self.round_indexed and rounds not in (0, self.rounds):
+            raise TopologyError(
+                f"{self.name}: built for {self.rounds} round(s) per step but the mixer runs {rounds}; "
+                f"build it with make_topology(..., rounds={rounds})"
+            )
 
     # -- what subclasses provide -------------------------------------------------------------------
     @abc.abstractmethod
@@ -227,17 +248,21 @@ def rounds_for_consensus(rho: float, target: float) -> int:
     return max(1, math.ceil(math.log(target) / math.log(rho) - 1e-12))
 
 
-def theorem1_rounds(rho: float, *, peers: int, dim: int, grad_bound: float, sigma: float) -> int:
+def theorem1_rounds(rho: float, *, peers: int, batch_size: int, grad_bound: float, sigma: float) -> int:
     """Rounds t per step required by Theorem 1 of Liu et al. (NeurIPS 2020).
 
-    ``t >= log_{1/rho}(1 + (M sqrt(m) M G^2 + sigma^2) / (4 sigma))`` with M peers, m the parameter
-    dimension, G the gradient bound and sigma the gradient-noise standard deviation.
+    ``t >= log_{1/rho}(1 + (M sqrt(m) M G^2 + sigma^2) / (4 sigma))`` with M peers, m the minibatch
+    size per peer ("Denote m by the size of minibatch used in each machine", Theorem 1; not the
+    parameter count), G the gradient bound and sigma the gradient-noise standard deviation. Returns
+    the smallest integer t >= 1 that satisfies it (1 when rho = 0: one round already averages exactly).
     """
     if sigma <= 0:
         raise ValueError(f"sigma must be > 0, got {sigma}")
+    if not isinstance(batch_size, int) or isinstance(batch_size, bool) or batch_size < 1:
+        raise ValueError(f"batch_size (m, the minibatch size per peer) must be an integer >= 1, got {batch_size!r}")
     if rho <= 0.0:
         return 1
     if rho >= 1.0:
         raise TopologyError(f"rho = {rho} is not in [0, 1): the graph does not mix")
-    arg = 1.0 + (peers * math.sqrt(dim) * peers * grad_bound**2 + sigma**2) / (4.0 * sigma)
+    arg = 1.0 + (peers * math.sqrt(batch_size) * peers * grad_bound**2 + sigma**2) / (4.0 * sigma)
     return max(1, math.ceil(math.log(arg) / math.log(1.0 / rho) - 1e-12))

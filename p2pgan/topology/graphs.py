@@ -4,6 +4,7 @@
 
 from __future__ import annotations
 
+import itertools
 import math
 import random
 from collections.abc import Sequence
@@ -17,9 +18,6 @@ from p2pgan.topology.base import Edge, Topology, spectral_rho
 
 #: names accepted on the command line and in configs (besides a path to a YAML adjacency file)
 TOPOLOGY_NAMES = ("ring", "complete", "random-ring", "exponential", "one-peer-exponential", "torus")
-
-#: samples used to estimate E[W^T W] for the random ring's rho (deterministic from the seed)
-RANDOM_RHO_SAMPLES = 256
 
 
 def _ring_edges(order: Sequence[int]) -> list[Edge]:
@@ -61,8 +59,8 @@ class RandomRing(Topology):
 
     Every peer derives the same permutation from (seed, step, round) and takes its two neighbours on
     that permuted ring, weights 1/3, so W is symmetric and doubly stochastic with no messages.
-    rho is ``sqrt(||E[W^T W] - J||_2)``, the expected per-round contraction of the consensus error,
-    estimated from :data:`RANDOM_RHO_SAMPLES` draws.
+    Every round of a step draws a new permutation. rho is ``sqrt(||E[W^T W] - J||_2)``, the
+    root-mean-square per-round contraction of the consensus error (see :meth:`rho`).
     """
 
     name = "random-ring"
@@ -97,16 +95,27 @@ class RandomRing(Topology):
         return min(2, self.size - 1)
 
     def rho(self) -> float:
+        """``sqrt(lambda_2(E[W^T W]))``: the root-mean-square contraction of the disagreement per round.
+
+        For x orthogonal to 1, ``E ||W x||^2 <= rho^2 ||x||^2``. Exact, not estimated: for M >= 5 a
+        uniformly random ring gives ``E[W^2] = I/3 + 2/(3(M-1)) (11^T - I)`` (a peer's 2 neighbours and
+        2 second neighbours are uniform among the other M-1), so ``rho^2 = (M-3) / (3(M-1))``, below
+        1/3; hence the paper's ``E||W_1...W_t - J||_2 <= sqrt(M-1) / sqrt(3)^t`` (Remark 2). For
+        M <= 4 the expectation is enumerated over all M! orders.
+        """
         m = self.size
+        if m >= 5:
+            return math.sqrt((m - 3) / (3 * (m - 1)))
         if m == 1:
             return 0.0
         acc = torch.zeros(m, m, dtype=torch.float64)
-        for s in range(RANDOM_RHO_SAMPLES):
-            # W^T W with W sparse (3 entries a row): O(M^2) per sample instead of a dense O(M^3) product
-            w = self.sparse_coo(step=-1 - s, round=0, dtype=torch.float64)
-            acc += torch.sparse.mm(w.t(), w.to_dense())
-        acc /= RANDOM_RHO_SAMPLES
-        return math.sqrt(max(0.0, spectral_rho(acc)))
+        orders = list(itertools.permutations(range(m)))
+        for order in orders:
+            w = torch.zeros(m, m, dtype=torch.float64)
+            for i, j, v in _ring_edges(order):
+                w[i, j] += v
+            acc += w.T @ w
+        return math.sqrt(max(0.0, spectral_rho(acc / len(orders))))
 
 
 def _log2_ceil(m: int) -> int:
@@ -137,31 +146,40 @@ class Exponential(Topology):
 
 
 class OnePeerExponential(Topology):
-    """One-peer exponential graph: in round n = (step * t + round) peer i averages with i - 2^(n mod tau).
+    """One-peer exponential graph (Assran et al. SGP; Ying et al., NeurIPS 2021): one neighbour per round.
 
-    Weights 1/2. For M a power of two the product of tau = log2 M consecutive matrices is exactly J,
-    so ``rho`` (the per-round contraction over one period) is 0 and the suggested t is log2 M. The hop
-    depends on the round index within the step only: every step starts the period afresh, so t = log2 M
-    rounds per step average exactly.
+    In the federation-wide round ``n = step * t + round`` (t = ``rounds``, the rounds per step) peer i
+    averages with peer ``i - 2^(n mod tau)`` (mod M), tau = ceil(log2 M), weights 1/2. The hop runs on
+    over step boundaries, so for M a power of two ANY tau consecutive rounds, within a step or across
+    steps, multiply to exactly J. ``rho`` is the per-round contraction over one period,
+    ``||W_{tau-1} ... W_0 - J||_2^(1/tau)`` (0 for M a power of two); t = tau rounds per step average
+    exactly at every step, and with fewer rounds the peers agree exactly every ceil(tau / t) steps.
     """
 
     name = "one-peer-exponential"
     time_varying = True
     directed = True
+    round_indexed = True
 
     def _tau(self) -> int:
         return _log2_ceil(self.size)
 
-    def hop(self, round: int) -> int:
-        """In round ``round`` of any step, peer i averages with peer ``(i - hop) mod M`` (0: alone)."""
+    def hop(self, step: int, round: int) -> int:
+        """In round ``round`` of step ``step``, peer i averages with peer ``(i - hop) mod M`` (0: alone)."""
+        return self._hop_at(self.global_round(step, round))
+
+    def _hop_at(self, n: int) -> int:
         tau = self._tau()
-        return 2 ** (round % tau) if tau else 0
+        return 2 ** (n % tau) if tau else 0
 
     def _edges(self, step: int, round: int) -> list[Edge]:
+        return self._edges_at(self.global_round(step, round))
+
+    def _edges_at(self, n: int) -> list[Edge]:
         m = self.size
         if m == 1:
             return [(0, 0, 1.0)]
-        hop = self.hop(round)
+        hop = self._hop_at(n)
         return [e for i in range(m) for e in ((i, i, 0.5), (i, (i - hop) % m, 0.5))]
 
     def degree(self) -> int:
@@ -171,7 +189,12 @@ class OnePeerExponential(Topology):
         tau = self._tau()
         if tau == 0:
             return 0.0
-        period = self.product(0, tau)
+        period = torch.eye(self.size, dtype=torch.float64)
+        for n in range(tau):
+            w = torch.zeros(self.size, self.size, dtype=torch.float64)
+            for i, j, v in self._edges_at(n):
+                w[i, j] += v
+            period = w @ period
         return spectral_rho(period) ** (1.0 / tau)
 
     def suggested_rounds(self, target: float = 0.01) -> int:
@@ -344,11 +367,17 @@ _CLASSES: dict[str, type[Topology]] = {
 }
 
 
-def make_topology(spec: str, size: int, *, seed: int = 0, members: Sequence[str] | None = None) -> Topology:
-    """Build a topology from a name in :data:`TOPOLOGY_NAMES` or a path to a YAML adjacency file."""
+def make_topology(
+    spec: str, size: int, *, seed: int = 0, members: Sequence[str] | None = None, rounds: int = 1
+) -> Topology:
+    """Build a topology from a name in :data:`TOPOLOGY_NAMES` or a path to a YAML adjacency file.
+
+    ``rounds`` is t, the mixing rounds per step the mixer will run (the one-peer exponential graph
+    counts its hops over the global round index ``step * t + round``).
+    """
     cls = _CLASSES.get(spec)
     if cls is not None:
-        return cls(size, seed=seed)
+        return cls(size, seed=seed, rounds=rounds)
     if spec.endswith((".yaml", ".yml")) or Path(spec).exists():
         return Custom.from_yaml(spec, size, members=members, seed=seed)
     raise TopologyError(

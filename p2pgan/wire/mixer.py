@@ -131,7 +131,7 @@ class GrpcMixer(Mixer):
         self.size = membership.size
         self.rank = membership.rank
         self.ranks = (self.rank,)
-        self.topology = make_topology(net.topology, self.size, seed=net.seed, members=self.members)
+        self.topology = make_topology(net.topology, self.size, seed=net.seed, members=self.members, rounds=net.rounds)
         membership.add_listener(self._on_member_change)
         self._inbox.configure(
             InboxContext(

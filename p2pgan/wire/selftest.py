@@ -83,7 +83,7 @@ def _report(
     out: Path, ids: list[str], topology: str, peers: int, rounds: int, steps: int, seed: int, dim: int,
     crash: tuple[str, int] | None,
 ) -> dict[str, Any]:
-    topo = make_topology(topology, peers, seed=seed, members=ids)
+    topo = make_topology(topology, peers, seed=seed, members=ids, rounds=rounds)
     # With a crash at step c, only steps < c - 1 are surely complete everywhere: the crashing peer's own
     # messages of step c - 1 are sent asynchronously and may still be queued when it is killed, so a
     # survivor may rightly drop it in that step too. (It could not have finished step c - 1 without the
