@@ -161,11 +161,11 @@ def decode_state(frames: Iterable[bytes], *, federation: str, sender: str, layou
         writer.add(frame)
     if writer is None:
         raise ProtocolError(f"{who}: no parameter message after the manifest")
-    flat = writer.vector().tensor()
+    flat = writer.vector().tensor()  # one new tensor; the parts are views of it (the loader copies them)
     out: list[tuple[str, torch.Tensor]] = []
     offset = 0
     for name, n in parts:
-        out.append((name, flat[offset : offset + n].clone()))
+        out.append((name, flat[offset : offset + n]))
         offset += n
     return StateSnapshot(int(m.step), m.algorithm, tuple(out), dict(m.counters))
 
