@@ -77,6 +77,27 @@ def test_catch_up_only_when_a_member_runs_ahead() -> None:
     assert far is not None and far.target == 40 and far.sources == ("p3", "p2", "p1")  # furthest first
 
 
+def test_round_deadline_adapts_within_its_bounds() -> None:
+    from p2pgan.membership.deadline import ADAPTIVE_FACTOR, ADAPTIVE_FLOOR_S, ADAPTIVE_MIN_ROUNDS, RoundDeadline
+
+    d = RoundDeadline(10.0)
+    for _ in range(ADAPTIVE_MIN_ROUNDS - 1):
+        d.observe(0.05)
+    assert d.current() == 10.0  # too few rounds seen: the configured bound
+    d.observe(0.05)
+    assert d.current() == ADAPTIVE_FLOOR_S  # fast rounds: the floor, not 5 x 0.05 s
+    for _ in range(100):
+        d.observe(1.0)
+    assert d.current() == pytest.approx(ADAPTIVE_FACTOR * 1.0)  # the 95th percentile of recent rounds
+    for _ in range(100):
+        d.observe(30.0)
+    assert d.current() == 10.0  # never above the bound
+    fixed = RoundDeadline(10.0, adaptive=False)
+    for _ in range(100):
+        fixed.observe(0.05)
+    assert fixed.current() == 10.0
+
+
 @pytest.mark.parametrize(("topology", "m"), [("ring", 5), ("torus", 9), ("exponential", 8), ("random-ring", 6)])
 def test_churn_matrix_stays_doubly_stochastic(topology: str, m: int) -> None:
     topo = make_topology(topology, m, seed=3)

@@ -121,6 +121,8 @@ class MixingConfig:
     torch_init: str = "env://"  # backend torch: tcp://HOST:PORT of rank 0, file:///shared/path, or env://
     #: members (self included) that must answer before step 0 when none trains yet; None = all of them
     start_quorum: int | None = None
+    #: rounds wait less than round_timeout_s once they have seen how long complete rounds take
+    adaptive_deadline: bool = True
     first_step: str = "gradient"  # "gradient" (Algorithm 1) or "zero" (p2pgan.algorithm.FIRST_STEPS)
 
 
@@ -440,6 +442,7 @@ def _mixing(sec: _Section) -> MixingConfig:
         backend=sec.choice("backend", BACKENDS, "grpc"),
         torch_init=sec.string("torch_init", "env://"),
         start_quorum=sec.integer("start_quorum", None, minimum=1),
+        adaptive_deadline=sec.boolean("adaptive_deadline", True),
         first_step=sec.choice("first_step", FIRST_STEPS, "gradient"),
     )
     if not cfg.torch_init.startswith(TORCH_INIT_SCHEMES):
@@ -613,5 +616,6 @@ def network_config(cfg: PeerConfig, roster: tuple[PeerEntry, ...] = ()) -> Netwo
         round_timeout_s=cfg.mixing.round_timeout_s,
         connect_timeout_s=cfg.mixing.connect_timeout_s,
         start_quorum=cfg.mixing.start_quorum,
+        adaptive_deadline=cfg.mixing.adaptive_deadline,
         wire_dtype=cfg.mixing.wire_dtype,  # type: ignore[arg-type]
     )

@@ -326,7 +326,8 @@ def _run_peer(cfg: PeerConfig, resume: bool, stop: StopSignals) -> int:
                     record["absent"] = len(membership.absent())
                 metrics.step(**record)
                 status.update(algo.steps, loss_d=record["loss_d"], loss_g=record["loss_g"],
-                              consensus=record["consensus"], sent_mb=record["bytes_sent"] / 1e6)
+                              consensus=record["consensus"], sent_mb=record["bytes_sent"] / 1e6,
+                              **({"absent": record["absent"]} if record.get("absent") else {}))
                 if algo.steps % cfg.checkpoint.interval == 0:
                     run.save()
                 if cfg.evaluation.interval and algo.steps % cfg.evaluation.interval == 0:

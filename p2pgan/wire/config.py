@@ -43,7 +43,8 @@ class NetworkConfig:
     topology: str = "ring"  # a name of p2pgan.topology.TOPOLOGY_NAMES or a YAML adjacency path
     seed: int = 0  # shared seed of random topologies
     rounds: int = 1  # t, mixing rounds per step
-    round_timeout_s: float = 10.0  # a neighbour later than this in a round is dropped for that round
+    round_timeout_s: float = 10.0  # bound on how long a round waits for a neighbour (then it is absent)
+    adaptive_deadline: bool = True  # wait less once complete rounds show how long they take (membership.deadline)
     connect_timeout_s: float = 120.0  # how long to wait for the membership to come up at start
     #: members (self included) that must answer before step 0 when no member trains yet; None = all
     start_quorum: int | None = None

@@ -36,6 +36,7 @@ import torch
 
 from p2pgan.errors import ConfigError, PeerUnavailableError, SecurityError
 from p2pgan.membership import Membership, live_weights
+from p2pgan.membership.deadline import RoundDeadline
 from p2pgan.mixing.base import MixHandle, Mixer
 from p2pgan.security.certs import normalize_fingerprint
 from p2pgan.topology import Topology, make_topology
@@ -100,6 +101,9 @@ class GrpcMixer(Mixer):
         #: set during a step when a neighbour we waited for had already moved past the round: this peer
         #: is behind the federation (the daemon asks the membership how to catch up)
         self.out_of_sync = False
+        #: how long a round waits for its awaited neighbours (adapts to observed arrivals, bounded by
+        #: ``net.round_timeout_s``)
+        self.deadline = RoundDeadline(net.round_timeout_s, adaptive=net.adaptive_deadline)
         self._tls = None if net.insecure else net.tls
         self._wire_dtype = codec.WIRE_DTYPES[net.wire_dtype][0]
         self._peers: dict[str, PeerEntry] = {}
@@ -334,7 +338,10 @@ class GrpcMixer(Mixer):
                 if self._link(self.members[j]).send(frames):
                     self.stats.bytes_sent += nbytes
         senders = [self.members[j] for j in weights if j != self.rank]
-        got = self._inbox.take(step, r, senders, deadline=time.monotonic() + self.net.round_timeout_s)
+        limit = self.deadline.current()
+        t0 = time.monotonic()
+        got = self._inbox.take(step, r, senders, deadline=t0 + limit)
+        waited = time.monotonic() - t0
         self.stats.bytes_received = self._inbox.bytes_received
         missing = set()
         for j in weights:
@@ -346,7 +353,9 @@ class GrpcMixer(Mixer):
             if m.passed(pid, step, r):
                 self.out_of_sync = True  # it did not wait for us: we are behind
             elif m.is_live(pid):
-                m.mark_absent(pid, f"no vector for step {step} round {r} within {self.net.round_timeout_s:.3g} s")
+                m.mark_absent(pid, f"no vector for step {step} round {r} within {limit:.3g} s")
+        if not missing:
+            self.deadline.observe(waited)
         row = live_weights(weights, self.rank, missing)
         out = cur * row[self.rank]
         for j, w in row.items():
