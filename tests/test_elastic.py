@@ -269,8 +269,8 @@ def test_crash_restart_then_leave_restart(tmp_path: Path) -> None:
     _check_finished(report, steps)
     back = report["peers"]["peer1"]["churn"]
     assert back["starts"] == 3
-    assert [r["how"] for r in back["rejoins"]][:2] == ["state-transfer", "state-transfer"], back["rejoins"]
-    assert all(r["source"] != "peer1" for r in back["rejoins"])
+    transfers = [r for r in back["rejoins"] if r["how"] == "state-transfer"]
+    assert len(transfers) >= 2 and all(r["source"] not in (None, "peer1") for r in transfers), back["rejoins"]
     for name in ("peer0", "peer2", "peer3"):
         gap = report["peers"][name]["churn"]["longest_gap_s"]
         assert gap < DEADLINE_S + SLACK_S, (name, gap)

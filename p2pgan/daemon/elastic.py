@@ -105,7 +105,8 @@ def start_position(cfg: Any, algo: Any, mixer: Any, resumed: bool, emit: Emit) -
         log.warning("the federation's furthest checkpoint is at step %d: continuing there (ours was at %d)",
                     furthest, own)
     if resumed or furthest > own:
-        emit({"type": "rejoin", "how": "checkpoint", "source": None, "step": algo.steps, "from_step": own})
+        emit({"type": "rejoin", "how": "checkpoint" if resumed else "skip", "source": None, "step": algo.steps,
+              "from_step": own})
 
 
 def catch_up(cfg: Any, algo: Any, mixer: Any, steps_total: int, emit: Emit) -> None:
