@@ -32,6 +32,7 @@ from p2pgan.security.certs import normalize_fingerprint
 from p2pgan.topology import Topology, make_topology
 from p2pgan.wire import codec, transport
 from p2pgan.wire.config import NetworkConfig, PeerEntry
+from p2pgan.wire.health import HealthReporter
 from p2pgan.wire.inbox import Inbox, InboxContext
 from p2pgan.wire.service import GossipService
 from p2pgan.wire.v1 import gossip_pb2 as pb
@@ -95,8 +96,10 @@ class GrpcMixer(Mixer):
             self._inbox, self._authenticate, federation=net.federation, peer_id=net.peer_id,
             layout_digest=layout_digest, element_count=dim,
         )
+        self.health = HealthReporter()  # grpc.health.v1 on the same port: SERVING once wait_ready succeeds
         self._server, self.port = transport.open_server(
-            net.listen_host, net.listen_port, [service.handler()], self._tls, max_workers=SERVER_WORKERS
+            net.listen_host, net.listen_port, [service.handler(), *self.health.handlers()], self._tls,
+            max_workers=SERVER_WORKERS,
         )
 
     # -- membership ------------------------------------------------------------------------------------
@@ -165,6 +168,7 @@ class GrpcMixer(Mixer):
                     detail = "; ".join(f"{p}: {last_error.get(p, '?')}" for p in missing)
                     raise PeerUnavailableError(f"peers not reachable within the timeout: {detail}")
                 time.sleep(READY_RETRY_S)  # polling a remote peer, not synchronizing threads
+        self.health.set_serving(True)
 
     def _require_joined(self) -> None:
         if self.topology is None:
@@ -255,6 +259,7 @@ class GrpcMixer(Mixer):
         if self._closed:
             return
         self._closed = True
+        self.health.shutdown()
         self._inbox.close()
         self._worker.shutdown(wait=True, cancel_futures=True)
         if self._discovery is not None:
