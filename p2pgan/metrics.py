@@ -8,9 +8,11 @@ line readable. Two record types (``"type"``), both carrying ``peer``, ``step``, 
   ``bytes_sent``, ``bytes_received`` (totals so far), ``compute_s``, ``comm_s`` (this step), plus extras;
 - ``"eval"``: ``scores`` (e.g. ``{"is": 8.1, "fid": 12.3}``), plus extras.
 
+Byte fields are in bytes, times in seconds (the ``_s`` suffix).
+
 Non-finite floats are written as ``null`` so every line stays valid JSON. :func:`read_metrics` reads a
 file back, skipping a final line cut short by a crash. The Prometheus endpoint (extra ``metrics``:
-``pip install 'p2pgan[metrics]'``) exports the latest step values as gauges labelled by peer.
+``pip install 'p2pgan[metrics]'``) follows Prometheus' conventions (:class:`PrometheusExporter`).
 """
 
 from __future__ import annotations
@@ -32,7 +34,7 @@ log = logging.getLogger(__name__)
 
 #: seconds between two lines of a :class:`StatusLine` (patchable by tests)
 STATUS_INTERVAL_S = 10.0
-#: the numeric fields of a step record, in the order the Prometheus gauges are made
+#: the numeric fields every step record has
 STEP_FIELDS: tuple[str, ...] = (
     "loss_g", "loss_d", "grad_norm", "consensus", "bytes_sent", "bytes_received", "compute_s", "comm_s",
 )
@@ -51,40 +53,151 @@ def _clean(value: Any) -> Any:
     return value
 
 
-class PrometheusExporter:
-    """Serve the latest step values of one peer at ``http://addr:port/metrics`` (port 0: any free port)."""
+#: upper bounds (seconds) of the step-duration histogram's buckets: a tiny CPU model to a large GPU one
+STEP_SECONDS_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0)
+#: running totals a step record carries since the mixer opened (reset by a restart) -> counter name
+RUN_TOTALS = {"bytes_sent": "sent_bytes", "bytes_received": "received_bytes", "dropped": "dropped_rounds"}
+#: per-step seconds a step record carries -> counter name (summed over steps)
+STEP_SECONDS = {"compute_s": "compute_seconds", "comm_s": "communication_seconds"}
+#: latest values of a step record -> gauge name and help
+STEP_GAUGES = {
+    "loss_g": ("loss_generator", "latest generator loss"),
+    "loss_d": ("loss_discriminator", "latest discriminator loss"),
+    "grad_norm": ("gradient_norm", "latest norm of the game's gradient field"),
+    "consensus": ("consensus_distance", "latest distance of the parameters to the neighbours' average"),
+    "epoch": ("epoch", "epochs over this peer's private shard"),
+}
 
-    def __init__(self, peer: str, port: int = 0, addr: str = "127.0.0.1") -> None:
+
+def run_totals(records: Iterable[Mapping[str, Any]]) -> dict[str, float]:
+    """Totals over every run recorded in one peer's metrics: steps done, bytes, dropped rounds, seconds.
+
+    A step record's ``bytes_sent``, ``bytes_received`` and ``dropped`` count from the start of its run (the
+    mixer's life); a restart (a ``start`` record, or a step that does not advance) begins a new run, whose
+    totals are added to those before. These are the values the Prometheus counters continue from, so the
+    counters survive ``--resume``, and what the report adds up.
+    """
+    totals = dict.fromkeys(("steps", *RUN_TOTALS, *STEP_SECONDS, "step_s"), 0.0)
+    last: Mapping[str, Any] | None = None
+
+    def close_run() -> None:
+        if last is not None:
+            for key in RUN_TOTALS:
+                totals[key] += float(last.get(key) or 0.0)
+
+    for r in records:
+        kind = r.get("type")
+        if kind == "start" or (kind == "step" and last is not None and int(r["step"]) <= int(last["step"])):
+            close_run()
+            last = None
+        if kind != "step":
+            continue
+        totals["steps"] += 1
+        for key in (*STEP_SECONDS, "step_s"):
+            totals[key] += float(r.get(key) or 0.0)
+        last = r
+    close_run()
+    return totals
+
+
+def _build_labels() -> dict[str, str]:
+    """Versions a dashboard groups by: p2pgan, Python, and torch / grpcio where already imported."""
+    from p2pgan import __version__
+
+    labels = {"version": __version__, "python": "%d.%d.%d" % sys.version_info[:3]}
+    for name in ("torch", "grpc"):
+        module = sys.modules.get(name)
+        labels[name if name != "grpc" else "grpcio"] = str(getattr(module, "__version__", "")) if module else ""
+    return labels
+
+
+class PrometheusExporter:
+    """One peer's metrics at ``http://addr:port/metrics`` (port 0: any free port), by Prometheus conventions.
+
+    Counters end in ``_total`` and continue across restarts from ``carried`` (:func:`run_totals` of the
+    records before this run): ``p2pgan_steps_total``, ``p2pgan_sent_bytes_total``,
+    ``p2pgan_received_bytes_total``, ``p2pgan_dropped_rounds_total``, ``p2pgan_compute_seconds_total``,
+    ``p2pgan_communication_seconds_total``, ``p2pgan_evaluations_total``. Gauges hold the latest values
+    (``p2pgan_step``, losses, ``p2pgan_consensus_distance``, ``p2pgan_score{score=...}``);
+    ``p2pgan_step_duration_seconds`` is a histogram of wall seconds per step; ``p2pgan_build_info`` carries
+    the versions. Every series is labelled ``peer``. Bound to loopback unless ``addr`` says otherwise.
+    """
+
+    def __init__(self, peer: str, port: int = 0, addr: str = "127.0.0.1",
+                 carried: Mapping[str, float] | None = None) -> None:
         try:
             import prometheus_client
         except ImportError:
             raise ConfigError(
                 "the Prometheus endpoint needs prometheus-client: pip install 'p2pgan[metrics]'"
             ) from None
+        pc = prometheus_client
         self.peer = peer
-        self.registry = prometheus_client.CollectorRegistry()
-        self._gauges = {
-            name: prometheus_client.Gauge(f"p2pgan_{name}", f"latest {name} of the peer", ["peer"],
-                                          registry=self.registry)
-            for name in (*STEP_FIELDS, "step", "epoch")
-        }
-        self._scores = prometheus_client.Gauge("p2pgan_score", "latest evaluation score", ["peer", "score"],
-                                               registry=self.registry)
+        self.registry = reg = pc.CollectorRegistry()
+        carried = dict(carried or {})
+
+        def counter(name: str, doc: str, start: float) -> Any:
+            c = pc.Counter(f"p2pgan_{name}", doc, ["peer"], registry=reg).labels(peer=peer)
+            if start > 0:
+                c.inc(start)
+            return c
+
+        self._steps = counter("steps", "DPOSG steps done (all runs of this peer)", carried.get("steps", 0.0))
+        self._run_totals = {key: counter(name, f"{name.replace('_', ' ')} (all runs of this peer)", carried.get(key, 0.0))
+                            for key, name in RUN_TOTALS.items()}
+        self._seconds = {key: counter(name, f"{name.replace('_', ' ')} spent in steps (all runs)", carried.get(key, 0.0))
+                         for key, name in STEP_SECONDS.items()}
+        self._evaluations = counter("evaluations", "evaluations done in this run", 0.0)
+        self._step_seconds = pc.Histogram("p2pgan_step_duration_seconds", "wall seconds per DPOSG step", ["peer"],
+                                          buckets=STEP_SECONDS_BUCKETS, registry=reg).labels(peer=peer)
+        self._step = pc.Gauge("p2pgan_step", "the step this peer has reached", ["peer"], registry=reg).labels(peer=peer)
+        self._gauges = {key: pc.Gauge(f"p2pgan_{name}", doc, ["peer"], registry=reg).labels(peer=peer)
+                        for key, (name, doc) in STEP_GAUGES.items()}
+        self._scores = pc.Gauge("p2pgan_score", "latest evaluation score", ["peer", "score"], registry=reg)
+        pc.Info("p2pgan_build", "versions of p2pgan and its main libraries", ["peer"], registry=reg).labels(
+            peer=peer).info(_build_labels())
+        self._this_run = dict.fromkeys(RUN_TOTALS, 0.0)
         try:
-            self._server, self._thread = prometheus_client.start_http_server(port, addr, registry=self.registry)
+            self._server, self._thread = pc.start_http_server(port, addr, registry=reg)
         except OSError as exc:
-            raise ConfigError(f"cannot serve Prometheus metrics on {addr}:{port} ({exc.strerror or exc})") from None
+            raise ConfigError(
+                f"metrics.prometheus_addr/port: cannot serve Prometheus metrics on {addr}:{port} ({exc.strerror or exc})"
+            ) from None
         self.port = int(self._server.server_port)
 
     def observe(self, record: Mapping[str, Any]) -> None:
-        """Update the gauges from one metrics record (step or eval)."""
-        for name, gauge in self._gauges.items():
-            value = record.get(name)
-            if isinstance(value, (int, float)) and not isinstance(value, bool):
-                gauge.labels(peer=self.peer).set(value)
-        for name, value in (record.get("scores") or {}).items():
-            if isinstance(value, (int, float)):
-                self._scores.labels(peer=self.peer, score=name).set(value)
+        """Update the series from one metrics record (``step`` or ``eval``; others are ignored)."""
+
+        def number(key: str) -> float | None:
+            value = record.get(key)
+            return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else None
+
+        if record.get("type") == "step":
+            self._steps.inc()
+            for key, c in self._run_totals.items():
+                value = number(key)
+                if value is not None and value > self._this_run[key]:  # running totals: add what is new
+                    c.inc(value - self._this_run[key])
+                    self._this_run[key] = value
+            for key, c in self._seconds.items():
+                value = number(key)
+                if value is not None and value >= 0:
+                    c.inc(value)
+            wall = number("step_s")
+            if wall is not None and wall >= 0:
+                self._step_seconds.observe(wall)
+            for key, g in self._gauges.items():
+                value = number(key)
+                if value is not None:
+                    g.set(value)
+        elif record.get("type") == "eval":
+            self._evaluations.inc()
+            for name, value in (record.get("scores") or {}).items():
+                if isinstance(value, (int, float)):
+                    self._scores.labels(peer=self.peer, score=name).set(value)
+        step = number("step")
+        if step is not None:
+            self._step.set(step)
 
     def close(self) -> None:
         self._server.shutdown()
@@ -99,9 +212,15 @@ class MetricsWriter:
                  prometheus_addr: str = "127.0.0.1") -> None:
         self.path = Path(path)
         self.peer = peer
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        self.exporter = (PrometheusExporter(peer, prometheus_port, prometheus_addr)
-                         if prometheus_port is not None else None)
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise ConfigError(f"{self.path}: cannot make the metrics folder ({exc.strerror or exc})") from None
+        self.exporter = None
+        if prometheus_port is not None:
+            # counters continue from the runs already in this file (a resumed peer appends to it)
+            carried = run_totals(read_metrics(self.path)) if self.path.is_file() else None
+            self.exporter = PrometheusExporter(peer, prometheus_port, prometheus_addr, carried=carried)
         try:
             self._file: IO[str] = open(self.path, "a", encoding="utf-8")
         except OSError as exc:

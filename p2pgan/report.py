@@ -18,6 +18,8 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from p2pgan.metrics import run_totals
+
 def _records(records: Sequence[Mapping[str, Any]], event: str) -> list[Mapping[str, Any]]:
     return [r for r in records if r.get("type") == event]
 
@@ -30,14 +32,7 @@ def peer_summary(name: str, records: Sequence[Mapping[str, Any]]) -> dict[str, A
     """What report.json says about one peer, from its metrics records."""
     starts, steps, evals, ends = (_records(records, e) for e in ("start", "step", "eval", "end"))
     last_step = steps[-1] if steps else {}
-    # byte counters are totals since the mixer opened; a resumed run restarts them, so add up per run
-    runs_bytes_sent = runs_bytes_received = 0.0
-    run_last: dict[str, Any] = {}
-    for r in steps:
-        if run_last and int(r["step"]) <= int(run_last["step"]):  # a restart (resume) begins a new run
-            runs_bytes_sent += float(run_last.get("bytes_sent", 0))
-            runs_bytes_received += float(run_last.get("bytes_received", 0))
-        run_last = dict(r)
+    totals = run_totals(records)  # byte counters restart with each run (resume); these add the runs up
     summary: dict[str, Any] = {
         "peer": name,
         "shard_size": starts[-1].get("shard_size") if starts else None,
@@ -48,12 +43,12 @@ def peer_summary(name: str, records: Sequence[Mapping[str, Any]]) -> dict[str, A
         "final": {k: last_step.get(k) for k in ("loss_g", "loss_d", "grad_norm", "consensus")},
         "first_scores": _scores(evals[0]) if evals else {},
         "scores": _scores(evals[-1]) if evals else {},
-        "bytes_sent": runs_bytes_sent + float(run_last.get("bytes_sent", 0)),
-        "bytes_received": runs_bytes_received + float(run_last.get("bytes_received", 0)),
-        "compute_s": _sum(steps, "compute_s"),
-        "comm_s": _sum(steps, "comm_s"),
+        "bytes_sent": totals["bytes_sent"],
+        "bytes_received": totals["bytes_received"],
+        "compute_s": totals["compute_s"],
+        "comm_s": totals["comm_s"],
         "eval_s": _sum(evals, "eval_s"),
-        "dropped_rounds": last_step.get("dropped", 0),
+        "dropped_rounds": totals["dropped"],
         "end": ends[-1].get("reason") if ends else None,
         "samples_png": evals[-1].get("samples") if evals else None,
     }

@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 
+import p2pgan
 from p2pgan import metrics
 from p2pgan.errors import ConfigError, P2PGANError
 
@@ -50,18 +51,72 @@ def test_truncated_last_line_is_skipped_but_corruption_is_not(tmp_path: Path) ->
     assert sorted(grouped) == ["bob", "carol"] and len(grouped["bob"]) == 3
 
 
-def test_prometheus_endpoint(tmp_path: Path) -> None:
+def _scrape(port: int) -> dict[str, object]:
+    from prometheus_client.parser import text_string_to_metric_families
+
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as resp:
+        text = resp.read().decode()
+    return {f.name: f for f in text_string_to_metric_families(text) if f.name.startswith("p2pgan")}
+
+
+def _value(family: object, sample: str, **labels: str) -> float:
+    for s in family.samples:  # type: ignore[attr-defined]
+        if s.name == sample and all(s.labels.get(k) == v for k, v in labels.items()):
+            return float(s.value)
+    raise AssertionError(f"no sample {sample} {labels}")
+
+
+def test_prometheus_follows_the_conventions_and_survives_a_restart(tmp_path: Path) -> None:
     pytest.importorskip("prometheus_client")
-    with metrics.MetricsWriter(tmp_path / "a.jsonl", "alice", prometheus_port=0) as w:
-        assert w.exporter is not None and w.exporter.port > 0
-        w.step(step=7, epoch=0.5, loss_g=1.25, loss_d=-0.5, grad_norm=3.0, bytes_sent=4096)
-        w.evaluation(step=7, epoch=0.5, scores={"is": 8.5})
-        with urllib.request.urlopen(f"http://127.0.0.1:{w.exporter.port}/metrics", timeout=10) as resp:
-            body = resp.read().decode()
-    assert 'p2pgan_loss_g{peer="alice"} 1.25' in body
-    assert 'p2pgan_step{peer="alice"} 7.0' in body
-    assert 'p2pgan_bytes_sent{peer="alice"} 4096.0' in body
-    assert 'p2pgan_score{peer="alice",score="is"} 8.5' in body
+    path = tmp_path / "a.jsonl"
+    with metrics.MetricsWriter(path, "alice", prometheus_port=0) as w:
+        assert w.exporter is not None and w.exporter._server.server_address[0] == "127.0.0.1"  # loopback by default
+        w.write({"type": "start", "step": 0})
+        for step, sent in ((1, 1000), (2, 3000)):  # the record's byte fields are totals of this run
+            w.step(step=step, epoch=0.5, loss_g=1.25, loss_d=-0.5, grad_norm=3.0, bytes_sent=sent,
+                   bytes_received=2 * sent, compute_s=0.25, comm_s=0.125, step_s=0.5, dropped=0)
+        w.evaluation(step=2, epoch=0.5, scores={"is": 8.5})
+        fams = _scrape(w.exporter.port)
+    for fam in fams.values():  # counters are exposed as NAME_total, never as gauges of running totals
+        if fam.type == "counter":  # type: ignore[attr-defined]
+            assert {s.name for s in fam.samples} <= {fam.name + "_total", fam.name + "_created"}  # type: ignore[attr-defined]
+    counters = {n for n, f in fams.items() if f.type == "counter"}  # type: ignore[attr-defined]
+    assert {"p2pgan_steps", "p2pgan_sent_bytes", "p2pgan_received_bytes", "p2pgan_compute_seconds",
+            "p2pgan_communication_seconds", "p2pgan_dropped_rounds", "p2pgan_evaluations"} <= counters
+    assert _value(fams["p2pgan_sent_bytes"], "p2pgan_sent_bytes_total", peer="alice") == 3000
+    assert _value(fams["p2pgan_steps"], "p2pgan_steps_total") == 2
+    assert _value(fams["p2pgan_compute_seconds"], "p2pgan_compute_seconds_total") == 0.5
+    hist = fams["p2pgan_step_duration_seconds"]
+    assert hist.type == "histogram"  # type: ignore[attr-defined]
+    assert _value(hist, "p2pgan_step_duration_seconds_count") == 2
+    assert _value(hist, "p2pgan_step_duration_seconds_bucket", le="0.5") == 2
+    assert _value(hist, "p2pgan_step_duration_seconds_bucket", le="0.25") == 0
+    build = fams["p2pgan_build_info"]
+    assert _value(build, "p2pgan_build_info", peer="alice", version=p2pgan.__version__) == 1
+    assert _value(fams["p2pgan_step"], "p2pgan_step") == 2
+    assert _value(fams["p2pgan_score"], "p2pgan_score", score="is") == 8.5
+    assert not [n for n in fams if n in ("p2pgan_bytes_sent", "p2pgan_compute_s", "p2pgan_loss_g")]
+
+    # a resumed daemon appends to the same file; its mixer counts bytes from 0 again, the counters do not
+    with metrics.MetricsWriter(path, "alice", prometheus_port=0) as w:
+        w.write({"type": "start", "step": 2})
+        w.step(step=3, epoch=0.75, loss_g=1.0, loss_d=-0.5, grad_norm=3.0, bytes_sent=500, bytes_received=0,
+               compute_s=0.25, comm_s=0.0, step_s=0.5, dropped=1)
+        fams = _scrape(w.exporter.port)
+    assert _value(fams["p2pgan_sent_bytes"], "p2pgan_sent_bytes_total") == 3500
+    assert _value(fams["p2pgan_steps"], "p2pgan_steps_total") == 3
+    assert _value(fams["p2pgan_compute_seconds"], "p2pgan_compute_seconds_total") == 0.75
+    assert _value(fams["p2pgan_dropped_rounds"], "p2pgan_dropped_rounds_total") == 1
+    assert metrics.run_totals(metrics.read_metrics(path))["bytes_received"] == 6000
+
+
+def test_prometheus_bind_address_is_configurable(tmp_path: Path) -> None:
+    pytest.importorskip("prometheus_client")
+    with metrics.MetricsWriter(tmp_path / "a.jsonl", "alice", prometheus_port=0, prometheus_addr="0.0.0.0") as w:
+        assert w.exporter is not None and w.exporter._server.server_address[0] == "0.0.0.0"
+        assert _scrape(w.exporter.port)  # reachable
+    with pytest.raises(ConfigError, match="prometheus_addr"):
+        metrics.MetricsWriter(tmp_path / "b.jsonl", "alice", prometheus_port=0, prometheus_addr="192.0.2.1")
 
 
 def test_prometheus_missing_is_a_clear_error(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:

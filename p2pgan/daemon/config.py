@@ -164,6 +164,7 @@ class EvaluationConfig:
 class MetricsConfig:
     path: Path  # JSON lines, one per step and one per evaluation
     prometheus_port: int | None
+    prometheus_addr: str  # bind address of the endpoint: loopback unless a remote Prometheus must scrape
     status_interval_s: float  # seconds between human-readable status lines on stderr
 
 
@@ -514,6 +515,7 @@ def _metrics(sec: _Section, checkpoint_dir: Path) -> MetricsConfig:
     cfg = MetricsConfig(
         path=sec.path("path", str(checkpoint_dir / "metrics.jsonl")),
         prometheus_port=sec.integer("prometheus_port", None, minimum=0, maximum=65535),
+        prometheus_addr=sec.string("prometheus_addr", "127.0.0.1"),
         status_interval_s=sec.number("status_interval_s", 10.0, positive=True),
     )
     sec.done()

@@ -265,7 +265,8 @@ def _run_peer(cfg: PeerConfig, resume: bool, stop: StopSignals) -> int:
                         steps_total, cfg.metrics.status_interval_s)
 
     with make_mixer(cfg, game.dim, digest) as mixer, MetricsWriter(
-        cfg.metrics.path, cfg.peer.id, prometheus_port=cfg.metrics.prometheus_port
+        cfg.metrics.path, cfg.peer.id, prometheus_port=cfg.metrics.prometheus_port,
+        prometheus_addr=cfg.metrics.prometheus_addr,
     ) as metrics:
         algo = DPOSG(game.point().to(device), mixer, cfg.train.optimizer, lr, schedule=cfg.mixing.schedule,
                      **direction_kwargs)
