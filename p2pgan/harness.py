@@ -19,18 +19,14 @@ import logging
 import socket
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import yaml
 
-from p2pgan.algorithm.directions import DIRECTION_NAMES
-from p2pgan.daemon.config import BACKENDS, VARIANTS, load_config
-from p2pgan.daemon.processes import MetricsTail, PeerGroup, PeerSpec
 from p2pgan.errors import ConfigError
-from p2pgan.topology import TOPOLOGY_NAMES
-from p2pgan.trainer.data import SHARD_MODES
-from p2pgan.trainer.losses import LOSS_NAMES
-from p2pgan.trainer.models import MODEL_NAMES
+
+if TYPE_CHECKING:  # the modules that import torch are imported where used: `harness --help` stays fast
+    from p2pgan.daemon.processes import MetricsTail, PeerSpec
 
 log = logging.getLogger(__name__)
 
@@ -74,6 +70,13 @@ class HarnessOptions:
     timeout_s: float = 24 * 3600.0
 
     def validate(self) -> None:
+        from p2pgan.algorithm.directions import DIRECTION_NAMES
+        from p2pgan.daemon.config import BACKENDS, VARIANTS
+        from p2pgan.topology import TOPOLOGY_NAMES
+        from p2pgan.trainer.data import SHARD_MODES
+        from p2pgan.trainer.losses import LOSS_NAMES
+        from p2pgan.trainer.models import MODEL_NAMES
+
         def bad(flag: str, problem: str) -> ConfigError:
             return ConfigError(f"--{flag}: {problem}")
 
@@ -147,6 +150,9 @@ class Federation:
     source_format: str
 
     def specs(self, resume: bool = False) -> list[PeerSpec]:
+        from p2pgan.daemon.config import load_config
+        from p2pgan.daemon.processes import PeerSpec
+
         specs = []
         for pid in self.ids:
             cfg = load_config(self.configs[pid])
@@ -156,6 +162,7 @@ class Federation:
 
 def prepare(opts: HarnessOptions) -> Federation:
     """Write certificates, roster, shards and per-peer configs under ``opts.out``."""
+    from p2pgan.daemon.config import VARIANTS, load_config
     from p2pgan.discovery import write_roster
     from p2pgan.security.certs import make_federation
     from p2pgan.trainer.data import write_shards
@@ -165,7 +172,12 @@ def prepare(opts: HarnessOptions) -> Federation:
     out = opts.out.resolve()
     if (out / "state").is_dir() and any((out / "state").iterdir()):
         raise ConfigError(f"--out: {out} already holds a harness run (its state/ folder); choose a new folder")
-    out.mkdir(parents=True, exist_ok=True)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        (out / ".p2pgan-write-check").touch()
+        (out / ".p2pgan-write-check").unlink()
+    except OSError as exc:
+        raise ConfigError(f"--out: cannot write to {out} ({exc.strerror or exc}); give a folder you can write to") from None
     ids = peer_ids(opts.peers)
     dataset, source_format = load_source_dataset(opts.dataset, seed=opts.seed)
     if len(dataset) < opts.peers:
@@ -252,6 +264,7 @@ class Progress:
 
 def run_harness(opts: HarnessOptions) -> Path:
     """Prepare, run the M daemons to the end, write the report; returns the path of report.json."""
+    from p2pgan.daemon.processes import MetricsTail, PeerGroup
     from p2pgan.metrics import read_metrics
     from p2pgan.report import write_report
 

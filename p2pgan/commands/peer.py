@@ -1,7 +1,13 @@
 """Run one peer daemon: train the federation's GAN on this site's private data with DPOSG.
 
 All settings come from one YAML file (examples in peers/). SIGTERM or Ctrl-C writes a checkpoint and
-exits 0; ``--resume`` continues from the newest checkpoint in the configured directory.
+exits 0; --resume continues from the newest checkpoint in the configured directory. Progress goes to
+stderr as a status line every metrics.status_interval_s seconds; the daemon answers grpc.health.v1
+probes on its gRPC port (see p2pgan status).
+
+Examples:
+  p2pgan peer --config peers/alice.yaml
+  p2pgan peer --config peers/alice.yaml --resume --log-format json
 """
 
 from __future__ import annotations

@@ -304,6 +304,12 @@ class _Section:
             raise self.error(key, f"{p} does not exist")
         return p
 
+    def check_known(self, names: tuple[str, ...], what: str = "field") -> None:
+        """Raise on a key outside ``names`` before any is read (an unknown section, named as such)."""
+        for key in self._data:
+            if key not in names:
+                raise self.error(key, f"unknown {what}{_did_you_mean(key, list(names))}; allowed: {', '.join(names)}")
+
     def done(self) -> None:
         """Raise on the first key that no reader asked for (a typo or a field that does not exist)."""
         for key in self._data:
@@ -530,6 +536,7 @@ def parse_config(data: object, source: str | Path, base_dir: Path | None = None)
     source_path = Path(source)
     base = base_dir if base_dir is not None else source_path.parent
     top = _Section(str(source), "", data, base)
+    top.check_known(SECTIONS, "section")  # before `peer.id: is required` would hide a misspelt `peer:`
     ident = _identity(top.section("peer"))
     security = _security(top.section("security"))
     discovery = _discovery(top.section("discovery"))
