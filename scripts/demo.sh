@@ -10,7 +10,8 @@
 # It writes OUT/report.json, OUT/score.png (IS / FID vs epoch, band across peers), OUT/losses.png,
 # OUT/consensus.png and OUT/samples-peer*.png (each peer's generated digits).
 set -euo pipefail
-. "$(dirname "${BASH_SOURCE[0]}")/env.sh"
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+. scripts/env.sh
 out="runs/demo-$(date +%Y%m%d-%H%M%S)"
 for ((i = 1; i <= $#; i++)); do
     if [ "${!i}" = "--out" ]; then j=$((i + 1)); out="${!j}"; fi
