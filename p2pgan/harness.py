@@ -37,6 +37,8 @@ DATASET_MODELS = {"digits": "digits", "gaussians": "mlp2d", "cifar10": "dcgan32"
 GAUSSIANS_TOTAL = 10_000
 #: seconds between progress refreshes
 PROGRESS_INTERVAL_S = 0.5
+#: seconds between two status lines when the output is not a terminal (CI, nohup, a pipe)
+STATUS_INTERVAL_S = 15.0
 
 
 @dataclasses.dataclass(frozen=True)
@@ -236,30 +238,29 @@ def prewarm_evaluator(fed: Federation) -> None:
 
 
 class Progress:
-    """A tqdm bar over the peers' steps (read from their metrics files), with the latest score."""
+    """Overall progress of the peers' steps (read from their metrics files) with the latest scores: a bar on
+    a terminal, a status line every :data:`STATUS_INTERVAL_S` otherwise (:class:`p2pgan.metrics.Progress`)."""
 
     def __init__(self, tails: dict[str, MetricsTail], total: int) -> None:
-        from p2pgan.metrics import progress
+        from p2pgan.metrics import Progress as Display
 
         self.tails = tails
-        self.bar = progress(total, f"{len(tails)} peers", unit="step")
+        self.display = Display(total, f"{len(tails)} peers: steps", unit="step", interval_s=STATUS_INTERVAL_S)
 
     def tick(self) -> None:
         done = 0
-        score = None
+        score: dict[str, Any] = {}
         for tail in self.tails.values():
             tail.poll()
             last = tail.last("step")
             done += int(last["step"]) if last else 0
             ev = tail.last("eval")
             if ev and ev.get("scores"):
-                score = ev["scores"]
-        self.bar.update(done - self.bar.n)
-        if score:
-            self.bar.set_postfix({k: f"{v:.3g}" for k, v in score.items() if isinstance(v, (int, float))}, refresh=False)
+                score = {k: v for k, v in ev["scores"].items() if isinstance(v, (int, float))}
+        self.display.update(done, **score)
 
     def close(self) -> None:
-        self.bar.close()
+        self.display.close()
 
 
 def run_harness(opts: HarnessOptions) -> Path:

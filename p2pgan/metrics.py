@@ -295,33 +295,101 @@ def records_by_peer(paths: Iterable[str | os.PathLike[str]]) -> dict[str, list[d
     return grouped
 
 
-def progress(total: int | None, desc: str, *, unit: str = "step", initial: int = 0,
-             disable: bool | None = None, file: IO[str] | None = None) -> Any:
-    """A tqdm bar for long work (``disable=None``: shown only on a terminal). Use as a context manager."""
-    from tqdm.auto import tqdm
-
-    return tqdm(total=total, desc=desc, unit=unit, initial=initial, disable=disable, file=file or sys.stderr,
-                dynamic_ncols=True, mininterval=0.5)
+def _duration(seconds: float) -> str:
+    """``1h02m``, ``3m05s``, ``42s``: an ETA a person reads at a glance."""
+    seconds = max(0, int(round(seconds)))
+    hours, rest = divmod(seconds, 3600)
+    minutes, secs = divmod(rest, 60)
+    return f"{hours}h{minutes:02d}m" if hours else f"{minutes}m{secs:02d}s" if minutes else f"{secs}s"
 
 
 class StatusLine:
-    """A log line at most every ``interval_s`` seconds: progress for daemons whose output is a log file."""
+    """A progress line at most every ``interval_s`` seconds: ``what done/total (pct) rate ETA fields``.
 
-    def __init__(self, logger: logging.Logger, what: str, total: int | None = None,
-                 interval_s: float | None = None) -> None:
+    For output that is a log or a pipe, where a redrawn bar would leave ``\r`` frames. The line goes to
+    ``logger`` at INFO, or, with ``logger=None``, straight to ``stream`` (stderr). The rate counts from the
+    first update, so a resumed run's ETA is not skewed by the steps it skipped.
+    """
+
+    def __init__(self, logger: logging.Logger | None, what: str, total: int | None = None,
+                 interval_s: float | None = None, *, unit: str = "steps", stream: IO[str] | None = None) -> None:
         self.logger = logger
         self.what = what
         self.total = total
+        self.unit = unit
+        self.stream = stream
         self.interval_s = STATUS_INTERVAL_S if interval_s is None else interval_s
         self._last: float | None = None
+        self._first: tuple[float, int] | None = None
+        self.notes: dict[str, Any] = {}  # shown on every line until replaced (e.g. the last scores)
+
+    def format(self, done: int, now: float, **fields: Any) -> str:
+        parts = [f"{self.what} {done}" + (f"/{self.total} ({100 * done / self.total:.0f}%)" if self.total else "")]
+        if self._first is not None and now > self._first[0] and done > self._first[1]:
+            rate = (done - self._first[1]) / (now - self._first[0])
+            parts.append(f"{rate:.3g} {self.unit}/s")
+            if self.total and done < self.total:
+                parts.append(f"ETA {_duration((self.total - done) / rate)}")
+        values = {**fields, **self.notes}
+        if values:
+            parts.append(" ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in values.items()))
+        return ", ".join(parts)
 
     def update(self, done: int, force: bool = False, **fields: Any) -> bool:
-        """Log ``done`` (of ``total``) and ``fields`` if the interval has passed (or ``force``); True if logged."""
+        """Show ``done`` (of ``total``) and ``fields`` if the interval has passed (or ``force``); True if shown."""
         now = time.monotonic()
+        if self._first is None:
+            self._first = (now, done)
         if not force and self._last is not None and now - self._last < self.interval_s:
             return False
         self._last = now
-        of = f"/{self.total}" if self.total else ""
-        extra = " ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in fields.items())
-        self.logger.info("%s %d%s %s", self.what, done, of, extra)
+        line = self.format(done, now, **fields)
+        if self.logger is not None:
+            self.logger.info("%s", line)
+        else:
+            print(line, file=self.stream or sys.stderr, flush=True)
         return True
+
+
+class Progress:
+    """Progress of long work: a tqdm bar on a terminal, else a :class:`StatusLine` every ``interval_s``
+    (CI, nohup, a pipe: no ``\r`` frames in the log). Use as a context manager; :meth:`update` takes the
+    absolute count done and the fields to show (latest scores, losses)."""
+
+    def __init__(self, total: int | None, desc: str, *, unit: str = "step", interval_s: float | None = None,
+                 stream: IO[str] | None = None, tty: bool | None = None) -> None:
+        self.stream = stream or sys.stderr
+        is_tty = tty if tty is not None else bool(getattr(self.stream, "isatty", lambda: False)())
+        self.done = 0
+        self._fields: dict[str, Any] = {}
+        self.bar = None
+        self.status = None
+        if is_tty:
+            from tqdm.auto import tqdm
+
+            self.bar = tqdm(total=total, desc=desc, unit=unit, file=self.stream, dynamic_ncols=True, mininterval=0.5)
+        else:
+            self.status = StatusLine(None, desc, total, interval_s, unit=f"{unit}s", stream=self.stream)
+
+    def update(self, done: int, **fields: Any) -> None:
+        self._fields.update(fields)
+        if self.bar is not None:
+            self.bar.update(done - self.bar.n)
+            if fields:
+                self.bar.set_postfix({k: f"{v:.3g}" if isinstance(v, float) else v for k, v in self._fields.items()},
+                                     refresh=False)
+        elif self.status is not None:
+            self.status.update(done, **self._fields)
+        self.done = done
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+        elif self.status is not None and self.status._last is not None:
+            self.status.update(self.done, force=True, **self._fields)  # the final count, always
+
+    def __enter__(self) -> Progress:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

@@ -28,11 +28,11 @@ from collections.abc import Callable
 from pathlib import Path
 
 import torch
-from tqdm import tqdm
 
 from p2pgan.algorithm import DPOSG, lr_vector
 from p2pgan.errors import P2PGANError
 from p2pgan.experiments.report import format_table, plot_variant_bands, write_json
+from p2pgan.metrics import Progress
 from p2pgan.mixing.inprocess import InProcessMixer
 from p2pgan.topology import make_topology
 from p2pgan.sim.gaussians import Gaussians
@@ -140,13 +140,14 @@ def run_variant(problem: Problem, variant: str, peers: int, seed: int, out: Path
 
     t0 = time.perf_counter()
     evaluate(0)
-    bar = tqdm(range(1, problem.steps + 1), desc=f"{problem.name} {variant}", unit="step", leave=False)
-    for k in bar:
-        algo.step(setup.field)
-        if k % problem.eval_every == 0 or k == problem.steps:
-            evaluate(k)
-            bar.set_postfix({key: f"{sum(curves[key][-1]) / peers:.3g}" for key in problem.score_keys})
-    bar.close()
+    with Progress(problem.steps, f"{problem.name} {variant}") as bar:  # status lines when not on a terminal
+        for k in range(1, problem.steps + 1):
+            algo.step(setup.field)
+            if k % problem.eval_every == 0 or k == problem.steps:
+                evaluate(k)
+                bar.update(k, **{key: sum(curves[key][-1]) / peers for key in problem.score_keys})
+            else:
+                bar.update(k)
     seconds = time.perf_counter() - t0
     setup.save_samples(algo.z, out / f"samples_{problem.name}_{variant}.png")
     return {problem.x_unit: xs, "scores": curves, "seconds": seconds}

@@ -129,7 +129,8 @@ def test_prometheus_missing_is_a_clear_error(monkeypatch: pytest.MonkeyPatch, tm
         metrics.MetricsWriter(tmp_path, "alice")  # a directory
 
 
-def test_status_line_rate_limits(monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
+def test_status_line_rate_limits_and_shows_rate_and_eta(monkeypatch: pytest.MonkeyPatch,
+                                                        caplog: pytest.LogCaptureFixture) -> None:
     clock = [100.0]
     monkeypatch.setattr(metrics.time, "monotonic", lambda: clock[0])
     status = metrics.StatusLine(logging.getLogger("p2pgan.test"), "step", total=50, interval_s=10.0)
@@ -137,17 +138,37 @@ def test_status_line_rate_limits(monkeypatch: pytest.MonkeyPatch, caplog: pytest
         assert status.update(1, loss=0.5)
         clock[0] += 5
         assert not status.update(2)
-        clock[0] += 6
-        assert status.update(3, loss=0.25)
-        assert status.update(4, force=True)
-    assert [r.getMessage() for r in caplog.records][:2] == ["step 1/50 loss=0.5", "step 3/50 loss=0.25"]
+        clock[0] += 5
+        status.notes = {"is": 6.5}
+        assert status.update(11, loss=0.25)
+        assert status.update(12, force=True)
+    assert [r.getMessage() for r in caplog.records][:2] == [
+        "step 1/50 (2%), loss=0.5", "step 11/50 (22%), 1 steps/s, ETA 39s, loss=0.25 is=6.5"]
 
 
-def test_progress_bar_counts(tmp_path: Path) -> None:
-    out = (tmp_path / "bar.txt").open("w")
-    with metrics.progress(5, "training", disable=False, file=out) as bar:
-        for _ in range(5):
-            bar.update(1)
-        assert bar.n == 5
-    out.close()
-    assert "training" in (tmp_path / "bar.txt").read_text()
+def test_progress_is_a_bar_on_a_terminal_and_status_lines_otherwise(monkeypatch: pytest.MonkeyPatch,
+                                                                    tmp_path: Path) -> None:
+    import io
+
+    bar_file = (tmp_path / "bar.txt").open("w")
+    with metrics.Progress(5, "training", stream=bar_file, tty=True) as bar:
+        for k in range(1, 6):
+            bar.update(k)
+        assert bar.bar is not None and bar.bar.n == 5
+    bar_file.close()
+    drawn = (tmp_path / "bar.txt").read_bytes()
+    assert b"training" in drawn and b"\r" in drawn  # a redrawn bar
+
+    clock = [0.0]
+    monkeypatch.setattr(metrics.time, "monotonic", lambda: clock[0])
+    log = io.StringIO()  # not a terminal: isatty() is False
+    with metrics.Progress(100, "4 peers: steps", stream=log, interval_s=15.0) as p:
+        for k in range(1, 101):
+            clock[0] += 1.0
+            p.update(k, **({"is": 7.25} if k > 50 else {}))
+    text = log.getvalue()
+    assert "\r" not in text
+    lines = text.splitlines()
+    assert len(lines) == 8  # at 1, 16, 31, ... 91 s, and the final count
+    assert lines[1] == "4 peers: steps 16/100 (16%), 1 steps/s, ETA 1m24s"
+    assert lines[-1].startswith("4 peers: steps 100/100 (100%), 1 steps/s") and lines[-1].endswith("is=7.25")

@@ -302,7 +302,7 @@ def _run_peer(cfg: PeerConfig, resume: bool, stop: StopSignals) -> int:
             if algo.steps % cfg.checkpoint.interval == 0:
                 run.save()
             if cfg.evaluation.interval and algo.steps % cfg.evaluation.interval == 0:
-                metrics.evaluation(**_evaluate(run, evaluator))
+                status.notes = metrics.evaluation(**_evaluate(run, evaluator))["scores"]  # on later status lines
                 evaluated_at = algo.steps
         if reason == "done" and evaluated_at != algo.steps:
             metrics.evaluation(**_evaluate(run, evaluator))
