@@ -9,7 +9,8 @@
 
 then starts the M daemons as OS processes (``python -m p2pgan peer --config ...``), shows overall
 progress from their metrics files, stops them cleanly (also on Ctrl-C or when one dies, naming it with
-its log tail) and writes ``report.json`` with PNG curves and sample grids (:mod:`p2pgan.report`).
+its log tail) and writes ``report.md`` and ``report.json`` with PNG curves and sample grids, read against
+the same evaluator's score on real data (:mod:`p2pgan.report`).
 """
 
 from __future__ import annotations
@@ -229,12 +230,38 @@ def prepare(opts: HarnessOptions) -> Federation:
     return Federation(out, ids, configs, model, source_format)
 
 
-def prewarm_evaluator(fed: Federation) -> None:
-    """Train (or load) the cached digits classifier once here, instead of once in every peer."""
-    if fed.model == "digits":
-        from p2pgan.trainer.evaluation import make_evaluator
+#: real samples in the reference grid and, for the synthetic Gaussians, in the reference score
+REFERENCE_GRID = 64
+REFERENCE_GAUSSIANS = 1000
 
-        make_evaluator("digits")
+
+def real_reference(fed: Federation, opts: HarnessOptions) -> dict[str, Any]:
+    """The peers' evaluator applied to real data no peer trained on, and a grid of it (``samples-real.png``).
+
+    Digits: the classifier's held-out split (the peers' scores use the same classifier, trained once here
+    and cached, so the daemons only load it). Gaussians: fresh samples of the true mixture. Other images:
+    a grid only (their scores need local Inception weights, which the harness does not configure).
+    """
+    from p2pgan.trainer.data import gaussians
+    from p2pgan.trainer.evaluation import make_evaluator
+    from p2pgan.trainer.images import save_samples
+
+    scores: dict[str, float] = {}
+    if fed.source_format == "digits":
+        evaluator = make_evaluator("digits")
+        real = evaluator.held_out.tensor()  # type: ignore[attr-defined]
+        label = "held-out real digits"
+        scores = evaluator.scores(real)
+    elif fed.source_format == "gaussians":
+        real = gaussians(REFERENCE_GAUSSIANS, seed=opts.seed + 1).tensor()
+        label = "real 8-Gaussians samples"
+        scores = make_evaluator("gaussians").scores(real)
+    else:
+        real = load_source_dataset(opts.dataset, seed=opts.seed)[0].tensor()[:REFERENCE_GRID]
+        label = "real images"
+    path = save_samples(real[:REFERENCE_GRID], fed.out / "samples-real.png", title=label)
+    return {"label": label, "samples": len(real), "scores": {k: float(v) for k, v in scores.items()},
+            "samples_png": path.name}
 
 
 class Progress:
@@ -270,7 +297,7 @@ def run_harness(opts: HarnessOptions) -> Path:
     from p2pgan.report import write_report
 
     fed = prepare(opts)
-    prewarm_evaluator(fed)
+    reference = real_reference(fed, opts)
     specs = fed.specs()
     tails = {s.name: MetricsTail(s.metrics) for s in specs}
     started = time.time()
@@ -292,4 +319,4 @@ def run_harness(opts: HarnessOptions) -> Path:
         "exit_codes": codes,
         "configs": {pid: str(path) for pid, path in fed.configs.items()},
     }
-    return write_report(fed.out, metrics, extra)
+    return write_report(fed.out, metrics, extra, reference=reference)

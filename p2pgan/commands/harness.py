@@ -65,6 +65,9 @@ def run(args: argparse.Namespace) -> int:
         raise KeyboardInterrupt  # the same clean stop as Ctrl-C: peers checkpoint and exit
 
     signal.signal(signal.SIGTERM, _terminate)
+    import json
+
     report = run_harness(opts)
-    print(f"p2pgan harness: report in {report} (curves and sample grids next to it)")
+    reached = json.loads(report.read_text()).get("reached", "")
+    print(f"p2pgan harness: {reached}; report: {report.with_name('report.md')}")
     return 0
