@@ -3,7 +3,8 @@
 Each entry names a module that defines ``add_arguments(parser)`` and ``run(args) -> int``. Only the
 module of the sub-command being run is imported (none for ``p2pgan --help``), so help and the commands
 that need no torch (``certs``, ``status``) start in a fraction of a second. A :class:`P2PGANError` (a
-user mistake) is printed as one line naming the flag, file or field, with exit status 2.
+user mistake) is printed as one line naming the flag, file or field, with exit status 2 (75 when the
+other peers could not be reached: a retry may succeed).
 """
 
 from __future__ import annotations
@@ -15,10 +16,13 @@ import sys
 from collections.abc import Sequence
 
 from p2pgan import __version__, logs
-from p2pgan.errors import P2PGANError
+from p2pgan.errors import DiscoveryError, P2PGANError, PeerUnavailableError
 
-#: exit status of a user mistake (bad flag, config, file): the same as argparse's usage errors
+#: exit status of a user mistake (bad flag, config, file): the same as argparse's usage errors. The
+#: systemd unit does not restart on it (RestartPreventExitStatus=2): the file must be fixed first.
 EXIT_USAGE = 2
+#: exit status when the other peers could not be reached or found (sysexits' EX_TEMPFAIL): worth a retry
+EXIT_TEMPFAIL = 75
 
 #: sub-command -> (module that implements it, one-line help)
 COMMANDS: dict[str, tuple[str, str]] = {
@@ -69,6 +73,11 @@ def build_parser(command: str | None = "*") -> argparse.ArgumentParser:
     return parser
 
 
+def exit_status(exc: P2PGANError) -> int:
+    """:data:`EXIT_TEMPFAIL` for errors a later retry may not meet (peers not up yet), else :data:`EXIT_USAGE`."""
+    return EXIT_TEMPFAIL if isinstance(exc, (PeerUnavailableError, DiscoveryError)) else EXIT_USAGE
+
+
 def _command_in(argv: Sequence[str]) -> str | None:
     """The sub-command named in ``argv`` (no option value is ever a command name), or None."""
     return next((a for a in argv if a in COMMANDS), None)
@@ -87,7 +96,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return int(args._module.run(args) or 0)
     except P2PGANError as exc:
         print(f"p2pgan {args.command}: error: {exc}", file=sys.stderr)
-        return EXIT_USAGE
+        return exit_status(exc)
     except OSError as exc:  # a file or folder the user named that cannot be used: one line, no traceback
         if exc.filename is None:
             raise
