@@ -14,7 +14,9 @@ import pytest
 from daemon_helpers import federation as make_harness_federation
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from p2pgan.daemon.processes import PeerGroup, pid_alive
+from p2pgan import cli
+from p2pgan.commands.status import daemon_status
+from p2pgan.daemon.processes import MetricsTail, PeerGroup, pid_alive, wait_for_record
 from p2pgan.discovery import load_roster
 from p2pgan.security.certs import make_federation
 from p2pgan.wire import transport
@@ -91,7 +93,15 @@ def test_probe_sees_a_real_daemon_start_serving(tmp_path: Path) -> None:
     with first, _probe_channel("127.0.0.1", port, "harness", "peer0", probe_tls) as channel:
         call, statuses = _status_stream(channel)
         assert next(statuses) == "NOT_SERVING"
+        assert cli.main(["status", "--config", str(fed.configs["peer0"])]) == 1  # reachable, not serving yet
         with second:
             assert next(statuses) == "SERVING"
             call.cancel()
+            wait_for_record(MetricsTail(specs[0].metrics), lambda r: r["type"] == "step" and r["step"] >= 2, 120,
+                            group=first)
+            st = daemon_status(fed.configs["peer0"])
+            assert st["health"] == "SERVING" and st["step"] >= 2 and st["members"] == ["peer0", "peer1"]
+            assert st["step_s"] > 0 and st["dropped_rounds"] == 0
     assert not [pid for pid in first.pids + second.pids if pid_alive(pid)]
+    st = daemon_status(fed.configs["peer0"], timeout=1.0)  # stopped: the probe says so, no traceback
+    assert st["health"] == "UNREACHABLE" and "UNAVAILABLE" in st["error"]

@@ -83,8 +83,9 @@ class HealthReporter:
         self.servicer.enter_graceful_shutdown()
 
 
-def check(channel: grpc.Channel, service: str = "", timeout: float = 5.0) -> str:
-    """Ask a server's health once; returns ``"SERVING"``, ``"NOT_SERVING"``, ... (raises grpc.RpcError)."""
+def check(channel: grpc.Channel, service: str = "", timeout: float = 5.0, *, wait_for_ready: bool = False) -> str:
+    """Ask a server's health once; returns ``"SERVING"``, ``"NOT_SERVING"``, ... (raises grpc.RpcError:
+    UNAVAILABLE at once for a server that is down, unless ``wait_for_ready`` waits up to ``timeout``)."""
     stub = health_pb2_grpc.HealthStub(channel)
-    reply = stub.Check(health_pb2.HealthCheckRequest(service=service), timeout=timeout, wait_for_ready=True)
+    reply = stub.Check(health_pb2.HealthCheckRequest(service=service), timeout=timeout, wait_for_ready=wait_for_ready)
     return health_pb2.HealthCheckResponse.ServingStatus.Name(reply.status)
