@@ -207,7 +207,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--gaussian-lr-d", type=float, default=Gaussians.default_lr_v, help="critic step size")
     p.add_argument("--skip-images", action="store_true", help="only the 8-Gaussians problem")
     p.add_argument("--cifar10", type=Path, default=None, help="a local CIFAR-10 python-batch folder (instead of digits)")
-    p.add_argument("--inception-weights", type=Path, default=None, help="local Inception-v3 weights (CIFAR-10 scores)")
+    p.add_argument("--inception-weights", type=Path, default=None, help="local FID Inception weights pt_inception-2015-12-05-6726825d.pth (standard IS / FID)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=1, help="torch threads (more only on an otherwise idle machine)")
     p.add_argument("--out", type=Path, default=Path("runs/convergence"))

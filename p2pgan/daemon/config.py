@@ -155,7 +155,7 @@ class EvaluationConfig:
     kind: str  # auto: digits for 8x8 images, gaussians for points, inception when weights are given
     samples: int  # generated samples used for the scores
     grid: int  # samples shown in the PNG grid
-    inception_weights: Path | None  # local Inception weights for IS/FID on 32x32 images
+    inception_weights: Path | None  # local FID Inception weights (pt_inception-2015-12-05-6726825d.pth): standard IS/FID
     cache_dir: Path | None  # where the digits classifier is cached (default $P2PGAN_CACHE or ~/.cache/p2pgan)
     out_dir: Path  # sample grids
 
