@@ -127,3 +127,24 @@ def test_zeroconf_on_a_wildcard_address_names_the_real_field() -> None:
     net = NetworkConfig(federation="demo", peer_id="alice", listen_host="0.0.0.0", insecure=True, discovery="zeroconf")
     with pytest.raises(DiscoveryError, match=r"^peer\.advertise: "):
         ZeroconfDiscovery(net, port=7000)
+
+
+@pytest.mark.timeout(120)
+def test_set_overrides_are_validated_like_the_file_and_named_in_errors(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from daemon_helpers import federation
+
+    from p2pgan.daemon.config import load_config
+
+    config = federation(tmp_path, 1).configs["peer0"]
+    cfg = load_config(config, ["train.steps=500", "mixing.rounds=2", "train.betas=[0.0, 0.99]"])
+    assert (cfg.train.steps, cfg.mixing.rounds, cfg.train.betas) == (500, 2, (0.0, 0.99))
+    assert load_config(config).train.steps == 40  # the file itself is untouched
+    _one_line_error(capsys, ["peer", "--config", str(config), "--set", "train.steps=-5"],
+                    "--set train.steps=-5: train.steps: must be")
+    _one_line_error(capsys, ["peer", "--config", str(config), "--set", "train.stepz=5"],
+                    "--set train.stepz=5: train.stepz: unknown field (did you mean 'steps'?)")
+    _one_line_error(capsys, ["peer", "--config", str(config), "--set", "peers.id=x"],
+                    "--set peers.id=x: peers: unknown section (did you mean 'peer'?)")
+    _one_line_error(capsys, ["peer", "--config", str(config), "--set", "mixing"], "--set mixing: must be SECTION.FIELD=VALUE")

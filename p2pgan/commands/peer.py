@@ -8,6 +8,7 @@ probes on its gRPC port (see p2pgan status).
 Examples:
   p2pgan peer --config peers/alice.yaml
   p2pgan peer --config peers/alice.yaml --resume --log-format json
+  p2pgan peer --config peers/alice.yaml --set train.steps=500 --set mixing.rounds=2
 """
 
 from __future__ import annotations
@@ -19,6 +20,8 @@ from pathlib import Path
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--config", type=Path, required=True, metavar="FILE.yaml", help="the peer's YAML config")
     parser.add_argument("--resume", action="store_true", help="continue from the newest checkpoint")
+    parser.add_argument("--set", action="append", default=[], metavar="SECTION.FIELD=VALUE", dest="overrides",
+                        help="override one config field (repeatable), validated like the file: --set train.steps=500")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -32,5 +35,5 @@ def run(args: argparse.Namespace) -> int:
     if daemon_log.getEffectiveLevel() > logging.INFO:
         daemon_log.setLevel(logging.INFO)
 
-    config = load_config(args.config)
+    config = load_config(args.config, args.overrides)
     return run_peer(config, resume=args.resume)

@@ -27,7 +27,7 @@ import dataclasses
 import difflib
 import hashlib
 import logging
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, Literal
 
@@ -558,8 +558,37 @@ def parse_config(data: object, source: str | Path, base_dir: Path | None = None)
     return PeerConfig(source_path, ident, security, discovery, mixing, train, data_cfg, checkpoint, evaluation, metrics)
 
 
-def load_config(path: str | Path) -> PeerConfig:
-    """Read and validate a peer's YAML file; raises :class:`ConfigError` naming the file and field."""
+def apply_overrides(data: object, overrides: Sequence[str], source: str) -> object:
+    """``data`` with each ``SECTION.FIELD=VALUE`` of ``overrides`` set (VALUE read as YAML: ``500`` is a
+    number, ``[0.5, 0.9]`` a list, ``true`` a boolean), as if the file said so."""
+    data = dict(data) if isinstance(data, Mapping) else data
+    for item in overrides:
+        key, sep, raw = item.partition("=")
+        parts = key.strip().split(".")
+        if not sep or not all(parts):
+            raise config_error(f"--set {item}", "", "must be SECTION.FIELD=VALUE, e.g. --set train.steps=500")
+        try:
+            value = yaml.safe_load(raw) if raw.strip() else None
+        except yaml.YAMLError:
+            raise config_error(f"--set {item}", "", f"{raw!r} is not a YAML value") from None
+        if not isinstance(data, Mapping):
+            raise config_error(source, "", "the file must be a mapping of sections to apply --set")
+        node: dict[str, Any] = data  # type: ignore[assignment]
+        for depth, part in enumerate(parts[:-1]):
+            child = node.get(part)
+            if child is None:
+                child = {}
+            elif not isinstance(child, Mapping):
+                raise config_error(f"--set {item}", ".".join(parts[: depth + 1]), "is not a section of fields")
+            node[part] = child = dict(child)
+            node = child
+        node[parts[-1]] = value
+    return data
+
+
+def load_config(path: str | Path, overrides: Sequence[str] = ()) -> PeerConfig:
+    """Read and validate a peer's YAML file, with ``--set`` ``overrides`` (:func:`apply_overrides`) applied
+    first; raises :class:`ConfigError` naming the file (or the override) and the field."""
     path = Path(path)
     try:
         text = path.read_text(encoding="utf-8")
@@ -576,9 +605,19 @@ def load_config(path: str | Path) -> PeerConfig:
             where = f" at line {mark.line + 1}, column {mark.column + 1}"
         problem = getattr(exc, "problem", None) or str(exc)
         raise config_error(str(path), "", f"not valid YAML{where}: {problem}") from None
-    if data is None:
+    if data is None and not overrides:
         raise config_error(str(path), "", f"the file is empty; it needs the sections {', '.join(SECTIONS)}")
-    cfg = parse_config(data, path, path.resolve().parent)
+    data = apply_overrides(data if data is not None else {}, overrides, str(path))
+    try:
+        cfg = parse_config(data, path, path.resolve().parent)
+    except ConfigError as exc:  # a bad overridden field: name the override the user typed, not the file
+        rest = str(exc).removeprefix(f"{path}: ")
+        field = rest.split(":", 1)[0]
+        for item in reversed(overrides):
+            key = item.partition("=")[0].strip()
+            if key == field or key.startswith(field + ".") or field.startswith(key + "."):
+                raise ConfigError(f"--set {item}: {rest}") from None
+        raise
     if cfg.security.insecure:
         log.warning(_INSECURE_WARNING, cfg.peer.id)
     return cfg
