@@ -31,7 +31,7 @@ import torch
 
 from p2pgan.algorithm import DPOSG, lr_vector
 from p2pgan.errors import P2PGANError
-from p2pgan.experiments.report import format_table, plot_variant_bands, write_json
+from p2pgan.experiments.report import format_table, plot_variant_bands, write_json, write_markdown
 from p2pgan.metrics import Progress
 from p2pgan.mixing.inprocess import InProcessMixer
 from p2pgan.topology import make_topology
@@ -70,6 +70,8 @@ class Problem:
     x_unit: str  # "epoch" or "step"
     steps_per_unit: float
     score_keys: tuple[str, ...]
+    reference: dict[str, float] | None = None  # the evaluator's scores of real data no peer trains on
+    reference_label: str = "real data"
 
 
 def image_problem(name: str, data: Dataset, model: str, evaluator: Evaluator, args: argparse.Namespace) -> Problem:
@@ -96,8 +98,12 @@ def image_problem(name: str, data: Dataset, model: str, evaluator: Evaluator, ar
         return Setup(games[0].point().repeat(peers, 1), PeerGames(games).field, score, save, games[0].dim_v)
 
     per_epoch = len(data) / args.total_batch
+    held_out = getattr(evaluator, "held_out", None)  # the digits classifier's split that it never trained on
+    real = held_out.tensor() if held_out is not None else data.tensor()[: args.eval_samples]
     return Problem(name, setup, args.total_batch, args.lr, round(args.epochs * per_epoch),
-                   max(1, round(args.eval_every * per_epoch)), "epoch", per_epoch, ("is", "fid"))
+                   max(1, round(args.eval_every * per_epoch)), "epoch", per_epoch, ("is", "fid"),
+                   reference=evaluator.scores(real), reference_label="held-out real digits" if held_out is not None
+                   else "real images")
 
 
 def gaussians_problem(args: argparse.Namespace) -> Problem:
@@ -172,7 +178,8 @@ def run_problem(problem: Problem, args: argparse.Namespace) -> dict[str, dict]:
         for key in problem.score_keys
     }
     plot_variant_bands(args.out / f"convergence_{problem.name}.png", panels, xlabel=problem.x_unit,
-                       title=f"{problem.name}: {args.peers} peers, total batch {problem.total_batch}, lr {problem.lr}")
+                       title=f"{problem.name}: {args.peers} peers, total batch {problem.total_batch}, lr {problem.lr}",
+                       reference=problem.reference, reference_label=problem.reference_label)
     return results
 
 
@@ -251,6 +258,8 @@ def main(argv: list[str] | None = None) -> int:
         for problem in problems:
             results = run_problem(problem, args)
             report[problem.name] = results
+            if problem.reference:
+                report[f"{problem.name}_reference"] = {"label": problem.reference_label, "scores": problem.reference}
             rows += summary_rows(problem.name, results, problem.score_keys, args.peers)
     except P2PGANError as exc:
         print(f"exp_convergence: error: {exc}", file=sys.stderr)
@@ -261,7 +270,20 @@ def main(argv: list[str] | None = None) -> int:
         mine = [r for r in rows if r["problem"] == name]
         keys = [k for k in mine[0] if k not in ("problem", "variant", "seconds")]
         print(f"\n{name} ({args.peers} peers)\n" + format_table(mine, ["variant", *keys, "seconds"]))
-    print(f"wrote {args.out}/convergence.json and PNGs")
+    sections = []
+    for name in dict.fromkeys(r["problem"] for r in rows):
+        mine = [r for r in rows if r["problem"] == name]
+        keys = [k for k in mine[0] if k not in ("problem", "variant", "seconds")]
+        ref = report.get(f"{name}_reference")
+        note = (f"\n\nReal data ({ref['label']}), same evaluator: " + ", ".join(f"{k} {v:.3g}" for k, v in
+                ref["scores"].items()) + " (dashed in the figure).") if isinstance(ref, dict) else ""
+        sections.append((f"{name}, {args.peers} peers", format_table(mine, ["variant", *keys, "seconds"]) + note))
+    pictures = sorted(p.name for p in args.out.glob("convergence_*.png")) + sorted(
+        p.name for p in args.out.glob("samples_*.png"))
+    page = write_markdown(args.out / "report.md", "Convergence of CP-OAdam, DP-OAdam and Rand-DP-OAdam",
+                          [f"Settings: {report['note']}; variants {', '.join(args.variants)}; "
+                           f"{args.epochs:g} epochs; seed {args.seed}. Numbers: convergence.json."], sections, pictures)
+    print(f"wrote {page} (tables, real-data reference, figures), {args.out}/convergence.json and PNGs")
     return 0
 
 

@@ -34,6 +34,11 @@ def test_convergence_smoke(tmp_path: Path) -> None:
                 assert len(curve["scores"][k]) == len(x) and all(len(v) == 4 for v in curve["scores"][k])
         assert (tmp_path / f"convergence_{problem}.png").read_bytes()[:4] == b"\x89PNG"
     assert {r["variant"] for r in report["summary"]} == {"CP-OAdam", "Rand-DP-OAdam"}
+    assert report["digits_reference"]["label"] == "held-out real digits" and report["digits_reference"]["scores"]["is"] > 9
+    page = (tmp_path / "report.md").read_text()
+    assert "## digits, 4 peers" in page and "Real data (held-out real digits)" in page
+    assert "![convergence_digits](convergence_digits.png)" in page
+    assert "\r" not in r.stderr  # status lines, not bar frames, when the output is not a terminal
 
 
 def test_convergence_rejects_bad_batch(tmp_path: Path) -> None:

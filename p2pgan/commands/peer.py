@@ -30,9 +30,15 @@ def run(args: argparse.Namespace) -> int:
     from p2pgan.daemon.config import load_config
     from p2pgan.daemon.peer import run_peer
 
-    # status lines and resume / signal notes are the daemon's normal output, shown without -v
+    import os
+
+    from p2pgan.logs import LEVEL_ENV
+
+    # status lines and resume / signal notes are the daemon's normal output, shown without -v (an explicit
+    # --log-level or P2PGAN_LOG_LEVEL is obeyed as given)
     daemon_log = logging.getLogger("p2pgan.daemon")
-    if daemon_log.getEffectiveLevel() > logging.INFO:
+    explicit = args.log_level is not None or os.environ.get(LEVEL_ENV)
+    if not explicit and daemon_log.getEffectiveLevel() > logging.INFO:
         daemon_log.setLevel(logging.INFO)
 
     config = load_config(args.config, args.overrides)
