@@ -59,13 +59,13 @@ def save_image_grid(images: torch.Tensor, path: str | os.PathLike[str], *, nrow:
 
     scale = max(1, math.ceil(min_cell_px / max(images.shape[-2:])))
     grid = image_grid(images, nrow, padding=1)
-    img = Image.fromarray(grid[..., 0] if grid.shape[-1] == 1 else grid).convert("RGB")
+    img = Image.fromarray(grid[..., 0] if grid.shape[-1] == 1 else grid)  # "L" for grey images, "RGB" for colour
     if scale > 1:
         img = img.resize((img.width * scale, img.height * scale), Image.Resampling.NEAREST)
     if title:
         font = ImageFont.load_default(size=TITLE_PX)
         band = TITLE_PX + 8
-        titled = Image.new("RGB", (img.width, img.height + band), "white")
+        titled = Image.new(img.mode, (img.width, img.height + band), "white")
         titled.paste(img, (0, band))
         ImageDraw.Draw(titled).text((4, 3), title, fill="black", font=font)
         img = titled

@@ -4,7 +4,8 @@ What a Kubernetes ``grpc:`` probe, ``grpc_health_probe`` or a load balancer call
 answer: ``""`` (the server as a whole, what probes ask by default) and the gossip service's full name
 (:data:`GOSSIP_SERVICE`). Both say NOT_SERVING while the daemon starts (the server is up but the
 membership has not formed: not every member has answered yet), SERVING once it has, and NOT_SERVING
-again from the moment it starts leaving. ``Watch`` streams each change, so a client need not poll.
+again when it leaves (the mixer closes: after the last step, before the port closes). ``Watch``
+streams each change, so a client need not poll.
 
 The health service sits behind the same mutual TLS as the gossip service: a probe presents a
 certificate issued by the federation CA (``p2pgan certs issue --peer probe ...``) and checks the
