@@ -9,7 +9,8 @@
 
 then starts the M daemons as OS processes (``python -m p2pgan peer --config ...``), shows overall
 progress from their metrics files, stops them cleanly (also on Ctrl-C or when one dies, naming it with
-its log tail) and writes ``report.json`` with PNG curves and sample grids (:mod:`p2pgan.report`).
+its log tail) and writes ``report.md`` and ``report.json`` with PNG curves and sample grids, read against
+the same evaluator's score on real data (:mod:`p2pgan.report`).
 """
 
 from __future__ import annotations
@@ -19,20 +20,15 @@ import logging
 import socket
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import yaml
 
-from p2pgan.algorithm.directions import DIRECTION_NAMES
-from p2pgan.algorithm.dposg import SCHEDULES
-from p2pgan.daemon.config import BACKENDS, RETIRED_VARIANTS, VARIANTS, load_config
-from p2pgan.daemon.processes import MetricsTail, PeerGroup, PeerSpec
 from p2pgan.errors import ConfigError
 from p2pgan.faults import FaultRunner, parse_faults
-from p2pgan.topology import TOPOLOGY_NAMES
-from p2pgan.trainer.data import SHARD_MODES
-from p2pgan.trainer.losses import LOSS_NAMES
-from p2pgan.trainer.models import MODEL_NAMES
+
+if TYPE_CHECKING:  # the modules that import torch are imported where used: `harness --help` stays fast
+    from p2pgan.daemon.processes import MetricsTail, PeerSpec
 
 log = logging.getLogger(__name__)
 
@@ -43,6 +39,8 @@ DATASET_MODELS = {"digits": "digits", "gaussians": "mlp2d", "cifar10": "dcgan32"
 GAUSSIANS_TOTAL = 10_000
 #: seconds between looks at the peers' progress (faults fire at most this late after their step)
 FAULT_TICK_S = 0.1
+#: seconds between two status lines when the output is not a terminal (CI, nohup, a pipe)
+STATUS_INTERVAL_S = 15.0
 
 
 @dataclasses.dataclass(frozen=True)
@@ -78,6 +76,14 @@ class HarnessOptions:
     timeout_s: float = 24 * 3600.0
 
     def validate(self) -> None:
+        from p2pgan.algorithm.directions import DIRECTION_NAMES
+        from p2pgan.algorithm.dposg import SCHEDULES
+        from p2pgan.daemon.config import BACKENDS, RETIRED_VARIANTS, VARIANTS
+        from p2pgan.topology import TOPOLOGY_NAMES
+        from p2pgan.trainer.data import SHARD_MODES
+        from p2pgan.trainer.losses import LOSS_NAMES
+        from p2pgan.trainer.models import MODEL_NAMES
+
         def bad(flag: str, problem: str) -> ConfigError:
             return ConfigError(f"--{flag}: {problem}")
 
@@ -162,6 +168,9 @@ class Federation:
     source_format: str
 
     def specs(self, resume: bool = False) -> list[PeerSpec]:
+        from p2pgan.daemon.config import load_config
+        from p2pgan.daemon.processes import PeerSpec
+
         specs = []
         for pid in self.ids:
             cfg = load_config(self.configs[pid])
@@ -171,6 +180,7 @@ class Federation:
 
 def prepare(opts: HarnessOptions) -> Federation:
     """Write certificates, roster, shards and per-peer configs under ``opts.out``."""
+    from p2pgan.daemon.config import VARIANTS, load_config
     from p2pgan.discovery import write_roster
     from p2pgan.security.certs import make_federation
     from p2pgan.trainer.data import write_shards
@@ -180,7 +190,12 @@ def prepare(opts: HarnessOptions) -> Federation:
     out = opts.out.resolve()
     if (out / "state").is_dir() and any((out / "state").iterdir()):
         raise ConfigError(f"--out: {out} already holds a harness run (its state/ folder); choose a new folder")
-    out.mkdir(parents=True, exist_ok=True)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        (out / ".p2pgan-write-check").touch()
+        (out / ".p2pgan-write-check").unlink()
+    except OSError as exc:
+        raise ConfigError(f"--out: cannot write to {out} ({exc.strerror or exc}); give a folder you can write to") from None
     ids = peer_ids(opts.peers)
     dataset, source_format = load_source_dataset(opts.dataset, seed=opts.seed)
     if len(dataset) < opts.peers:
@@ -234,48 +249,74 @@ def prepare(opts: HarnessOptions) -> Federation:
     return Federation(out, ids, configs, model, source_format)
 
 
-def prewarm_evaluator(fed: Federation) -> None:
-    """Train (or load) the cached digits classifier once here, instead of once in every peer."""
-    if fed.model == "digits":
-        from p2pgan.trainer.evaluation import make_evaluator
+#: real samples in the reference grid and, for the synthetic Gaussians, in the reference score
+REFERENCE_GRID = 64
+REFERENCE_GAUSSIANS = 1000
 
-        make_evaluator("digits")
+
+def real_reference(fed: Federation, opts: HarnessOptions) -> dict[str, Any]:
+    """The peers' evaluator applied to real data no peer trained on, and a grid of it (``samples-real.png``).
+
+    Digits: the classifier's held-out split (the peers' scores use the same classifier, trained once here
+    and cached, so the daemons only load it). Gaussians: fresh samples of the true mixture. Other images:
+    a grid only (their scores need local Inception weights, which the harness does not configure).
+    """
+    from p2pgan.trainer.data import gaussians
+    from p2pgan.trainer.evaluation import make_evaluator
+    from p2pgan.trainer.images import save_samples
+
+    scores: dict[str, float] = {}
+    if fed.source_format == "digits":
+        evaluator = make_evaluator("digits")
+        real = evaluator.held_out.tensor()  # type: ignore[attr-defined]
+        label = "held-out real digits"
+        scores = evaluator.scores(real)
+    elif fed.source_format == "gaussians":
+        real = gaussians(REFERENCE_GAUSSIANS, seed=opts.seed + 1).tensor()
+        label = "real 8-Gaussians samples"
+        scores = make_evaluator("gaussians").scores(real)
+    else:
+        real = load_source_dataset(opts.dataset, seed=opts.seed)[0].tensor()[:REFERENCE_GRID]
+        label = "real images"
+    path = save_samples(real[:REFERENCE_GRID], fed.out / "samples-real.png", title=label)
+    return {"label": label, "samples": len(real), "scores": {k: float(v) for k, v in scores.items()},
+            "samples_png": path.name}
 
 
 class Progress:
-    """A tqdm bar over the peers' steps (read from their metrics files), with the latest score."""
+    """Overall progress of the peers' steps (read from their metrics files) with the latest scores: a bar on
+    a terminal, a status line every :data:`STATUS_INTERVAL_S` otherwise (:class:`p2pgan.metrics.Progress`)."""
 
     def __init__(self, tails: dict[str, MetricsTail], total: int) -> None:
-        from p2pgan.metrics import progress
+        from p2pgan.metrics import Progress as Display
 
         self.tails = tails
-        self.bar = progress(total, f"{len(tails)} peers", unit="step")
+        self.display = Display(total, f"{len(tails)} peers: steps", unit="step", interval_s=STATUS_INTERVAL_S)
 
     def tick(self) -> None:
         done = 0
-        score = None
+        score: dict[str, Any] = {}
         for tail in self.tails.values():
             tail.poll()
             last = tail.last("step")
             done += int(last["step"]) if last else 0
             ev = tail.last("eval")
             if ev and ev.get("scores"):
-                score = ev["scores"]
-        self.bar.update(done - self.bar.n)
-        if score:
-            self.bar.set_postfix({k: f"{v:.3g}" for k, v in score.items() if isinstance(v, (int, float))}, refresh=False)
+                score = {k: v for k, v in ev["scores"].items() if isinstance(v, (int, float))}
+        self.display.update(done, **score)
 
     def close(self) -> None:
-        self.bar.close()
+        self.display.close()
 
 
 def run_harness(opts: HarnessOptions) -> Path:
     """Prepare, run the M daemons to the end, write the report; returns the path of report.json."""
+    from p2pgan.daemon.processes import MetricsTail, PeerGroup
     from p2pgan.metrics import read_metrics
     from p2pgan.report import write_report
 
     fed = prepare(opts)
-    prewarm_evaluator(fed)
+    reference = real_reference(fed, opts)
     specs = fed.specs()
     tails = {s.name: MetricsTail(s.metrics) for s in specs}
     started = time.time()
@@ -300,4 +341,4 @@ def run_harness(opts: HarnessOptions) -> Path:
         "configs": {pid: str(path) for pid, path in fed.configs.items()},
         "faults": runner.events,
     }
-    return write_report(fed.out, metrics, extra)
+    return write_report(fed.out, metrics, extra, reference=reference)

@@ -8,9 +8,11 @@ line readable. Two record types (``"type"``), both carrying ``peer``, ``step``, 
   ``bytes_sent``, ``bytes_received`` (totals so far), ``compute_s``, ``comm_s`` (this step), plus extras;
 - ``"eval"``: ``scores`` (e.g. ``{"is": 8.1, "fid": 12.3}``), plus extras.
 
+Byte fields are in bytes, times in seconds (the ``_s`` suffix).
+
 Non-finite floats are written as ``null`` so every line stays valid JSON. :func:`read_metrics` reads a
 file back, skipping a final line cut short by a crash. The Prometheus endpoint (extra ``metrics``:
-``pip install 'p2pgan[metrics]'``) exports the latest step values as gauges labelled by peer.
+``pip install 'p2pgan[metrics]'``) follows Prometheus' conventions (:class:`PrometheusExporter`).
 """
 
 from __future__ import annotations
@@ -32,7 +34,7 @@ log = logging.getLogger(__name__)
 
 #: seconds between two lines of a :class:`StatusLine` (patchable by tests)
 STATUS_INTERVAL_S = 10.0
-#: the numeric fields of a step record, in the order the Prometheus gauges are made
+#: the numeric fields every step record has
 STEP_FIELDS: tuple[str, ...] = (
     "loss_g", "loss_d", "grad_norm", "consensus", "bytes_sent", "bytes_received", "compute_s", "comm_s",
 )
@@ -51,40 +53,151 @@ def _clean(value: Any) -> Any:
     return value
 
 
-class PrometheusExporter:
-    """Serve the latest step values of one peer at ``http://addr:port/metrics`` (port 0: any free port)."""
+#: upper bounds (seconds) of the step-duration histogram's buckets: a tiny CPU model to a large GPU one
+STEP_SECONDS_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0)
+#: running totals a step record carries since the mixer opened (reset by a restart) -> counter name
+RUN_TOTALS = {"bytes_sent": "sent_bytes", "bytes_received": "received_bytes", "dropped": "dropped_rounds"}
+#: per-step seconds a step record carries -> counter name (summed over steps)
+STEP_SECONDS = {"compute_s": "compute_seconds", "comm_s": "communication_seconds"}
+#: latest values of a step record -> gauge name and help
+STEP_GAUGES = {
+    "loss_g": ("loss_generator", "latest generator loss"),
+    "loss_d": ("loss_discriminator", "latest discriminator loss"),
+    "grad_norm": ("gradient_norm", "latest norm of the game's gradient field"),
+    "consensus": ("consensus_distance", "latest distance of the parameters to the neighbours' average"),
+    "epoch": ("epoch", "epochs over this peer's private shard"),
+}
 
-    def __init__(self, peer: str, port: int = 0, addr: str = "127.0.0.1") -> None:
+
+def run_totals(records: Iterable[Mapping[str, Any]]) -> dict[str, float]:
+    """Totals over every run recorded in one peer's metrics: steps done, bytes, dropped rounds, seconds.
+
+    A step record's ``bytes_sent``, ``bytes_received`` and ``dropped`` count from the start of its run (the
+    mixer's life); a restart (a ``start`` record, or a step that does not advance) begins a new run, whose
+    totals are added to those before. These are the values the Prometheus counters continue from, so the
+    counters survive ``--resume``, and what the report adds up.
+    """
+    totals = dict.fromkeys(("steps", *RUN_TOTALS, *STEP_SECONDS, "step_s"), 0.0)
+    last: Mapping[str, Any] | None = None
+
+    def close_run() -> None:
+        if last is not None:
+            for key in RUN_TOTALS:
+                totals[key] += float(last.get(key) or 0.0)
+
+    for r in records:
+        kind = r.get("type")
+        if kind == "start" or (kind == "step" and last is not None and int(r["step"]) <= int(last["step"])):
+            close_run()
+            last = None
+        if kind != "step":
+            continue
+        totals["steps"] += 1
+        for key in (*STEP_SECONDS, "step_s"):
+            totals[key] += float(r.get(key) or 0.0)
+        last = r
+    close_run()
+    return totals
+
+
+def _build_labels() -> dict[str, str]:
+    """Versions a dashboard groups by: p2pgan, Python, and torch / grpcio where already imported."""
+    from p2pgan import __version__
+
+    labels = {"version": __version__, "python": "%d.%d.%d" % sys.version_info[:3]}
+    for name in ("torch", "grpc"):
+        module = sys.modules.get(name)
+        labels[name if name != "grpc" else "grpcio"] = str(getattr(module, "__version__", "")) if module else ""
+    return labels
+
+
+class PrometheusExporter:
+    """One peer's metrics at ``http://addr:port/metrics`` (port 0: any free port), by Prometheus conventions.
+
+    Counters end in ``_total`` and continue across restarts from ``carried`` (:func:`run_totals` of the
+    records before this run): ``p2pgan_steps_total``, ``p2pgan_sent_bytes_total``,
+    ``p2pgan_received_bytes_total``, ``p2pgan_dropped_rounds_total``, ``p2pgan_compute_seconds_total``,
+    ``p2pgan_communication_seconds_total``, ``p2pgan_evaluations_total``. Gauges hold the latest values
+    (``p2pgan_step``, losses, ``p2pgan_consensus_distance``, ``p2pgan_score{score=...}``);
+    ``p2pgan_step_duration_seconds`` is a histogram of wall seconds per step; ``p2pgan_build_info`` carries
+    the versions. Every series is labelled ``peer``. Bound to loopback unless ``addr`` says otherwise.
+    """
+
+    def __init__(self, peer: str, port: int = 0, addr: str = "127.0.0.1",
+                 carried: Mapping[str, float] | None = None) -> None:
         try:
             import prometheus_client
         except ImportError:
             raise ConfigError(
                 "the Prometheus endpoint needs prometheus-client: pip install 'p2pgan[metrics]'"
             ) from None
+        pc = prometheus_client
         self.peer = peer
-        self.registry = prometheus_client.CollectorRegistry()
-        self._gauges = {
-            name: prometheus_client.Gauge(f"p2pgan_{name}", f"latest {name} of the peer", ["peer"],
-                                          registry=self.registry)
-            for name in (*STEP_FIELDS, "step", "epoch")
-        }
-        self._scores = prometheus_client.Gauge("p2pgan_score", "latest evaluation score", ["peer", "score"],
-                                               registry=self.registry)
+        self.registry = reg = pc.CollectorRegistry()
+        carried = dict(carried or {})
+
+        def counter(name: str, doc: str, start: float) -> Any:
+            c = pc.Counter(f"p2pgan_{name}", doc, ["peer"], registry=reg).labels(peer=peer)
+            if start > 0:
+                c.inc(start)
+            return c
+
+        self._steps = counter("steps", "DPOSG steps done (all runs of this peer)", carried.get("steps", 0.0))
+        self._run_totals = {key: counter(name, f"{name.replace('_', ' ')} (all runs of this peer)", carried.get(key, 0.0))
+                            for key, name in RUN_TOTALS.items()}
+        self._seconds = {key: counter(name, f"{name.replace('_', ' ')} spent in steps (all runs)", carried.get(key, 0.0))
+                         for key, name in STEP_SECONDS.items()}
+        self._evaluations = counter("evaluations", "evaluations done in this run", 0.0)
+        self._step_seconds = pc.Histogram("p2pgan_step_duration_seconds", "wall seconds per DPOSG step", ["peer"],
+                                          buckets=STEP_SECONDS_BUCKETS, registry=reg).labels(peer=peer)
+        self._step = pc.Gauge("p2pgan_step", "the step this peer has reached", ["peer"], registry=reg).labels(peer=peer)
+        self._gauges = {key: pc.Gauge(f"p2pgan_{name}", doc, ["peer"], registry=reg).labels(peer=peer)
+                        for key, (name, doc) in STEP_GAUGES.items()}
+        self._scores = pc.Gauge("p2pgan_score", "latest evaluation score", ["peer", "score"], registry=reg)
+        pc.Info("p2pgan_build", "versions of p2pgan and its main libraries", ["peer"], registry=reg).labels(
+            peer=peer).info(_build_labels())
+        self._this_run = dict.fromkeys(RUN_TOTALS, 0.0)
         try:
-            self._server, self._thread = prometheus_client.start_http_server(port, addr, registry=self.registry)
+            self._server, self._thread = pc.start_http_server(port, addr, registry=reg)
         except OSError as exc:
-            raise ConfigError(f"cannot serve Prometheus metrics on {addr}:{port} ({exc.strerror or exc})") from None
+            raise ConfigError(
+                f"metrics.prometheus_addr/port: cannot serve Prometheus metrics on {addr}:{port} ({exc.strerror or exc})"
+            ) from None
         self.port = int(self._server.server_port)
 
     def observe(self, record: Mapping[str, Any]) -> None:
-        """Update the gauges from one metrics record (step or eval)."""
-        for name, gauge in self._gauges.items():
-            value = record.get(name)
-            if isinstance(value, (int, float)) and not isinstance(value, bool):
-                gauge.labels(peer=self.peer).set(value)
-        for name, value in (record.get("scores") or {}).items():
-            if isinstance(value, (int, float)):
-                self._scores.labels(peer=self.peer, score=name).set(value)
+        """Update the series from one metrics record (``step`` or ``eval``; others are ignored)."""
+
+        def number(key: str) -> float | None:
+            value = record.get(key)
+            return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else None
+
+        if record.get("type") == "step":
+            self._steps.inc()
+            for key, c in self._run_totals.items():
+                value = number(key)
+                if value is not None and value > self._this_run[key]:  # running totals: add what is new
+                    c.inc(value - self._this_run[key])
+                    self._this_run[key] = value
+            for key, c in self._seconds.items():
+                value = number(key)
+                if value is not None and value >= 0:
+                    c.inc(value)
+            wall = number("step_s")
+            if wall is not None and wall >= 0:
+                self._step_seconds.observe(wall)
+            for key, g in self._gauges.items():
+                value = number(key)
+                if value is not None:
+                    g.set(value)
+        elif record.get("type") == "eval":
+            self._evaluations.inc()
+            for name, value in (record.get("scores") or {}).items():
+                if isinstance(value, (int, float)):
+                    self._scores.labels(peer=self.peer, score=name).set(value)
+        step = number("step")
+        if step is not None:
+            self._step.set(step)
 
     def close(self) -> None:
         self._server.shutdown()
@@ -99,9 +212,15 @@ class MetricsWriter:
                  prometheus_addr: str = "127.0.0.1") -> None:
         self.path = Path(path)
         self.peer = peer
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        self.exporter = (PrometheusExporter(peer, prometheus_port, prometheus_addr)
-                         if prometheus_port is not None else None)
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise ConfigError(f"{self.path}: cannot make the metrics folder ({exc.strerror or exc})") from None
+        self.exporter = None
+        if prometheus_port is not None:
+            # counters continue from the runs already in this file (a resumed peer appends to it)
+            carried = run_totals(read_metrics(self.path)) if self.path.is_file() else None
+            self.exporter = PrometheusExporter(peer, prometheus_port, prometheus_addr, carried=carried)
         try:
             self._file: IO[str] = open(self.path, "a", encoding="utf-8")
         except OSError as exc:
@@ -176,33 +295,101 @@ def records_by_peer(paths: Iterable[str | os.PathLike[str]]) -> dict[str, list[d
     return grouped
 
 
-def progress(total: int | None, desc: str, *, unit: str = "step", initial: int = 0,
-             disable: bool | None = None, file: IO[str] | None = None) -> Any:
-    """A tqdm bar for long work (``disable=None``: shown only on a terminal). Use as a context manager."""
-    from tqdm.auto import tqdm
-
-    return tqdm(total=total, desc=desc, unit=unit, initial=initial, disable=disable, file=file or sys.stderr,
-                dynamic_ncols=True, mininterval=0.5)
+def _duration(seconds: float) -> str:
+    """``1h02m``, ``3m05s``, ``42s``: an ETA a person reads at a glance."""
+    seconds = max(0, int(round(seconds)))
+    hours, rest = divmod(seconds, 3600)
+    minutes, secs = divmod(rest, 60)
+    return f"{hours}h{minutes:02d}m" if hours else f"{minutes}m{secs:02d}s" if minutes else f"{secs}s"
 
 
 class StatusLine:
-    """A log line at most every ``interval_s`` seconds: progress for daemons whose output is a log file."""
+    """A progress line at most every ``interval_s`` seconds: ``what done/total (pct) rate ETA fields``.
 
-    def __init__(self, logger: logging.Logger, what: str, total: int | None = None,
-                 interval_s: float | None = None) -> None:
+    For output that is a log or a pipe, where a redrawn bar would leave ``\r`` frames. The line goes to
+    ``logger`` at INFO, or, with ``logger=None``, straight to ``stream`` (stderr). The rate counts from the
+    first update, so a resumed run's ETA is not skewed by the steps it skipped.
+    """
+
+    def __init__(self, logger: logging.Logger | None, what: str, total: int | None = None,
+                 interval_s: float | None = None, *, unit: str = "steps", stream: IO[str] | None = None) -> None:
         self.logger = logger
         self.what = what
         self.total = total
+        self.unit = unit
+        self.stream = stream
         self.interval_s = STATUS_INTERVAL_S if interval_s is None else interval_s
         self._last: float | None = None
+        self._first: tuple[float, int] | None = None
+        self.notes: dict[str, Any] = {}  # shown on every line until replaced (e.g. the last scores)
+
+    def format(self, done: int, now: float, **fields: Any) -> str:
+        parts = [f"{self.what} {done}" + (f"/{self.total} ({100 * done / self.total:.0f}%)" if self.total else "")]
+        if self._first is not None and now > self._first[0] and done > self._first[1]:
+            rate = (done - self._first[1]) / (now - self._first[0])
+            parts.append(f"{rate:.3g} {self.unit}/s")
+            if self.total and done < self.total:
+                parts.append(f"ETA {_duration((self.total - done) / rate)}")
+        values = {**fields, **self.notes}
+        if values:
+            parts.append(" ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in values.items()))
+        return ", ".join(parts)
 
     def update(self, done: int, force: bool = False, **fields: Any) -> bool:
-        """Log ``done`` (of ``total``) and ``fields`` if the interval has passed (or ``force``); True if logged."""
+        """Show ``done`` (of ``total``) and ``fields`` if the interval has passed (or ``force``); True if shown."""
         now = time.monotonic()
+        if self._first is None:
+            self._first = (now, done)
         if not force and self._last is not None and now - self._last < self.interval_s:
             return False
         self._last = now
-        of = f"/{self.total}" if self.total else ""
-        extra = " ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in fields.items())
-        self.logger.info("%s %d%s %s", self.what, done, of, extra)
+        line = self.format(done, now, **fields)
+        if self.logger is not None:
+            self.logger.info("%s", line)
+        else:
+            print(line, file=self.stream or sys.stderr, flush=True)
         return True
+
+
+class Progress:
+    """Progress of long work: a tqdm bar on a terminal, else a :class:`StatusLine` every ``interval_s``
+    (CI, nohup, a pipe: no ``\r`` frames in the log). Use as a context manager; :meth:`update` takes the
+    absolute count done and the fields to show (latest scores, losses)."""
+
+    def __init__(self, total: int | None, desc: str, *, unit: str = "step", interval_s: float | None = None,
+                 stream: IO[str] | None = None, tty: bool | None = None) -> None:
+        self.stream = stream or sys.stderr
+        is_tty = tty if tty is not None else bool(getattr(self.stream, "isatty", lambda: False)())
+        self.done = 0
+        self._fields: dict[str, Any] = {}
+        self.bar = None
+        self.status = None
+        if is_tty:
+            from tqdm.auto import tqdm
+
+            self.bar = tqdm(total=total, desc=desc, unit=unit, file=self.stream, dynamic_ncols=True, mininterval=0.5)
+        else:
+            self.status = StatusLine(None, desc, total, interval_s, unit=f"{unit}s", stream=self.stream)
+
+    def update(self, done: int, **fields: Any) -> None:
+        self._fields.update(fields)
+        if self.bar is not None:
+            self.bar.update(done - self.bar.n)
+            if fields:
+                self.bar.set_postfix({k: f"{v:.3g}" if isinstance(v, float) else v for k, v in self._fields.items()},
+                                     refresh=False)
+        elif self.status is not None:
+            self.status.update(done, **self._fields)
+        self.done = done
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+        elif self.status is not None and self.status._last is not None:
+            self.status.update(self.done, force=True, **self._fields)  # the final count, always
+
+    def __enter__(self) -> Progress:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

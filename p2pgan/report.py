@@ -7,11 +7,17 @@ Input is each peer's JSON-lines metrics records (:mod:`p2pgan.metrics`) as the d
   bytes sent and received, compute / communication / wall seconds; and a summary across peers.
 - ``score.png``, ``losses.png``, ``consensus.png`` (:func:`p2pgan.trainer.images.write_run_figures`):
   each score vs epoch with the lowest-to-highest band across peers, as in the paper's Figure 2.
-- ``samples-<peer>.png``: each peer's last sample grid;
+- ``samples-<peer>.png``: each peer's last sample grid; ``samples-real.png``: real data beside them;
 - with faults (``p2pgan harness --fault``): per peer how often it started, where and how it rejoined
   (``rejoin`` records: state transfer, checkpoint or skip), the longest wall-clock gap between two of its
   consecutive steps, its median seconds per step before, during and after each fault, dropped rounds;
   and ``churn.png``: every peer's step and seconds per step over wall-clock time, with the fault times.
+- ``report.md``: one page a person opens: the setup, a per-peer table with units, the real-data
+  reference score, the curves and the sample grids (:func:`write_markdown`).
+
+The real-data reference (``reference``: a label, the same evaluator's scores on real data no peer
+trained on, and a grid of it) is what a score is read against: "IS 6.8" means little, "6.8 of 9.5 for
+real digits" says how far the run got.
 """
 
 from __future__ import annotations
@@ -22,6 +28,8 @@ import statistics
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
+
+from p2pgan.metrics import run_totals
 
 #: seconds before a fault and after its end whose steps make the "before" and "after" medians
 FAULT_WINDOW_S = 10.0
@@ -132,18 +140,7 @@ def peer_summary(name: str, records: Sequence[Mapping[str, Any]]) -> dict[str, A
     """What report.json says about one peer, from its metrics records."""
     starts, steps, evals, ends = (_records(records, e) for e in ("start", "step", "eval", "end"))
     last_step = steps[-1] if steps else {}
-    # byte counters are totals since the mixer opened; a resumed run restarts them, so add up per run
-    runs_bytes_sent = runs_bytes_received = 0.0
-    runs_dropped = 0
-    run_last: dict[str, Any] = {}
-    for r in records:
-        if r.get("type") == "start" and run_last:  # a restart (resume) begins a new run: counters restart
-            runs_bytes_sent += float(run_last.get("bytes_sent", 0))
-            runs_bytes_received += float(run_last.get("bytes_received", 0))
-            runs_dropped += int(run_last.get("dropped", 0))
-            run_last = {}
-        elif r.get("type") == "step":
-            run_last = dict(r)
+    totals = run_totals(records)  # byte counters restart with each run (resume); these add the runs up
     summary: dict[str, Any] = {
         "peer": name,
         "shard_size": starts[-1].get("shard_size") if starts else None,
@@ -154,12 +151,14 @@ def peer_summary(name: str, records: Sequence[Mapping[str, Any]]) -> dict[str, A
         "final": {k: last_step.get(k) for k in ("loss_g", "loss_d", "grad_norm", "consensus")},
         "first_scores": _scores(evals[0]) if evals else {},
         "scores": _scores(evals[-1]) if evals else {},
-        "bytes_sent": runs_bytes_sent + float(run_last.get("bytes_sent", 0)),
-        "bytes_received": runs_bytes_received + float(run_last.get("bytes_received", 0)),
-        "compute_s": _sum(steps, "compute_s"),
-        "comm_s": _sum(steps, "comm_s"),
+        "bytes_sent": totals["bytes_sent"],
+        "bytes_received": totals["bytes_received"],
+        "compute_s": totals["compute_s"],
+        "comm_s": totals["comm_s"],
         "eval_s": _sum(evals, "eval_s"),
-        "dropped_rounds": runs_dropped + int(run_last.get("dropped", 0)),
+        "dropped_rounds": totals["dropped"],
+        "step_s": totals["step_s"] / totals["steps"] if totals["steps"] else None,
+        "sent_mb_per_step": totals["bytes_sent"] / totals["steps"] / 1e6 if totals["steps"] else None,
         "end": ends[-1].get("reason") if ends else None,
         "samples_png": evals[-1].get("samples") if evals else None,
     }
@@ -184,13 +183,113 @@ def summarize(peers: Mapping[str, Mapping[str, Any]]) -> dict[str, Any]:
     return out
 
 
-def write_report(out: Path, metrics: Mapping[str, Sequence[Mapping[str, Any]]], extra: Mapping[str, Any] | None = None) -> Path:
-    """Write report.json, the PNG curves and the per-peer sample grids into ``out``; return report.json."""
+#: the unit of each number report.json holds per peer (and in the summary)
+UNITS = {
+    "shard_size": "samples", "parameters": "count", "steps": "steps", "epochs": "passes over the shard",
+    "bytes_sent": "bytes", "bytes_received": "bytes", "compute_s": "seconds", "comm_s": "seconds",
+    "eval_s": "seconds", "wall_s": "seconds", "step_s": "seconds per step", "sent_mb_per_step": "MB (1e6 bytes) per step",
+    "dropped_rounds": "rounds",
+}
+#: how scores are named on the page
+SCORE_NAMES = {"is": "IS", "fid": "FID", "modes": "modes covered", "high_quality": "high-quality fraction"}
+
+
+def headline(report: Mapping[str, Any]) -> str:
+    """What the run reached, in one line: ``mean IS 6.84 (held-out real digits: 9.54); mean FID 25.8 (4.41)``."""
+    summary, ref = report.get("summary", {}), report.get("reference") or {}
+    real = ref.get("scores") or {}
+    parts = []
+    for key, name in SCORE_NAMES.items():
+        if isinstance(summary.get(key), Mapping):
+            text = f"mean {name} {summary[key]['mean']:.3g}"
+            if isinstance(real.get(key), (int, float)):
+                text += f" ({ref.get('label', 'real data')}: {real[key]:.3g})" if not parts else f" (real: {real[key]:.3g})"
+            parts.append(text)
+    return "; ".join(parts) if parts else "no scores (evaluation off)"
+
+
+def _fmt(value: Any, spec: str = ".3g") -> str:
+    return "-" if value is None else format(value, spec) if isinstance(value, (int, float)) else str(value)
+
+
+def _duration(seconds: float | None) -> str:
+    if seconds is None:
+        return "-"
+    minutes, secs = divmod(int(round(seconds)), 60)
+    return f"{minutes} min {secs} s" if minutes else f"{secs} s"
+
+
+def write_markdown(out: Path, report: Mapping[str, Any]) -> Path:
+    """``report.md``: the run on one page (relative links, so the folder can be moved or zipped)."""
+    opts = report.get("options") or {}
+    peers: Mapping[str, Mapping[str, Any]] = report["peers"]
+    ref = report.get("reference") or {}
+    real = ref.get("scores") or {}
+    score_keys = [k for k in SCORE_NAMES if k in report.get("summary", {})]
+    lines = [f"# p2pgan run: {len(peers)} peers, {opts.get('variant', '?')} on {opts.get('topology', '?')}, "
+             f"{opts.get('dataset', '?')}", "", f"**Reached:** {headline(report)}.", "", "## Setup", "",
+             "| setting | value |", "|---|---|"]
+    rows = [
+        ("peers", f"{len(peers)} ({', '.join(peers)}), each a separate daemon process"),
+        ("transport", f"{opts.get('backend', 'grpc')}, "
+                      f"{'plain text (--insecure)' if opts.get('insecure') else 'mutual TLS'} on loopback"),
+        ("algorithm", f"DPOSG, variant {opts.get('variant')}, topology {opts.get('topology')}, "
+                      f"{opts.get('rounds')} mixing round(s) per step"),
+        ("model / loss / optimizer", f"{report.get('model')} / {opts.get('loss')} / {opts.get('optimizer')}"),
+        ("learning rates", f"generator {opts.get('lr_generator')}, discriminator {opts.get('lr_discriminator')}"),
+        ("data", f"{opts.get('dataset')} ({report.get('dataset_format')}), split {opts.get('split')}, "
+                 f"batch {opts.get('batch_size')} per peer"),
+        ("steps", f"{opts.get('steps')} per peer, evaluation every {opts.get('eval_interval') or 'steps/10'}"),
+        ("wall time", _duration(report.get("wall_s"))),
+    ]
+    lines += [f"| {k} | {v} |" for k, v in rows]
+    head = ["peer", "shard (samples)", "steps", "epochs", "s/step", "MB sent/step", "dropped rounds",
+            *[SCORE_NAMES[k] for k in score_keys], "end"]
+    lines += ["", "## Per peer", "", "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for name, p in peers.items():
+        scores = p.get("scores") or {}
+        cells = [name, _fmt(p.get("shard_size")), _fmt(p.get("steps")), _fmt(p.get("epochs"), ".2f"),
+                 _fmt(p.get("step_s"), ".3f"), _fmt(p.get("sent_mb_per_step"), ".3f"), _fmt(p.get("dropped_rounds")),
+                 *[_fmt(scores.get(k)) for k in score_keys], str(p.get("end"))]
+        lines.append("| " + " | ".join(cells) + " |")
+    if real:
+        cells = [f"**{ref.get('label', 'real data')}** ({ref.get('samples', '?')} samples)", "", "", "", "", "", "",
+                 *[f"**{_fmt(real.get(k))}**" for k in score_keys], "reference"]
+        lines.append("| " + " | ".join(cells) + " |")
+    lines += ["", "Scores are the last evaluation of each peer's published parameters X, measured with the same "
+              "evaluator as the real-data row. s/step is wall time inside a step (mixing and gradient); "
+              "MB are 10^6 bytes of parameters sent to neighbours.", ""]
+    pictures = sorted(report.get("pictures") or [], key=lambda p: (p != "score.png", p))  # the scores first
+    if pictures:
+        lines += ["## Curves", ""]
+        if real:
+            lines += ["Mean across peers with the lowest-to-highest band; the dashed line is the real data's score.", ""]
+        lines += [f"![{Path(p).stem}]({p})" for p in pictures] + [""]
+    grids = [(f"{name}, step {p.get('steps')}", p["samples_png"]) for name, p in peers.items() if p.get("samples_png")]
+    if ref.get("samples_png"):
+        grids.append((ref.get("label", "real data"), ref["samples_png"]))
+    if grids:
+        lines += ["## Samples", "", "| " + " | ".join(t for t, _ in grids) + " |", "|" + "---|" * len(grids),
+                  "| " + " | ".join(f"![{t}]({f})" for t, f in grids) + " |", ""]
+    lines += ["## Files", "", "- `report.json`: every number on this page, with units (`units`)",
+              "- `state/<peer>/metrics.jsonl`: each peer's step and evaluation records; `state/<peer>/daemon.log`",
+              "- `peers/<peer>.yaml`: each daemon's config; `federation/`: the throw-away CA, certificates, roster", ""]
+    path = out / "report.md"
+    path.write_text("\n".join(lines))
+    return path
+
+
+def write_report(out: Path, metrics: Mapping[str, Sequence[Mapping[str, Any]]], extra: Mapping[str, Any] | None = None,
+                 *, reference: Mapping[str, Any] | None = None) -> Path:
+    """Write report.json, report.md, the PNG curves and the per-peer sample grids into ``out``; return
+    report.json. ``reference``: ``{"label", "samples", "scores", "samples_png"}`` of real data, or None."""
     out.mkdir(parents=True, exist_ok=True)
     from p2pgan.trainer.images import write_run_figures
 
     peers = {name: peer_summary(name, recs) for name, recs in sorted(metrics.items())}
-    pictures = write_run_figures(metrics, out, x="epoch")
+    real = dict((reference or {}).get("scores") or {})
+    pictures = write_run_figures(metrics, out, x="epoch", reference=real,
+                                 reference_label=(reference or {}).get("label", "real data"))
     events = list((extra or {}).get("faults") or ())
     if events:
         for name, summary in peers.items():
@@ -203,8 +302,10 @@ def write_report(out: Path, metrics: Mapping[str, Sequence[Mapping[str, Any]]], 
             dst = out / f"samples-{name}.png"
             shutil.copyfile(src, dst)
             summary["samples_png"] = dst.name
-    report = {**dict(extra or {}), "summary": summarize(peers), "peers": peers,
-              "pictures": sorted(p.name for p in pictures)}
+    report = {**dict(extra or {}), "summary": summarize(peers), "reference": dict(reference) if reference else None,
+              "peers": peers, "units": UNITS, "pictures": sorted(p.name for p in pictures)}
+    report["reached"] = headline(report)
     path = out / "report.json"
     path.write_text(json.dumps(report, indent=2, default=str) + "\n")
+    report["report_md"] = write_markdown(out, report).name
     return path

@@ -36,12 +36,12 @@ from collections.abc import Callable
 from pathlib import Path
 
 import torch
-from tqdm import tqdm
 
 from p2pgan.algorithm import DPOSG, lr_vector
 from p2pgan.errors import P2PGANError
 from p2pgan.experiments.report import format_table, plot_seed_bands, write_json
 from p2pgan.experiments.statistics import ALPHA, mean_se, paired_test
+from p2pgan.metrics import Progress
 from p2pgan.mixing.inprocess import InProcessMixer
 from p2pgan.sim.base import ProblemConfig
 from p2pgan.sim.gaussians import Gaussians
@@ -86,6 +86,8 @@ class Problem:
     x_unit: str  # "epoch" or "step"
     steps_per_unit: float
     score_keys: tuple[str, ...]
+    reference: dict[str, float] | None = None  # the evaluator's scores of real data no peer trains on
+    reference_label: str = "real data"
 
 
 def image_problem(name: str, data: Dataset, model: str, evaluator: Evaluator, args: argparse.Namespace) -> Problem:
@@ -112,8 +114,12 @@ def image_problem(name: str, data: Dataset, model: str, evaluator: Evaluator, ar
         return Setup(games[0].point().repeat(peers, 1), PeerGames(games).field, score, save, games[0].dim_v)
 
     per_epoch = len(data) / args.total_batch
+    held_out = getattr(evaluator, "held_out", None)  # the digits classifier's split that it never trained on
+    real = held_out.tensor() if held_out is not None else data.tensor()[: args.eval_samples]
     return Problem(name, setup, args.total_batch, args.lr, round(args.epochs * per_epoch),
-                   max(1, round(args.eval_every * per_epoch)), "epoch", per_epoch, ("is", "fid"))
+                   max(1, round(args.eval_every * per_epoch)), "epoch", per_epoch, ("is", "fid"),
+                   reference=evaluator.scores(real), reference_label="held-out real digits" if held_out is not None
+                   else "real images")
 
 
 def gaussians_problem(args: argparse.Namespace) -> Problem:
@@ -171,14 +177,14 @@ def run_setting(problem: Problem, variant: str, schedule: str, peers: int, seed:
 
     t0 = time.perf_counter()
     evaluate(0)
-    bar = tqdm(range(1, problem.steps + 1), desc=f"{problem.name} M={peers} {variant}/{schedule} seed {seed}",
-               unit="step", leave=False)
-    for k in bar:
-        algo.step(setup.field)
-        if k % problem.eval_every == 0 or k == problem.steps:
-            evaluate(k)
-            bar.set_postfix({key: f"{sum(curves[key][-1]) / peers:.3g}" for key in problem.score_keys})
-    bar.close()
+    with Progress(problem.steps, f"{problem.name} M={peers} {variant}/{schedule} seed {seed}") as bar:
+        for k in range(1, problem.steps + 1):  # a bar on a terminal, status lines otherwise
+            algo.step(setup.field)
+            if k % problem.eval_every == 0 or k == problem.steps:
+                evaluate(k)
+                bar.update(k, **{key: sum(curves[key][-1]) / peers for key in problem.score_keys})
+            else:
+                bar.update(k)
     return {"x": xs, "scores": curves, "seconds": time.perf_counter() - t0, "z": algo.z, "save": setup.save_samples}
 
 

@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
 # The test command: sets up .venv if needed, then runs the whole suite. Extra arguments go to pytest.
 set -euo pipefail
-. "$(dirname "$0")/env.sh"
+cd "$(dirname "$0")/.."
+. scripts/env.sh
 exec python -m pytest -q "$@"

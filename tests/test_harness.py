@@ -56,7 +56,10 @@ def test_harness_digits_end_to_end(tmp_path: Path, launch: list[subprocess.Popen
                     "--topology", "ring", "--variant", "dp")
     stdout, stderr = proc.communicate(timeout=HARNESS_TIMEOUT_S)
     assert proc.returncode == 0, stderr[-3000:]
-    assert str(out / "report.json") in stdout
+    last = stdout.strip().splitlines()[-1]  # says what was reached, against real digits, and where to read more
+    assert last.startswith("p2pgan harness: mean IS ") and "(held-out real digits: 9." in last, last
+    assert "mean FID " in last and last.endswith(f"report: {out / 'report.md'}"), last
+    assert "\r" not in stderr and "3 peers: steps 90/90 (100%)" in stderr  # status lines, not bar frames, in a pipe
 
     report = json.loads((out / "report.json").read_text())
     assert sorted(report["peers"]) == ["peer0", "peer1", "peer2"]
@@ -72,8 +75,16 @@ def test_harness_digits_end_to_end(tmp_path: Path, launch: list[subprocess.Popen
         assert peer["compute_s"] > 0 and peer["comm_s"] > 0 and peer["dropped_rounds"] == 0
         assert all(isinstance(peer["final"][k], float) for k in ("loss_g", "loss_d", "grad_norm", "consensus"))
     assert {"is", "fid"} <= set(report["summary"])
+    ref = report["reference"]
+    assert ref["label"] == "held-out real digits" and ref["scores"]["is"] > 9 and ref["scores"]["fid"] < 10
+    assert report["units"]["step_s"] == "seconds per step" and report["peers"]["peer0"]["step_s"] > 0
+    page = (out / "report.md").read_text()
+    for text in ("## Setup", "| peer | shard (samples) | steps | epochs | s/step | MB sent/step |",
+                 "**held-out real digits**", f"**{ref['scores']['is']:.3g}**", "![score](score.png)",
+                 "![held-out real digits](samples-real.png)", "| peer0, step 30 |"):
+        assert text in page, text
 
-    for png in ["score.png", "losses.png", "consensus.png"] + [f"samples-peer{i}.png" for i in range(3)]:
+    for png in ["score.png", "losses.png", "consensus.png", "samples-real.png"] + [f"samples-peer{i}.png" for i in range(3)]:
         with Image.open(out / png) as img:
             assert img.format == "PNG" and img.width > 50 and img.height > 50
     assert sorted(report["pictures"]) == ["consensus.png", "losses.png", "score.png"]

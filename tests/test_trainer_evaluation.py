@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import numpy as np
@@ -88,16 +89,93 @@ def test_gaussians_evaluator() -> None:
     assert e.scores(half) == {"modes": 2.0, "high_quality": 0.5}
 
 
-def test_inception_needs_torchvision_and_a_local_file(tmp_path: Path) -> None:
+#: a few tensors of the published FID weights file (pt_inception-2015-12-05-6726825d.pth) and their shapes
+FID_WEIGHTS_SHAPES = {
+    "Conv2d_1a_3x3.conv.weight": (32, 3, 3, 3), "Conv2d_1a_3x3.bn.running_var": (32,),
+    "Mixed_5b.branch_pool.conv.weight": (32, 192, 1, 1), "Mixed_6b.branch7x7_2.conv.weight": (128, 128, 1, 7),
+    "Mixed_7a.branch3x3_2.conv.weight": (320, 192, 3, 3), "Mixed_7c.branch_pool.conv.weight": (192, 2048, 1, 1),
+    "fc.weight": (1008, 2048), "fc.bias": (1008,),
+}
+
+
+def _random_fid_weights(path: Path) -> None:
+    """A weights file in the format of the FID libraries' file, with random (well-scaled) values."""
+    from p2pgan.trainer.inception import FIDInceptionV3
+
+    gen = torch.Generator().manual_seed(0)
+    state = {}
+    for key, t in FIDInceptionV3().state_dict().items():
+        if key.endswith("num_batches_tracked"):
+            continue  # the published file has none
+        if key.endswith("conv.weight"):
+            v = torch.randn(t.shape, generator=gen) * (2.0 / t[0].numel()) ** 0.5
+        elif key.endswith("running_var"):
+            v = torch.rand(t.shape, generator=gen) + 0.5
+        elif key.endswith("bn.weight"):
+            v = 1 + 0.1 * torch.randn(t.shape, generator=gen)
+        else:
+            v = 0.05 * torch.randn(t.shape, generator=gen)
+        state[key] = v
+    torch.save(state, path)
+
+
+def test_frechet_distance_to_features_equals_the_formula_with_few_samples() -> None:
+    rng = np.random.default_rng(0)
+    ref = rng.normal(size=(300, 40)) @ rng.normal(size=(40, 40))
+    mu_ref, sigma_ref = ev.feature_statistics(ref)
+    for n in (10, 39, 100):  # fewer samples than dimensions (the low-rank path) and more
+        feats = rng.normal(loc=0.3, size=(n, 40))
+        want = ev.frechet_distance(*ev.feature_statistics(feats), mu_ref, sigma_ref)
+        assert ev.frechet_distance_to(feats, mu_ref, sigma_ref) == pytest.approx(want, rel=1e-8)
+
+
+def test_tensorflow1_bilinear_resize_has_no_half_pixel_offset() -> None:
+    from p2pgan.trainer.inception import resize_like_tensorflow1
+
+    x = torch.tensor([[[[0.0, 8.0], [16.0, 24.0]]]])
+    got = resize_like_tensorflow1(x, 4)
+    # source coordinate = output coordinate * 2 / 4: 0, 0.5, 1, 1.5 (clamped to the last pixel)
+    expected_row = torch.tensor([0.0, 4.0, 8.0, 8.0])
+    torch.testing.assert_close(got[0, 0, 0], expected_row)
+    torch.testing.assert_close(got[0, 0, :, 0], torch.tensor([0.0, 8.0, 16.0, 16.0]))
+    assert not torch.allclose(got, torch.nn.functional.interpolate(x, size=4, mode="bilinear", align_corners=False))
+
+
+@pytest.mark.timeout(180)
+def test_standard_inception_scores_with_a_local_weights_file(tmp_path: Path) -> None:
+    from p2pgan.trainer.inception import FIDInceptionV3
+
+    shapes = {k: tuple(v.shape) for k, v in FIDInceptionV3().state_dict().items()}
+    for key, shape in FID_WEIGHTS_SHAPES.items():  # the published file's keys load into this network
+        assert shapes[key] == shape, key
+    weights = tmp_path / "pt_inception-2015-12-05-6726825d.pth"
+    _random_fid_weights(weights)
+    digits = ev.load_digits()
+    real = digits.subset(np.arange(6))  # few images: each is resized to 299 x 299 (CPU time)
+    evaluator = ev.InceptionEvaluator(weights, real, max_reference=6, batch_size=6)
+    same = evaluator.scores(real.tensor())
+    assert abs(same["fid"]) < 1e-3 * max(1.0, float(np.trace(evaluator.reference[1])))  # real vs itself
+    noise = torch.rand(6, 1, 8, 8, generator=torch.Generator().manual_seed(1)) * 2 - 1
+    other = evaluator.scores(noise)
+    assert other["fid"] > 100 * max(abs(same["fid"]), 1e-6)
+    assert 1.0 <= other["is"] <= 1008 and math.isfinite(other["is"])
+
+
+def test_inception_weights_must_be_a_local_file_of_the_right_format(tmp_path: Path) -> None:
     ref = ev.load_digits()
-    try:
-        import torchvision  # noqa: F401
-    except Exception:
-        with pytest.raises(ConfigError, match=r"need torchvision \(pip install 'p2pgan\[vision\]'\)"):
-            ev.InceptionEvaluator(tmp_path / "missing.pt", ref)
-    else:
-        with pytest.raises(ConfigError, match="missing.pt: Inception weights file does not exist"):
-            ev.InceptionEvaluator(tmp_path / "missing.pt", ref)
+    with pytest.raises(ConfigError, match="missing.pth: Inception weights file does not exist"):
+        ev.InceptionEvaluator(tmp_path / "missing.pth", ref)
+    wrong = tmp_path / "wrong.pth"
+    torch.save({"conv.weight": torch.zeros(3)}, wrong)
+    with pytest.raises(ConfigError, match=r"wrong.pth: not the FID Inception weights \(pt_inception-2015-12-05"):
+        ev.InceptionEvaluator(wrong, ref)
+    pickled = tmp_path / "pickled.pth"
+    torch.save({"model": Path("x")}, pickled)  # an arbitrary object: refused by weights_only loading
+    with pytest.raises(ConfigError, match="pickled.pth: cannot read Inception weights"):
+        ev.InceptionEvaluator(pickled, ref)
+
+
+def test_make_evaluator_names() -> None:
     with pytest.raises(ConfigError, match="needs a local weights file"):
         ev.make_evaluator("inception")
     with pytest.raises(ConfigError, match="unknown evaluation"):

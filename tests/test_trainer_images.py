@@ -28,6 +28,13 @@ def test_grid_layout_and_values(tmp_path: Path) -> None:
     rgb = images.save_samples(torch.rand(4, 3, 32, 32) * 2 - 1, tmp_path / "rgb.png")
     with Image.open(rgb) as img:
         assert img.mode == "RGB" and img.size == (67, 67)
+    titled = images.save_image_grid(x, tmp_path / "titled.png", nrow=3, title="peer0 step 800")
+    with Image.open(titled) as img:  # a white band with dark text above the same grid
+        band = images.TITLE_PX + 8
+        assert img.mode == "L" and img.size == (28 * 4, 19 * 4 + band)
+        top = np.asarray(img)[:band]
+        assert top.min() < 100 and (top == 255).mean() > 0.5
+        assert (np.asarray(img)[band:] == np.asarray(Image.open(path))).all()
     with pytest.raises(ValueError, match="images must be"):
         images.image_grid(torch.zeros(2, 2, 4, 4))
 

@@ -6,6 +6,11 @@
 
 Keys are written with permissions 0600. Copy a peer's directory (ca.pem, peer.pem, peer.key) to its
 machine; put its fingerprint into the roster to pin it.
+
+Examples:
+  p2pgan certs init --out fed/ca --federation demo
+  p2pgan certs issue --ca fed/ca --peer alice --out fed/alice --host alice.example.org --ip 192.168.1.20
+  p2pgan certs show fed/alice/peer.pem
 """
 
 from __future__ import annotations
@@ -16,19 +21,21 @@ from pathlib import Path
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.formatter_class = argparse.RawDescriptionHelpFormatter
+    from p2pgan.logs import options_parent
+
     sub = parser.add_subparsers(dest="action", required=True, metavar="ACTION")
-    p = sub.add_parser("init", help="make a federation CA")
+    p = sub.add_parser("init", help="make a federation CA", parents=[options_parent()])
     p.add_argument("--out", required=True, type=Path, help="directory for ca.pem and ca.key")
     p.add_argument("--federation", required=True, help="federation name (lowercase letters, digits, - and _)")
     p.add_argument("--force", action="store_true", help="overwrite an existing CA")
-    p = sub.add_parser("issue", help="issue a peer certificate from a federation CA")
+    p = sub.add_parser("issue", help="issue a peer certificate from a federation CA", parents=[options_parent()])
     p.add_argument("--ca", required=True, type=Path, help="the CA directory made by 'certs init'")
     p.add_argument("--peer", required=True, help="peer id (lowercase letters, digits, - and _)")
     p.add_argument("--out", required=True, type=Path, help="directory for ca.pem, peer.pem and peer.key")
     p.add_argument("--host", action="append", default=[], help="extra DNS name in the certificate (repeatable)")
     p.add_argument("--ip", action="append", default=[], help="extra IP address in the certificate (repeatable)")
     p.add_argument("--force", action="store_true", help="overwrite an existing certificate and key")
-    p = sub.add_parser("show", help="print a certificate's peer identity and fingerprint")
+    p = sub.add_parser("show", help="print a certificate's peer identity and fingerprint", parents=[options_parent()])
     p.add_argument("cert", type=Path)
 
 

@@ -3,7 +3,12 @@
 Makes a throw-away federation (CA, certificates, roster, one private data shard per peer) under --out,
 starts the daemons as separate processes, shows progress, stops them cleanly (also on Ctrl-C or when a
 peer dies) and writes OUT/report.json, curves (score.png, losses.png, consensus.png) and a sample grid
-per peer.
+per peer, and report.md, one page to read: the setup, a per-peer table, the curves and the sample grids
+next to real images.
+
+Examples:
+  p2pgan harness --peers 4 --steps 300 --out runs/demo
+  p2pgan harness --peers 8 --variant rand-dp --dataset gaussians --steps 2000 --out runs/gaussians
 """
 
 from __future__ import annotations
@@ -67,6 +72,9 @@ def run(args: argparse.Namespace) -> int:
         raise KeyboardInterrupt  # the same clean stop as Ctrl-C: peers checkpoint and exit
 
     signal.signal(signal.SIGTERM, _terminate)
+    import json
+
     report = run_harness(opts)
-    print(f"p2pgan harness: report in {report} (curves and sample grids next to it)")
+    reached = json.loads(report.read_text()).get("reached", "")
+    print(f"p2pgan harness: {reached}; report: {report.with_name('report.md')}")
     return 0

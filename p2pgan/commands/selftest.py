@@ -1,5 +1,10 @@
 """Check that a federation works end to end: M peer processes on loopback mix random vectors over
-mutual TLS for T rounds; the results are compared with the matrix product W(k, T-1)...W(k, 0) X."""
+mutual TLS for T rounds; the results are compared with the matrix product W(k, T-1)...W(k, 0) X.
+
+Examples:
+  p2pgan selftest --peers 4
+  p2pgan selftest --peers 8 --topology exponential --rounds 2 --size-mb 16 --json
+"""
 
 from __future__ import annotations
 

@@ -32,7 +32,7 @@ import dataclasses
 import difflib
 import hashlib
 import logging
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, Literal
 
@@ -170,7 +170,7 @@ class EvaluationConfig:
     kind: str  # auto: digits for 8x8 images, gaussians for points, inception when weights are given
     samples: int  # generated samples used for the scores
     grid: int  # samples shown in the PNG grid
-    inception_weights: Path | None  # local Inception weights for IS/FID on 32x32 images
+    inception_weights: Path | None  # local FID Inception weights (pt_inception-2015-12-05-6726825d.pth): standard IS/FID
     cache_dir: Path | None  # where the digits classifier is cached (default $P2PGAN_CACHE or ~/.cache/p2pgan)
     out_dir: Path  # sample grids
 
@@ -179,6 +179,7 @@ class EvaluationConfig:
 class MetricsConfig:
     path: Path  # JSON lines, one per step and one per evaluation
     prometheus_port: int | None
+    prometheus_addr: str  # bind address of the endpoint: loopback unless a remote Prometheus must scrape
     status_interval_s: float  # seconds between human-readable status lines on stderr
 
 
@@ -317,6 +318,12 @@ class _Section:
         if must_exist and not p.exists():
             raise self.error(key, f"{p} does not exist")
         return p
+
+    def check_known(self, names: tuple[str, ...], what: str = "field") -> None:
+        """Raise on a key outside ``names`` before any is read (an unknown section, named as such)."""
+        for key in self._data:
+            if key not in names:
+                raise self.error(key, f"unknown {what}{_did_you_mean(key, list(names))}; allowed: {', '.join(names)}")
 
     def done(self) -> None:
         """Raise on the first key that no reader asked for (a typo or a field that does not exist)."""
@@ -536,6 +543,7 @@ def _metrics(sec: _Section, checkpoint_dir: Path) -> MetricsConfig:
     cfg = MetricsConfig(
         path=sec.path("path", str(checkpoint_dir / "metrics.jsonl")),
         prometheus_port=sec.integer("prometheus_port", None, minimum=0, maximum=65535),
+        prometheus_addr=sec.string("prometheus_addr", "127.0.0.1"),
         status_interval_s=sec.number("status_interval_s", 10.0, positive=True),
     )
     sec.done()
@@ -550,6 +558,7 @@ def parse_config(data: object, source: str | Path, base_dir: Path | None = None)
     source_path = Path(source)
     base = base_dir if base_dir is not None else source_path.parent
     top = _Section(str(source), "", data, base)
+    top.check_known(SECTIONS, "section")  # before `peer.id: is required` would hide a misspelt `peer:`
     ident = _identity(top.section("peer"))
     security = _security(top.section("security"))
     discovery = _discovery(top.section("discovery"))
@@ -571,8 +580,37 @@ def parse_config(data: object, source: str | Path, base_dir: Path | None = None)
     return PeerConfig(source_path, ident, security, discovery, mixing, train, data_cfg, checkpoint, evaluation, metrics)
 
 
-def load_config(path: str | Path) -> PeerConfig:
-    """Read and validate a peer's YAML file; raises :class:`ConfigError` naming the file and field."""
+def apply_overrides(data: object, overrides: Sequence[str], source: str) -> object:
+    """``data`` with each ``SECTION.FIELD=VALUE`` of ``overrides`` set (VALUE read as YAML: ``500`` is a
+    number, ``[0.5, 0.9]`` a list, ``true`` a boolean), as if the file said so."""
+    data = dict(data) if isinstance(data, Mapping) else data
+    for item in overrides:
+        key, sep, raw = item.partition("=")
+        parts = key.strip().split(".")
+        if not sep or not all(parts):
+            raise config_error(f"--set {item}", "", "must be SECTION.FIELD=VALUE, e.g. --set train.steps=500")
+        try:
+            value = yaml.safe_load(raw) if raw.strip() else None
+        except yaml.YAMLError:
+            raise config_error(f"--set {item}", "", f"{raw!r} is not a YAML value") from None
+        if not isinstance(data, Mapping):
+            raise config_error(source, "", "the file must be a mapping of sections to apply --set")
+        node: dict[str, Any] = data  # type: ignore[assignment]
+        for depth, part in enumerate(parts[:-1]):
+            child = node.get(part)
+            if child is None:
+                child = {}
+            elif not isinstance(child, Mapping):
+                raise config_error(f"--set {item}", ".".join(parts[: depth + 1]), "is not a section of fields")
+            node[part] = child = dict(child)
+            node = child
+        node[parts[-1]] = value
+    return data
+
+
+def load_config(path: str | Path, overrides: Sequence[str] = ()) -> PeerConfig:
+    """Read and validate a peer's YAML file, with ``--set`` ``overrides`` (:func:`apply_overrides`) applied
+    first; raises :class:`ConfigError` naming the file (or the override) and the field."""
     path = Path(path)
     try:
         text = path.read_text(encoding="utf-8")
@@ -589,9 +627,19 @@ def load_config(path: str | Path) -> PeerConfig:
             where = f" at line {mark.line + 1}, column {mark.column + 1}"
         problem = getattr(exc, "problem", None) or str(exc)
         raise config_error(str(path), "", f"not valid YAML{where}: {problem}") from None
-    if data is None:
+    if data is None and not overrides:
         raise config_error(str(path), "", f"the file is empty; it needs the sections {', '.join(SECTIONS)}")
-    cfg = parse_config(data, path, path.resolve().parent)
+    data = apply_overrides(data if data is not None else {}, overrides, str(path))
+    try:
+        cfg = parse_config(data, path, path.resolve().parent)
+    except ConfigError as exc:  # a bad overridden field: name the override the user typed, not the file
+        rest = str(exc).removeprefix(f"{path}: ")
+        field = rest.split(":", 1)[0]
+        for item in reversed(overrides):
+            key = item.partition("=")[0].strip()
+            if key == field or key.startswith(field + ".") or field.startswith(key + "."):
+                raise ConfigError(f"--set {item}: {rest}") from None
+        raise
     if cfg.security.insecure:
         log.warning(_INSECURE_WARNING, cfg.peer.id)
     return cfg

@@ -280,7 +280,8 @@ def _run_peer(cfg: PeerConfig, resume: bool, stop: StopSignals) -> int:
 
     start_step = int(loaded.state.get("step", 0)) if loaded is not None else 0
     with make_mixer(cfg, game.dim, digest, start_step=start_step) as mixer, MetricsWriter(
-        cfg.metrics.path, cfg.peer.id, prometheus_port=cfg.metrics.prometheus_port
+        cfg.metrics.path, cfg.peer.id, prometheus_port=cfg.metrics.prometheus_port,
+        prometheus_addr=cfg.metrics.prometheus_addr,
     ) as metrics:
         algo = DPOSG(game.point().to(device), mixer, cfg.train.optimizer, lr, schedule=cfg.mixing.schedule,
                      first_step=cfg.mixing.first_step, **direction_kwargs)
@@ -331,7 +332,7 @@ def _run_peer(cfg: PeerConfig, resume: bool, stop: StopSignals) -> int:
                 if algo.steps % cfg.checkpoint.interval == 0:
                     run.save()
                 if cfg.evaluation.interval and algo.steps % cfg.evaluation.interval == 0:
-                    metrics.evaluation(**_evaluate(run, evaluator))
+                    status.notes = metrics.evaluation(**_evaluate(run, evaluator))["scores"]  # on later status lines
                     evaluated_at = algo.steps
                 elastic.catch_up(cfg, algo, mixer, steps_total, metrics.write)
         finally:

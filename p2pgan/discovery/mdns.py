@@ -39,7 +39,10 @@ class ZeroconfDiscovery:
         self.net = net
         self.host = net.advertise_host or net.listen_host
         if self.host in ("0.0.0.0", "", "::"):
-            raise DiscoveryError("network.advertise_host: set the address other peers should dial (listen_host is a wildcard)")
+            raise DiscoveryError(
+                f"peer.advertise: set the address other peers should dial (zeroconf announces it; the listen "
+                f"address {self.host!r} is a wildcard), e.g. `peer: {{advertise: 192.168.1.20}}`"
+            )
         self._fp = fingerprint(read_tls(net.tls)[1]) if net.tls and not net.insecure else ""
         self._zc = Zeroconf(interfaces=[self.host], ip_version=IPVersion.V4Only)
         self.info = ServiceInfo(

@@ -1,4 +1,4 @@
-"""Outputs of the experiment scripts: JSON files, plain-text tables and comparison plots (PNG).
+"""Outputs of the experiment scripts: JSON files, Markdown tables, comparison plots (PNG), report.md.
 
 :func:`plot_seed_bands` puts several settings (CP, DP, Rand-DP...) on one axis, each as its mean over
 repeated runs (seeds) with the band across seeds and, as the paper's Figure 2 does, the band across
@@ -36,6 +36,18 @@ def format_table(rows: Sequence[Mapping[str, Any]], columns: Sequence[str]) -> s
     lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
     lines += ["| " + " | ".join(cell(r.get(c, "")) for c in columns) + " |" for r in rows]
     return "\n".join(lines)
+
+
+def write_markdown(path: str | os.PathLike[str], title: str, intro: Sequence[str],
+                   sections: Sequence[tuple[str, str]], pictures: Sequence[str]) -> Path:
+    """A one-page ``report.md``: title, intro lines, ``(heading, markdown)`` sections, then the PNGs
+    (names relative to the page's folder, so the folder can be moved as a whole)."""
+    lines = [f"# {title}", "", *intro, ""]
+    for heading, body in sections:
+        lines += [f"## {heading}", "", body, ""]
+    if pictures:
+        lines += ["## Figures", ""] + [f"![{Path(p).stem}]({p})" for p in pictures] + [""]
+    return atomic_write_bytes(Path(path), "\n".join(lines).encode())
 
 
 def plot_lines(

@@ -96,9 +96,12 @@ def peer_identity(cert: x509.Certificate | bytes) -> tuple[str, str]:
 
 
 def _write(path: Path, data: bytes, *, private: bool) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
     mode = 0o600 if private else 0o644
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
+    except OSError as exc:
+        raise ConfigError(f"--out: cannot write {path} ({exc.strerror or exc}); give a folder you can write to") from None
     try:
         os.fchmod(fd, mode)
         os.write(fd, data)
@@ -115,7 +118,7 @@ def _key_pem(key: ec.EllipticCurvePrivateKey) -> bytes:
 def _refuse_overwrite(paths: Iterable[Path], force: bool) -> None:
     existing = [str(p) for p in paths if p.exists()]
     if existing and not force:
-        raise ConfigError(f"{', '.join(existing)} already exist(s); pass --force (force=True) to overwrite")
+        raise ConfigError(f"{', '.join(existing)} already exist(s); pass --force to overwrite")
 
 
 def init_ca(out: str | Path, federation: str, *, force: bool = False) -> Path:

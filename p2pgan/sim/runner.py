@@ -187,24 +187,21 @@ class Simulation:
 def simulate(config: SimConfig, *, show_progress: bool = False, plot: Path | None = None) -> dict[str, Any]:
     """Build and run one simulation; returns the JSON-ready result (``distance``, ``consensus``, ``history``...).
 
-    ``show_progress`` draws a tqdm bar with the latest metrics on stderr; ``plot`` writes a PNG of the
+    ``show_progress`` shows progress with the latest metrics on stderr (a bar on a terminal, status lines
+    otherwise); ``plot`` writes a PNG of the
     curves (and, for ``gaussians``, of the average model's samples).
     """
     sim = Simulation.build(config)
     if not show_progress:
         result = sim.run()
     else:
-        from tqdm import tqdm
+        from p2pgan.metrics import Progress
 
-        desc = f"{config.algorithm} {config.problem}"
-        with tqdm(total=config.steps, file=sys.stderr, desc=desc, unit="step") as bar:
-            last_step = [0]
+        with Progress(config.steps, f"{config.algorithm} {config.problem}", stream=sys.stderr) as bar:
 
             def progress(k: int, m: dict[str, Any]) -> None:
-                bar.update(k - last_step[0])
-                last_step[0] = k
-                if m["step"] == k:
-                    bar.set_postfix({key: _short(v) for key, v in m.items() if key != "step"}, refresh=False)
+                fields = {key: _short(v) for key, v in m.items() if key != "step"} if m["step"] == k else {}
+                bar.update(k, **fields)
 
             result = sim.run(progress)
     if plot is not None:

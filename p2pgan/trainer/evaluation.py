@@ -3,9 +3,9 @@
 - :class:`DigitsEvaluator`: a small classifier trained once on scikit-learn's digits (seeded, cached on
   disk) gives an Inception-Score analogue (its class probabilities) and an FID in its 64-d feature space,
   against the classifier's training split.
-- :class:`InceptionEvaluator`: IS and FID for 32x32 RGB images with Inception-v3 weights from a LOCAL file
-  the user gives (torchvision's ``inception_v3`` architecture); a clear error when torchvision or the file
-  is missing. Never downloads.
+- :class:`InceptionEvaluator`: the standard IS and FID (the FID Inception network and weights file that
+  pytorch-fid, torch-fidelity and torchmetrics use) from a LOCAL weights file the user gives; a clear
+  error when the file is missing or is not those weights. Never downloads.
 - :class:`GaussiansEvaluator`: modes covered and fraction of high-quality samples for 8 Gaussians.
 - :func:`consensus_distance`: how far a peer's vector is from its neighbours' average.
 
@@ -74,6 +74,26 @@ def frechet_distance(mu1: np.ndarray, sigma1: np.ndarray, mu2: np.ndarray, sigma
     tr_sqrt = np.sqrt(np.clip(cross, 0, None)).sum()
     diff = mu1 - mu2
     return float(diff @ diff + np.trace(sigma1) + np.trace(sigma2) - 2 * tr_sqrt)
+
+
+def frechet_distance_to(features: np.ndarray, mu_ref: np.ndarray, sigma_ref: np.ndarray) -> float:
+    """FID between the Gaussian fitted to ``features`` ``[n, k]`` and a reference ``(mu, sigma)``.
+
+    Equal to ``frechet_distance(*feature_statistics(features), mu_ref, sigma_ref)``. With fewer samples than
+    dimensions (1000 samples of 2048-d Inception features) the samples' covariance is ``A^T A`` of rank < n,
+    and ``tr (S1 S2)^(1/2)`` is the sum of square roots of the eigenvalues of the n x n matrix ``A S2 A^T``
+    (the same non-zero eigenvalues): exact, and O(n k^2) instead of O(k^3).
+    """
+    f = np.asarray(features, dtype=np.float64)
+    n, k = f.shape
+    mu = f.mean(axis=0)
+    if n > k:
+        return frechet_distance(mu, np.cov(f, rowvar=False), mu_ref, sigma_ref)
+    a = (f - mu) / math.sqrt(n - 1)
+    small = a @ sigma_ref @ a.T
+    tr_sqrt = np.sqrt(np.clip(np.linalg.eigvalsh((small + small.T) / 2), 0, None)).sum()
+    diff = mu - mu_ref
+    return float(diff @ diff + (a * a).sum() + np.trace(sigma_ref) - 2 * tr_sqrt)
 
 
 def consensus_distance(
@@ -178,69 +198,51 @@ class DigitsEvaluator:
         if samples.dim() != 4 or tuple(samples.shape[1:]) != (1, 8, 8) or samples.shape[0] < 2:
             raise ValueError(f"digits evaluation takes images [n >= 2, 1, 8, 8], got {tuple(samples.shape)}")
         probs = torch.softmax(self._logits(samples), dim=1).double().cpu().numpy()
-        mu, sigma = feature_statistics(self._features(samples))
-        return {"is": inception_score(probs), "fid": frechet_distance(mu, sigma, *self.reference)}
+        return {"is": inception_score(probs), "fid": frechet_distance_to(self._features(samples), *self.reference)}
 
 
-# -- Inception for 32x32 ---------------------------------------------------------------------------------
+# -- Inception: the standard FID / IS ---------------------------------------------------------------------
 
 class InceptionEvaluator:
-    """IS and FID of 32x32 RGB images with torchvision's Inception-v3 and weights from a local file.
+    """IS and FID of RGB (or grey) images with the standard FID Inception weights from a local file.
 
-    ``weights`` is a state dict saved with ``torch.save`` (e.g. torchvision's ``inception_v3_google``
-    file, or the FID port of the TF weights converted to this architecture); it is loaded with
-    ``weights_only=True``. Images in [-1, 1] are resized to 299x299 and fed as they are, the scaling
-    the original Inception weights expect. ``reference`` is the real data FID is measured against.
+    ``weights`` is ``pt_inception-2015-12-05-6726825d.pth``, the file pytorch-fid, torch-fidelity and
+    torchmetrics use; the network, preprocessing and statistics are theirs (:mod:`p2pgan.trainer.inception`),
+    so the numbers compare with published ones (given as many samples: papers use 50 000 for FID).
+    ``reference`` is the real data FID is measured against (at most ``max_reference`` images).
     """
 
     def __init__(self, weights: str | os.PathLike[str], reference: Dataset, *, device: str | torch.device = "cpu",
-                 batch_size: int = 100, max_reference: int = 10_000) -> None:
-        try:
-            from torchvision.models import inception_v3
-        except Exception as exc:  # ImportError, or a torchvision built for another torch
-            raise ConfigError(
-                f"Inception scores need torchvision (pip install 'p2pgan[vision]'); it does not import here ({exc})"
-            ) from None
-        path = Path(weights)
-        if not path.is_file():
-            raise ConfigError(f"{path}: Inception weights file does not exist (p2pgan never downloads weights)")
-        try:
-            state = torch.load(path, map_location="cpu", weights_only=True)
-        except Exception as exc:  # torch raises many types for a foreign or corrupt file
-            raise ConfigError(f"{path}: cannot read Inception weights ({exc})") from None
-        state = state.get("state_dict", state) if isinstance(state, dict) else state
-        model = inception_v3(weights=None, aux_logits=True, init_weights=False, transform_input=False)
-        try:
-            model.load_state_dict(state)
-        except (RuntimeError, TypeError) as exc:
-            raise ConfigError(f"{path}: not torchvision Inception-v3 weights ({exc})") from None
+                 batch_size: int = 50, max_reference: int = 10_000) -> None:
+        from p2pgan.trainer.inception import load_fid_inception
+
         self.device = torch.device(device)
-        self.model = model.eval().to(self.device)
+        self.model = load_fid_inception(weights).to(self.device)
         self.batch_size = batch_size
-        self._pool: list[torch.Tensor] = []
-        self.model.avgpool.register_forward_hook(lambda _m, _i, out: self._pool.append(out.flatten(1)))
         ref = reference.tensor()[:max_reference]
         self.reference = feature_statistics(self._run(ref)[1])
 
     @torch.no_grad()
     def _run(self, images: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
+        """``(class probabilities [n, 1008], pool features [n, 2048])`` of images in [-1, 1]."""
+        from p2pgan.trainer.data import to_uint8_images
+
+        if images.dim() != 4 or images.shape[1] not in (1, 3):
+            raise ValueError(f"Inception evaluation takes images [n, 1 or 3, H, W], got {tuple(images.shape)}")
         probs, feats = [], []
         for chunk in images.split(self.batch_size):
-            x = chunk.to(self.device, torch.float32)
-            x = x.expand(-1, 3, -1, -1) if x.shape[1] == 1 else x
-            x = nn.functional.interpolate(x, size=(299, 299), mode="bilinear", align_corners=False)
-            self._pool.clear()
-            logits = self.model(x)
-            probs.append(torch.softmax(logits, dim=1).double().cpu())
-            feats.append(self._pool[0].double().cpu())
+            pixels = torch.from_numpy(to_uint8_images(chunk)).to(self.device, torch.float32)  # as a PNG stores them
+            pixels = pixels.expand(-1, 3, -1, -1) if pixels.shape[1] == 1 else pixels
+            pool, logits = self.model(pixels)
+            probs.append(torch.softmax(logits.double(), dim=1).cpu())
+            feats.append(pool.double().cpu())
         return torch.cat(probs).numpy(), torch.cat(feats).numpy()
 
     def scores(self, samples: torch.Tensor) -> dict[str, float]:
-        """``{"is": ..., "fid": ...}`` for images ``[n, C, H, W]`` in [-1, 1]."""
+        """``{"is": ..., "fid": ...}`` for images ``[n, C, H, W]`` in [-1, 1] (IS in 10 splits when n >= 1000)."""
         probs, feats = self._run(samples)
-        mu, sigma = feature_statistics(feats)
         return {"is": inception_score(probs, splits=min(10, max(1, len(probs) // 100))),
-                "fid": frechet_distance(mu, sigma, *self.reference)}
+                "fid": frechet_distance_to(feats, *self.reference)}
 
 
 # -- 8 Gaussians -----------------------------------------------------------------------------------------

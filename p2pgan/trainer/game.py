@@ -99,6 +99,15 @@ def _flat(grads: Sequence[torch.Tensor]) -> torch.Tensor:
     return torch.cat([g.reshape(-1) for g in grads])
 
 
+def layout_digest(generator: nn.Module, discriminator: nn.Module) -> str:
+    """SHA-256 (hex) over the parameter names, shapes and dtypes of a generator / discriminator pair."""
+    h = hashlib.sha256()
+    for prefix, module in (("G.", generator), ("D.", discriminator)):
+        for name, p in module.named_parameters():
+            h.update(f"{prefix}{name}:{tuple(p.shape)}:{p.dtype}\n".encode())
+    return h.hexdigest()
+
+
 class GANGame:
     """One peer's GAN game: models, loss and private data behind ``field(z)``.
 
@@ -162,11 +171,7 @@ class GANGame:
 
     def layout_digest(self) -> str:
         """SHA-256 (hex) over parameter names, shapes and dtypes: peers refuse vectors of another layout."""
-        h = hashlib.sha256()
-        for prefix, module in (("G.", self.G), ("D.", self.D)):
-            for name, p in module.named_parameters():
-                h.update(f"{prefix}{name}:{tuple(p.shape)}:{p.dtype}\n".encode())
-        return h.hexdigest()
+        return layout_digest(self.G, self.D)
 
     # -- the field ---------------------------------------------------------------------------------
 

@@ -27,6 +27,8 @@ from p2pgan.trainer.data import to_uint8_images
 
 #: cells of a sample grid are enlarged (nearest neighbour) to at least this many pixels
 MIN_CELL_PX = 32
+#: font size (pixels) of a sample grid's title
+TITLE_PX = 14
 
 Series = Sequence[tuple[float, float]]
 
@@ -48,15 +50,25 @@ def image_grid(images: torch.Tensor, nrow: int | None = None, padding: int = 1) 
 
 
 def save_image_grid(images: torch.Tensor, path: str | os.PathLike[str], *, nrow: int | None = None,
-                    min_cell_px: int = MIN_CELL_PX) -> Path:
-    """Write a PNG grid of ``images`` (in [-1, 1]); cells smaller than ``min_cell_px`` are enlarged."""
-    from PIL import Image
+                    min_cell_px: int = MIN_CELL_PX, title: str = "") -> Path:
+    """Write a PNG grid of ``images`` (in [-1, 1]); cells smaller than ``min_cell_px`` are enlarged.
+
+    ``title`` (e.g. ``"peer0 step 800"``) is written in a white band above the grid, so a grid that is
+    copied or shared alone still says what it shows."""
+    from PIL import Image, ImageDraw, ImageFont
 
     scale = max(1, math.ceil(min_cell_px / max(images.shape[-2:])))
     grid = image_grid(images, nrow, padding=1)
-    img = Image.fromarray(grid[..., 0] if grid.shape[-1] == 1 else grid)
+    img = Image.fromarray(grid[..., 0] if grid.shape[-1] == 1 else grid)  # "L" for grey images, "RGB" for colour
     if scale > 1:
         img = img.resize((img.width * scale, img.height * scale), Image.Resampling.NEAREST)
+    if title:
+        font = ImageFont.load_default(size=TITLE_PX)
+        band = TITLE_PX + 8
+        titled = Image.new(img.mode, (img.width, img.height + band), "white")
+        titled.paste(img, (0, band))
+        ImageDraw.Draw(titled).text((4, 3), title, fill="black", font=font)
+        img = titled
     buf = io.BytesIO()
     img.save(buf, format="PNG")
     return atomic_write_bytes(path, buf.getvalue())
@@ -99,7 +111,7 @@ def save_samples(samples: torch.Tensor, path: str | os.PathLike[str], *, title: 
     """Images -> :func:`save_image_grid`; 2-D points -> :func:`save_points`."""
     if samples.dim() == 2 and samples.shape[1] == 2:
         return save_points(samples, path, title=title)
-    return save_image_grid(samples, path)
+    return save_image_grid(samples, path, title=title)
 
 
 def band(series: Mapping[str, Series]) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
@@ -147,9 +159,11 @@ def save_panel_figure(path: str | os.PathLike[str], panels: Mapping[str, Any],
 
 
 def plot_panels(path: str | os.PathLike[str], panels: Mapping[str, Mapping[str, Series]], *, xlabel: str,
-                title: str = "", log_y: Sequence[str] = (), smooth: int = 1) -> Path:
+                title: str = "", log_y: Sequence[str] = (), smooth: int = 1,
+                reference: Mapping[str, float] | None = None, reference_label: str = "real data") -> Path:
     """One subplot per panel (its key is the y label); each shows every peer's curve thinly, the mean
-    across peers, and the min-max band across peers. ``smooth`` is a moving-average window in points."""
+    across peers, and the min-max band across peers. ``smooth`` is a moving-average window in points;
+    ``reference`` maps a panel to a value drawn as a dashed line (the real data's score)."""
     panels = {k: v for k, v in panels.items() if any(len(s) for s in v.values())}
     if not panels:
         raise ValueError(f"{path}: nothing to plot")
@@ -162,6 +176,9 @@ def plot_panels(path: str | os.PathLike[str], panels: Mapping[str, Mapping[str, 
         x, mean, lo, hi = band(series)
         ax.fill_between(x, lo, hi, alpha=0.25, color="C0", label=f"min-max over {len(series)} peers")
         ax.plot(x, mean, color="C0", lw=1.8, label="mean")
+        ref = (reference or {}).get(ylabel)
+        if isinstance(ref, (int, float)) and math.isfinite(ref):
+            ax.axhline(ref, color="k", ls="--", lw=1.2, label=f"{reference_label}: {ref:.3g}")
         if ylabel in log_y:
             ax.set_yscale("log")
 
@@ -182,9 +199,11 @@ def _collect(records_by_peer: Mapping[str, Sequence[Mapping[str, Any]]], kind: s
 
 
 def write_run_figures(records_by_peer: Mapping[str, Sequence[Mapping[str, Any]]], out_dir: str | os.PathLike[str],
-                      *, x: str = "epoch") -> list[Path]:
+                      *, x: str = "epoch", reference: Mapping[str, float] | None = None,
+                      reference_label: str = "real data") -> list[Path]:
     """From metrics records (see :mod:`p2pgan.metrics`) write the figures there is data for:
-    ``score.png`` (one panel per evaluation score vs ``x``), ``losses.png`` (generator and discriminator
+    ``score.png`` (one panel per evaluation score vs ``x``, with ``reference`` scores of real data as
+    dashed lines), ``losses.png`` (generator and discriminator
     loss) and ``consensus.png`` (consensus distance, log scale). Returns the files written."""
     out_dir = Path(out_dir)
     written = []
@@ -192,7 +211,8 @@ def write_run_figures(records_by_peer: Mapping[str, Sequence[Mapping[str, Any]]]
                                      if r.get("type") == "eval" for name in (r.get("scores") or {})))
     scores = {name: _collect(records_by_peer, "eval", x, "scores", name) for name in score_names}
     if any(scores.values()):
-        written.append(plot_panels(out_dir / "score.png", scores, xlabel=x, title="evaluation score"))
+        written.append(plot_panels(out_dir / "score.png", scores, xlabel=x, title="evaluation score",
+                                   reference=reference, reference_label=reference_label))
     n_steps = max((len(rs) for rs in records_by_peer.values()), default=0)
     window = max(1, n_steps // 50)
     losses = {name: _collect(records_by_peer, "step", x, name) for name in ("loss_g", "loss_d")}

@@ -42,6 +42,7 @@ from p2pgan.security.certs import normalize_fingerprint
 from p2pgan.topology import Topology, make_topology
 from p2pgan.wire import codec, transport
 from p2pgan.wire.config import NetworkConfig, PeerEntry
+from p2pgan.wire.health import HealthReporter
 from p2pgan.wire.inbox import Inbox, InboxContext
 from p2pgan.wire.service import GossipService
 from p2pgan.wire.state import StateBoard, StateLayout, StateSnapshot, decode_state, encode_state
@@ -119,8 +120,10 @@ class GrpcMixer(Mixer):
             self._inbox, self._authenticate, self, federation=net.federation, peer_id=net.peer_id,
             layout_digest=layout_digest, element_count=dim,
         )
+        self.health = HealthReporter()  # grpc.health.v1 on the same port: SERVING once wait_ready succeeds
         self._server, self.port = transport.open_server(
-            net.listen_host, net.listen_port, [service.handler()], self._tls, max_workers=SERVER_WORKERS
+            net.listen_host, net.listen_port, [service.handler(), *self.health.handlers()], self._tls,
+            max_workers=SERVER_WORKERS,
         )
 
     # -- membership ------------------------------------------------------------------------------------
@@ -200,6 +203,7 @@ class GrpcMixer(Mixer):
             time.sleep(READY_RETRY_S)  # polling a remote peer, not synchronizing threads
         for pid in missing:
             membership.mark_absent(pid, "did not answer at start-up")
+        self.health.set_serving(True)
 
     def _require_joined(self) -> Membership:
         if self.membership is None or self.topology is None:
@@ -368,6 +372,7 @@ class GrpcMixer(Mixer):
         if self._closed:
             return
         self._closed = True
+        self.health.shutdown()
         self.board.close()
         self._inbox.close()
         self._worker.shutdown(wait=True, cancel_futures=True)

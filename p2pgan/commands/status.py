@@ -1,0 +1,84 @@
+"""Ask a running peer daemon how it is doing.
+
+Calls grpc.health.v1 on the daemon's gRPC port over mutual TLS with the peer's own certificate (from its
+config), and reads the daemon's metrics file for the step, the members it mixes with, dropped rounds
+and the last step's time. Exit status 0 when the daemon answers SERVING, 1 otherwise (not reachable,
+still starting, leaving), so it can serve as a probe in scripts.
+
+Examples:
+  p2pgan status --config peers/alice.yaml
+  p2pgan status --config peers/alice.yaml --json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+#: seconds to wait for the daemon's answer
+STATUS_TIMEOUT_S = 5.0
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--config", type=Path, required=True, metavar="FILE.yaml", help="the peer's YAML config")
+    parser.add_argument("--timeout", type=float, default=STATUS_TIMEOUT_S, help="seconds to wait for an answer")
+    parser.add_argument("--json", action="store_true", help="print one JSON object")
+
+
+def daemon_status(config: Path, timeout: float = STATUS_TIMEOUT_S) -> dict[str, Any]:
+    """The health answer and the latest metrics of the daemon ``config`` describes."""
+    import grpc
+
+    from p2pgan.daemon.config import load_config
+    from p2pgan.metrics import read_metrics
+    from p2pgan.wire import transport
+    from p2pgan.wire.config import PeerEntry
+    from p2pgan.wire.health import check
+
+    cfg = load_config(config)
+    host = cfg.peer.listen_host if cfg.peer.listen_host not in ("0.0.0.0", "::", "") else "127.0.0.1"
+    out: dict[str, Any] = {"peer": cfg.peer.id, "federation": cfg.peer.federation,
+                           "address": f"{host}:{cfg.peer.listen_port}"}
+    tls = None if cfg.security.insecure else cfg.security.tls
+    with transport.open_channel(PeerEntry(cfg.peer.id, host, cfg.peer.listen_port), cfg.peer.federation, tls) as channel:
+        try:
+            out["health"] = check(channel, timeout=timeout)
+        except grpc.RpcError as exc:
+            out["health"] = "UNREACHABLE"
+            out["error"] = f"{exc.code().name}: {exc.details()}"  # type: ignore[attr-defined]
+    records = read_metrics(cfg.metrics.path) if cfg.metrics.path.is_file() else []
+    start = next((r for r in reversed(records) if r.get("type") == "start"), None)
+    step = next((r for r in reversed(records) if r.get("type") == "step"), None)
+    ev = next((r for r in reversed(records) if r.get("type") == "eval"), None)
+    if start:
+        out["members"] = start.get("members")
+        out["total_steps"] = start.get("total_steps")
+    if step:
+        out.update(step=step.get("step"), step_s=step.get("step_s"), comm_s=step.get("comm_s"),
+                   dropped_rounds=step.get("dropped"), last_step_age_s=round(time.time() - float(step["time"]), 1))
+    if ev:
+        out["scores"] = ev.get("scores")
+    return out
+
+
+def run(args: argparse.Namespace) -> int:
+    st = daemon_status(args.config, args.timeout)
+    if args.json:
+        print(json.dumps(st))
+    else:
+        line = f"peer {st['peer']} ({st['address']}): {st['health']}"
+        if "error" in st:
+            line += f" ({st['error']})"
+        if "step" in st:
+            of = f"/{st['total_steps']}" if st.get("total_steps") else ""
+            line += (f"; step {st['step']}{of} ({st['last_step_age_s']} s ago), last step {st['step_s'] or 0:.3f} s "
+                     f"(mixing {st['comm_s'] or 0:.3f} s), dropped rounds {st['dropped_rounds']}")
+        if st.get("members"):
+            line += f"; members {', '.join(st['members'])}"
+        if st.get("scores"):
+            line += "; scores " + ", ".join(f"{k} {v:.4g}" for k, v in st["scores"].items() if isinstance(v, float))
+        print(line)
+    return 0 if st["health"] == "SERVING" else 1

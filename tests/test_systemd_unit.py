@@ -1,0 +1,61 @@
+"""The systemd unit in peers/: hardened (systemd-analyze security, when installed) and consistent with the CLI."""
+
+from __future__ import annotations
+
+import re
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from p2pgan import cli
+from p2pgan.errors import CheckpointError, ConfigError, DiscoveryError, PeerUnavailableError
+
+UNIT = Path(__file__).resolve().parents[1] / "peers" / "p2pgan-peer@.service"
+#: the exposure the issue asks for at most (systemd-analyze's 0-10 scale; "OK" starts below 4.0)
+MAX_EXPOSURE = 3.0
+
+
+def _settings() -> dict[str, list[str]]:
+    out: dict[str, list[str]] = {}
+    for line in UNIT.read_text().splitlines():
+        if "=" in line and not line.lstrip().startswith(("#", "[")):
+            key, _, value = line.partition("=")
+            out.setdefault(key.strip(), []).append(value.strip())
+    return out
+
+
+def test_unit_restarts_only_what_a_restart_can_fix() -> None:
+    s = _settings()
+    assert s["Restart"] == ["on-failure"]
+    assert s["RestartPreventExitStatus"] == [str(cli.EXIT_USAGE)]
+    assert cli.exit_status(ConfigError("x")) == cli.exit_status(CheckpointError("x")) == cli.EXIT_USAGE
+    assert cli.exit_status(PeerUnavailableError("x")) == cli.exit_status(DiscoveryError("x")) == cli.EXIT_TEMPFAIL
+    assert cli.EXIT_TEMPFAIL != cli.EXIT_USAGE
+    assert s["StartLimitBurst"] and s["StartLimitIntervalSec"]  # never a restart loop forever
+
+
+def test_unit_gives_the_daemon_writable_state_and_cache_folders() -> None:
+    s = _settings()
+    assert s["StateDirectory"] == ["p2pgan/%i"] and s["CacheDirectory"] == ["p2pgan"]
+    env = " ".join(s["Environment"])
+    assert "P2PGAN_CACHE=/var/cache/p2pgan" in env  # the classifier cache, not the read-only home folder
+    assert s["ProtectSystem"] == ["strict"] and s["ProtectHome"] == ["true"] and s["NoNewPrivileges"] == ["true"]
+    assert s["User"] == ["p2pgan"] and "useradd --system" in UNIT.read_text()  # a documented user
+    exec_start = s["ExecStart"][0].split()
+    assert exec_start[1:5] == ["peer", "--config", "/etc/p2pgan/%i.yaml", "--resume"]
+    args = cli.build_parser("peer").parse_args(exec_start[1:])  # the unit's command line parses
+    assert args.log_format == "json" and args.resume
+
+
+@pytest.mark.skipif(shutil.which("systemd-analyze") is None, reason="systemd-analyze is not installed (apt install systemd)")
+@pytest.mark.timeout(120)
+def test_systemd_analyze_security_rates_the_unit_ok(tmp_path: Path) -> None:
+    instance = tmp_path / "p2pgan-peer@alice.service"  # a template is analysed as one of its instances
+    shutil.copyfile(UNIT, instance)
+    proc = subprocess.run(["systemd-analyze", "security", "--offline=true", "--no-pager", str(instance)],
+                          capture_output=True, text=True, timeout=100)
+    match = re.search(r"Overall exposure level for \S+: (\d+\.\d+)", proc.stdout + proc.stderr)
+    assert match, proc.stdout[-2000:] + proc.stderr[-2000:]
+    assert float(match.group(1)) <= MAX_EXPOSURE, proc.stdout
