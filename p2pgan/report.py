@@ -219,6 +219,28 @@ def _duration(seconds: float | None) -> str:
     return f"{minutes} min {secs} s" if minutes else f"{secs} s"
 
 
+def _churn_markdown(report: Mapping[str, Any]) -> list[str]:
+    """The faults section of report.md: what was injected, and how every peer went through it."""
+    events = report.get("faults") or []
+    if not events:
+        return []
+    lines = ["## Faults", "", "Injected: " + ", ".join(f"`{e['fault']}`" for e in events) + ". Seconds per step "
+             "are medians of the wall time between consecutive steps, 10 s before a fault, during it (until "
+             "its peer steps again) and 10 s after; see churn.png.", "",
+             "| peer | starts | rejoined (step, how, from) | longest gap (s) | fault | before | during | after |",
+             "|---|---|---|---|---|---|---|---|"]
+    for name, p in report["peers"].items():
+        churn = p.get("churn") or {}
+        rejoins = "; ".join(f"{r['step']}, {r['how']}" + (f", {r['source']}" if r.get("source") else "")
+                            for r in churn.get("rejoins", [])) or "-"
+        for i, f in enumerate(churn.get("faults") or [{}]):
+            lead = [name, _fmt(churn.get("starts")), rejoins, _fmt(churn.get("longest_gap_s"), ".2f")] if i == 0 \
+                else ["", "", "", ""]
+            lines.append("| " + " | ".join([*lead, f"`{f.get('fault', '-')}`",
+                                             *[_fmt(f.get(k), ".3f") for k in ("before_s", "during_s", "after_s")]]) + " |")
+    return [*lines, ""]
+
+
 def write_markdown(out: Path, report: Mapping[str, Any]) -> Path:
     """``report.md``: the run on one page (relative links, so the folder can be moved or zipped)."""
     opts = report.get("options") or {}
@@ -259,6 +281,7 @@ def write_markdown(out: Path, report: Mapping[str, Any]) -> Path:
     lines += ["", "Scores are the last evaluation of each peer's published parameters X, measured with the same "
               "evaluator as the real-data row. s/step is wall time inside a step (mixing and gradient); "
               "MB are 10^6 bytes of parameters sent to neighbours.", ""]
+    lines += _churn_markdown(report)
     pictures = sorted(report.get("pictures") or [], key=lambda p: (p != "score.png", p))  # the scores first
     if pictures:
         lines += ["## Curves", ""]
