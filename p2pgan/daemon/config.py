@@ -35,6 +35,7 @@ import yaml
 
 from p2pgan.algorithm.directions import DIRECTION_NAMES
 from p2pgan.errors import ConfigError, config_error
+from p2pgan.mixing.robust import ROBUST_KINDS, RobustConfig
 from p2pgan.security.certs import check_name
 from p2pgan.topology import TOPOLOGY_NAMES
 from p2pgan.trainer.data import DATASET_FORMATS
@@ -109,6 +110,7 @@ class MixingConfig:
     wire_dtype: str
     backend: str
     torch_init: str = "env://"  # backend torch: tcp://HOST:PORT of rank 0, file:///shared/path, or env://
+    robust: RobustConfig = RobustConfig()  # robust mixing: clip (default), trim or off
 
 
 @dataclasses.dataclass(frozen=True)
@@ -422,6 +424,11 @@ def _mixing(sec: _Section) -> MixingConfig:
         wire_dtype=sec.choice("wire_dtype", WIRE_DTYPES, "float32"),
         backend=sec.choice("backend", BACKENDS, "grpc"),
         torch_init=sec.string("torch_init", "env://"),
+        robust=RobustConfig(
+            kind=sec.choice("robust", ROBUST_KINDS, "clip"),
+            scale=sec.number("robust_scale", RobustConfig.scale, minimum=1.0),
+            suspect_after=sec.integer("robust_suspect_after", RobustConfig.suspect_after, minimum=1),
+        ),
     )
     if not cfg.torch_init.startswith(TORCH_INIT_SCHEMES):
         raise sec.error("torch_init", f"{cfg.torch_init!r} must start with one of {', '.join(TORCH_INIT_SCHEMES)}")
@@ -594,4 +601,5 @@ def network_config(cfg: PeerConfig, roster: tuple[PeerEntry, ...] = ()) -> Netwo
         round_timeout_s=cfg.mixing.round_timeout_s,
         connect_timeout_s=cfg.mixing.connect_timeout_s,
         wire_dtype=cfg.mixing.wire_dtype,  # type: ignore[arg-type]
+        robust=cfg.mixing.robust,
     )

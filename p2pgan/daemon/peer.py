@@ -30,7 +30,15 @@ from typing import Any
 
 import torch
 
-from p2pgan.checkpoint import CheckpointManager, LoadedCheckpoint, capture_rng_state, restore_rng_state
+from p2pgan.algorithm.guard import FiniteGuard
+from p2pgan.checkpoint import (
+    CheckpointManager,
+    FolderClaim,
+    LoadedCheckpoint,
+    NonFiniteStateError,
+    capture_rng_state,
+    restore_rng_state,
+)
 from p2pgan.daemon.config import PeerConfig
 from p2pgan.errors import CheckpointError, ConfigError
 
@@ -151,6 +159,10 @@ class _Run:
     mixer: Any
     digest: str
     checkpoints: CheckpointManager
+    last_saved: Path | None = None
+
+    def __post_init__(self) -> None:
+        self.guard = FiniteGuard(self.algo)  # a non-finite step is rolled back (p2pgan.algorithm.guard)
 
     def state(self) -> dict[str, Any]:
         """Everything a step needs: both sequences, the previous direction, optimizer moments, step,
@@ -169,8 +181,13 @@ class _Run:
             "membership": list(getattr(self.mixer, "members", ())),
         }
 
-    def save(self) -> Path:
-        return self.checkpoints.save(self.algo.steps, self.state())
+    def save(self) -> Path | None:
+        """Checkpoint now; a non-finite state is refused (logged) and the last finite checkpoint kept."""
+        try:
+            self.last_saved = self.checkpoints.save(self.algo.steps, self.state())
+        except NonFiniteStateError as exc:
+            log.error("step %d: %s; the last finite checkpoint %s is kept", self.algo.steps, exc, self.last_saved)
+        return self.last_saved
 
     def restore(self, loaded: LoadedCheckpoint) -> None:
         st, where = loaded.state, str(loaded.path)
@@ -233,7 +250,7 @@ def open_checkpoints(cfg: PeerConfig, resume: bool) -> tuple[CheckpointManager, 
 
 def run_peer(cfg: PeerConfig, *, resume: bool = False) -> int:
     """Run the daemon until ``train.steps`` (or epochs) are done or a signal arrives; returns 0."""
-    with StopSignals() as stop:
+    with StopSignals() as stop, FolderClaim(cfg.checkpoint.dir):  # checked, locked: one daemon per folder
         try:
             return _run_peer(cfg, resume, stop)
         except StopBeforeTraining:
@@ -319,7 +336,8 @@ def _one_step(run: _Run, device: torch.device) -> dict[str, Any]:
     before = (algo.x if exact else algo.z).clone()
     d_before = algo.d_prev.clone()
     start = time.perf_counter()
-    info = algo.step(game)
+    with run.guard:
+        info = algo.step(game)
     wall = time.perf_counter() - start
     # the mixed point this step used: exact: Xbar = X_k + lr d_k; overlap: mix(z_k) = z_{k+1} + lr (2 d_k - d_{k-1})
     if exact:
@@ -335,8 +353,17 @@ def _one_step(run: _Run, device: torch.device) -> dict[str, Any]:
         "step": algo.steps, "epoch": game.epoch, "loss_g": last.loss_g, "loss_d": last.loss_d,
         "grad_norm": last.grad_norm, "consensus": consensus, "bytes_sent": stats.bytes_sent,
         "bytes_received": stats.bytes_received, "compute_s": info.field_seconds, "comm_s": info.mix_seconds,
-        "step_s": wall, "dropped": stats.dropped,
+        "step_s": wall, "dropped": stats.dropped, "rollbacks": run.guard.rollbacks,
+        **_robust_record(mixer),
     }
+
+
+def _robust_record(mixer: Any) -> dict[str, Any]:
+    """Robust-mixing counters for the step record (gRPC mixer only): clipped / rejected neighbour-rounds."""
+    robust = getattr(mixer, "robust", None)
+    if robust is None:
+        return {}
+    return {"clipped": robust.stats.clipped, "rejected": robust.stats.rejected, "suspects": list(robust.stats.reported)}
 
 
 def _self_weight(mixer: Any, step: int) -> float:

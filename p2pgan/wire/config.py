@@ -11,6 +11,8 @@ import dataclasses
 from pathlib import Path
 from typing import Literal
 
+from p2pgan.mixing.robust import RobustConfig
+
 WireDType = Literal["float32", "bfloat16", "float16"]
 Discovery = Literal["roster", "zeroconf"]
 
@@ -55,3 +57,4 @@ class NetworkConfig:
     connect_timeout_s: float = 120.0  # how long to wait for the membership to come up at start
     wire_dtype: WireDType = "float32"  # bf16 / fp16 halve the bytes on the wire
     shard_bytes: int = 2 * 1024 * 1024  # bound on one shard message
+    robust: RobustConfig = RobustConfig()  # robust mixing (clip by default); see p2pgan.mixing.robust

@@ -28,6 +28,7 @@ import torch
 from p2pgan.discovery.roster import check_members
 from p2pgan.errors import ConfigError, PeerUnavailableError, SecurityError
 from p2pgan.mixing.base import MixHandle, Mixer
+from p2pgan.mixing.robust import RobustMixing
 from p2pgan.security.certs import normalize_fingerprint
 from p2pgan.topology import Topology, make_topology
 from p2pgan.wire import codec, transport
@@ -90,6 +91,7 @@ class GrpcMixer(Mixer):
         self._worker = futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="p2pgan-mix")
         self._discovery = None
         self._closed = False
+        self.robust = RobustMixing(net.robust)  # issue 9: bounds every neighbour's pull (p2pgan.mixing.robust)
         self.round_seconds: list[float] = []  # duration of every round so far (benchmarks, selftest)
         service = GossipService(
             self._inbox, self._authenticate, federation=net.federation, peer_id=net.peer_id,
@@ -233,6 +235,7 @@ class GrpcMixer(Mixer):
         self_weight = weights.get(self.rank, 0.0)
         out = cur * self_weight
         extra = 0.0
+        gate = self.robust.begin(cur, f"step {step} round {r}")
         for j, w in weights.items():
             if j == self.rank:
                 continue
@@ -245,7 +248,7 @@ class GrpcMixer(Mixer):
                     step, r, self.members[j], self.net.round_timeout_s, w,
                 )
             else:
-                vec.add_to(out, w)
+                extra += gate.add(out, vec, w, self.members[j])  # w x_j, or less with the rest to x_i
         if extra:
             out.add_(cur, alpha=extra)
         return out
