@@ -21,6 +21,7 @@ from collections import defaultdict
 from collections.abc import Callable, Collection, Iterable
 
 from p2pgan.errors import PeerUnavailableError, ProtocolError, SecurityError, StepWindowError
+from p2pgan.logsafe import printable
 from p2pgan.wire.codec import MessageHeader, ReceivedVector, ShardAssembler, decode_frame
 
 log = logging.getLogger(__name__)
@@ -138,13 +139,13 @@ class Inbox:
     def _check_member(ctx: InboxContext, peer: str, source: str) -> None:
         if peer not in ctx.members:
             raise SecurityError(
-                f"peer {peer!r} ({source}) is not a member of federation {ctx.federation!r}; "
+                f"peer {printable(peer)} ({source}) is not a member of federation {ctx.federation!r}; "
                 f"members: {', '.join(sorted(ctx.members))}"
             )
 
     def _check_header(self, ctx: InboxContext, h: MessageHeader, identity: str | None) -> None:
         if h.federation != ctx.federation:
-            raise SecurityError(f"{h._who}: federation {h.federation!r}, ours is {ctx.federation!r}")
+            raise SecurityError(f"{h._who}: federation {printable(h.federation)}, ours is {ctx.federation!r}")
         self._check_member(ctx, h.sender, "header sender")
         if identity is not None and h.sender != identity:
             raise SecurityError(f"{h._who}: the sender field does not match the TLS identity {identity!r}")
@@ -152,7 +153,7 @@ class Inbox:
             raise SecurityError(f"{h._who}: a message claiming to come from ourselves")
         if ctx.layout_digest and h.layout_digest and h.layout_digest != ctx.layout_digest:
             raise ProtocolError(
-                f"{h._who}: model layout digest {h.layout_digest!r} differs from ours {ctx.layout_digest!r} "
+                f"{h._who}: model layout digest {printable(h.layout_digest)} differs from ours {ctx.layout_digest!r} "
                 "(the peers run different models)"
             )
         h.check_sizes()
@@ -161,7 +162,7 @@ class Inbox:
         if h.step < 0 or h.round < 0:
             raise StepWindowError(f"{h._who}: negative step or round")
         if h.sender not in ctx.in_neighbours(h.step, h.round):
-            raise ProtocolError(f"{h._who}: {h.sender!r} is not our in-neighbour at step {h.step} round {h.round}")
+            raise ProtocolError(f"{h._who}: {printable(h.sender)} is not our in-neighbour at step {h.step} round {h.round}")
 
     def _reserve(self, h: MessageHeader) -> _Slot | None:
         key = (h.step, h.round, h.sender)

@@ -35,14 +35,13 @@ from p2pgan.wire import codec, transport
 from p2pgan.wire.config import NetworkConfig, PeerEntry
 from p2pgan.wire.inbox import Inbox, InboxContext
 from p2pgan.wire.service import GossipService
+from p2pgan.wire.streams import SERVER_WORKERS  # threads: bounded Push streams + reserved for Hello
 from p2pgan.wire.v1 import gossip_pb2 as pb
 
 log = logging.getLogger(__name__)
 
 #: how often wait_ready retries a member that is not up yet
 READY_RETRY_S = 0.2
-#: server threads (made lazily): one per incoming persistent stream plus Hello calls
-SERVER_WORKERS = 64
 
 
 class _Handle(MixHandle):

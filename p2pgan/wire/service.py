@@ -13,6 +13,7 @@ import grpc
 from p2pgan.wire.codec import PROTOCOL_VERSION
 from p2pgan.wire.inbox import Inbox
 from p2pgan.wire.status import grpc_status
+from p2pgan.wire.streams import StreamGate
 from p2pgan.wire.transport import SERVICE
 from p2pgan.wire.v1 import gossip_pb2 as pb
 
@@ -27,6 +28,7 @@ class GossipService:
                  layout_digest: str, element_count: int) -> None:
         self._inbox = inbox
         self._authenticate = authenticate
+        self.streams = StreamGate()  # per-member and total bounds on Push streams, idle timeout
         self._hello = pb.HelloReply(
             federation=federation, peer_id=peer_id, protocol_version=PROTOCOL_VERSION,
             layout_digest=layout_digest, element_count=element_count,
@@ -35,7 +37,8 @@ class GossipService:
     def push(self, requests: Iterator[bytes], context: grpc.ServicerContext) -> pb.PushSummary:
         with grpc_status(context, "Push"):
             identity = self._authenticate(context)
-            return pb.PushSummary(messages=self._inbox.receive(identity, requests))
+            with self.streams.stream(identity, context.cancel, requests) as stream:
+                return pb.PushSummary(messages=self._inbox.receive(identity, stream))
         return pb.PushSummary()  # only reached when the caller went away
 
     def hello(self, request: pb.HelloRequest, context: grpc.ServicerContext) -> pb.HelloReply:

@@ -13,16 +13,23 @@ from p2pgan.errors import (
     P2PGANError,
     PeerUnavailableError,
     ProtocolError,
+    ResourceLimitError,
     SecurityError,
     StepWindowError,
 )
+from p2pgan.logsafe import RefusalLog
 
 log = logging.getLogger(__name__)
+#: refusals are logged in full a few times per (remote host, rpc, code), then summarized with a count
+REFUSALS = RefusalLog(log)
+#: longest status message sent back (messages quote peer strings only through logsafe.printable)
+MAX_DETAIL_CHARS = 1000
 
 #: most specific first
 STATUS_CODES: tuple[tuple[type[P2PGANError], grpc.StatusCode], ...] = (
     (SecurityError, grpc.StatusCode.PERMISSION_DENIED),
     (StepWindowError, grpc.StatusCode.OUT_OF_RANGE),
+    (ResourceLimitError, grpc.StatusCode.RESOURCE_EXHAUSTED),
     (ProtocolError, grpc.StatusCode.INVALID_ARGUMENT),
     (PeerUnavailableError, grpc.StatusCode.UNAVAILABLE),
     (DiscoveryError, grpc.StatusCode.FAILED_PRECONDITION),
@@ -44,8 +51,10 @@ def grpc_status(context: grpc.ServicerContext, rpc: str) -> Iterator[None]:
         yield
     except P2PGANError as exc:
         code = status_code(exc)
-        log.warning("%s from %s refused (%s): %s", rpc, context.peer(), code.name, exc)
-        context.abort(code, str(exc))
+        caller = context.peer().rpartition(":")[0]  # host, not the ephemeral port: one key per remote host
+        detail = str(exc)[:MAX_DETAIL_CHARS]
+        REFUSALS.refused(caller, f"{rpc} {code.name}", f"{rpc} from {caller} refused ({code.name}): {detail}")
+        context.abort(code, detail)
     except grpc.RpcError:
         raise  # the call was cancelled or aborted already; nothing to report back
     except Exception as exc:  # a bug of ours must not take the server down

@@ -28,6 +28,7 @@ from functools import lru_cache
 import grpc
 
 from p2pgan.errors import ConfigError, SecurityError
+from p2pgan.logsafe import printable
 from p2pgan.security.certs import fingerprint, identity_dns, normalize_fingerprint, peer_identity, read_tls
 from p2pgan.wire.codec import FRAME_OVERHEAD_BYTES, MAX_SHARD_BYTES
 from p2pgan.wire.config import PeerEntry, TLSFiles
@@ -128,10 +129,10 @@ def tls_identity(context: grpc.ServicerContext, federation: str, pins: dict[str,
         return None
     fed, pid, fp = _identity_of_pem(pems[0])
     if fed != federation:
-        raise SecurityError(f"caller {pid!r} holds a certificate of federation {fed!r}, ours is {federation!r}")
+        raise SecurityError(f"caller {printable(pid)} holds a certificate of federation {printable(fed)}, ours is {federation!r}")
     pin = pins.get(pid)
     if pin and pin != fp:
-        raise SecurityError(f"caller {pid!r}: certificate fingerprint {fp} does not match the pinned {pin}")
+        raise SecurityError(f"caller {printable(pid)}: certificate fingerprint {fp} does not match the pinned {pin}")
     return pid
 
 
@@ -163,7 +164,7 @@ def check_pin(peer: PeerEntry, tls: TLSFiles, federation: str) -> None:
     """Verify ``peer``'s identity and, when pinned, its fingerprint with :func:`probe_identity`."""
     fed, pid, fp = probe_identity(peer.host, peer.port, tls)
     if (fed, pid) != (federation, peer.id):
-        raise SecurityError(f"{peer.host}:{peer.port} is {pid!r} of federation {fed!r}, expected {peer.id!r} of {federation!r}")
+        raise SecurityError(f"{peer.host}:{peer.port} is {printable(pid)} of federation {printable(fed)}, expected {peer.id!r} of {federation!r}")
     if peer.fingerprint and normalize_fingerprint(peer.fingerprint) != fp:
         raise SecurityError(f"peer {peer.id!r}: certificate fingerprint {fp} does not match the pinned {peer.fingerprint}")
 
