@@ -87,7 +87,8 @@ def open_server(
     server = grpc.server(
         futures.ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix="p2pgan-rpc"),
         handlers=handlers,
-        options=[(k, v) for k, v in _CHANNEL_OPTIONS if k.startswith("grpc.max_")],
+        # so_reuseport off: a second daemon on the same port must fail to bind, not share the port silently
+        options=[*((k, v) for k, v in _CHANNEL_OPTIONS if k.startswith("grpc.max_")), ("grpc.so_reuseport", 0)],
     )
     address = f"{host}:{port}"
     try:
@@ -95,7 +96,8 @@ def open_server(
     except RuntimeError as exc:
         raise ConfigError(f"listen address {address}: cannot bind: {exc}") from None
     if not bound:
-        raise ConfigError(f"listen address {address}: cannot bind (in use or not a local address)")
+        raise ConfigError(f"listen address {address}: cannot bind: the port is in use (another p2pgan daemon with "
+                          "this config?) or the host is not a local address")
     server.start()
     return server, bound
 
