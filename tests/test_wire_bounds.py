@@ -92,3 +92,39 @@ def test_huge_peer_strings_are_truncated_and_repeats_summarized(env: Env, caplog
     assert 1 <= len(lines) <= 4
     assert sum(len(line) for line in lines) < 4000
     assert "1000000 chars" in lines[0]
+
+
+def test_replaced_stream_held_back_by_look_ahead_frees_its_thread_at_once(env: Env) -> None:
+    """A stream waiting for look-ahead room (up to 30 s) is let go as soon as a newer stream replaces it."""
+    assert env.push(message(env, step=1)).messages == 1
+    assert env.push(message(env, step=2)).messages == 1  # b now holds its 2 look-ahead slots
+    release, let_go = threading.Event(), threading.Event()
+
+    class Watch(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            if "closed while held back" in record.getMessage():
+                let_go.set()
+
+    watch = Watch()
+    logging.getLogger("p2pgan.wire.status").addHandler(watch)
+
+    def header_then_silence(frames):
+        yield frames[0]
+        release.wait(60)
+
+    ch = env.channel(env.tls["b"])
+    push = ch.stream_unary(transport.PUSH_METHOD, request_serializer=None,
+                           response_deserializer=pb.PushSummary.FromString)
+    try:
+        held = push.future(header_then_silence(message(env, step=3)), timeout=60)
+        newer = [push.future(header_then_silence(message(env, step=0)), timeout=60) for _ in range(2)]
+        with pytest.raises(grpc.RpcError) as info:
+            held.result(timeout=10)  # not the 30 s look-ahead wait
+        assert info.value.code() == grpc.StatusCode.CANCELLED
+        assert let_go.wait(10)  # the server thread left the look-ahead wait (it would block up to 30 s)
+    finally:
+        logging.getLogger("p2pgan.wire.status").removeHandler(watch)
+        release.set()
+        for call in [held, *newer]:
+            call.cancel()
+        ch.close()

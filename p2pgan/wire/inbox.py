@@ -79,12 +79,19 @@ class Inbox:
             self._closed = True
             self._cond.notify_all()
 
+    def wake(self) -> None:
+        """Wake streams held back by look-ahead so that cancelled ones notice (see :meth:`receive`)."""
+        with self._cond:
+            self._cond.notify_all()
+
     # -- the receiving side (server threads) -------------------------------------------------------------
-    def receive(self, identity: str | None, messages: Iterable[bytes]) -> int:
+    def receive(self, identity: str | None, messages: Iterable[bytes], cancelled: Callable[[], bool] = bool) -> int:
         """Consume one Push stream from the peer whose TLS identity is ``identity`` (None: insecure).
 
         Returns the number of complete messages accepted. Raises a :class:`P2PGANError` subclass that
-        the servicer turns into a gRPC status; a message in progress is then discarded.
+        the servicer turns into a gRPC status; a message in progress is then discarded. A stream held
+        back by look-ahead gives up as soon as ``cancelled()`` is true (see :meth:`wake`), so a cancelled
+        stream never keeps its server thread.
         """
         ctx = self._context()
         if identity is not None:
@@ -102,7 +109,7 @@ class Inbox:
                             f"{frame._who}: new header after {writer._next} of {writer.header.shard_count} shards"
                         )
                     self._check_header(ctx, frame, identity)
-                    slot = self._reserve(frame)
+                    slot = self._reserve(frame, cancelled)
                     writer = ShardAssembler(frame)  # a late message (slot None) is still checked, then dropped
                     continue
                 if writer is None:
@@ -164,13 +171,15 @@ class Inbox:
         if h.sender not in ctx.in_neighbours(h.step, h.round):
             raise ProtocolError(f"{h._who}: {printable(h.sender)} is not our in-neighbour at step {h.step} round {h.round}")
 
-    def _reserve(self, h: MessageHeader) -> _Slot | None:
+    def _reserve(self, h: MessageHeader, cancelled: Callable[[], bool] = bool) -> _Slot | None:
         key = (h.step, h.round, h.sender)
         deadline = time.monotonic() + LOOKAHEAD_WAIT_S
         with self._cond:
             while True:
                 if self._closed:
                     raise PeerUnavailableError("this peer is shutting down")
+                if cancelled():
+                    raise PeerUnavailableError(f"{h._who}: the stream was closed while held back")
                 pos = self._position
                 if pos is not None:
                     if abs(h.step - pos[0]) > MAX_STEP_SKEW:

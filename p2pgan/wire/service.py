@@ -37,8 +37,8 @@ class GossipService:
     def push(self, requests: Iterator[bytes], context: grpc.ServicerContext) -> pb.PushSummary:
         with grpc_status(context, "Push"):
             identity = self._authenticate(context)
-            with self.streams.stream(identity, context.cancel, requests) as stream:
-                return pb.PushSummary(messages=self._inbox.receive(identity, stream))
+            with self.streams.stream(identity, lambda: (context.cancel(), self._inbox.wake()), requests) as stream:
+                return pb.PushSummary(messages=self._inbox.receive(identity, stream, lambda: bool(stream.cancelled)))
         return pb.PushSummary()  # only reached when the caller went away
 
     def hello(self, request: pb.HelloRequest, context: grpc.ServicerContext) -> pb.HelloReply:
