@@ -128,3 +128,18 @@ def test_replaced_stream_held_back_by_look_ahead_frees_its_thread_at_once(env: E
         for call in [held, *newer]:
             call.cancel()
         ch.close()
+
+
+def test_refusal_log_summarizes_repeats_with_a_count(caplog: pytest.LogCaptureFixture) -> None:
+    from p2pgan.logsafe import REFUSAL_SUMMARY_INTERVAL_S, RefusalLog, printable
+
+    now = [0.0]
+    refusals = RefusalLog(logging.getLogger("test.refusals"), clock=lambda: now[0])
+    caplog.set_level(logging.WARNING, logger="test.refusals")
+    for i in range(100):
+        now[0] = i * REFUSAL_SUMMARY_INTERVAL_S / 50  # 100 refusals over two intervals
+        refusals.refused("host", "Push INVALID_ARGUMENT", f"refusal {i}")
+    lines = [r.getMessage() for r in caplog.records]
+    assert lines[:3] == ["refusal 0", "refusal 1", "refusal 2"]
+    assert len(lines) == 4 and lines[3].startswith("50 more Push INVALID_ARGUMENT refusals from 'host'")
+    assert printable("\x1b[2J" * 100).startswith("'\\x1b[2J") and "(400 chars)" in printable("\x1b[2J" * 100)

@@ -6,10 +6,12 @@ inbox as the raw ``bytes`` of a Frame (no protobuf object per shard); Hello uses
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable, Iterator
 
 import grpc
 
+from p2pgan.logsafe import RefusalLog
 from p2pgan.wire.codec import PROTOCOL_VERSION
 from p2pgan.wire.inbox import Inbox
 from p2pgan.wire.status import grpc_status
@@ -29,20 +31,21 @@ class GossipService:
         self._inbox = inbox
         self._authenticate = authenticate
         self.streams = StreamGate()  # per-member and total bounds on Push streams, idle timeout
+        self.refusals = RefusalLog(logging.getLogger("p2pgan.wire.status"))  # rate-limited refusal lines
         self._hello = pb.HelloReply(
             federation=federation, peer_id=peer_id, protocol_version=PROTOCOL_VERSION,
             layout_digest=layout_digest, element_count=element_count,
         )
 
     def push(self, requests: Iterator[bytes], context: grpc.ServicerContext) -> pb.PushSummary:
-        with grpc_status(context, "Push"):
+        with grpc_status(context, "Push", self.refusals):
             identity = self._authenticate(context)
             with self.streams.stream(identity, lambda: (context.cancel(), self._inbox.wake()), requests) as stream:
                 return pb.PushSummary(messages=self._inbox.receive(identity, stream, lambda: bool(stream.cancelled)))
         return pb.PushSummary()  # only reached when the caller went away
 
     def hello(self, request: pb.HelloRequest, context: grpc.ServicerContext) -> pb.HelloReply:
-        with grpc_status(context, "Hello"):
+        with grpc_status(context, "Hello", self.refusals):
             self._inbox.check_caller(self._authenticate(context))
             return self._hello
         return pb.HelloReply()
