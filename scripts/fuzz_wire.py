@@ -48,6 +48,8 @@ COOLDOWN_STEPS = 5
 #: the issue's bound on memory growth of a daemon over the whole fuzz run
 MAX_GROWTH_MB = 50.0
 WAIT_S = 300.0
+#: resident memory of the daemons is sampled every this many messages (a leak grows linearly)
+RSS_EVERY = 250
 
 
 def _rss_mb(pid: int) -> float:
@@ -254,12 +256,17 @@ def run(out: Path, messages: int, seed: int, *, progress: bool = True) -> dict[s
                                  response_deserializer=pb.PushSummary.FromString) for ch in channels]
         kinds = list(mutator.kinds)
         accepted = 0
+        rss_series: list[dict[str, float]] = []
         t0 = time.perf_counter()
         try:
             for i in range(messages):
                 kind = kinds[i % len(kinds)] if i < len(kinds) else rng.choice(kinds)
                 step, vec = shared["step"], shared["x"][0]
-                frames = mutator.kinds[kind](step + 1, vec)
+                # malformed kinds aim at the previous step: fully checked, then dropped as late, so they do
+                # not take the leaked member's own slot; valid-but-hostile values aim at the next step, where
+                # they are mixed in (and displace that member's own message for the step)
+                target_step = step + 1 if kind in ("hostile-values", "non-finite") else max(0, step - 1)
+                frames = mutator.kinds[kind](target_step, vec)
                 try:
                     reply = calls[i % len(calls)](iter(frames), timeout=CALL_TIMEOUT_S)
                     code = "OK"
@@ -267,6 +274,8 @@ def run(out: Path, messages: int, seed: int, *, progress: bool = True) -> dict[s
                 except grpc.RpcError as exc:
                     code = exc.code().name  # type: ignore[union-attr]
                 counts[kind][code] += 1
+                if (i + 1) % RSS_EVERY == 0:
+                    rss_series.append({n: round(_rss_mb(pid), 1) for n, pid in pids.items()})
                 if progress and (i + 1) % 500 == 0:
                     print(f"fuzz: {i + 1}/{messages} messages, {time.perf_counter() - t0:.0f} s, "
                           f"federation at step {shared['step']}", file=sys.stderr, flush=True)
@@ -318,6 +327,7 @@ def run(out: Path, messages: int, seed: int, *, progress: bool = True) -> dict[s
         "hangs": by_status.get("DEADLINE_EXCEEDED", 0),
         "crashes": len(crashed) + sum(1 for c in exit_codes.values() if c != 0),
         "non_finite_models": nonfinite, "daemons": per_daemon,
+        "rss_series_mb": rss_series,
         "max_rss_growth_mb": max(d["rss_growth_mb"] for d in per_daemon.values()),  # type: ignore[type-var]
     })
     result["ok"] = (result["crashes"] == 0 and result["internal"] == 0 and nonfinite == 0

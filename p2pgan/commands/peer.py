@@ -19,7 +19,10 @@ def run(args: argparse.Namespace) -> int:
     import logging
 
     from p2pgan.daemon.config import load_config
+    from p2pgan.daemon.memory import limit_malloc_arenas
     from p2pgan.daemon.peer import run_peer
+
+    limit_malloc_arenas()  # flat memory under many gRPC threads (p2pgan.daemon.memory)
 
     # status lines and resume / signal notes are the daemon's normal output, shown without -v
     daemon_log = logging.getLogger("p2pgan.daemon")

@@ -82,17 +82,23 @@ def clip_scale(distance: float, radius: float) -> float:
 
 
 def distance(chunks: Sequence[torch.Tensor], x: torch.Tensor, *, norm: Literal["l2", "linf"] = "l2") -> float:
-    """``||v - x||`` (Euclidean or max-abs) for a vector ``v`` given as consecutive 1-D ``chunks``, in float64."""
+    """``||v - x||`` (Euclidean or max-abs) for a vector ``v`` given as consecutive 1-D ``chunks``.
+
+    Computed in the vectors' own precision (one pass, cheaper than the weighted sum itself); a distance
+    beyond that precision's range comes out as ``inf``, which every radius clips to nothing.
+    """
     total = 0.0
     offset = 0
     for chunk in chunks:
         n = chunk.numel()
-        diff = chunk.to(torch.float64) - x[offset : offset + n].to(torch.float64)
+        diff = chunk - x[offset : offset + n]
         offset += n
+        if n == 0:
+            continue
         if norm == "l2":
-            total += float(diff.square().sum())
+            total += float(torch.linalg.vector_norm(diff)) ** 2
         else:
-            total = max(total, float(diff.abs().max())) if n else total
+            total = max(total, float(diff.abs().max()))
     return math.sqrt(total) if norm == "l2" else total
 
 
@@ -157,7 +163,7 @@ class RobustMixing:
         if self.cfg.kind == "off":
             return Round(self, x, math.inf, label)
         if self.cfg.kind == "clip":
-            own = float(x.to(torch.float64).norm())
+            own = float(torch.linalg.vector_norm(x))
         else:
             own = float(x.abs().max()) if x.numel() else 0.0
         return Round(self, x, self._tracker.radius(own), label)
