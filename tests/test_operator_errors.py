@@ -84,6 +84,12 @@ def test_certs_show_on_a_non_certificate(tmp_path: Path, capsys: pytest.CaptureF
     assert "is not a certificate" in err and len(err.splitlines()) == 1
 
 
+def test_certs_show_on_a_peer_certificate(tls, capsys: pytest.CaptureFixture[str]) -> None:
+    assert cli.main(["certs", "show", str(tls["alice"].cert)]) == 0
+    out = capsys.readouterr().out
+    assert "peer 'alice' of federation 'ops'" in out and "fingerprint sha256:" in out
+
+
 # -- checkpoint folders --------------------------------------------------------------------------------
 def test_checkpoint_dir_that_is_a_file_is_refused(tmp_path: Path) -> None:
     f = tmp_path / "state"
