@@ -35,7 +35,6 @@ STATUS_INTERVAL_S = 10.0
 #: the numeric fields of a step record, in the order the Prometheus gauges are made
 STEP_FIELDS: tuple[str, ...] = (
     "loss_g", "loss_d", "grad_norm", "consensus", "bytes_sent", "bytes_received", "compute_s", "comm_s",
-    "dropped", "clipped", "rejected", "rollbacks",  # robustness counters (issue 9)
 )
 
 

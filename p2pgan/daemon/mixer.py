@@ -67,23 +67,26 @@ def make_mixer(config: PeerConfig, dim: int, digest: str) -> Mixer:
 def refuse_second_instance(net: NetworkConfig, bound_port: int) -> None:
     """Refuse to start when another daemon already serves this peer id at its roster address.
 
-    Our own port cannot be shared (``grpc.so_reuseport`` is off), so when the roster lists our id at
-    another port of THIS machine, whatever answers Hello there as our id is a second daemon with our
-    identity. (A roster address on another machine may be a port forward to us, so it is not probed.)
+    Our own port cannot be shared (``grpc.so_reuseport`` is off). When the roster lists our id at
+    another port or host (a relay, a port forward, or a second daemon), a Hello there tells which: our
+    own server answers with this process's instance id (:data:`transport.INSTANCE_ID`), another daemon
+    holding our identity answers as our id with another one.
     """
     own = next((p for p in net.roster if p.id == net.peer_id), None)
-    if own is None or own.port == bound_port or not _is_local_address(own.host):
+    if own is None or (own.port == bound_port and _is_local_address(own.host)):
         return
     channel = transport.open_channel(own, net.federation, net.tls)
     try:
         hello = channel.unary_unary(transport.HELLO_METHOD, request_serializer=pb.HelloRequest.SerializeToString,
                                     response_deserializer=pb.HelloReply.FromString)
-        reply = hello(pb.HelloRequest(federation=net.federation, sender=net.peer_id), timeout=SELF_HELLO_TIMEOUT_S)
+        reply, call = hello.with_call(pb.HelloRequest(federation=net.federation, sender=net.peer_id),
+                                      timeout=SELF_HELLO_TIMEOUT_S)
+        instance = dict(call.trailing_metadata() or ()).get(transport.INSTANCE_METADATA_KEY)
     except grpc.RpcError:
-        return  # nobody (or not us) there: we are the only one
+        return  # nobody there (or not us): we are the only one
     finally:
         channel.close()
-    if reply.peer_id == net.peer_id and reply.federation == net.federation:
+    if instance != transport.INSTANCE_ID and (reply.peer_id, reply.federation) == (net.peer_id, net.federation):
         raise ConfigError(
             f"another daemon already runs as peer {net.peer_id!r} of {net.federation!r} at {own.host}:{own.port} "
             f"(the roster's address for this id); this one listens on port {bound_port}. Stop the other one, or "

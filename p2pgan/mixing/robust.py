@@ -13,11 +13,14 @@ step. The weighted sum of a round, ``x_i' = sum_j w_ij x_j``, is therefore writt
   largest coordinate differences); again untouched, hence exact, when no coordinate exceeds it.
 - ``off``: the plain weighted sum.
 
-The radius (:class:`RadiusTracker`) is ``scale`` times the lower median of the recent distances this peer
-measured (each recorded as clipped, so a hostile neighbour can raise its own history at most to the
-radius, and with honest neighbours in the majority the lower median stays theirs). Before ``warmup``
-non-zero distances were seen (peers start from the same point, so early distances are zero), the radius
-is ``warmup_scale * ||x_i||``: generous for honest starts, still a finite bound.
+The radius (:class:`RadiusTracker`, one per round index of a step) is ``scale`` times the lower median of
+the recent distances this peer measured in that round (each recorded as clipped, so a hostile neighbour
+can raise its own history at most to the radius, and with honest neighbours in the majority the lower
+median stays theirs), and never below ``RADIUS_FLOOR * ||x_i||``. Before ``warmup`` non-zero distances
+were seen (peers start from the same point, so early distances are zero), the radius is
+``warmup_scale * ||x_i||``: generous for honest starts, still a finite bound. An honest peer far from
+the others (restarted from an old checkpoint) is clipped and, after ``suspect_after`` rounds, left out
+until it is close again; its own radius grows with what it measures, so it still converges to the rest.
 
 A sender whose vectors were clipped ``suspect_after`` rounds in a row is reported once (a warning and
 ``rejected`` in the mixer's counters) and from then on treated as absent (its weight goes to this peer)
@@ -42,6 +45,8 @@ log = logging.getLogger(__name__)
 
 RobustKind = Literal["clip", "trim", "off"]
 ROBUST_KINDS: tuple[str, ...] = ("clip", "trim", "off")
+#: the radius is never below this fraction of ||x_i||: float rounding between consensual peers is not an attack
+RADIUS_FLOOR = 1e-5
 
 
 @dataclasses.dataclass(frozen=True)
@@ -122,10 +127,11 @@ class RadiusTracker:
         self._recent: collections.deque[float] = collections.deque(maxlen=cfg.window)
 
     def radius(self, self_norm: float) -> float:
+        floor = RADIUS_FLOOR * self_norm  # rounding-level differences (after consensus) are never clipped
         if len(self._recent) < self.cfg.warmup:
-            return self.cfg.warmup_scale * max(self_norm, 1e-12)
+            return max(self.cfg.warmup_scale * self_norm, floor, 1e-30)
         ordered = sorted(self._recent)
-        return self.cfg.scale * ordered[(len(ordered) - 1) // 2]  # the lower median
+        return max(self.cfg.scale * ordered[(len(ordered) - 1) // 2], floor)  # the lower median
 
     def record(self, distance: float, radius: float) -> None:
         """Remember a measured distance, capped at the radius it was judged against; zeros carry no scale."""
@@ -154,19 +160,24 @@ class RobustMixing:
 
     def __init__(self, cfg: RobustConfig | None = None) -> None:
         self.cfg = cfg or RobustConfig()
-        self._tracker = RadiusTracker(self.cfg)
+        # one history per round index: with t rounds per step, distances shrink round by round (by the
+        # spectral gap) and jump back at the next step's round 0, so each round is judged against its own past
+        self._trackers: dict[int, RadiusTracker] = {}
         self._streak: dict[str, int] = collections.defaultdict(int)
         self.stats = RobustStats()
 
-    def begin(self, x: torch.Tensor, label: str = "") -> Round:
-        """Start combining neighbours into a round whose own (pre-mixing) vector is ``x`` (1-D)."""
+    def begin(self, x: torch.Tensor, round_index: int = 0, label: str = "") -> Round:
+        """Start combining neighbours into round ``round_index`` of a step; ``x`` is our own (pre-mixing) row."""
         if self.cfg.kind == "off":
-            return Round(self, x, math.inf, label)
+            return Round(self, x, math.inf, label, None)
+        tracker = self._trackers.get(round_index)
+        if tracker is None:
+            tracker = self._trackers[round_index] = RadiusTracker(self.cfg)
         if self.cfg.kind == "clip":
             own = float(torch.linalg.vector_norm(x))
         else:
             own = float(x.abs().max()) if x.numel() else 0.0
-        return Round(self, x, self._tracker.radius(own), label)
+        return Round(self, x, tracker.radius(own), label, tracker)
 
     def _judge(self, sender: str, clipped: bool, label: str) -> bool:
         """Count a sender's clipped streak; True while it is a suspect (treated as absent)."""
@@ -190,8 +201,10 @@ class RobustMixing:
 class Round:
     """The combination of one round: ``out`` starts as ``w_ii x_i``; :meth:`add` adds one neighbour."""
 
-    def __init__(self, owner: RobustMixing, x: torch.Tensor, radius: float, label: str) -> None:
+    def __init__(self, owner: RobustMixing, x: torch.Tensor, radius: float, label: str,
+                 tracker: RadiusTracker | None) -> None:
         self._owner = owner
+        self._tracker = tracker
         self._x = x
         self.radius = radius
         self._label = label
@@ -206,7 +219,8 @@ class Round:
             vec.add_to(out, weight)
             return 0.0
         d = distance(vec.chunks, self._x, norm="l2" if cfg.kind == "clip" else "linf")
-        owner._tracker.record(d, self.radius)
+        assert self._tracker is not None
+        self._tracker.record(d, self.radius)
         clipped = d > self.radius
         if owner._judge(sender, clipped, self._label):
             owner.stats.rejected += 1

@@ -234,7 +234,7 @@ class GrpcMixer(Mixer):
         self_weight = weights.get(self.rank, 0.0)
         out = cur * self_weight
         extra = 0.0
-        gate = self.robust.begin(cur, f"step {step} round {r}")
+        gate = self.robust.begin(cur, r, f"step {step} round {r}")
         for j, w in weights.items():
             if j == self.rank:
                 continue

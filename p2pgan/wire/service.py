@@ -16,7 +16,7 @@ from p2pgan.wire.codec import PROTOCOL_VERSION
 from p2pgan.wire.inbox import Inbox
 from p2pgan.wire.status import grpc_status
 from p2pgan.wire.streams import StreamGate
-from p2pgan.wire.transport import SERVICE
+from p2pgan.wire.transport import INSTANCE_ID, INSTANCE_METADATA_KEY, SERVICE
 from p2pgan.wire.v1 import gossip_pb2 as pb
 
 #: (grpc context) -> caller's peer id from its TLS certificate, or None on an insecure server
@@ -47,6 +47,7 @@ class GossipService:
     def hello(self, request: pb.HelloRequest, context: grpc.ServicerContext) -> pb.HelloReply:
         with grpc_status(context, "Hello", self.refusals):
             self._inbox.check_caller(self._authenticate(context))
+            context.set_trailing_metadata(((INSTANCE_METADATA_KEY, INSTANCE_ID),))  # lets a daemon spot itself
             return self._hello
         return pb.HelloReply()
 

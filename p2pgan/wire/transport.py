@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import logging
 import queue
+import secrets
 import socket
 import ssl
 import threading
@@ -53,6 +54,11 @@ CLOSE_GRACE_S = 2.0
 #: themselves, so this is short
 SERVER_STOP_GRACE_S = 0.2
 PROBE_TIMEOUT_S = 5.0
+#: trailing metadata of every Hello reply: the answering process's random instance id, so that a daemon
+#: dialling its own roster address can tell itself (through a relay or port forward) from a second daemon
+#: that holds the same identity
+INSTANCE_METADATA_KEY = "p2pgan-instance"
+INSTANCE_ID = secrets.token_hex(8)
 
 _CHANNEL_OPTIONS = [
     ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
