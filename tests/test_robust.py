@@ -12,6 +12,7 @@ import logging
 import math
 from pathlib import Path
 
+import grpc
 import pytest
 import torch
 
@@ -183,3 +184,22 @@ def _roster(env: Env):
 
 def test_network_config_defaults_to_clip() -> None:
     assert NetworkConfig(federation="f", peer_id="a", insecure=True).robust.kind == "clip"
+
+
+def test_member_whose_messages_keep_being_refused_is_reported(tmp_path: Path, caplog) -> None:
+    """Refused messages (here non-finite vectors) count toward reporting the member; a good vector ends it."""
+    from tests.test_wire_security import assert_still_serving, refused
+
+    env = Env(tmp_path)
+    try:
+        nan = torch.randn(DIM)
+        nan[3] = math.nan
+        with caplog.at_level(logging.WARNING, logger="p2pgan.mixing.robust"):
+            for _ in range(RobustConfig().suspect_after):
+                refused(env, message(env, nan), grpc.StatusCode.INVALID_ARGUMENT, "non-finite")
+        stats = env.mixer.robust.stats
+        assert stats.refused == RobustConfig().suspect_after and stats.reported == ["b"]
+        assert sum("refused or outside the clipping radius" in r.message for r in caplog.records) == 1
+        assert_still_serving(env)  # b's next good vector is mixed again
+    finally:
+        env.mixer.close()

@@ -359,11 +359,13 @@ def _one_step(run: _Run, device: torch.device) -> dict[str, Any]:
 
 
 def _robust_record(mixer: Any) -> dict[str, Any]:
-    """Robust-mixing counters for the step record (gRPC mixer only): clipped / rejected neighbour-rounds."""
+    """Robust-mixing counters for the step record (gRPC mixer only): neighbour-rounds clipped or left out,
+    members' messages refused by the wire, and the members reported for doing either again and again."""
     robust = getattr(mixer, "robust", None)
     if robust is None:
         return {}
-    return {"clipped": robust.stats.clipped, "rejected": robust.stats.rejected, "suspects": list(robust.stats.reported)}
+    st = robust.stats
+    return {"clipped": st.clipped, "rejected": st.rejected, "refused": st.refused, "suspects": list(st.reported)}
 
 
 def _self_weight(mixer: Any, step: int) -> float:

@@ -22,9 +22,10 @@ were seen (peers start from the same point, so early distances are zero), the ra
 the others (restarted from an old checkpoint) is clipped and, after ``suspect_after`` rounds, left out
 until it is close again; its own radius grows with what it measures, so it still converges to the rest.
 
-A sender whose vectors were clipped ``suspect_after`` rounds in a row is reported once (a warning and
-``rejected`` in the mixer's counters) and from then on treated as absent (its weight goes to this peer)
-until one of its vectors falls inside the radius again.
+A sender whose vectors were clipped, or whose messages the wire refused (:meth:`RobustMixing.refused`),
+``suspect_after`` times in a row is reported once (a warning, ``reported`` and the ``rejected`` /
+``refused`` counters) and from then on treated as absent (its weight goes to this peer) until one of its
+vectors falls inside the radius again.
 
 Pure tensor functions plus a small stateful tracker; no gRPC here, so the in-process tests and the
 network mixer share the same code.
@@ -36,10 +37,13 @@ import collections
 import dataclasses
 import logging
 import math
+import threading
 from collections.abc import Sequence
 from typing import Literal, Protocol
 
 import torch
+
+from p2pgan.logsafe import printable
 
 log = logging.getLogger(__name__)
 
@@ -152,6 +156,7 @@ class VectorLike(Protocol):
 class RobustStats:
     clipped: int = 0  # neighbour-rounds whose difference was shortened
     rejected: int = 0  # neighbour-rounds treated as absent because the sender is a suspect
+    refused: int = 0  # messages of members that the wire refused (malformed, non-finite, out of window)
     reported: list[str] = dataclasses.field(default_factory=list)  # senders reported, in order
 
 
@@ -164,6 +169,7 @@ class RobustMixing:
         # spectral gap) and jump back at the next step's round 0, so each round is judged against its own past
         self._trackers: dict[int, RadiusTracker] = {}
         self._streak: dict[str, int] = collections.defaultdict(int)
+        self._lock = threading.Lock()  # refusals are reported from server threads, rounds run in the mixer's
         self.stats = RobustStats()
 
     def begin(self, x: torch.Tensor, round_index: int = 0, label: str = "") -> Round:
@@ -179,21 +185,32 @@ class RobustMixing:
             own = float(x.abs().max()) if x.numel() else 0.0
         return Round(self, x, tracker.radius(own), label, tracker)
 
-    def _judge(self, sender: str, clipped: bool, label: str) -> bool:
-        """Count a sender's clipped streak; True while it is a suspect (treated as absent)."""
+    def refused(self, sender: str, reason: str) -> None:
+        """A member's message was refused by the wire checks: it counts like a clipped vector toward
+        reporting the sender (and treating it as absent) until one of its vectors is mixed normally."""
+        self.stats.refused += 1
+        self._judge(sender, True, f"wire refusal ({reason})", count_clip=False)
+
+    def _judge(self, sender: str, clipped: bool, label: str, *, count_clip: bool = True) -> bool:
+        """Count a sender's streak of clipped or refused vectors; True while it is a suspect (treated as absent)."""
+        with self._lock:
+            return self._judge_locked(sender, clipped, label, count_clip)
+
+    def _judge_locked(self, sender: str, clipped: bool, label: str, count_clip: bool) -> bool:
         if not clipped:
             if self._streak.get(sender, 0) >= self.cfg.suspect_after:
                 log.warning("%s: %s sends vectors within the radius again; mixing it again", label, sender)
             self._streak[sender] = 0
             return False
-        self.stats.clipped += 1
+        self.stats.clipped += count_clip
         self._streak[sender] += 1
         streak = self._streak[sender]
         if streak == self.cfg.suspect_after:
             self.stats.reported.append(sender)
             log.warning(
-                "%s: %s sent vectors outside the clipping radius %d rounds in a row; treating it as absent "
-                "(its weight goes to ourselves) until it comes back within the radius", label, sender, streak,
+                "%s: %s sent %d vectors in a row that were refused or outside the clipping radius; treating it "
+                "as absent (its weight goes to ourselves) until it sends one within the radius",
+                label, printable(sender), streak,
             )
         return streak >= self.cfg.suspect_after
 

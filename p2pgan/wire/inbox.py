@@ -67,6 +67,8 @@ class Inbox:
         self._position: tuple[int, int] | None = None
         self._closed = False
         self.bytes_received = 0
+        #: called with (member id, reason) when a member's message is refused (robust mixing counts them)
+        self.on_refused: Callable[[str, str], None] | None = None
 
     # -- set-up ----------------------------------------------------------------------------------------
     def configure(self, ctx: InboxContext) -> None:
@@ -96,6 +98,15 @@ class Inbox:
         ctx = self._context()
         if identity is not None:
             self._check_member(ctx, identity, "TLS certificate")
+        try:
+            return self._receive(ctx, identity, messages, cancelled)
+        except (ProtocolError, SecurityError) as exc:
+            if identity is not None and self.on_refused is not None:
+                self.on_refused(identity, type(exc).__name__)
+            raise
+
+    def _receive(self, ctx: InboxContext, identity: str | None, messages: Iterable[bytes],
+                 cancelled: Callable[[], bool]) -> int:
         accepted = 0
         writer: ShardAssembler | None = None
         slot: _Slot | None = None

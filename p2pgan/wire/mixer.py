@@ -91,6 +91,7 @@ class GrpcMixer(Mixer):
         self._discovery = None
         self._closed = False
         self.robust = RobustMixing(net.robust)  # issue 9: bounds every neighbour's pull (p2pgan.mixing.robust)
+        self._inbox.on_refused = self.robust.refused  # ... and counts members' refused messages toward a report
         self.round_seconds: list[float] = []  # duration of every round so far (benchmarks, selftest)
         service = GossipService(
             self._inbox, self._authenticate, federation=net.federation, peer_id=net.peer_id,
