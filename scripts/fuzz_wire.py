@@ -312,7 +312,8 @@ def run(out: Path, messages: int, seed: int, *, progress: bool = True) -> dict[s
             "step_s_during": round(statistics.median(during), 4) if during else None,
             "steps_during_fuzz": len(during), "final_step": last.get("step"),
             "non_finite_losses": sum(1 for r in records if r.get("loss_d") is None or r.get("loss_g") is None),
-            "clipped": last.get("clipped"), "rejected": last.get("rejected"), "rollbacks": last.get("rollbacks"),
+            "clipped": last.get("clipped"), "rejected": last.get("rejected"), "refused": last.get("refused"),
+            "suspects": last.get("suspects"), "rollbacks": last.get("rollbacks"),
             "final_model_finite": finite, "exit_code": exit_codes[s.name],
             "tracebacks_in_log": log_text.count("Traceback"), "log_bytes": len(log_text.encode()),
         }
@@ -347,7 +348,7 @@ def _table(result: dict[str, object]) -> str:
     for name, d in result["daemons"].items():  # type: ignore[union-attr]
         lines.append(f"{name}: rss {d['rss_mb_before']} -> {d['rss_mb_after']} MB, step {d['step_s_before']} s "
                      f"before / {d['step_s_during']} s during ({d['steps_during_fuzz']} steps), clipped {d['clipped']}, "
-                     f"rejected {d['rejected']}, rollbacks {d['rollbacks']}, final model finite {d['final_model_finite']}, "
+                     f"refused {d['refused']}, left out {d['rejected']}, rollbacks {d['rollbacks']}, final model finite {d['final_model_finite']}, "
                      f"exit {d['exit_code']}, tracebacks {d['tracebacks_in_log']}")
     lines.append("PASS" if result["ok"] else "FAIL")
     return "\n".join(lines)

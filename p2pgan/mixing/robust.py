@@ -188,8 +188,9 @@ class RobustMixing:
     def refused(self, sender: str, reason: str) -> None:
         """A member's message was refused by the wire checks: it counts like a clipped vector toward
         reporting the sender (and treating it as absent) until one of its vectors is mixed normally."""
-        self.stats.refused += 1
-        self._judge(sender, True, f"wire refusal ({reason})", count_clip=False)
+        with self._lock:
+            self.stats.refused += 1
+            self._judge_locked(sender, True, f"wire refusal ({reason})", count_clip=False)
 
     def _judge(self, sender: str, clipped: bool, label: str, *, count_clip: bool = True) -> bool:
         """Count a sender's streak of clipped or refused vectors; True while it is a suspect (treated as absent)."""
@@ -199,7 +200,7 @@ class RobustMixing:
     def _judge_locked(self, sender: str, clipped: bool, label: str, count_clip: bool) -> bool:
         if not clipped:
             if self._streak.get(sender, 0) >= self.cfg.suspect_after:
-                log.warning("%s: %s sends vectors within the radius again; mixing it again", label, sender)
+                log.warning("%s: %s sends vectors within the radius again; mixing it again", label, printable(sender))
             self._streak[sender] = 0
             return False
         self.stats.clipped += count_clip
