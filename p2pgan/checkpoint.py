@@ -25,6 +25,7 @@ import hashlib
 import io
 import json
 import logging
+import math
 import os
 import random
 import re
@@ -36,14 +37,24 @@ import numpy as np
 import torch
 
 from p2pgan.errors import CheckpointError
-
-log = logging.getLogger(__name__)
+from p2pgan.logsafe import printable
 
 MAGIC = b"P2PGAN-CKPT 1\n"
 #: the name of the pointer file a :class:`CheckpointManager` keeps next to its checkpoints
 LATEST_NAME = "latest"
 _CKPT_RE = re.compile(r"^ckpt-(\d+)\.pt$")
 _MAX_HEADER_BYTES = 4096
+#: temp files of :func:`atomic_write_bytes` (``.<name>.<pid>.tmp``); a kill -9 mid-write leaves one behind
+_TEMP_RE = re.compile(r"^\..+\.\d+\.tmp$")
+#: the lock file that keeps a second daemon out of a checkpoint folder
+LOCK_NAME = ".lock"
+
+
+log = logging.getLogger(__name__)
+
+
+class NonFiniteStateError(CheckpointError):
+    """A state to be checkpointed holds NaN or inf values; nothing was written."""
 
 
 def _fsync_dir(directory: Path) -> None:
@@ -95,9 +106,33 @@ def _check_state(obj: Any, where: str = "state") -> None:
     )
 
 
+def all_finite(*tensors: torch.Tensor) -> bool:
+    """True when every value is finite (a finite sum proves it cheaply; otherwise check exactly)."""
+    for t in tensors:
+        if not math.isfinite(float(t.sum())) and not bool(torch.isfinite(t).all()):
+            return False
+    return True
+
+
+def state_finite(state: Any) -> bool:
+    """True when every floating-point tensor anywhere in a (nested) state is finite."""
+    if isinstance(state, torch.Tensor):
+        return not state.is_floating_point() or all_finite(state)
+    if isinstance(state, Mapping):
+        return all(state_finite(v) for v in state.values())
+    if isinstance(state, (list, tuple)):
+        return all(state_finite(v) for v in state)
+    return True
+
+
 def encode_checkpoint(state: Mapping[str, Any]) -> bytes:
-    """The bytes of a checkpoint file holding ``state`` (header with length and SHA-256, then payload)."""
+    """The bytes of a checkpoint file holding ``state`` (header with length and SHA-256, then payload).
+
+    A state holding a non-finite tensor is refused: a NaN model must never replace a healthy checkpoint.
+    """
     _check_state(state)
+    if not state_finite(state):
+        raise NonFiniteStateError("refusing to write a checkpoint of a non-finite state (NaN or inf values)")
     buf = io.BytesIO()
     torch.save(dict(state), buf)
     payload = buf.getvalue()
@@ -192,11 +227,18 @@ class CheckpointManager:
         return path
 
     def _latest_pointer(self) -> Path | None:
+        """The file the ``latest`` pointer names, or None (absent, or garbage: then say so and fall back)."""
+        where = self.directory / LATEST_NAME
         try:
-            name = (self.directory / LATEST_NAME).read_text().strip()
+            raw = where.read_bytes()
         except OSError:
             return None
-        return self.directory / name if _CKPT_RE.match(name) else None
+        name = raw[:256].decode("utf-8", errors="replace").strip()
+        if _CKPT_RE.match(name) and (self.directory / name).is_file():
+            return self.directory / name
+        log.warning("%s: does not name a checkpoint file here (%s); falling back to the newest valid checkpoint",
+                    where, printable(name))
+        return None
 
     def load_latest(self, *, fallback: bool = True) -> LoadedCheckpoint | None:
         """The newest valid checkpoint, or ``None`` if there is none at all.
@@ -225,6 +267,73 @@ class CheckpointManager:
             names = "; ".join(reason for _, reason in refused)
             raise CheckpointError(f"{self.directory}: no valid checkpoint ({names})")
         return None
+
+
+class FolderClaim:
+    """``with FolderClaim(dir):`` one process's exclusive use of a checkpoint folder, checked up front.
+
+    On entry: refuse a path that is a file, create the folder, take an exclusive lock on
+    ``<dir>/.lock`` (a second daemon with the same folder gets a one-line :class:`CheckpointError`
+    naming the holder's pid), remove temp files left by an interrupted write, and prove the folder is
+    writable. So every folder problem shows before training starts, not at the first checkpoint.
+    The lock is released on exit (or when the process dies: it is an flock).
+    """
+
+    def __init__(self, directory: str | os.PathLike[str]) -> None:
+        self.directory = Path(directory)
+        self._fd: int | None = None
+
+    def __enter__(self) -> FolderClaim:
+        d = self.directory
+        if d.exists() and not d.is_dir():
+            raise CheckpointError(f"checkpoint.dir {d} is a file, not a folder; name a folder (it is created if missing)")
+        try:
+            d.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise CheckpointError(f"checkpoint.dir {d}: cannot create the folder ({exc.strerror or exc})") from None
+        self._lock()
+        try:
+            for p in d.iterdir():
+                if _TEMP_RE.match(p.name):
+                    p.unlink(missing_ok=True)
+                    log.warning("%s: removed a stale temporary file of an interrupted checkpoint write", p)
+            probe = d / ".write-probe"
+            try:
+                atomic_write_bytes(probe, b"")
+                probe.unlink()
+            except OSError as exc:
+                raise CheckpointError(f"checkpoint.dir {d} is not writable ({exc.strerror or exc}); fix its "
+                                      "permissions or choose another folder") from None
+        except BaseException:
+            self.__exit__(None, None, None)
+            raise
+        return self
+
+    def _lock(self) -> None:
+        import fcntl
+
+        path = self.directory / LOCK_NAME
+        try:
+            fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        except OSError as exc:
+            raise CheckpointError(f"checkpoint.dir {self.directory} is not writable ({exc.strerror or exc})") from None
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "?"
+            os.close(fd)
+            raise CheckpointError(
+                f"checkpoint.dir {self.directory} is in use by another p2pgan process (pid {holder}); stop that "
+                "daemon, or give this one its own peer id and checkpoint.dir"
+            ) from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        self._fd = fd
+
+    def __exit__(self, *exc: object) -> None:
+        fd, self._fd = self._fd, None
+        if fd is not None:
+            os.close(fd)  # releases the flock
 
 
 def capture_rng_state() -> dict[str, Any]:

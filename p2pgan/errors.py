@@ -31,6 +31,10 @@ class StepWindowError(ProtocolError):
     """A message for a step or round outside the receiver's window (too far ahead or behind)."""
 
 
+class ResourceLimitError(ProtocolError):
+    """A peer asked for more than its share (streams, messages); refused so the others are not starved."""
+
+
 class SecurityError(P2PGANError):
     """A certificate, key or peer identity does not check out."""
 

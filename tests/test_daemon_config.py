@@ -58,6 +58,7 @@ def test_valid_config_resolves_paths_and_defaults(folder: Path) -> None:
         cfg.train.steps = 5  # type: ignore[misc]
     net = network_config(cfg)
     assert (net.peer_id, net.federation, net.rounds, net.topology, net.listen_port) == ("alice", "demo", 2, "ring", 7000)
+    assert net.robust.kind == "clip" and net.robust == cfg.mixing.robust  # robust mixing is on by default
 
 
 @pytest.mark.parametrize(
@@ -134,6 +135,8 @@ BAD_CASES = [
     ("train.epochs", 3, ["train.epochs", "not both"]),
     ("mixing.topology", "rign", ["mixing.topology", "did you mean 'ring'", "random-ring"]),
     ("mixing.rounds", -1, ["mixing.rounds", ">= 0"]),
+    ("mixing.robust", "median", ["mixing.robust", "clip, trim, off"]),
+    ("mixing.robust_scale", 0.5, ["mixing.robust_scale", ">= 1.0"]),
     ("peer.listen", "localhost", ["peer.listen", "HOST:PORT"]),
     ("peer.id", "Bad id!", ["peer.id", "lowercase letters, digits"]),
     ("security.key", _DELETE, ["security.key", "is required", "insecure: true"]),

@@ -28,7 +28,7 @@ def test_committed_stubs_are_not_stale(tmp_path: Path) -> None:
         assert committed.read_bytes() == fresh.read_bytes(), f"{committed} is stale: run python scripts/gen_protos.py"
 
 
-def header(n: int, dtype: str = "float32", shard_bytes: int = 1000) -> codec.MessageHeader:
+def header(n: int, dtype: str = "float32", shard_bytes: int = 1024) -> codec.MessageHeader:
     nbytes = n * codec.WIRE_DTYPES[dtype][0].itemsize
     return codec.MessageHeader("f", "a", 3, 1, "d", dtype, n, codec.shard_count(nbytes, shard_bytes))
 
@@ -37,7 +37,7 @@ def header(n: int, dtype: str = "float32", shard_bytes: int = 1000) -> codec.Mes
 def test_roundtrip_and_generated_parser_agree(dtype: str) -> None:
     vec = torch.randn(2500).to(codec.WIRE_DTYPES[dtype][0])
     h = header(2500, dtype)
-    frames = codec.encode(h, codec.le_bytes(vec), 1000)
+    frames = codec.encode(h, codec.le_bytes(vec), 1024)
     assert codec.decode_frame(frames[0]) == h
     writer = codec.ShardAssembler(h)
     for i, f in enumerate(frames[1:]):
@@ -47,7 +47,7 @@ def test_roundtrip_and_generated_parser_agree(dtype: str) -> None:
         assert codec.decode_frame(pb.Frame(shard=parsed).SerializeToString()).data == codec.decode_frame(f).data
         writer.add(codec.decode_frame(f))
     assert torch.equal(writer.vector().tensor(), vec)
-    assert len(frames[1]) < 1000 + codec.FRAME_OVERHEAD_BYTES
+    assert len(frames[1]) < 1024 + codec.FRAME_OVERHEAD_BYTES
 
 
 def test_raw_bytes_are_little_endian_float32() -> None:
@@ -60,7 +60,7 @@ def test_non_finite_values_are_refused() -> None:
     vec[3] = math.inf
     h = header(10)
     writer = codec.ShardAssembler(h)
-    for f in codec.encode(h, codec.le_bytes(vec), 1000)[1:]:
+    for f in codec.encode(h, codec.le_bytes(vec), 1024)[1:]:
         writer.add(codec.decode_frame(f))
     with pytest.raises(ProtocolError, match="non-finite"):
         writer.vector()
@@ -68,9 +68,9 @@ def test_non_finite_values_are_refused() -> None:
 
 def test_shards_that_split_elements_reassemble() -> None:
     vec = torch.randn(1000)
-    h = header(1000, shard_bytes=1001)  # 1001 is no multiple of 4: shards split float32 elements
+    h = header(1000, shard_bytes=1025)  # 1025 is no multiple of 4: shards split float32 elements
     writer = codec.ShardAssembler(h)
-    for f in codec.encode(h, codec.le_bytes(vec), 1001)[1:]:
+    for f in codec.encode(h, codec.le_bytes(vec), 1025)[1:]:
         writer.add(codec.decode_frame(f))
     received = writer.vector()
     assert torch.equal(received.tensor(), vec)

@@ -40,7 +40,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from p2pgan.errors import ConfigError
     from p2pgan.security import certs
 
     if args.action == "init":
@@ -52,14 +51,6 @@ def run(args: argparse.Namespace) -> int:
         print(f"peer {args.peer!r}: {files.cert} (key {files.key}, mode 0600; CA copy {files.ca})")
         print(f"fingerprint sha256:{certs.fingerprint(files.cert.read_bytes())}")
     else:
-        try:
-            pem = args.cert.read_bytes()
-        except OSError as exc:
-            raise ConfigError(f"{args.cert}: cannot read: {exc.strerror}") from None
-        try:
-            fed, pid = certs.peer_identity(pem)
-            print(f"peer {pid!r} of federation {fed!r}")
-        except Exception:  # a CA certificate names no peer
-            print("not a peer certificate (no p2pgan:// identity)")
-        print(f"fingerprint sha256:{certs.fingerprint(pem)}")
+        for line in certs.describe_certificate(args.cert):
+            print(line)
     return 0

@@ -26,13 +26,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     import logging
-
-    from p2pgan.daemon.config import load_config
-    from p2pgan.daemon.peer import run_peer
-
     import os
 
+    from p2pgan.daemon.config import load_config
+    from p2pgan.daemon.memory import limit_malloc_arenas
+    from p2pgan.daemon.peer import run_peer
     from p2pgan.logs import LEVEL_ENV
+
+    limit_malloc_arenas()  # flat memory under many gRPC threads (p2pgan.daemon.memory)
 
     # status lines and resume / signal notes are the daemon's normal output, shown without -v (an explicit
     # --log-level or P2PGAN_LOG_LEVEL is obeyed as given)

@@ -41,6 +41,7 @@ import yaml
 from p2pgan.algorithm.directions import DIRECTION_NAMES
 from p2pgan.algorithm.dposg import FIRST_STEPS, SCHEDULES
 from p2pgan.errors import ConfigError, config_error
+from p2pgan.mixing.robust import ROBUST_KINDS, RobustConfig
 from p2pgan.security.certs import check_name
 from p2pgan.topology import TOPOLOGY_NAMES
 from p2pgan.trainer.data import DATASET_FORMATS
@@ -124,6 +125,7 @@ class MixingConfig:
     #: rounds wait less than round_timeout_s once they have seen how long complete rounds take
     adaptive_deadline: bool = True
     first_step: str = "gradient"  # "gradient" (Algorithm 1) or "zero" (p2pgan.algorithm.FIRST_STEPS)
+    robust: RobustConfig = RobustConfig()  # robust mixing: clip (default), trim or off
 
 
 @dataclasses.dataclass(frozen=True)
@@ -451,6 +453,11 @@ def _mixing(sec: _Section) -> MixingConfig:
         start_quorum=sec.integer("start_quorum", None, minimum=1),
         adaptive_deadline=sec.boolean("adaptive_deadline", True),
         first_step=sec.choice("first_step", FIRST_STEPS, "gradient"),
+        robust=RobustConfig(
+            kind=sec.choice("robust", ROBUST_KINDS, "clip"),
+            scale=sec.number("robust_scale", RobustConfig.scale, minimum=1.0),
+            suspect_after=sec.integer("robust_suspect_after", RobustConfig.suspect_after, minimum=1),
+        ),
     )
     if not cfg.torch_init.startswith(TORCH_INIT_SCHEMES):
         raise sec.error("torch_init", f"{cfg.torch_init!r} must start with one of {', '.join(TORCH_INIT_SCHEMES)}")
@@ -666,4 +673,5 @@ def network_config(cfg: PeerConfig, roster: tuple[PeerEntry, ...] = ()) -> Netwo
         start_quorum=cfg.mixing.start_quorum,
         adaptive_deadline=cfg.mixing.adaptive_deadline,
         wire_dtype=cfg.mixing.wire_dtype,  # type: ignore[arg-type]
+        robust=cfg.mixing.robust,
     )

@@ -43,7 +43,15 @@ from typing import Any
 
 import torch
 
-from p2pgan.checkpoint import CheckpointManager, LoadedCheckpoint, capture_rng_state, restore_rng_state
+from p2pgan.algorithm.guard import FiniteGuard
+from p2pgan.checkpoint import (
+    CheckpointManager,
+    FolderClaim,
+    LoadedCheckpoint,
+    NonFiniteStateError,
+    capture_rng_state,
+    restore_rng_state,
+)
 from p2pgan.daemon import elastic
 from p2pgan.daemon.config import PeerConfig
 from p2pgan.errors import CheckpointError, ConfigError
@@ -165,6 +173,10 @@ class _Run:
     mixer: Any
     digest: str
     checkpoints: CheckpointManager
+    last_saved: Path | None = None
+
+    def __post_init__(self) -> None:
+        self.guard = FiniteGuard(self.algo)  # a non-finite step is rolled back (p2pgan.algorithm.guard)
 
     def state(self) -> dict[str, Any]:
         """Everything a step needs: both sequences, the previous direction, optimizer moments, step,
@@ -183,8 +195,13 @@ class _Run:
             "membership": list(getattr(self.mixer, "members", ())),
         }
 
-    def save(self) -> Path:
-        return self.checkpoints.save(self.algo.steps, self.state())
+    def save(self) -> Path | None:
+        """Checkpoint now; a non-finite state is refused (logged) and the last finite checkpoint kept."""
+        try:
+            self.last_saved = self.checkpoints.save(self.algo.steps, self.state())
+        except NonFiniteStateError as exc:
+            log.error("step %d: %s; the last finite checkpoint %s is kept", self.algo.steps, exc, self.last_saved)
+        return self.last_saved
 
     def restore(self, loaded: LoadedCheckpoint) -> None:
         st, where = loaded.state, str(loaded.path)
@@ -247,7 +264,7 @@ def open_checkpoints(cfg: PeerConfig, resume: bool) -> tuple[CheckpointManager, 
 
 def run_peer(cfg: PeerConfig, *, resume: bool = False) -> int:
     """Run the daemon until ``train.steps`` (or epochs) are done or a signal arrives; returns 0."""
-    with StopSignals() as stop:
+    with StopSignals() as stop, FolderClaim(cfg.checkpoint.dir):  # checked, locked: one daemon per folder
         try:
             return _run_peer(cfg, resume, stop)
         except StopBeforeTraining:
@@ -354,7 +371,8 @@ def _one_step(run: _Run, device: torch.device) -> dict[str, Any]:
     before = (algo.x if exact else algo.z).clone()
     d_before = algo.d_prev.clone()
     start = time.perf_counter()
-    info = algo.step(game)
+    with run.guard:
+        info = algo.step(game)
     wall = time.perf_counter() - start
     if algo.steps == 1 and algo.first_step == "gradient":
         d_before = info.direction  # Algorithm 1's start: the first overlap step used d_{-1} = d_0
@@ -372,8 +390,19 @@ def _one_step(run: _Run, device: torch.device) -> dict[str, Any]:
         "step": algo.steps, "epoch": game.epoch, "loss_g": last.loss_g, "loss_d": last.loss_d,
         "grad_norm": last.grad_norm, "consensus": consensus, "bytes_sent": stats.bytes_sent,
         "bytes_received": stats.bytes_received, "compute_s": info.field_seconds, "comm_s": info.mix_seconds,
-        "step_s": wall, "dropped": stats.dropped,
+        "step_s": wall, "dropped": stats.dropped, "rollbacks": run.guard.rollbacks,
+        **_robust_record(mixer),
     }
+
+
+def _robust_record(mixer: Any) -> dict[str, Any]:
+    """Robust-mixing counters for the step record (gRPC mixer only): neighbour-rounds clipped or left out,
+    members' messages refused by the wire, and the members reported for doing either again and again."""
+    robust = getattr(mixer, "robust", None)
+    if robust is None:
+        return {}
+    st = robust.stats
+    return {"clipped": st.clipped, "rejected": st.rejected, "refused": st.refused, "suspects": list(st.reported)}
 
 
 def _self_weight(mixer: Any, step: int) -> float:

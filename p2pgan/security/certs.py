@@ -21,6 +21,7 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 
 from cryptography import x509
+from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
@@ -267,3 +268,81 @@ def read_tls(files: TLSFiles) -> tuple[bytes, bytes, bytes]:
         except OSError as exc:
             raise ConfigError(f"{field}: cannot read {path}: {exc.strerror}") from None
     return out[0], out[1], out[2]
+
+
+def _load_pem_cert(path: Path, field: str, data: bytes) -> x509.Certificate:
+    if b"-----BEGIN CERTIFICATE-----" not in data:
+        raise ConfigError(f"{field}: {path} is not a PEM certificate (no BEGIN CERTIFICATE block); "
+                          "use the files written by `p2pgan certs init/issue`")
+    try:
+        return x509.load_pem_x509_certificate(data)
+    except ValueError as exc:
+        raise ConfigError(f"{field}: {path} holds an unreadable PEM certificate ({exc})") from None
+
+
+def check_own_tls(files: TLSFiles, federation: str, peer_id: str, *, source: str = "security",
+                  now: datetime.datetime | None = None) -> None:
+    """Check this peer's own TLS files before anything listens or dials, with one-line errors.
+
+    Refuses (with :class:`ConfigError` naming the field and file): unreadable or non-PEM files, a
+    private key readable by group or others (as ssh does; the message gives the chmod to run), a key
+    that does not belong to the certificate, a certificate not issued by the CA, expired or not yet
+    valid, or naming another peer id or federation than the config.
+    """
+    ca_pem, cert_pem, key_pem = read_tls(files)
+    mode = files.key.stat().st_mode & 0o777
+    if mode & 0o077:
+        raise ConfigError(f"{source}.key: {files.key} is readable by group or others (mode {mode:04o}); "
+                          f"a private key must be private: run `chmod 600 {files.key}`")
+    ca = _load_pem_cert(Path(files.ca), f"{source}.ca", ca_pem)
+    cert = _load_pem_cert(Path(files.cert), f"{source}.cert", cert_pem)
+    try:
+        key = serialization.load_pem_private_key(key_pem, password=None)
+    except (ValueError, TypeError) as exc:
+        raise ConfigError(f"{source}.key: {files.key} is not an unencrypted PEM private key ({exc})") from None
+    public = serialization.PublicFormat.SubjectPublicKeyInfo
+    if key.public_key().public_bytes(serialization.Encoding.DER, public) != cert.public_key().public_bytes(
+        serialization.Encoding.DER, public
+    ):
+        raise ConfigError(f"{source}.key: {files.key} does not match the certificate {files.cert} "
+                          "(copy the key that was issued together with that certificate)")
+    try:
+        cert.verify_directly_issued_by(ca)
+    except (ValueError, TypeError, InvalidSignature):
+        raise ConfigError(f"{source}.cert: {files.cert} was not issued by the CA in {files.ca} "
+                          "(wrong ca.pem, or a certificate of another federation)") from None
+    now = now or datetime.datetime.now(datetime.timezone.utc)
+    if cert.not_valid_after_utc < now:
+        raise ConfigError(f"{source}.cert: {files.cert} expired on {cert.not_valid_after_utc:%Y-%m-%d %H:%M} UTC; "
+                          "issue a new one with `p2pgan certs issue --force`")
+    if cert.not_valid_before_utc > now:
+        raise ConfigError(f"{source}.cert: {files.cert} is not valid before {cert.not_valid_before_utc:%Y-%m-%d %H:%M} UTC "
+                          "(check this machine's clock)")
+    try:
+        fed, pid = peer_identity(cert)
+    except SecurityError as exc:
+        raise ConfigError(f"{source}.cert: {files.cert}: {exc}") from None
+    if (fed, pid) != (federation, peer_id):
+        raise ConfigError(f"{source}.cert: {files.cert} is the certificate of peer {pid!r} of federation {fed!r}, "
+                          f"but this config is peer.id {peer_id!r} of {federation!r}")
+
+
+def describe_certificate(path: Path) -> list[str]:
+    """Lines for ``p2pgan certs show``; :class:`ConfigError` when the file is not a PEM/DER certificate."""
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read: {exc.strerror}") from None
+    try:
+        cert = (x509.load_pem_x509_certificate(data) if b"-----BEGIN CERTIFICATE-----" in data
+                else x509.load_der_x509_certificate(data))
+    except ValueError:
+        raise ConfigError(f"{path} is not a certificate (expected a PEM or DER X.509 file such as peer.pem or ca.pem)") from None
+    try:
+        fed, pid = peer_identity(cert)
+        who = f"peer {pid!r} of federation {fed!r}"
+    except SecurityError:
+        who = "not a peer certificate (no p2pgan:// identity; a CA certificate?)"
+    der = cert.public_bytes(serialization.Encoding.DER)
+    return [who, f"valid {cert.not_valid_before_utc:%Y-%m-%d} .. {cert.not_valid_after_utc:%Y-%m-%d} UTC",
+            f"fingerprint sha256:{fingerprint(der)}"]

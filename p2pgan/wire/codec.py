@@ -25,6 +25,7 @@ import xxhash
 from google.protobuf.message import DecodeError
 
 from p2pgan.errors import ProtocolError
+from p2pgan.logsafe import printable
 from p2pgan.wire.v1 import gossip_pb2 as pb
 
 PROTOCOL_VERSION = 1
@@ -32,6 +33,10 @@ PROTOCOL_VERSION = 1
 MAX_SHARD_BYTES = 4 * 1024 * 1024
 #: smallest configurable shard size (tiny shards only cost per-message overhead)
 MIN_SHARD_BYTES = 4 * 1024
+#: smallest shard a receiver accepts, except a message's last one: each shard costs the receiver a few
+#: hundred bytes of bookkeeping, so 1 KiB keeps a message's memory within a small factor of its size
+#: (4-byte shards raised a receiver from 500 MB to 787 MB per message; issue 9, case 3)
+MIN_WIRE_SHARD_BYTES = 1024
 #: largest vector accepted: 16 Gi elements would not fit anyone's memory anyway
 MAX_ELEMENTS = 1 << 34
 #: room for the frame tags and varints around a shard's data
@@ -79,15 +84,16 @@ class MessageHeader:
         if not 1 <= self.element_count <= MAX_ELEMENTS:
             raise ProtocolError(f"{self._who}: element_count {self.element_count} is outside 1..{MAX_ELEMENTS}")
         lo = math.ceil(self.nbytes / MAX_SHARD_BYTES)
-        if not lo <= self.shard_count <= self.nbytes:
+        hi = max(1, math.ceil(self.nbytes / MIN_WIRE_SHARD_BYTES))
+        if not lo <= self.shard_count <= hi:
             raise ProtocolError(
                 f"{self._who}: shard_count {self.shard_count} does not fit {self.nbytes} bytes "
-                f"(needs {lo}..{self.nbytes} shards of at most {MAX_SHARD_BYTES} bytes)"
+                f"(allowed {lo}..{hi}: shards of {MIN_WIRE_SHARD_BYTES}..{MAX_SHARD_BYTES} bytes, the last one smaller)"
             )
 
     @property
     def _who(self) -> str:
-        return f"message from {self.sender!r} (step {self.step}, round {self.round})"
+        return f"message from {printable(self.sender)} (step {self.step}, round {self.round})"
 
     def to_frame(self) -> bytes:
         return pb.Frame(
@@ -204,7 +210,7 @@ def decode_frame(msg: bytes) -> MessageHeader | ShardView:
         h = frame.header
         if h.dtype not in _NAME_OF_ENUM:
             raise ProtocolError(
-                f"message from {h.sender!r}: dtype {h.dtype} is not one of {', '.join(WIRE_DTYPES)}"
+                f"message from {printable(h.sender)}: dtype {h.dtype} is not one of {', '.join(WIRE_DTYPES)}"
             )
         return MessageHeader(
             federation=h.federation, sender=h.sender, step=h.step, round=h.round,
@@ -277,6 +283,11 @@ class ShardAssembler:
                 f"{h.element_count} {h.dtype} elements"
             )
         last = shard.index == h.shard_count - 1
+        if n == 0 or (not last and n < MIN_WIRE_SHARD_BYTES):
+            raise ProtocolError(
+                f"{h._who}: shard {shard.index} has {n} bytes; every shard but the last needs at least "
+                f"{MIN_WIRE_SHARD_BYTES}, and none may be empty"
+            )
         if last and self._offset + n != h.nbytes:
             raise ProtocolError(
                 f"{h._who}: shards add up to {self._offset + n} bytes, expected {h.nbytes} "

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Literal
 
 from p2pgan.membership.members import PeerEntry
+from p2pgan.mixing.robust import RobustConfig
 
 WireDType = Literal["float32", "bfloat16", "float16"]
 Discovery = Literal["roster", "zeroconf"]
@@ -50,3 +51,4 @@ class NetworkConfig:
     start_quorum: int | None = None
     wire_dtype: WireDType = "float32"  # bf16 / fp16 halve the bytes on the wire
     shard_bytes: int = 2 * 1024 * 1024  # bound on one shard message
+    robust: RobustConfig = RobustConfig()  # robust mixing (clip by default); see p2pgan.mixing.robust

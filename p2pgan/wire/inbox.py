@@ -28,6 +28,7 @@ from collections.abc import Callable, Collection, Iterable
 
 from p2pgan.errors import PeerUnavailableError, ProtocolError, SecurityError, StepWindowError
 from p2pgan.membership import Membership
+from p2pgan.logsafe import printable
 from p2pgan.wire.codec import MessageHeader, ReceivedVector, ShardAssembler, decode_frame
 
 log = logging.getLogger(__name__)
@@ -75,6 +76,8 @@ class Inbox:
         self._position: tuple[int, int] | None = None
         self._closed = False
         self.bytes_received = 0
+        #: called with (member id, reason) when a member's message is refused (robust mixing counts them)
+        self.on_refused: Callable[[str, str], None] | None = None
 
     # -- set-up ----------------------------------------------------------------------------------------
     def configure(self, ctx: InboxContext) -> None:
@@ -87,16 +90,33 @@ class Inbox:
             self._closed = True
             self._cond.notify_all()
 
+    def wake(self) -> None:
+        """Wake every waiter: streams held back by look-ahead (a cancelled one notices, see :meth:`receive`)
+        and :meth:`take` (the membership changed: re-check whom it waits for)."""
+        with self._cond:
+            self._cond.notify_all()
+
     # -- the receiving side (server threads) -------------------------------------------------------------
-    def receive(self, identity: str | None, messages: Iterable[bytes]) -> int:
+    def receive(self, identity: str | None, messages: Iterable[bytes], cancelled: Callable[[], bool] = bool) -> int:
         """Consume one Push stream from the peer whose TLS identity is ``identity`` (None: insecure).
 
         Returns the number of complete messages accepted. Raises a :class:`P2PGANError` subclass that
-        the servicer turns into a gRPC status; a message in progress is then discarded.
+        the servicer turns into a gRPC status; a message in progress is then discarded. A stream held
+        back by look-ahead gives up as soon as ``cancelled()`` is true (see :meth:`wake`), so a cancelled
+        stream never keeps its server thread.
         """
         ctx = self._context()
         if identity is not None:
             self._check_member(ctx, identity, "TLS certificate")
+        try:
+            return self._receive(ctx, identity, messages, cancelled)
+        except (ProtocolError, SecurityError) as exc:
+            if identity is not None and self.on_refused is not None:
+                self.on_refused(identity, type(exc).__name__)
+            raise
+
+    def _receive(self, ctx: InboxContext, identity: str | None, messages: Iterable[bytes],
+                 cancelled: Callable[[], bool]) -> int:
         accepted = 0
         writer: ShardAssembler | None = None
         slot: _Slot | None = None
@@ -111,7 +131,7 @@ class Inbox:
                         )
                     self._check_header(ctx, frame, identity)
                     self._heard(ctx, frame)
-                    slot = self._reserve(frame)
+                    slot = self._reserve(frame, cancelled)
                     writer = ShardAssembler(frame)  # a late message (slot None) is still checked, then dropped
                     continue
                 if writer is None:
@@ -148,13 +168,13 @@ class Inbox:
     def _check_member(ctx: InboxContext, peer: str, source: str) -> None:
         if peer not in ctx.members:
             raise SecurityError(
-                f"peer {peer!r} ({source}) is not a member of federation {ctx.federation!r}; "
+                f"peer {printable(peer)} ({source}) is not a member of federation {ctx.federation!r}; "
                 f"members: {', '.join(sorted(ctx.members))}"
             )
 
     def _check_header(self, ctx: InboxContext, h: MessageHeader, identity: str | None) -> None:
         if h.federation != ctx.federation:
-            raise SecurityError(f"{h._who}: federation {h.federation!r}, ours is {ctx.federation!r}")
+            raise SecurityError(f"{h._who}: federation {printable(h.federation)}, ours is {ctx.federation!r}")
         self._check_member(ctx, h.sender, "header sender")
         if identity is not None and h.sender != identity:
             raise SecurityError(f"{h._who}: the sender field does not match the TLS identity {identity!r}")
@@ -162,7 +182,7 @@ class Inbox:
             raise SecurityError(f"{h._who}: a message claiming to come from ourselves")
         if ctx.layout_digest and h.layout_digest and h.layout_digest != ctx.layout_digest:
             raise ProtocolError(
-                f"{h._who}: model layout digest {h.layout_digest!r} differs from ours {ctx.layout_digest!r} "
+                f"{h._who}: model layout digest {printable(h.layout_digest)} differs from ours {ctx.layout_digest!r} "
                 "(the peers run different models)"
             )
         h.check_sizes()
@@ -171,7 +191,7 @@ class Inbox:
         if h.step < 0 or h.round < 0:
             raise StepWindowError(f"{h._who}: negative step or round")
         if h.sender not in ctx.in_neighbours(h.step, h.round):
-            raise ProtocolError(f"{h._who}: {h.sender!r} is not our in-neighbour at step {h.step} round {h.round}")
+            raise ProtocolError(f"{h._who}: {printable(h.sender)} is not our in-neighbour at step {h.step} round {h.round}")
 
     def _heard(self, ctx: InboxContext, h: MessageHeader) -> None:
         """Tell the membership (outside our lock: its listeners call :meth:`wake`) and wake the mixer."""
@@ -186,18 +206,15 @@ class Inbox:
         ctx.membership.heard(h.sender, h.step, h.round, useful=useful)
         self.wake()
 
-    def wake(self) -> None:
-        """Re-check what :meth:`take` waits for (the membership changed)."""
-        with self._cond:
-            self._cond.notify_all()
-
-    def _reserve(self, h: MessageHeader) -> _Slot | None:
+    def _reserve(self, h: MessageHeader, cancelled: Callable[[], bool] = bool) -> _Slot | None:
         key = (h.step, h.round, h.sender)
         deadline = time.monotonic() + LOOKAHEAD_WAIT_S
         with self._cond:
             while True:
                 if self._closed:
                     raise PeerUnavailableError("this peer is shutting down")
+                if cancelled():
+                    raise PeerUnavailableError(f"{h._who}: the stream was closed while held back")
                 pos = self._position
                 if pos is not None:
                     if h.step - pos[0] > MAX_STEP_SKEW:

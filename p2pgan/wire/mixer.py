@@ -38,6 +38,7 @@ from p2pgan.errors import ConfigError, PeerUnavailableError, SecurityError
 from p2pgan.membership import Membership, live_weights
 from p2pgan.membership.deadline import RoundDeadline
 from p2pgan.mixing.base import MixHandle, Mixer
+from p2pgan.mixing.robust import RobustMixing
 from p2pgan.security.certs import normalize_fingerprint
 from p2pgan.topology import Topology, make_topology
 from p2pgan.wire import codec, transport
@@ -46,14 +47,13 @@ from p2pgan.wire.health import HealthReporter
 from p2pgan.wire.inbox import Inbox, InboxContext
 from p2pgan.wire.service import GossipService
 from p2pgan.wire.state import StateBoard, StateLayout, StateSnapshot, decode_state, encode_state
+from p2pgan.wire.streams import SERVER_WORKERS  # threads: bounded Push streams + reserved for Hello
 from p2pgan.wire.v1 import gossip_pb2 as pb
 
 log = logging.getLogger(__name__)
 
 #: how often wait_ready retries a member that is not up yet
 READY_RETRY_S = 0.2
-#: server threads (made lazily): one per incoming persistent stream plus Hello calls
-SERVER_WORKERS = 64
 #: how long a FetchState call waits for the serving peer's next step boundary
 STATE_SERVE_TIMEOUT_S = 60.0
 #: how long a leaving peer waits for its Leave notices to be delivered
@@ -115,6 +115,8 @@ class GrpcMixer(Mixer):
         self._worker = futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="p2pgan-mix")
         self._closers: list[Callable[[], None]] = []
         self._closed = False
+        self.robust = RobustMixing(net.robust)  # issue 9: bounds every neighbour's pull (p2pgan.mixing.robust)
+        self._inbox.on_refused = self.robust.refused  # ... and counts members' refused messages toward a report
         self.round_seconds: list[float] = []  # duration of every round so far (benchmarks, selftest)
         service = GossipService(
             self._inbox, self._authenticate, self, federation=net.federation, peer_id=net.peer_id,
@@ -362,9 +364,13 @@ class GrpcMixer(Mixer):
             self.deadline.observe(waited)
         row = live_weights(weights, self.rank, missing)
         out = cur * row[self.rank]
+        extra = 0.0
+        gate = self.robust.begin(cur, r, f"step {step} round {r}")
         for j, w in row.items():
             if j != self.rank:
-                got[self.members[j]].add_to(out, w)
+                extra += gate.add(out, got[self.members[j]], w, self.members[j])  # w x_j, or less with the rest to x_i
+        if extra:
+            out.add_(cur, alpha=extra)
         return out
 
     # -- shutdown --------------------------------------------------------------------------------------

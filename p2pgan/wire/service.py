@@ -7,16 +7,19 @@ the generated classes. FetchState streams the frames :mod:`p2pgan.wire.state` en
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable, Iterator
 from typing import Protocol
 
 import grpc
 
 from p2pgan.errors import SecurityError
+from p2pgan.logsafe import RefusalLog
 from p2pgan.wire.codec import PROTOCOL_VERSION
 from p2pgan.wire.inbox import Inbox
 from p2pgan.wire.status import grpc_status
-from p2pgan.wire.transport import SERVICE
+from p2pgan.wire.streams import StreamGate
+from p2pgan.wire.transport import INSTANCE_ID, INSTANCE_METADATA_KEY, SERVICE
 from p2pgan.wire.v1 import gossip_pb2 as pb
 
 #: (grpc context) -> caller's peer id from its TLS certificate, or None on an insecure server
@@ -48,15 +51,18 @@ class GossipService:
         self._authenticate = authenticate
         self._hooks = hooks
         self._federation = federation
+        self.streams = StreamGate()  # per-member and total bounds on Push streams, idle timeout
+        self.refusals = RefusalLog(logging.getLogger("p2pgan.wire.status"))  # rate-limited refusal lines
         self._hello = pb.HelloReply(
             federation=federation, peer_id=peer_id, protocol_version=PROTOCOL_VERSION,
             layout_digest=layout_digest, element_count=element_count,
         )
 
     def push(self, requests: Iterator[bytes], context: grpc.ServicerContext) -> pb.PushSummary:
-        with grpc_status(context, "Push"):
+        with grpc_status(context, "Push", self.refusals):
             identity = self._authenticate(context)
-            return pb.PushSummary(messages=self._inbox.receive(identity, requests))
+            with self.streams.stream(identity, lambda: (context.cancel(), self._inbox.wake()), requests) as stream:
+                return pb.PushSummary(messages=self._inbox.receive(identity, stream, lambda: bool(stream.cancelled)))
         return pb.PushSummary()  # only reached when the caller went away
 
     def _caller(self, context: grpc.ServicerContext, federation: str, sender: str) -> str:
@@ -71,11 +77,12 @@ class GossipService:
         return caller
 
     def hello(self, request: pb.HelloRequest, context: grpc.ServicerContext) -> pb.HelloReply:
-        with grpc_status(context, "Hello"):
+        with grpc_status(context, "Hello", self.refusals):
             identity = self._authenticate(context)
             self._inbox.check_caller(identity)
             if identity is not None:
                 self._hooks.contact(identity)
+            context.set_trailing_metadata(((INSTANCE_METADATA_KEY, INSTANCE_ID),))  # lets a daemon spot itself
             step, training = self._hooks.status()
             reply = pb.HelloReply()
             reply.CopyFrom(self._hello)
@@ -85,14 +92,14 @@ class GossipService:
 
     def fetch_state(self, request: pb.StateRequest, context: grpc.ServicerContext) -> Iterator[bytes]:
         frames: list[bytes] = []
-        with grpc_status(context, "FetchState"):
+        with grpc_status(context, "FetchState", self.refusals):
             caller = self._caller(context, request.federation, request.sender)
             self._hooks.contact(caller)
             frames = self._hooks.state_frames(caller)
         yield from frames
 
     def leave(self, request: pb.LeaveNotice, context: grpc.ServicerContext) -> pb.LeaveAck:
-        with grpc_status(context, "Leave"):
+        with grpc_status(context, "Leave", self.refusals):
             caller = self._caller(context, request.federation, request.sender)
             self._hooks.left(caller, int(request.step), request.reason[:200])
         return pb.LeaveAck()

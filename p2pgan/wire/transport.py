@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import logging
 import queue
+import secrets
 import socket
 import ssl
 import threading
@@ -28,6 +29,7 @@ from functools import lru_cache
 import grpc
 
 from p2pgan.errors import ConfigError, SecurityError
+from p2pgan.logsafe import printable
 from p2pgan.security.certs import fingerprint, identity_dns, normalize_fingerprint, peer_identity, read_tls
 from p2pgan.wire.codec import FRAME_OVERHEAD_BYTES, MAX_SHARD_BYTES
 from p2pgan.wire.config import PeerEntry, TLSFiles
@@ -57,6 +59,11 @@ CLOSE_GRACE_S = 2.0
 #: themselves, so this is short
 SERVER_STOP_GRACE_S = 0.2
 PROBE_TIMEOUT_S = 5.0
+#: trailing metadata of every Hello reply: the answering process's random instance id, so that a daemon
+#: dialling its own roster address can tell itself (through a relay or port forward) from a second daemon
+#: that holds the same identity
+INSTANCE_METADATA_KEY = "p2pgan-instance"
+INSTANCE_ID = secrets.token_hex(8)
 
 _CHANNEL_OPTIONS = [
     ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
@@ -91,7 +98,8 @@ def open_server(
     server = grpc.server(
         futures.ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix="p2pgan-rpc"),
         handlers=handlers,
-        options=[(k, v) for k, v in _CHANNEL_OPTIONS if k.startswith("grpc.max_")],
+        # so_reuseport off: a second daemon on the same port must fail to bind, not share the port silently
+        options=[*((k, v) for k, v in _CHANNEL_OPTIONS if k.startswith("grpc.max_")), ("grpc.so_reuseport", 0)],
     )
     address = f"{host}:{port}"
     try:
@@ -99,7 +107,8 @@ def open_server(
     except RuntimeError as exc:
         raise ConfigError(f"listen address {address}: cannot bind: {exc}") from None
     if not bound:
-        raise ConfigError(f"listen address {address}: cannot bind (in use or not a local address)")
+        raise ConfigError(f"listen address {address}: cannot bind: the port is in use (another p2pgan daemon with "
+                          "this config?) or the host is not a local address")
     server.start()
     return server, bound
 
@@ -133,10 +142,10 @@ def tls_identity(context: grpc.ServicerContext, federation: str, pins: dict[str,
         return None
     fed, pid, fp = _identity_of_pem(pems[0])
     if fed != federation:
-        raise SecurityError(f"caller {pid!r} holds a certificate of federation {fed!r}, ours is {federation!r}")
+        raise SecurityError(f"caller {printable(pid)} holds a certificate of federation {printable(fed)}, ours is {federation!r}")
     pin = pins.get(pid)
     if pin and pin != fp:
-        raise SecurityError(f"caller {pid!r}: certificate fingerprint {fp} does not match the pinned {pin}")
+        raise SecurityError(f"caller {printable(pid)}: certificate fingerprint {fp} does not match the pinned {pin}")
     return pid
 
 
@@ -168,7 +177,7 @@ def check_pin(peer: PeerEntry, tls: TLSFiles, federation: str) -> None:
     """Verify ``peer``'s identity and, when pinned, its fingerprint with :func:`probe_identity`."""
     fed, pid, fp = probe_identity(peer.host, peer.port, tls)
     if (fed, pid) != (federation, peer.id):
-        raise SecurityError(f"{peer.host}:{peer.port} is {pid!r} of federation {fed!r}, expected {peer.id!r} of {federation!r}")
+        raise SecurityError(f"{peer.host}:{peer.port} is {printable(pid)} of federation {printable(fed)}, expected {peer.id!r} of {federation!r}")
     if peer.fingerprint and normalize_fingerprint(peer.fingerprint) != fp:
         raise SecurityError(f"peer {peer.id!r}: certificate fingerprint {fp} does not match the pinned {peer.fingerprint}")
 
