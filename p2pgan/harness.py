@@ -218,7 +218,8 @@ def prepare(opts: HarnessOptions) -> Federation:
             "peer": {"id": pid, "federation": FEDERATION, "listen": f"127.0.0.1:{port}"},
             "security": {"insecure": True} if opts.insecure else
             {"ca": str(tls[pid].ca), "cert": str(tls[pid].cert), "key": str(tls[pid].key)},
-            "discovery": {"roster": str(roster_path)} if opts.discovery == "roster" else {"zeroconf_peers": opts.peers},
+            "discovery": {"roster": str(roster_path)} if opts.discovery == "roster" else
+            {"zeroconf_peers": opts.peers, "zeroconf_members": ids},
             "mixing": {"variant": opts.variant, "rounds": opts.rounds, "seed": opts.seed,
                        "round_timeout_s": opts.round_timeout_s},
             "train": {"model": model, "loss": opts.loss, "optimizer": opts.optimizer, "batch_size": opts.batch_size,

@@ -100,6 +100,18 @@ def test_the_old_overlap_variant_is_refused_saying_what_to_write(folder: Path) -
         load_config(write(folder, doc))
 
 
+def test_zeroconf_allow_list(folder: Path) -> None:
+    doc = base_doc()
+    doc["discovery"] = {"zeroconf_peers": 2, "zeroconf_members": ["bob", "alice"]}
+    cfg = load_config(write(folder, doc))
+    assert cfg.discovery.zeroconf_members == ("alice", "bob")
+    for members, words in ((["alice"], "lists 1 ids but zeroconf_peers is 2"), (["a", "a"], "distinct peer ids"),
+                           ("alice,bob", "distinct peer ids")):
+        doc["discovery"] = {"zeroconf_peers": 2, "zeroconf_members": members}
+        with pytest.raises(ConfigError, match=f"discovery.zeroconf_members.*{words}"):
+            load_config(write(folder, doc))
+
+
 def test_insecure_warns_loudly(folder: Path, caplog: pytest.LogCaptureFixture) -> None:
     doc = base_doc()
     doc["security"] = {"insecure": True}

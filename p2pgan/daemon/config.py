@@ -104,6 +104,9 @@ class DiscoveryConfig:
     kind: Literal["roster", "zeroconf"]
     roster: Path | None = None
     zeroconf_peers: int | None = None
+    #: zeroconf: the ids that may be members (self included); every peer with the same list ends with
+    #: the same membership, and any other certificate holder that announces itself is refused
+    zeroconf_members: tuple[str, ...] | None = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -409,8 +412,16 @@ def _discovery(sec: _Section) -> DiscoveryConfig:
         sec.done()
         return DiscoveryConfig("roster", roster=roster)
     count = sec.integer("zeroconf_peers", minimum=1)
+    members = None
+    if sec.has("zeroconf_members"):
+        raw = sec.raw("zeroconf_members")
+        if not isinstance(raw, list) or not all(isinstance(m, str) and m for m in raw) or len(set(raw)) != len(raw):
+            raise sec.error("zeroconf_members", f"must be a list of distinct peer ids, got {raw!r}")
+        if len(raw) != count:
+            raise sec.error("zeroconf_members", f"lists {len(raw)} ids but zeroconf_peers is {count}; they must agree")
+        members = tuple(sorted(raw))
     sec.done()
-    return DiscoveryConfig("zeroconf", zeroconf_peers=count)
+    return DiscoveryConfig("zeroconf", zeroconf_peers=count, zeroconf_members=members)
 
 
 def _mixing(sec: _Section) -> MixingConfig:
@@ -665,6 +676,7 @@ def network_config(cfg: PeerConfig, roster: tuple[PeerEntry, ...] = ()) -> Netwo
         discovery=cfg.discovery.kind,
         roster=roster,
         expected_peers=cfg.discovery.zeroconf_peers,
+        allowed_members=cfg.discovery.zeroconf_members,
         topology=cfg.mixing.topology,
         seed=cfg.mixing.seed,
         rounds=cfg.mixing.rounds,

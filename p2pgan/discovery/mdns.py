@@ -5,6 +5,13 @@ mDNS is unauthenticated, so a discovered service is only a *candidate*: it becom
 handshake with our client certificate shows that it holds a certificate of our federation CA naming the
 announced id (and, when announced, the announced fingerprint). The membership is the sorted list of
 verified ids once ``expected_peers`` (self included) are verified; later arrivals are not added.
+
+A stranger cannot jam it: candidates are resolved and probed concurrently, each with a short timeout
+(:data:`PROBE_TIMEOUT_S`), so announcements pointing at silent ports cost nothing but a retry later,
+and discovery keeps looking past them. With ``allowed_members`` (``discovery.zeroconf_members``) the
+membership is deterministic: only those ids are accepted, every peer with the same list ends with the
+same members, and any other holder of a federation certificate that announces itself is refused with
+one log line.
 """
 
 from __future__ import annotations
@@ -13,10 +20,11 @@ import logging
 import queue
 import socket
 import time
+from concurrent import futures
 
 from zeroconf import IPVersion, ServiceBrowser, ServiceInfo, ServiceStateChange, Zeroconf
 
-from p2pgan.errors import DiscoveryError, P2PGANError
+from p2pgan.errors import DiscoveryError
 from p2pgan.security.certs import fingerprint, read_tls
 from p2pgan.wire.codec import PROTOCOL_VERSION
 from p2pgan.membership.members import PeerEntry
@@ -30,6 +38,10 @@ SERVICE_TYPE = "_p2pgan._tcp.local."
 RESOLVE_TIMEOUT_S = 3.0
 #: how often the discovery loop re-checks candidates that failed verification (they may still be starting)
 RETRY_S = 0.5
+#: how long one TLS identity probe of a candidate may take (a silent port must not hold discovery up)
+PROBE_TIMEOUT_S = 1.5
+#: candidates resolved and probed at the same time
+PROBE_WORKERS = 8
 
 
 class ZeroconfDiscovery:
@@ -79,46 +91,70 @@ class ZeroconfDiscovery:
         if self.net.insecure or self.net.tls is None:
             log.warning("INSECURE: accepting zeroconf candidate %s unverified", cand.id)
             return
-        fed, pid, fp = probe_identity(cand.host, cand.port, self.net.tls)
+        fed, pid, fp = probe_identity(cand.host, cand.port, self.net.tls, timeout=PROBE_TIMEOUT_S)
         if (fed, pid) != (self.net.federation, cand.id):
             raise DiscoveryError(f"{cand.host}:{cand.port} announced {cand.id!r} but its certificate names {pid!r} of {fed!r}")
         if cand.fingerprint and cand.fingerprint != fp:
             raise DiscoveryError(f"{cand.id}: announced fingerprint {cand.fingerprint} but presented {fp}")
 
+    def _check(self, name: str) -> PeerEntry | None:
+        """Resolve and verify one announcement (a worker thread); None if it is not for us."""
+        cand = self._candidate(name)
+        if cand is None:
+            return None
+        allowed = self.net.allowed_members
+        if allowed is not None and cand.id not in allowed:
+            raise DiscoveryError(f"{cand.id!r} at {cand.host}:{cand.port} is not in discovery.zeroconf_members "
+                                 f"{list(allowed)}: refused")
+        self._verify(cand)
+        return cand
+
     def discover(self, expected: int | None, *, timeout: float) -> tuple[PeerEntry, ...]:
         """Wait until ``expected`` verified members (self included) are known; return them."""
         if expected is None or expected < 1:
             raise DiscoveryError("network.expected_peers: zeroconf discovery needs the number of peers to wait for (>= 1)")
+        allowed = self.net.allowed_members
+        if allowed is not None and self.net.peer_id not in allowed:
+            raise DiscoveryError(f"discovery.zeroconf_members {list(allowed)} does not list this peer {self.net.peer_id!r}")
         verified: dict[str, PeerEntry] = {self.me.id: self.me}
         rejected: dict[str, str] = {}
         retry: set[str] = set()
+        pending: dict[futures.Future[PeerEntry | None], str] = {}
         deadline = time.monotonic() + timeout
-        while len(verified) < expected:
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                raise DiscoveryError(
-                    f"zeroconf: found {len(verified)} of {expected} peers of federation {self.net.federation!r} "
-                    f"within {timeout:g} s: {sorted(verified)}; rejected candidates: {rejected or 'none'}"
-                )
-            try:
-                names = {self._names.get(timeout=min(remaining, RETRY_S))}
-            except queue.Empty:
-                names = set()
-            names |= retry
-            retry = set()
-            for name in names:
-                cand = self._candidate(name)
-                if cand is None or cand.id in verified:
-                    continue
+        pool = futures.ThreadPoolExecutor(PROBE_WORKERS, thread_name_prefix="p2pgan-mdns")
+        try:
+            while len(verified) < expected:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    raise DiscoveryError(
+                        f"zeroconf: found {len(verified)} of {expected} peers of federation {self.net.federation!r} "
+                        f"within {timeout:g} s: {sorted(verified)}; rejected candidates: {rejected or 'none'}"
+                    )
                 try:
-                    self._verify(cand)
-                except P2PGANError as exc:
-                    rejected[name] = str(exc)
-                    retry.add(name)  # maybe still starting; a real impostor stays rejected
-                    continue
-                log.info("zeroconf: verified peer %s at %s:%d", cand.id, cand.host, cand.port)
-                verified[cand.id] = cand
-                rejected.pop(name, None)
+                    names = {self._names.get(timeout=min(remaining, RETRY_S))}
+                except queue.Empty:
+                    names, retry = retry, set()  # quiet: look again at those that failed (maybe still starting)
+                busy = set(pending.values())
+                for name in names - busy:
+                    pending[pool.submit(self._check, name)] = name
+                done = [f for f in pending if f.done()]
+                for fut in done:
+                    name = pending.pop(fut)
+                    try:
+                        cand = fut.result()
+                    except Exception as exc:  # P2PGANError, or a resolver failure: not a member (yet)
+                        if rejected.get(name) != str(exc):
+                            log.warning("zeroconf: %s", exc)
+                        rejected[name] = str(exc)
+                        retry.add(name)  # maybe still starting; a real impostor stays rejected
+                        continue
+                    if cand is None or cand.id in verified:
+                        continue
+                    log.info("zeroconf: verified peer %s at %s:%d", cand.id, cand.host, cand.port)
+                    verified[cand.id] = cand
+                    rejected.pop(name, None)
+        finally:
+            pool.shutdown(wait=False, cancel_futures=True)  # a probe still running ends by its own timeout
         return tuple(sorted(verified.values(), key=lambda p: p.id))
 
     def close(self) -> None:

@@ -41,6 +41,7 @@ class NetworkConfig:
     discovery: Discovery = "roster"
     roster: tuple[PeerEntry, ...] = ()  # all members, self included (roster discovery)
     expected_peers: int | None = None  # zeroconf: members (self included) to wait for before step 0
+    allowed_members: tuple[str, ...] | None = None  # zeroconf: the only ids accepted (None: first come)
     topology: str = "ring"  # a name of p2pgan.topology.TOPOLOGY_NAMES or a YAML adjacency path
     seed: int = 0  # shared seed of random topologies
     rounds: int = 1  # t, mixing rounds per step
