@@ -24,7 +24,6 @@ from __future__ import annotations
 import dataclasses
 import logging
 import threading
-import time
 from collections.abc import Callable, Sequence
 
 from p2pgan.membership.members import PeerEntry, check_members
@@ -47,7 +46,6 @@ class MemberState:
     id: str
     live: bool = True
     reason: str = ""  # why absent (empty while live)
-    changed_at: float = 0.0  # monotonic time of the last liveness change
     heard: Position | None = None  # latest (step, round) of a message from it
     reported_step: int | None = None  # the step it reported (Hello reply, leave notice)
     training: bool = False  # it said it is past start-up (Hello reply)
@@ -72,8 +70,7 @@ class Membership:
         self.members: tuple[str, ...] = tuple(sorted(self.entries))
         self.rank = self.members.index(self_id)
         self._lock = threading.Lock()
-        now = time.monotonic()
-        self._state = {m: MemberState(m, changed_at=now) for m in self.members if m != self_id}
+        self._state = {m: MemberState(m) for m in self.members if m != self_id}
         self._listeners: list[Listener] = []
         #: this peer's own step and whether it trains yet (what Hello replies report)
         self.step = 0
@@ -122,7 +119,6 @@ class Membership:
                 return False
             st.live = live
             st.reason = "" if live else reason
-            st.changed_at = time.monotonic()
         log.log(level, "member %s is %s: %s", pid, "back" if live else "absent", reason)
         for listener in self._listeners:
             listener(pid, live, reason)
