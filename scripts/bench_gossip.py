@@ -5,10 +5,21 @@ For each payload (MB of float32) and each M (processes on loopback), in one run:
   gloo_ring     the same exchange with Gloo isend/irecv to both neighbours, then the average
   gloo_allreduce  a Gloo all_reduce of the vector (the centralized CP baseline)
   tcp_oneway    a raw TCP transfer of the same bytes between two of the processes (floor of the medium)
-Times are the median over repetitions of the slowest rank. Prints a table and writes JSON with ratios.
+Times are the median over repetitions of the slowest rank. Beside them, for each transport, the CPU
+seconds one peer spends per round (all its threads; the largest over the peers) and the peak resident
+memory one peer adds during it (in MB and as a multiple of the payload; measured above the process's
+resident memory at the start of that transport's repetitions, so memory an earlier transport freed but
+the allocator kept can hide part of it).
 
-    python scripts/bench_gossip.py            # payloads 1, 8.36, 100 MB; M = 4 and 8
-    python scripts/bench_gossip.py --quick    # payloads 1, 8.36 MB; M = 4; fewer repetitions
+The floor, measured in the same run on this machine: AES-128-GCM encryption and decryption rates
+(``cryptography``, the OpenSSL that TLS uses) and the memcpy rate. Per ring round a TLS peer encrypts
+its vector twice (one copy per neighbour), decrypts two vectors, and copies each of those four at least
+once (:data:`FLOOR_COPIES`); ``floor_cpu`` is that CPU time per peer, ``floor_round`` the wall time
+M peers need for it on this machine's cores. Prints a table and writes JSON with ratios.
+
+    python scripts/bench_gossip.py                      # payloads 1, 8.36, 100 MB; M = 4 and 8
+    python scripts/bench_gossip.py --quick              # payloads 1, 8.36 MB; M = 4; fewer repetitions
+    python scripts/bench_gossip.py --sizes 315 --peers 3   # the Self-Attention GAN's size
 """
 
 from __future__ import annotations
@@ -28,6 +39,65 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))  # run from a checkout without installing
 SOCKET_TIMEOUT_S = 120.0
+#: full passes over the payload per ring round besides the crypto (see the module docstring)
+FLOOR_COPIES = 4
+#: bytes per floor measurement
+FLOOR_BUFFER_BYTES = 32 * 1024 * 1024
+
+
+def floor_rates() -> dict[str, float]:
+    """AES-128-GCM encrypt / decrypt and memcpy rates of one core of this machine, in bytes per second.
+
+    The cipher runs through OpenSSL (``cryptography``) over one preallocated buffer, as TLS does over
+    its records, so the rate is the cipher's and not Python's or the allocator's.
+    """
+    import numpy as np
+    from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
+
+    key, iv = os.urandom(16), os.urandom(12)
+    src = np.frombuffer(os.urandom(FLOOR_BUFFER_BYTES), dtype=np.uint8)
+    dst = np.zeros(FLOOR_BUFFER_BYTES + 15, dtype=np.uint8)  # pages touched before timing
+
+    def best(fn) -> float:
+        times = []
+        for _ in range(3):
+            t0 = time.perf_counter()
+            fn()
+            times.append(time.perf_counter() - t0)
+        return FLOOR_BUFFER_BYTES / min(times)
+
+    def gcm(encrypt: bool) -> None:
+        mode = modes.GCM(iv) if encrypt else modes.GCM(iv, b"\0" * 16)
+        cipher = Cipher(algorithms.AES(key), mode)
+        ctx = cipher.encryptor() if encrypt else cipher.decryptor()
+        ctx.update_into(src, dst)  # no finalize: the tag check is one block, the cost is the stream
+
+    return {"aes_gcm_encrypt_Bps": best(lambda: gcm(True)), "aes_gcm_decrypt_Bps": best(lambda: gcm(False)),
+            "memcpy_Bps": best(lambda: np.copyto(dst[:FLOOR_BUFFER_BYTES], src))}
+
+
+def floor_cpu_s(nbytes: float, rates: dict[str, float]) -> float:
+    """CPU seconds one TLS peer needs at least per ring round: 2 encryptions, 2 decryptions, the copies."""
+    return nbytes * (2 / rates["aes_gcm_encrypt_Bps"] + 2 / rates["aes_gcm_decrypt_Bps"]
+                     + FLOOR_COPIES / rates["memcpy_Bps"])
+
+
+def _rss_kb(field: str) -> int:
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith(field + ":"):
+                return int(line.split()[1])
+    return 0
+
+
+def _reset_peak_rss() -> bool:
+    """Linux: start a new peak-RSS window (VmHWM); False where the kernel does not allow it."""
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+        return True
+    except OSError:
+        return False
 
 
 def _worker(args: argparse.Namespace) -> None:
@@ -58,6 +128,21 @@ def _worker(args: argparse.Namespace) -> None:
             out.append(time.perf_counter() - t0)
         return out
 
+    def costly(fn, reps: int) -> tuple[list[float], float, float]:
+        """``timed`` plus this process's CPU seconds per repetition and its peak RSS above the start, MB."""
+        base = _rss_kb("VmRSS")
+        tracked = _reset_peak_rss()
+        cpu0 = time.process_time()
+        wall = timed(fn, reps)
+        cpu = (time.process_time() - cpu0) / reps
+        peak = (_rss_kb("VmHWM") - base) / 1024 if tracked else float("nan")
+        return wall, cpu, peak
+
+    def largest(value: float) -> float:
+        t = torch.tensor([value], dtype=torch.float64)
+        dist.all_reduce(t, op=dist.ReduceOp.MAX)
+        return float(t[0])
+
     fed = Path(args.federation)
     pid = f"peer{rank}"
     tls = TLSFiles(ca=fed / "peers" / pid / "ca.pem", cert=fed / "peers" / pid / "peer.pem", key=fed / "peers" / pid / "peer.key")
@@ -82,7 +167,7 @@ def _worker(args: argparse.Namespace) -> None:
             dist.all_reduce(y)
 
         timed(gloo_ring, 2)
-        ring_s = timed(gloo_ring, reps)
+        ring_s, ring_cpu, ring_peak = costly(gloo_ring, reps)
         timed(gloo_allreduce, 1)
         ar_s = timed(gloo_allreduce, reps)
         # gRPC ring round
@@ -94,7 +179,7 @@ def _worker(args: argparse.Namespace) -> None:
             mixer.wait_ready(60)
             step = iter(range(10**6))
             timed(lambda: mixer.mix(x.unsqueeze(0), next(step)), 2)
-            grpc_s = timed(lambda: mixer.mix(x.unsqueeze(0), next(step)), reps)
+            grpc_s, grpc_cpu, grpc_peak = costly(lambda: mixer.mix(x.unsqueeze(0), next(step)), reps)
             dist.barrier()  # nobody closes while a neighbour still waits for its last round
         # raw TCP one-way transfer rank 0 -> rank 1 (+ 1-byte ack)
         dist.broadcast_object_list(tcp_port, src=1)
@@ -125,6 +210,8 @@ def _worker(args: argparse.Namespace) -> None:
         results[str(mb)] = {
             "grpc_ring_ms": slowest(grpc_s), "gloo_ring_ms": slowest(ring_s),
             "gloo_allreduce_ms": slowest(ar_s), "tcp_oneway_ms": float(all_tcp[0]),
+            "grpc_cpu_ms_per_peer": largest(grpc_cpu) * 1e3, "gloo_cpu_ms_per_peer": largest(ring_cpu) * 1e3,
+            "grpc_peak_mb_per_peer": largest(grpc_peak), "gloo_peak_mb_per_peer": largest(ring_peak),
         }
     if rank == 0:
         Path(args.out).write_text(json.dumps(results))
@@ -160,7 +247,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="payloads 1 and 8.36 MB, M = 4, 5 repetitions")
     parser.add_argument("--peers", type=int, nargs="+", help="values of M (default 4 8; quick: 4)")
-    parser.add_argument("--payloads", type=float, nargs="+", help="MB of float32 (default 1 8.36 100)")
+    parser.add_argument("--payloads", "--sizes", type=float, nargs="+", help="MB of float32 (default 1 8.36 100)")
     parser.add_argument("--reps", type=int, help="repetitions per measurement (default 10; quick: 5)")
     parser.add_argument("--json-out", type=Path, default=ROOT / "runs" / "bench_gossip.json")
     parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
@@ -177,6 +264,8 @@ def main() -> int:
     payloads = args.payloads or ([1.0, 8.36] if args.quick else [1.0, 8.36, 100.0])
     reps = args.reps or (5 if args.quick else 10)
     rows = []
+    rates = floor_rates()
+    cores = os.cpu_count() or 1
     with tempfile.TemporaryDirectory(prefix="p2pgan-bench-") as tmp:
         for m in peers:
             print(f"M = {m}: {len(payloads)} payloads x 4 transports ...", file=sys.stderr, flush=True)
@@ -185,15 +274,25 @@ def main() -> int:
                 r["grpc_over_gloo_ring"] = r["grpc_ring_ms"] / r["gloo_ring_ms"]
                 r["grpc_over_gloo_allreduce"] = r["grpc_ring_ms"] / r["gloo_allreduce_ms"]
                 r["grpc_over_tcp_oneway"] = r["grpc_ring_ms"] / r["tcp_oneway_ms"]
+                r["floor_cpu_ms_per_peer"] = floor_cpu_s(float(mb) * 1e6, rates) * 1e3
+                r["floor_round_ms"] = r["floor_cpu_ms_per_peer"] * max(1.0, m / cores)
+                r["grpc_over_floor"] = r["grpc_ring_ms"] / r["floor_round_ms"]
+                r["grpc_peak_over_payload"] = r["grpc_peak_mb_per_peer"] / float(mb)
                 rows.append(r)
-    head = f"{'M':>3} {'MB':>7} {'grpc ring':>10} {'gloo ring':>10} {'allreduce':>10} {'tcp 1-way':>10} {'grpc/gloo':>10} {'grpc/ar':>8}"
+    print(f"floor on this machine: AES-128-GCM {rates['aes_gcm_encrypt_Bps'] / 1e9:.2f} GB/s encrypt, "
+          f"{rates['aes_gcm_decrypt_Bps'] / 1e9:.2f} GB/s decrypt, memcpy {rates['memcpy_Bps'] / 1e9:.2f} GB/s "
+          f"(one core; {cores} cores)")
+    head = (f"{'M':>3} {'MB':>7} {'grpc ring':>10} {'gloo ring':>10} {'allreduce':>10} {'tcp 1-way':>10} "
+            f"{'floor':>9} {'grpc/gloo':>9} {'grpc/floor':>10} {'cpu grpc':>9} {'cpu gloo':>9} {'peak grpc':>13}")
     print(head)
     for r in rows:
         print(f"{r['peers']:>3} {r['payload_mb']:>7.2f} {r['grpc_ring_ms']:>8.2f}ms {r['gloo_ring_ms']:>8.2f}ms "
-              f"{r['gloo_allreduce_ms']:>8.2f}ms {r['tcp_oneway_ms']:>8.2f}ms {r['grpc_over_gloo_ring']:>10.2f} "
-              f"{r['grpc_over_gloo_allreduce']:>8.2f}")
+              f"{r['gloo_allreduce_ms']:>8.2f}ms {r['tcp_oneway_ms']:>8.2f}ms {r['floor_round_ms']:>7.2f}ms "
+              f"{r['grpc_over_gloo_ring']:>9.2f} {r['grpc_over_floor']:>10.2f} {r['grpc_cpu_ms_per_peer']:>7.1f}ms "
+              f"{r['gloo_cpu_ms_per_peer']:>7.1f}ms {r['grpc_peak_mb_per_peer']:>6.0f}MB {r['grpc_peak_over_payload']:>4.1f}x")
     args.json_out.parent.mkdir(parents=True, exist_ok=True)
-    args.json_out.write_text(json.dumps({"cpu_count": os.cpu_count(), "reps": reps, "rows": rows}, indent=2))
+    args.json_out.write_text(json.dumps({"cpu_count": cores, "reps": reps, "floor_rates_Bps": rates,
+                                         "floor_copies": FLOOR_COPIES, "rows": rows}, indent=2))
     print(f"JSON: {args.json_out}")
     return 0
 
