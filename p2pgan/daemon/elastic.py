@@ -65,6 +65,11 @@ class MemberEvents:
         return events
 
 
+def _rejoined(emit: Emit, how: str, source: str | None, step: int, from_step: int) -> None:
+    """One ``rejoin`` metrics record: how this peer (re)entered the federation's step (report.json reads them)."""
+    emit({"type": "rejoin", "how": how, "source": source, "step": step, "from_step": from_step})
+
+
 def _transfer(cfg: Any, algo: Any, mixer: Any, sources: Iterable[str]) -> tuple[str, int] | None:
     """Fetch and adopt the state of the first of ``sources`` that answers; ``(source, step)`` or None."""
     expected = layout(cfg, algo)
@@ -94,19 +99,17 @@ def start_position(cfg: Any, algo: Any, mixer: Any, resumed: bool, emit: Emit) -
         if got is not None:
             log.warning("joined the running federation at step %d by state transfer from %s (own state was at "
                         "step %d)", got[1], got[0], own)
-            emit({"type": "rejoin", "how": "state-transfer", "source": got[0], "step": algo.steps, "from_step": own})
+            _rejoined(emit, "state-transfer", got[0], algo.steps, own)
             return
         log.warning("no running member handed out its state; continuing from %s at step %d",
                     "our checkpoint" if resumed else "our initial state", own)
-    furthest = max([own, *(s for s in (membership.snapshot()[m].reported_step for m in membership.others())
-                           if s is not None)])
+    furthest = max([own, *membership.reported_steps().values()])
     if furthest > own:
         algo.skip_to(furthest)
         log.warning("the federation's furthest checkpoint is at step %d: continuing there (ours was at %d)",
                     furthest, own)
     if resumed or furthest > own:
-        emit({"type": "rejoin", "how": "checkpoint" if resumed else "skip", "source": None, "step": algo.steps,
-              "from_step": own})
+        _rejoined(emit, "checkpoint" if resumed else "skip", None, algo.steps, own)
 
 
 def catch_up(cfg: Any, algo: Any, mixer: Any, steps_total: int, emit: Emit) -> None:
@@ -125,8 +128,8 @@ def catch_up(cfg: Any, algo: Any, mixer: Any, steps_total: int, emit: Emit) -> N
         got = _transfer(cfg, algo, mixer, plan.sources)
         if got is not None:
             log.warning("fell %d steps behind: adopted the state of %s at step %d", plan.lag, got[0], got[1])
-            emit({"type": "rejoin", "how": "state-transfer", "source": got[0], "step": algo.steps, "from_step": own})
+            _rejoined(emit, "state-transfer", got[0], algo.steps, own)
             return
     algo.skip_to(plan.target)
     log.warning("fell %d steps behind the federation: continuing at step %d with our own state", plan.lag, plan.target)
-    emit({"type": "rejoin", "how": "skip", "source": None, "step": algo.steps, "from_step": own})
+    _rejoined(emit, "skip", None, algo.steps, own)

@@ -47,7 +47,7 @@ class MemberState:
     live: bool = True
     reason: str = ""  # why absent (empty while live)
     heard: Position | None = None  # latest (step, round) of a message from it
-    reported_step: int | None = None  # the step it reported (Hello reply, leave notice)
+    reported_step: int | None = None  # the step it reported in its Hello reply
     training: bool = False  # it said it is past start-up (Hello reply)
 
 
@@ -157,16 +157,16 @@ class Membership:
             st = self._state[pid]
             return st.heard is not None and st.heard > (step, round)
 
-    def snapshot(self) -> dict[str, MemberState]:
-        with self._lock:
-            return {m: dataclasses.replace(s) for m, s in self._state.items()}
-
     # -- steps ---------------------------------------------------------------------------------------
-    def running(self) -> dict[str, int]:
-        """Members that said they are training, with the step they reported (start-up decisions)."""
+    def reported_steps(self, *, training_only: bool = False) -> dict[str, int]:
+        """The step each member reported in its Hello reply (only those that train, if asked)."""
         with self._lock:
             return {m: s.reported_step for m, s in self._state.items()
-                    if s.training and s.reported_step is not None}
+                    if s.reported_step is not None and (s.training or not training_only)}
+
+    def running(self) -> dict[str, int]:
+        """Members that said they are training, with the step they reported (start-up decisions)."""
+        return self.reported_steps(training_only=True)
 
     def furthest(self) -> list[tuple[int, str]]:
         """``(step, member)`` for every member heard from, furthest first."""
