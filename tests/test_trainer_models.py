@@ -14,7 +14,8 @@ pytestmark = pytest.mark.timeout(60)
 
 @pytest.mark.parametrize("name", MODEL_NAMES)
 def test_shapes_and_no_buffers(name: str) -> None:
-    g, d, k, shape = make_models(name, seed=0)
+    # sagan128 at its full width is too slow a forward pass on a CPU: a narrow one has the same structure
+    g, d, k, shape = make_models(name, seed=0, width=8 if name == "sagan128" else None)
     with torch.no_grad():
         x = g(torch.randn(3, k))
     assert tuple(x.shape) == (3, *shape)
