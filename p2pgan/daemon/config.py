@@ -46,7 +46,7 @@ from p2pgan.security.certs import check_name
 from p2pgan.topology import TOPOLOGY_NAMES
 from p2pgan.trainer.data import DATASET_FORMATS
 from p2pgan.trainer.losses import LOSS_NAMES
-from p2pgan.trainer.models import MODEL_NAMES
+from p2pgan.trainer.models import MODEL_DEFAULTS, MODEL_NAMES
 from p2pgan.wire.config import NetworkConfig, PeerEntry, TLSFiles
 
 log = logging.getLogger(__name__)
@@ -139,7 +139,7 @@ class TrainConfig:
     loss: str
     optimizer: str
     betas: tuple[float, float]
-    lr_generator: float
+    lr_generator: float  # default per model (p2pgan.trainer.models.MODEL_DEFAULTS)
     lr_discriminator: float
     batch_size: int
     steps: int | None
@@ -158,7 +158,7 @@ class DataConfig:
 
     format: str
     path: Path | None  # None only for the bundled / synthetic formats (digits, gaussians)
-    image_size: int  # imagefolder: images are resized to this square
+    image_size: int  # imagefolder: images are resized to this square (default and only value: the model's side)
     channels: int  # imagefolder: 1 (grey) or 3 (RGB)
 
 
@@ -483,6 +483,7 @@ def default_seed(peer_id: str) -> int:
 
 def _train(sec: _Section, peer_id: str) -> TrainConfig:
     model = sec.choice("model", MODEL_NAMES)
+    defaults = MODEL_DEFAULTS[model]  # the learning rates default per model (sagan128: the paper's own)
     loss = sec.choice("loss", LOSS_NAMES, "wgan-gp")
     optimizer = sec.choice("optimizer", DIRECTION_NAMES, "oadam")
     betas_raw = sec.raw("betas", [0.5, 0.9])
@@ -502,8 +503,8 @@ def _train(sec: _Section, peer_id: str) -> TrainConfig:
         loss=loss,
         optimizer=optimizer,
         betas=(float(betas_raw[0]), float(betas_raw[1])),
-        lr_generator=sec.number("lr_generator", 2e-4, positive=True),
-        lr_discriminator=sec.number("lr_discriminator", 2e-4, positive=True),
+        lr_generator=sec.number("lr_generator", defaults.lr_generator, positive=True),
+        lr_discriminator=sec.number("lr_discriminator", defaults.lr_discriminator, positive=True),
         batch_size=sec.integer("batch_size", 64, minimum=1),
         steps=sec.integer("steps", None, minimum=1),
         epochs=sec.number("epochs", None, positive=True),
@@ -518,13 +519,20 @@ def _train(sec: _Section, peer_id: str) -> TrainConfig:
     return cfg
 
 
-def _data(sec: _Section) -> DataConfig:
+def _data(sec: _Section, model: str) -> DataConfig:
     fmt = sec.choice("format", DATASET_FORMATS)
     needs_path = fmt not in ("digits", "gaussians")
     path = sec.path("path", _REQUIRED if needs_path else None, must_exist=True)
     if path is not None and not needs_path:
         raise sec.error("path", f"format {fmt!r} is built in and takes no path; remove the field")
-    cfg = DataConfig(fmt, path, sec.integer("image_size", 32, minimum=4), sec.integer("channels", 3, minimum=1, maximum=3))
+    # an image folder is resized to the side the model makes (its default), and to no other: caught here,
+    # before the data are read, rather than as a shape mismatch at start-up
+    model_size = MODEL_DEFAULTS[model].image_size
+    cfg = DataConfig(fmt, path, sec.integer("image_size", model_size or 32, minimum=4),
+                     sec.integer("channels", 3, minimum=1, maximum=3))
+    if fmt == "imagefolder" and model_size is not None and cfg.image_size != model_size:
+        raise sec.error("image_size", f"must be {model_size} for model {model!r} (it makes {model_size}x{model_size} "
+                        f"images), got {cfg.image_size}")
     if cfg.channels == 2:
         raise sec.error("channels", "must be 1 (grey) or 3 (RGB), got 2")
     sec.done()
@@ -582,7 +590,7 @@ def parse_config(data: object, source: str | Path, base_dir: Path | None = None)
     discovery = _discovery(top.section("discovery"))
     mixing = _mixing(top.section("mixing"))
     train = _train(top.section("train"), ident.id)
-    data_cfg = _data(top.section("data"))
+    data_cfg = _data(top.section("data"), train.model)
     checkpoint = _checkpoint(top.section("checkpoint"), ident.id)
     evaluation = _evaluation(top.section("evaluation"), checkpoint.dir)
     metrics = _metrics(top.section("metrics"), checkpoint.dir)
