@@ -67,6 +67,7 @@ class HarnessOptions:
     eval_interval: int | None = None  # default: steps // 10
     checkpoint_interval: int | None = None  # default: steps // 4
     round_timeout_s: float = 10.0
+    wire_dtype: str = "float32"  # mixing.wire_dtype: float32 | bfloat16 | float16 (gRPC backend)
     seed: int = 0
     threads: int = 1
     device: str = "cpu"
@@ -83,6 +84,7 @@ class HarnessOptions:
         from p2pgan.trainer.data import SHARD_MODES
         from p2pgan.trainer.losses import LOSS_NAMES
         from p2pgan.trainer.models import MODEL_NAMES
+        from p2pgan.wire.codec import WIRE_DTYPES
 
         def bad(flag: str, problem: str) -> ConfigError:
             return ConfigError(f"--{flag}: {problem}")
@@ -113,6 +115,10 @@ class HarnessOptions:
             raise bad("backend", f"{self.backend!r} is not allowed; allowed: {', '.join(BACKENDS)}")
         if self.backend == "torch" and (not self.insecure or self.discovery != "roster"):
             raise bad("backend", "torch (torch.distributed, no TLS) needs --insecure and --discovery roster")
+        if self.wire_dtype not in WIRE_DTYPES:
+            raise bad("wire-dtype", f"{self.wire_dtype!r} is not allowed; allowed: {', '.join(WIRE_DTYPES)}")
+        if self.wire_dtype != "float32" and self.backend != "grpc":
+            raise bad("wire-dtype", "only the gRPC backend rounds what it sends; torch.distributed sends float32")
         if self.faults and self.backend != "grpc":
             raise bad("fault", "faults need the gRPC backend (torch.distributed has a fixed world)")
         parse_faults(self.faults, self.peers)
@@ -234,6 +240,8 @@ def prepare(opts: HarnessOptions) -> Federation:
             doc["mixing"].update(backend="torch", torch_init=torch_init)
         if opts.schedule is not None:
             doc["mixing"]["schedule"] = opts.schedule
+        if opts.wire_dtype != "float32":
+            doc["mixing"]["wire_dtype"] = opts.wire_dtype
         if VARIANTS[opts.variant][1] is None:
             doc["mixing"]["topology"] = opts.topology
         if VARIANTS[opts.variant][2] is not None:

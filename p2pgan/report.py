@@ -254,7 +254,8 @@ def write_markdown(out: Path, report: Mapping[str, Any]) -> Path:
     rows = [
         ("peers", f"{len(peers)} ({', '.join(peers)}), each a separate daemon process"),
         ("transport", f"{opts.get('backend', 'grpc')}, "
-                      f"{'plain text (--insecure)' if opts.get('insecure') else 'mutual TLS'} on loopback"),
+                      f"{'plain text (--insecure)' if opts.get('insecure') else 'mutual TLS'} on loopback, "
+                      f"parameters sent as {opts.get('wire_dtype') or 'float32'}"),
         ("algorithm", f"DPOSG, variant {opts.get('variant')}, topology {opts.get('topology')}, "
                       f"{opts.get('rounds')} mixing round(s) per step"),
         ("model / loss / optimizer", f"{report.get('model')} / {opts.get('loss')} / {opts.get('optimizer')}"),

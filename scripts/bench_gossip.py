@@ -17,9 +17,16 @@ its vector twice (one copy per neighbour), decrypts two vectors, and copies each
 once (:data:`FLOOR_COPIES`); ``floor_cpu`` is that CPU time per peer, ``floor_round`` the wall time
 M peers need for it on this machine's cores. Prints a table and writes JSON with ratios.
 
+``--dtypes float32 bfloat16 float16`` also times the gRPC ring round with each narrower
+``mixing.wire_dtype``, on the same payload counted in float32 elements (8.36 MB of float32 parameters
+go out as 4.18 MB of bfloat16): one GrpcMixer per dtype, one after the other in the same processes, the
+cast to the wire dtype included in the round (it is part of what the mixer does). float32 is always
+measured (the speedups are against it); the other transports do not depend on the wire dtype.
+
     python scripts/bench_gossip.py                      # payloads 1, 8.36, 100 MB; M = 4 and 8
     python scripts/bench_gossip.py --quick              # payloads 1, 8.36 MB; M = 4; fewer repetitions
     python scripts/bench_gossip.py --sizes 315 --peers 3   # the Self-Attention GAN's size
+    python scripts/bench_gossip.py --payloads 8.36 100 --peers 4 --dtypes float32 bfloat16 float16
 """
 
 from __future__ import annotations
@@ -35,6 +42,7 @@ import tempfile
 import time
 from datetime import timedelta
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))  # run from a checkout without installing
@@ -43,6 +51,26 @@ SOCKET_TIMEOUT_S = 120.0
 FLOOR_COPIES = 4
 #: bytes per floor measurement
 FLOOR_BUFFER_BYTES = 32 * 1024 * 1024
+#: mixing.wire_dtype values (p2pgan.wire.codec.WIRE_DTYPES; spelt out so that --help needs no torch import)
+WIRE_DTYPE_NAMES = ("float32", "bfloat16", "float16")
+
+
+def wire_dtypes(names: list[str]) -> list[str]:
+    """The wire dtypes to time: float32 first (the baseline of the speedups), then the others once each."""
+    return list(dict.fromkeys(["float32", *names]))
+
+
+def dtype_table(rows: list[dict[str, Any]]) -> str:
+    """The gRPC ring round per wire dtype: bytes one peer sends per round, time, CPU, speedup vs float32."""
+    lines = [f"{'M':>3} {'MB f32':>7} {'dtype':>9} {'sent/peer':>10} {'grpc ring':>10} {'cpu/peer':>9} "
+             f"{'peak':>7} {'vs f32':>7}"]
+    for r in rows:
+        for name, by in r["grpc_by_dtype"].items():
+            lines.append(f"{r['peers']:>3} {r['payload_mb']:>7.2f} {name:>9} {by['sent_mb_per_peer']:>8.2f}MB "
+                         f"{by['ring_ms']:>8.2f}ms {by['cpu_ms_per_peer']:>7.1f}ms {by['peak_mb_per_peer']:>5.0f}MB "
+                         f"{by['speedup_vs_float32']:>6.2f}x" + (f"  ({by['fallbacks']:.0f} float32 fallbacks)"
+                                                                 if by.get("fallbacks") else ""))
+    return "\n".join(lines)
 
 
 def floor_rates() -> dict[str, float]:
@@ -170,17 +198,28 @@ def _worker(args: argparse.Namespace) -> None:
         ring_s, ring_cpu, ring_peak = costly(gloo_ring, reps)
         timed(gloo_allreduce, 1)
         ar_s = timed(gloo_allreduce, reps)
-        # gRPC ring round
-        net = NetworkConfig(federation=args.fed_name, peer_id=pid, tls=tls, topology="ring", rounds=1, round_timeout_s=60.0)
-        with GrpcMixer(net, dim=d) as mixer:
-            ports = [None] * m
-            dist.all_gather_object(ports, mixer.port)  # bench coordination only, never the p2pgan wire
-            mixer.join(tuple(PeerEntry(f"peer{i}", "127.0.0.1", p) for i, p in enumerate(ports)))
-            mixer.wait_ready(60)
-            step = iter(range(10**6))
-            timed(lambda: mixer.mix(x.unsqueeze(0), next(step)), 2)
-            grpc_s, grpc_cpu, grpc_peak = costly(lambda: mixer.mix(x.unsqueeze(0), next(step)), reps)
-            dist.barrier()  # nobody closes while a neighbour still waits for its last round
+        # gRPC ring round, once per wire dtype (same x: d float32 elements, cast by the mixer)
+        by_dtype: dict[str, dict[str, float]] = {}
+        for wire_dtype in args.dtypes:
+            net = NetworkConfig(federation=args.fed_name, peer_id=pid, tls=tls, topology="ring", rounds=1,
+                                round_timeout_s=60.0, wire_dtype=wire_dtype)
+            with GrpcMixer(net, dim=d) as mixer:
+                ports = [None] * m
+                dist.all_gather_object(ports, mixer.port)  # bench coordination only, never the p2pgan wire
+                mixer.join(tuple(PeerEntry(f"peer{i}", "127.0.0.1", p) for i, p in enumerate(ports)))
+                mixer.wait_ready(60)
+                step = iter(range(10**6))
+                timed(lambda: mixer.mix(x.unsqueeze(0), next(step)), 2)
+                sent0 = mixer.stats.bytes_sent
+                grpc_s, grpc_cpu, grpc_peak = costly(lambda: mixer.mix(x.unsqueeze(0), next(step)), reps)
+                sent_mb = (mixer.stats.bytes_sent - sent0) / reps / 1e6
+                fallbacks = mixer.wire_fallbacks
+                dist.barrier()  # nobody closes while a neighbour still waits for its last round
+            by_dtype[wire_dtype] = {
+                "ring_ms": slowest(grpc_s), "cpu_ms_per_peer": largest(grpc_cpu) * 1e3,
+                "peak_mb_per_peer": largest(grpc_peak), "sent_mb_per_peer": largest(sent_mb),
+                "fallbacks": largest(fallbacks),
+            }
         # raw TCP one-way transfer rank 0 -> rank 1 (+ 1-byte ack)
         dist.broadcast_object_list(tcp_port, src=1)
         payload = x.numpy().tobytes()
@@ -207,18 +246,20 @@ def _worker(args: argparse.Namespace) -> None:
             tcp_s = tcp_s[1:]
         all_tcp = [None] * m
         dist.all_gather_object(all_tcp, statistics.median(tcp_s) * 1e3 if rank == 0 else None)
+        f32 = by_dtype["float32"]
         results[str(mb)] = {
-            "grpc_ring_ms": slowest(grpc_s), "gloo_ring_ms": slowest(ring_s),
+            "grpc_ring_ms": f32["ring_ms"], "gloo_ring_ms": slowest(ring_s),
             "gloo_allreduce_ms": slowest(ar_s), "tcp_oneway_ms": float(all_tcp[0]),
-            "grpc_cpu_ms_per_peer": largest(grpc_cpu) * 1e3, "gloo_cpu_ms_per_peer": largest(ring_cpu) * 1e3,
-            "grpc_peak_mb_per_peer": largest(grpc_peak), "gloo_peak_mb_per_peer": largest(ring_peak),
+            "grpc_cpu_ms_per_peer": f32["cpu_ms_per_peer"], "gloo_cpu_ms_per_peer": largest(ring_cpu) * 1e3,
+            "grpc_peak_mb_per_peer": f32["peak_mb_per_peer"], "gloo_peak_mb_per_peer": largest(ring_peak),
+            "grpc_by_dtype": by_dtype,
         }
     if rank == 0:
         Path(args.out).write_text(json.dumps(results))
     dist.destroy_process_group()
 
 
-def _run_world(m: int, payloads: list[float], reps: int, tmp: Path) -> dict[str, dict[str, float]]:
+def _run_world(m: int, payloads: list[float], reps: int, tmp: Path, dtypes: list[str]) -> dict[str, dict[str, Any]]:
     from p2pgan.harness import free_ports
     from p2pgan.security.certs import make_federation
 
@@ -229,7 +270,7 @@ def _run_world(m: int, payloads: list[float], reps: int, tmp: Path) -> dict[str,
     env = {**os.environ, "PYTHONPATH": f"{ROOT}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
     cmd = [sys.executable, str(Path(__file__).resolve()), "--worker", "--world", str(m), "--master-port", str(master),
            "--federation", str(tmp / fed_name), "--fed-name", fed_name, "--out", str(out), "--reps", str(reps),
-           "--payloads", *map(str, payloads)]
+           "--payloads", *map(str, payloads), "--dtypes", *dtypes]
     procs = [subprocess.Popen([*cmd, "--rank", str(r)], env=env) for r in range(m)]
     try:
         codes = [p.wait(timeout=1800) for p in procs]
@@ -249,6 +290,9 @@ def main() -> int:
     parser.add_argument("--peers", type=int, nargs="+", help="values of M (default 4 8; quick: 4)")
     parser.add_argument("--payloads", "--sizes", type=float, nargs="+", help="MB of float32 (default 1 8.36 100)")
     parser.add_argument("--reps", type=int, help="repetitions per measurement (default 10; quick: 5)")
+    parser.add_argument("--dtypes", nargs="+", default=["float32"], choices=WIRE_DTYPE_NAMES, metavar="DTYPE",
+                        help="wire dtypes of the gRPC round (float32 always included): "
+                             f"{' '.join(WIRE_DTYPE_NAMES)} (default float32)")
     parser.add_argument("--json-out", type=Path, default=ROOT / "runs" / "bench_gossip.json")
     parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     for hidden in ("--rank", "--world", "--master-port"):
@@ -263,13 +307,14 @@ def main() -> int:
     peers = args.peers or ([4] if args.quick else [4, 8])
     payloads = args.payloads or ([1.0, 8.36] if args.quick else [1.0, 8.36, 100.0])
     reps = args.reps or (5 if args.quick else 10)
+    dtypes = wire_dtypes(args.dtypes)
     rows = []
     rates = floor_rates()
     cores = os.cpu_count() or 1
     with tempfile.TemporaryDirectory(prefix="p2pgan-bench-") as tmp:
         for m in peers:
-            print(f"M = {m}: {len(payloads)} payloads x 4 transports ...", file=sys.stderr, flush=True)
-            for mb, r in _run_world(m, payloads, reps, Path(tmp)).items():
+            print(f"M = {m}: {len(payloads)} payloads x {3 + len(dtypes)} transports ...", file=sys.stderr, flush=True)
+            for mb, r in _run_world(m, payloads, reps, Path(tmp), dtypes).items():
                 r = {"peers": m, "payload_mb": float(mb), **r}
                 r["grpc_over_gloo_ring"] = r["grpc_ring_ms"] / r["gloo_ring_ms"]
                 r["grpc_over_gloo_allreduce"] = r["grpc_ring_ms"] / r["gloo_allreduce_ms"]
@@ -278,6 +323,8 @@ def main() -> int:
                 r["floor_round_ms"] = r["floor_cpu_ms_per_peer"] * max(1.0, m / cores)
                 r["grpc_over_floor"] = r["grpc_ring_ms"] / r["floor_round_ms"]
                 r["grpc_peak_over_payload"] = r["grpc_peak_mb_per_peer"] / float(mb)
+                for by in r["grpc_by_dtype"].values():
+                    by["speedup_vs_float32"] = r["grpc_ring_ms"] / by["ring_ms"]
                 rows.append(r)
     print(f"floor on this machine: AES-128-GCM {rates['aes_gcm_encrypt_Bps'] / 1e9:.2f} GB/s encrypt, "
           f"{rates['aes_gcm_decrypt_Bps'] / 1e9:.2f} GB/s decrypt, memcpy {rates['memcpy_Bps'] / 1e9:.2f} GB/s "
@@ -290,9 +337,12 @@ def main() -> int:
               f"{r['gloo_allreduce_ms']:>8.2f}ms {r['tcp_oneway_ms']:>8.2f}ms {r['floor_round_ms']:>7.2f}ms "
               f"{r['grpc_over_gloo_ring']:>9.2f} {r['grpc_over_floor']:>10.2f} {r['grpc_cpu_ms_per_peer']:>7.1f}ms "
               f"{r['gloo_cpu_ms_per_peer']:>7.1f}ms {r['grpc_peak_mb_per_peer']:>6.0f}MB {r['grpc_peak_over_payload']:>4.1f}x")
+    if len(dtypes) > 1:
+        print()
+        print(dtype_table(rows))
     args.json_out.parent.mkdir(parents=True, exist_ok=True)
     args.json_out.write_text(json.dumps({"cpu_count": cores, "reps": reps, "floor_rates_Bps": rates,
-                                         "floor_copies": FLOOR_COPIES, "rows": rows}, indent=2))
+                                         "floor_copies": FLOOR_COPIES, "dtypes": dtypes, "rows": rows}, indent=2))
     print(f"JSON: {args.json_out}")
     return 0
 

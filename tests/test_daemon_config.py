@@ -218,3 +218,15 @@ def test_example_configs_in_peers_load(tmp_path: Path) -> None:
         assert (net.peer_id, net.federation, net.listen_port) == (entry.id, roster.federation, entry.port)
         assert cfg.security.tls is not None and cfg.security.tls.key.is_file()
     assert "ExecStart=" in (peers / "p2pgan-peer@.service").read_text()
+
+
+def test_torch_backend_refuses_a_wire_dtype_it_would_ignore(folder: Path) -> None:
+    doc = base_doc()
+    doc["security"] = {"insecure": True}
+    doc["mixing"] = {"variant": "dp", "backend": "torch", "wire_dtype": "float32"}
+    assert load_config(write(folder, doc)).mixing.wire_dtype == "float32"
+    doc["mixing"]["wire_dtype"] = "bfloat16"
+    with pytest.raises(ConfigError, match=r"mixing\.wire_dtype: 'bfloat16' is the gRPC backend's; backend 'torch' sends float32"):
+        load_config(write(folder, doc))
+    doc["mixing"]["backend"] = "grpc"
+    assert network_config(load_config(write(folder, doc))).wire_dtype == "bfloat16"

@@ -143,7 +143,9 @@ def test_harness_ctrl_c_stops_peers_with_checkpoints(tmp_path: Path, launch: lis
     ("args", "fragment"),
     [(["--topology", "rign"], "--topology: 'rign' is not allowed"), (["--variant", "gossip"], "--variant"),
      (["--peers", "0"], "--peers: must be >= 1"), (["--optimizer", "adam"], "osg, oadam, oadagrad"),
-     (["--variant", "overlap"], "--variant dp --schedule overlap"), (["--schedule", "fast"], "exact, overlap")],
+     (["--variant", "overlap"], "--variant dp --schedule overlap"), (["--schedule", "fast"], "exact, overlap"),
+     (["--wire-dtype", "fp8"], "--wire-dtype: invalid choice: 'fp8'"),
+     (["--wire-dtype", "bfloat16", "--backend", "torch", "--insecure"], "--wire-dtype: only the gRPC backend")],
 )
 @pytest.mark.timeout(60)
 def test_harness_flag_errors_are_clear(tmp_path: Path, args: list[str], fragment: str) -> None:
@@ -151,3 +153,19 @@ def test_harness_flag_errors_are_clear(tmp_path: Path, args: list[str], fragment
                           capture_output=True, text=True, timeout=60, env=os.environ.copy())
     assert proc.returncode == 2 and "Traceback" not in proc.stderr and fragment in proc.stderr, proc.stderr
     assert not (tmp_path / "x").exists(), "nothing is written for a bad command line"
+
+
+@pytest.mark.timeout(60)
+def test_harness_wire_dtype_reaches_every_peer_config(tmp_path: Path) -> None:
+    from p2pgan.daemon.config import load_config, network_config
+    from p2pgan.harness import HarnessOptions, prepare
+    from p2pgan.report import write_markdown
+
+    opts = HarnessOptions(peers=2, out=tmp_path / "run", steps=4, wire_dtype="bfloat16")
+    fed = prepare(opts)
+    nets = [network_config(load_config(path)) for path in fed.configs.values()]
+    assert [n.wire_dtype for n in nets] == ["bfloat16", "bfloat16"]
+    default = prepare(HarnessOptions(peers=2, out=tmp_path / "default", steps=4))
+    assert {network_config(load_config(p)).wire_dtype for p in default.configs.values()} == {"float32"}
+    report = {"options": {"wire_dtype": "bfloat16", "backend": "grpc"}, "peers": {}, "summary": {}}
+    assert "parameters sent as bfloat16" in write_markdown(tmp_path, report).read_text()

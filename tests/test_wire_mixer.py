@@ -15,6 +15,7 @@ import pytest
 import torch
 
 from p2pgan import cli
+from p2pgan.mixing.robust import RobustConfig
 from p2pgan.security.certs import make_federation
 from p2pgan.wire.config import NetworkConfig, PeerEntry
 from p2pgan.wire.mixer import GrpcMixer
@@ -85,6 +86,35 @@ def test_half_precision_wire(federation, dtype: str) -> None:
     assert err < (2e-2 if dtype == "bfloat16" else 3e-3)
     assert err > 0  # half precision really was on the wire
     assert mixers[0].stats.bytes_sent < 2 * 2 * DIM + 4096  # 2 bytes per element to 2 neighbours
+    # exactly: each peer's own share at full precision, only its neighbours' copies rounded to the wire dtype
+    w = mixers[0].topology.matrix(0, 0)
+    x32 = x.float()
+    rounded = x32.to(getattr(torch, dtype)).double()
+    own_full = torch.diag(w).unsqueeze(1) * x32.double() + (w - torch.diag(torch.diag(w))) @ rounded
+    torch.testing.assert_close(got, own_full, rtol=0, atol=2e-6)
+    all_rounded = w @ rounded  # what mixing a rounded copy of our own vector would give: measurably worse
+    assert (all_rounded - got).abs().max().item() > 50 * 2e-6
+    assert all(mx.wire_fallbacks == 0 for mx in mixers)
+
+
+@pytest.mark.timeout(60)
+def test_float16_wire_sends_float32_when_a_weight_overflows(federation, caplog: pytest.LogCaptureFixture) -> None:
+    """A weight beyond float16's range (65504) would go out as inf and every neighbour would refuse the
+    message (non-finite): the sender sends that message as float32 instead, logged, and nothing is dropped."""
+    # robust mixing off: a 1e5 outlier is far outside a clipping radius learned from randn vectors
+    mixers = federation(3, "ring", 1, wire_dtype="float16", round_timeout_s=3.0, robust=RobustConfig(kind="off"))
+    x = torch.randn(3, DIM)
+    x[0, 7], x[0, 11] = 1e5, -7e4  # would be +-inf in float16; peers 1 and 2 stay in range
+    got = mix_all(mixers, x, 0).double()
+    w = mixers[0].topology.matrix(0, 0)
+    sent = torch.stack([x[0], x[1].half().float(), x[2].half().float()]).double()  # what each peer put on the wire
+    expected = torch.diag(w).unsqueeze(1) * x.double() + (w - torch.diag(torch.diag(w))) @ sent
+    torch.testing.assert_close(got, expected, rtol=1e-6, atol=1e-5)
+    assert [mx.wire_fallbacks for mx in mixers] == [1, 0, 0]
+    assert all(mx.stats.dropped == 0 and mx.robust.stats.refused == 0 for mx in mixers)
+    assert mixers[0].stats.bytes_sent > 2 * 4 * DIM  # 4 bytes per element to 2 neighbours
+    assert mixers[1].stats.bytes_sent < 2 * 2 * DIM + 4096
+    assert "float16 cannot carry a weight of magnitude 1e+05" in caplog.text
 
 
 @pytest.mark.timeout(60)

@@ -42,6 +42,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--width", type=int, default=None, help="model width override")
     parser.add_argument("--eval-interval", type=int, default=None, help="steps between evaluations (default steps/10)")
     parser.add_argument("--round-timeout", type=float, default=d.round_timeout_s, help="seconds before a late neighbour is dropped for a round")
+    parser.add_argument("--wire-dtype", default=d.wire_dtype, choices=("float32", "bfloat16", "float16"),
+                        help="precision of the parameters on the wire (mixing.wire_dtype); each peer's own share "
+                             "of the mix stays float32")
     parser.add_argument("--seed", type=int, default=d.seed)
     parser.add_argument("--threads", type=int, default=d.threads, help="torch threads per peer")
     parser.add_argument("--device", default=d.device, choices=("cpu", "cuda", "auto"))
@@ -64,7 +67,7 @@ def run(args: argparse.Namespace) -> int:
         rounds=args.rounds, variant=args.variant, schedule=args.schedule, discovery=args.discovery, split=args.split, model=args.model,
         loss=args.loss, optimizer=args.optimizer, batch_size=args.batch_size, lr_generator=args.lr_g,
         lr_discriminator=args.lr_d, width=args.width, eval_interval=args.eval_interval,
-        round_timeout_s=args.round_timeout, seed=args.seed, threads=args.threads, device=args.device,
+        round_timeout_s=args.round_timeout, wire_dtype=args.wire_dtype, seed=args.seed, threads=args.threads, device=args.device,
         insecure=args.insecure, backend=args.backend, faults=tuple(args.faults),
     )
 

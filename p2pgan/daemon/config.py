@@ -603,6 +603,9 @@ def parse_config(data: object, source: str | Path, base_dir: Path | None = None)
         if discovery.kind != "roster":
             raise config_error(str(source), "mixing.backend", "'torch' needs `discovery.roster` (a fixed, ordered "
                                "membership: rank = position of the peer id in the sorted roster)")
+        if mixing.wire_dtype != "float32":  # it would be ignored silently: the torch mixer sends float32 tensors
+            raise config_error(str(source), "mixing.wire_dtype", f"{mixing.wire_dtype!r} is the gRPC backend's; "
+                               "backend 'torch' sends float32 (remove the field or set it to float32)")
     return PeerConfig(source_path, ident, security, discovery, mixing, train, data_cfg, checkpoint, evaluation, metrics)
 
 

@@ -25,6 +25,7 @@ with backoff, and at once when the peer shows up again.
 from __future__ import annotations
 
 import logging
+import math
 import threading
 import time
 from collections.abc import Callable
@@ -107,6 +108,8 @@ class GrpcMixer(Mixer):
         self.deadline = RoundDeadline(net.round_timeout_s, adaptive=net.adaptive_deadline)
         self._tls = None if net.insecure else net.tls
         self._wire_dtype = codec.WIRE_DTYPES[net.wire_dtype][0]
+        #: messages sent as float32 although ``net.wire_dtype`` is narrower: its range could not hold x (:meth:`_to_wire`)
+        self.wire_fallbacks = 0
         self._peers: dict[str, PeerEntry] = {}
         self._pins: dict[str, str] = {}
         self._links: dict[str, transport.Link] = {}
@@ -332,10 +335,10 @@ class GrpcMixer(Mixer):
         weights = topo.in_weights(self.rank, step, r)
         outs = topo.out_neighbours(self.rank, step, r)
         if outs:
-            wire = cur.to(self._wire_dtype)
+            wire, wire_name = self._to_wire(cur, step, r)
             header = codec.MessageHeader(
                 federation=self.net.federation, sender=self.net.peer_id, step=step, round=r,
-                layout_digest=self.layout_digest, dtype=self.net.wire_dtype, element_count=self.dim,
+                layout_digest=self.layout_digest, dtype=wire_name, element_count=self.dim,
                 shard_count=codec.shard_count(wire.numel() * wire.element_size(), self.net.shard_bytes),
             )
             frames = codec.encode(header, codec.le_bytes(wire), self.net.shard_bytes)
@@ -372,6 +375,34 @@ class GrpcMixer(Mixer):
         if extra:
             out.add_(cur, alpha=extra)
         return out
+
+    def _to_wire(self, cur: torch.Tensor, step: int, r: int) -> tuple[torch.Tensor, str]:
+        """``cur`` in the wire dtype, or in float32 when the cast would turn finite values into inf.
+
+        float16 ends at 65504 (bfloat16 at ~3.39e38): a larger weight would go out as inf, every receiver
+        refuses a non-finite vector, and robust mixing then treats this peer as absent, so it would quietly
+        drop out of the mix. Messages are self-describing (the header names the dtype, receivers accept all
+        of them), so such a message is sent as float32 instead (twice the bytes, nothing lost) and the
+        fallback is logged and counted (:attr:`wire_fallbacks`). Only this peer's neighbours' copies are
+        ever rounded: its own share of the mix is ``cur`` itself, at full precision (:meth:`_round`).
+        """
+        name = self.net.wire_dtype
+        wire = cur.to(self._wire_dtype)
+        if name == "float32":
+            return wire, name
+        # a finite sum (accumulated in float32: no allocation) proves every value finite; else check exactly
+        if math.isfinite(float(wire.sum(dtype=torch.float32))) or bool(torch.isfinite(wire).all()):
+            return wire, name
+        if not bool(torch.isfinite(cur).all()):
+            return wire, name  # already non-finite before the cast: receivers refuse it in any dtype
+        self.wire_fallbacks += 1
+        biggest = float(cur.abs().max())
+        level = logging.WARNING if self.wire_fallbacks == 1 or self.wire_fallbacks % 1000 == 0 else logging.DEBUG
+        log.log(level, "step %d round %d: mixing.wire_dtype %s cannot carry a weight of magnitude %.4g (largest "
+                "finite %.6g); sent as float32 instead (%d such messages so far; use bfloat16, which has "
+                "float32's range, if this persists)", step, r, name, biggest, torch.finfo(self._wire_dtype).max,
+                self.wire_fallbacks)
+        return cur.to(torch.float32), "float32"
 
     # -- shutdown --------------------------------------------------------------------------------------
     def close(self) -> None:
