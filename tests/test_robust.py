@@ -122,6 +122,64 @@ def test_the_radius_follows_honest_growth_but_not_one_hostile_neighbour() -> Non
     assert robust.begin(x).radius <= before * 1.01
 
 
+def _chunked(v: torch.Tensor, sizes: list[int]) -> ReceivedVector:
+    """``v`` as a received vector whose shards have the given sizes (the last takes the rest)."""
+    return ReceivedVector(tuple(v.split([*sizes, v.numel() - sum(sizes)])))
+
+
+@pytest.mark.parametrize("kind", ["clip", "off", "trim"])
+@pytest.mark.parametrize("block", [7, 64, 65536])
+def test_single_pass_combine_is_the_reference_sum_bit_for_bit(kind: str, block: int, monkeypatch) -> None:
+    """RobustMixing.combine (one blocked pass) against begin()/Round.add (neighbour after neighbour), with
+    shard boundaries that do and do not line up with the blocks, a bf16 neighbour and t = 2 rounds."""
+    import p2pgan.mixing.robust as robust_module
+
+    monkeypatch.setattr(robust_module, "BLOCK_ELEMENTS", block)
+    torch.manual_seed(3)
+    fast, ref = RobustMixing(RobustConfig(kind=kind)), RobustMixing(RobustConfig(kind=kind))
+    x = torch.randn(1000)
+    for step in range(12):
+        for r in range(2):
+            b, c = x + 0.1 * torch.randn(1000), (x + 0.1 * torch.randn(1000)).to(torch.bfloat16)
+            shares = [("b", _chunked(b, [3, 500, 130]), 0.25), ("c", _chunked(c, [64, 64]), 0.4)]
+            got = fast.combine(x, 0.35, shares, r, f"step {step}")
+            want = x * 0.35
+            gate = ref.begin(x, r)
+            extra = gate.add(want, shares[0][1], 0.25, "b") + gate.add(want, shares[1][1], 0.4, "c")
+            if extra:
+                want.add_(x, alpha=extra)
+            assert torch.equal(got, want)
+            x = got
+    assert fast.stats == ref.stats and fast.stats.clipped == 0
+
+
+def test_single_pass_combine_bounds_a_hostile_neighbour_like_the_reference(monkeypatch) -> None:
+    """A clipped round (and then a suspect's) is recomputed: same result and same verdicts as Round.add."""
+    import p2pgan.mixing.robust as robust_module
+
+    monkeypatch.setattr(robust_module, "BLOCK_ELEMENTS", 100)
+    torch.manual_seed(4)
+    cfg = RobustConfig(kind="clip", suspect_after=3)
+    fast, ref = RobustMixing(cfg), RobustMixing(cfg)
+    x = torch.randn(1000)
+    for i in range(10):
+        b = x + 0.01 * torch.randn(1000)
+        if i >= 5:
+            b[999] = 3e38  # hostile from round 5: clipped, and a suspect (weight to ourselves) from round 7
+        c = x + 0.01 * torch.randn(1000)
+        shares = [("b", _chunked(b, [300]), 1 / 3), ("c", _chunked(c, []), 1 / 3)]
+        got = fast.combine(x, 1 / 3, shares)
+        gate = ref.begin(x)
+        want = x * (1 / 3)
+        extra = gate.add(want, shares[0][1], 1 / 3, "b") + gate.add(want, shares[1][1], 1 / 3, "c")
+        if extra:
+            want.add_(x, alpha=extra)
+        torch.testing.assert_close(got, want, rtol=1e-6, atol=1e-6)
+        assert bool(torch.isfinite(got).all())
+    assert fast.stats.clipped == ref.stats.clipped == 5 and fast.stats.rejected == ref.stats.rejected == 3
+    assert fast.stats.reported == ref.stats.reported == ["b"]
+
+
 def test_config_is_validated() -> None:
     with pytest.raises(ValueError, match="robust"):
         RobustConfig(kind="median")  # type: ignore[arg-type]

@@ -366,15 +366,9 @@ class GrpcMixer(Mixer):
         if not missing:
             self.deadline.observe(waited)
         row = live_weights(weights, self.rank, missing)
-        out = cur * row[self.rank]
-        extra = 0.0
-        gate = self.robust.begin(cur, r, f"step {step} round {r}")
-        for j, w in row.items():
-            if j != self.rank:
-                extra += gate.add(out, got[self.members[j]], w, self.members[j])  # w x_j, or less with the rest to x_i
-        if extra:
-            out.add_(cur, alpha=extra)
-        return out
+        shares = [(self.members[j], got[self.members[j]], w) for j, w in row.items() if j != self.rank]
+        # w_ii x_i + sum_j w_ij x_j, each neighbour's pull bounded (a bounded share's rest goes to x_i)
+        return self.robust.combine(cur, row[self.rank], shares, r, f"step {step} round {r}")
 
     def _to_wire(self, cur: torch.Tensor, step: int, r: int) -> tuple[torch.Tensor, str]:
         """``cur`` in the wire dtype, or in float32 when the cast would turn finite values into inf.
