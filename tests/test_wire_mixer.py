@@ -6,6 +6,8 @@ processes cover the selftest command, a neighbour killed mid-run and zeroconf di
 
 from __future__ import annotations
 
+import concurrent.futures
+
 import json
 import secrets
 from collections.abc import Iterator
@@ -17,6 +19,7 @@ import torch
 from p2pgan import cli
 from p2pgan.mixing.robust import RobustConfig
 from p2pgan.security.certs import make_federation
+from p2pgan.wire import codec
 from p2pgan.wire.config import NetworkConfig, PeerEntry
 from p2pgan.wire.mixer import GrpcMixer
 from p2pgan.wire.selftest import run_selftest
@@ -73,6 +76,31 @@ def test_mixing_equals_matrix_product(federation, topology: str, peers: int, rou
                                    dtype=torch.float64), rtol=0, atol=1e-15)
     assert all(mx.stats.dropped == 0 and mx.stats.rounds == 2 * rounds for mx in mixers)
     assert all(mx.stats.bytes_sent > 0 and mx.stats.bytes_received > 0 for mx in mixers)
+
+
+@pytest.mark.timeout(60)
+def test_mix_lets_go_of_the_callers_row_before_returning(federation, monkeypatch: pytest.MonkeyPatch) -> None:
+    """mix() sends the caller's row without copying it (frames made on demand); before it returns, every
+    message that reads that row is detached, so changing x afterwards cannot change what a slow link sends.
+    Rounds after the first read the mixer's own tensors and stay on demand; start() works on a copy."""
+    made: list[codec.OutgoingMessage] = []
+    real = codec.OutgoingMessage
+
+    def spy(*args: object, **kwargs: object) -> codec.OutgoingMessage:
+        made.append(real(*args, **kwargs))  # type: ignore[arg-type]
+        return made[-1]
+
+    monkeypatch.setattr(codec, "OutgoingMessage", spy)
+    mixers = federation(3, "ring", 2)
+    x = torch.randn(3, DIM)
+    for step, run in enumerate((lambda m, row: m.mix(row, 0), lambda m, row: m.start(row, 1).wait())):
+        made.clear()
+        with concurrent.futures.ThreadPoolExecutor(3) as pool:
+            got = list(pool.map(lambda m: run(m, x[m.rank : m.rank + 1]), mixers))
+        torch.testing.assert_close(torch.cat(got).double(), mixers[0].topology.product(step, 2) @ x.double(), rtol=0, atol=2e-6)
+        round0 = [m for m in made if m.header.round == 0]
+        assert len(round0) == 3 and len(made) == 6
+        assert all((m._payload is None) == (step == 0 and m.header.round == 0) for m in made)
 
 
 @pytest.mark.timeout(60)

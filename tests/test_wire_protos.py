@@ -77,3 +77,36 @@ def test_shards_that_split_elements_reassemble() -> None:
     out = torch.ones(1000)
     received.add_to(out, 0.5)
     assert torch.allclose(out, 1 + 0.5 * vec)
+
+
+# -- frames made on demand (issue 11 item 3) ---------------------------------------------------------------
+def test_outgoing_message_gives_every_link_the_encoded_frames_and_keeps_only_what_is_still_due() -> None:
+    vec = torch.randn(2500)
+    h = header(2500, shard_bytes=1024)
+    want = codec.encode(h, codec.le_bytes(vec), 1024)
+    message = codec.OutgoingMessage(h, codec.le_bytes(vec), 1024)
+    assert message.nbytes == sum(len(f) for f in want)
+    fast, slow = message.subscribe(), message.subscribe()
+    got_fast = list(fast)  # the fast link runs ahead: every shard it built waits for the slow one
+    assert got_fast == want and len(message._frames) == h.shard_count
+    got_slow = [next(slow) for _ in range(3)]  # header + shards 0 and 1: those two are dropped
+    assert sorted(message._frames) == list(range(2, h.shard_count))
+    got_slow += list(slow)
+    assert got_slow == want and message._frames == {}  # nobody needs anything: nothing is kept
+    late = message.subscribe()  # a link that comes late rebuilds the same bytes
+    assert list(late) == want
+
+
+def test_outgoing_message_detach_keeps_what_was_due_and_ignores_later_changes_of_the_payload() -> None:
+    vec = torch.randn(2500)
+    h = header(2500, shard_bytes=1024)
+    want = codec.encode(h, codec.le_bytes(vec), 1024)
+    message = codec.OutgoingMessage(h, codec.le_bytes(vec), 1024)
+    closed, slow = message.subscribe(), message.subscribe()
+    closed.close()  # a link that did not take the message: it holds nothing back
+    first = [next(slow) for _ in range(4)]
+    message.detach()
+    vec.fill_(7.0)  # the caller changes its row once mix() returned
+    assert first + list(slow) == want
+    with pytest.raises(RuntimeError, match="detached"):
+        list(message.subscribe())

@@ -18,7 +18,9 @@ import dataclasses
 import math
 import struct
 import sys
+import threading
 import warnings
+from collections.abc import Iterator
 
 import torch
 import xxhash
@@ -150,6 +152,104 @@ def encode(header: MessageHeader, payload: memoryview, shard_bytes: int) -> list
     for i in range(header.shard_count):
         frames.append(shard_frame(i, payload[i * shard_bytes : (i + 1) * shard_bytes]))
     return frames
+
+
+class OutgoingMessage:
+    """One message's frames, made on demand and shared by every link that sends it.
+
+    :func:`encode` copies the whole vector into frames at once, and those stay alive until the slowest
+    link has sent them: one more copy of the model per peer and round (issue 11 item 3). Here a shard's
+    frame is built when the first link asks for it and dropped once every subscribed link has taken it,
+    so a round holds a few shards instead. Each link reads the frames through its own
+    :meth:`subscribe` iterator; a link that subscribes after the others took a shard rebuilds it (the
+    same bytes from the same payload). The payload must not change while subscribers read it:
+    :meth:`detach` builds what is still to be sent and lets go of it.
+    """
+
+    def __init__(self, header: MessageHeader, payload: memoryview, shard_bytes: int) -> None:
+        self.header = header
+        self.header_frame = header.to_frame()
+        self._payload: memoryview | None = payload
+        self._shard_bytes = shard_bytes
+        self._lock = threading.Lock()
+        self._frames: dict[int, bytes] = {}  # built and still due to some subscriber
+        self._next: dict[object, int] = {}  # subscriber -> index of the next shard it takes
+        self.nbytes = len(self.header_frame) + sum(
+            _shard_frame_size(i, min(shard_bytes, len(payload) - i * shard_bytes)) for i in range(header.shard_count)
+        )
+
+    def subscribe(self) -> _Subscription:
+        """The frames (header first) for one link; :meth:`_Subscription.close` it if the link does not send them."""
+        sub = _Subscription(self)
+        with self._lock:
+            self._next[sub] = 0
+        return sub
+
+    def _leave(self, token: object) -> None:
+        with self._lock:
+            self._next.pop(token, None)
+            self._forget_taken()
+
+    def _take(self, token: object, i: int) -> bytes:
+        with self._lock:
+            frame = self._frames.get(i)
+            if frame is None:
+                frame = self._build(i)
+                if len(self._next) > 1:  # someone else still needs it
+                    self._frames[i] = frame
+            self._next[token] = i + 1
+            self._forget_taken()
+            return frame
+
+    def _build(self, i: int) -> bytes:
+        if self._payload is None:
+            raise RuntimeError("OutgoingMessage: a detached message has no shard %d left to build" % i)
+        return shard_frame(i, self._payload[i * self._shard_bytes : (i + 1) * self._shard_bytes])
+
+    def _forget_taken(self) -> None:
+        low = min(self._next.values(), default=self.header.shard_count)
+        for i in [i for i in self._frames if i < low]:
+            del self._frames[i]
+
+    def detach(self) -> None:
+        """Build every frame a subscriber still needs, then let go of the payload (it may change now)."""
+        with self._lock:
+            if self._payload is None:
+                return
+            low = min(self._next.values(), default=self.header.shard_count)
+            for i in range(low, self.header.shard_count):
+                if i not in self._frames:
+                    self._frames[i] = self._build(i)
+            self._payload = None
+
+
+class _Subscription(Iterator[bytes]):
+    """One link's pass over an :class:`OutgoingMessage`: the header frame, then the shard frames in order."""
+
+    def __init__(self, message: OutgoingMessage) -> None:
+        self._message = message
+        self._next = -1  # -1: the header is due
+        self._closed = False
+
+    def __next__(self) -> bytes:
+        message = self._message
+        if self._closed or self._next >= message.header.shard_count:
+            self.close()
+            raise StopIteration
+        i, self._next = self._next, self._next + 1
+        return message.header_frame if i < 0 else message._take(self, i)
+
+    def close(self) -> None:
+        """This link takes nothing more: frames are no longer kept for it (also at the end, or if never read)."""
+        if not self._closed:
+            self._closed = True
+            self._message._leave(self)
+
+
+def _shard_frame_size(index: int, n: int) -> int:
+    """Length of :func:`shard_frame`'s output for shard ``index`` of ``n`` data bytes."""
+    body = 1 + len(_varint(index)) + 9 + 1 + len(_varint(n)) + n
+    return 1 + len(_varint(body)) + body
 
 
 def shard_count(nbytes: int, shard_bytes: int) -> int:

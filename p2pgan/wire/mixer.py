@@ -121,6 +121,7 @@ class GrpcMixer(Mixer):
         self.robust = RobustMixing(net.robust)  # issue 9: bounds every neighbour's pull (p2pgan.mixing.robust)
         self._inbox.on_refused = self.robust.refused  # ... and counts members' refused messages toward a report
         self.round_seconds: list[float] = []  # duration of every round so far (benchmarks, selftest)
+        self._sending: list[codec.OutgoingMessage] = []  # this round's messages that read their row in place
         service = GossipService(
             self._inbox, self._authenticate, self, federation=net.federation, peer_id=net.peer_id,
             layout_digest=layout_digest, element_count=dim,
@@ -304,7 +305,7 @@ class GrpcMixer(Mixer):
         change meanwhile, and rounds never write their input); with no rounds the result is still a copy."""
         self._check_input(x)
         row = x[0].detach() if self.rounds else x[0].detach().clone()
-        return self._worker.submit(self._run, row, step).result()
+        return self._worker.submit(self._run, row, step, self.rounds > 0).result()
 
     def _check_input(self, x: torch.Tensor) -> None:
         self._require_joined()
@@ -313,7 +314,8 @@ class GrpcMixer(Mixer):
         if self._closed:
             raise PeerUnavailableError("the mixer is closed")
 
-    def _run(self, row: torch.Tensor, step: int) -> torch.Tensor:
+    def _run(self, row: torch.Tensor, step: int, borrowed: bool = False) -> torch.Tensor:
+        """The step's rounds on ``row``; ``borrowed``: ``row`` is the caller's, which may change after we return."""
         assert self.membership is not None
         t_start = time.perf_counter()
         self.membership.step = step
@@ -323,6 +325,12 @@ class GrpcMixer(Mixer):
             t0 = time.perf_counter()
             cur = self._round(cur, step, r)
             self.round_seconds.append(time.perf_counter() - t0)
+            if r == 0 and borrowed:
+                # round 0 sent the caller's own row, which may change once we return: whatever a slow
+                # link has not sent yet is copied now (usually nothing); later rounds send our own tensors
+                for message in self._sending:
+                    message.detach()
+            self._sending.clear()
         self._inbox.advance(step, self.rounds)
         self.stats.rounds += self.rounds
         self.stats.seconds += time.perf_counter() - t_start
@@ -341,11 +349,16 @@ class GrpcMixer(Mixer):
                 layout_digest=self.layout_digest, dtype=wire_name, element_count=self.dim,
                 shard_count=codec.shard_count(wire.numel() * wire.element_size(), self.net.shard_bytes),
             )
-            frames = codec.encode(header, codec.le_bytes(wire), self.net.shard_bytes)
-            nbytes = sum(len(f) for f in frames)
+            # frames made on demand and shared by the links: a few shards alive, not a copy of the vector
+            message = codec.OutgoingMessage(header, codec.le_bytes(wire), self.net.shard_bytes)
             for j in outs:
-                if self._link(self.members[j]).send(frames):
-                    self.stats.bytes_sent += nbytes
+                frames = message.subscribe()
+                if self._link(self.members[j]).send(frames, message.nbytes):
+                    self.stats.bytes_sent += message.nbytes
+                else:
+                    frames.close()
+            if wire.data_ptr() == cur.data_ptr():
+                self._sending.append(message)
         senders = [self.members[j] for j in weights if j != self.rank]
         limit = self.deadline.current()
         t0 = time.monotonic()

@@ -22,7 +22,7 @@ import socket
 import ssl
 import threading
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent import futures
 from functools import lru_cache
 
@@ -184,12 +184,12 @@ def check_pin(peer: PeerEntry, tls: TLSFiles, federation: str) -> None:
 
 # -- client links --------------------------------------------------------------------------------------
 class _Stream:
-    """One open Push call fed from a queue of messages (each a list of frames)."""
+    """One open Push call fed from a queue of messages (each its frames: a list, or an iterator made on demand)."""
 
     def __init__(
         self, push: grpc.StreamUnaryMultiCallable, on_taken: Callable[[], None], on_written: Callable[[], None]
     ) -> None:
-        self.queue: queue.SimpleQueue[list[bytes] | None] = queue.SimpleQueue()
+        self.queue: queue.SimpleQueue[Iterable[bytes] | None] = queue.SimpleQueue()
         self.pending = 0  # messages put on the queue and not yet taken by gRPC's writer
         self._on_taken = on_taken
         self._on_written = on_written
@@ -204,7 +204,15 @@ class _Stream:
             # its writer thread runs again, which on a loaded machine can be long after the neighbour
             # has read the message, and would make a healthy link look congested.
             self._on_taken()
-            yield from item
+            try:
+                yield from item
+            finally:  # written, or the call ended mid-message: either way this link takes no more of it
+                close = getattr(item, "close", None)
+                if close is not None:
+                    close()
+            # drop the message before blocking on the next one: held, it would keep a whole vector's
+            # frames alive through the next round (one extra vector of memory per peer; issue 11 item 3)
+            del item
             self._on_written()
 
 
@@ -240,8 +248,9 @@ class Link:
         self._closed = False
         self.bytes_sent = 0
 
-    def send(self, frames: list[bytes]) -> bool:
-        """Queue one message; False if it was skipped (link down and backing off, or congested)."""
+    def send(self, frames: Iterable[bytes], nbytes: int | None = None) -> bool:
+        """Queue one message (its frames, or an iterator of them made on demand, of ``nbytes`` in all);
+        False if it was skipped (link down and backing off, or congested)."""
         opened = None
         with self._lock:
             if self._closed:
@@ -264,7 +273,7 @@ class Link:
         if opened is not None:
             # outside the lock: gRPC runs the callback at once, in this thread, if the call already failed
             opened.call.add_done_callback(lambda call: self._on_done(opened, call))
-        self.bytes_sent += sum(len(f) for f in frames)
+        self.bytes_sent += sum(len(f) for f in frames) if nbytes is None else nbytes  # type: ignore[arg-type]
         return True
 
     def _on_taken(self, stream: _Stream) -> None:
