@@ -8,8 +8,8 @@ For each payload (MB of float32) and each M (processes on loopback), in one run:
 Times are the median over repetitions of the slowest rank. Beside them, for each transport, the CPU
 seconds one peer spends per round (all its threads; the largest over the peers) and the peak resident
 memory one peer adds during it (in MB and as a multiple of the payload; measured above the process's
-resident memory at the start of that transport's repetitions, so memory an earlier transport freed but
-the allocator kept can hide part of it).
+resident memory before that transport's first round, warm-up included; gRPC runs first, so nothing
+another transport freed can hide part of its peak).
 
 The floor, measured in the same run on this machine: AES-128-GCM encryption and decryption rates
 (``cryptography``, the OpenSSL that TLS uses) and the memcpy rate. Per ring round a TLS peer encrypts
@@ -156,10 +156,13 @@ def _worker(args: argparse.Namespace) -> None:
             out.append(time.perf_counter() - t0)
         return out
 
-    def costly(fn, reps: int) -> tuple[list[float], float, float]:
-        """``timed`` plus this process's CPU seconds per repetition and its peak RSS above the start, MB."""
+    def costly(fn, reps: int, warmup: int = 2) -> tuple[list[float], float, float]:
+        """``timed`` after ``warmup`` untimed repetitions, plus this process's CPU seconds per timed
+        repetition and its peak RSS, MB, above the resident memory before the warm-up (so memory the
+        first rounds fault in counts: the baseline is the process before any round of this transport)."""
         base = _rss_kb("VmRSS")
         tracked = _reset_peak_rss()
+        timed(fn, warmup)
         cpu0 = time.process_time()
         wall = timed(fn, reps)
         cpu = (time.process_time() - cpu0) / reps
@@ -194,10 +197,6 @@ def _worker(args: argparse.Namespace) -> None:
             y = x.clone()
             dist.all_reduce(y)
 
-        timed(gloo_ring, 2)
-        ring_s, ring_cpu, ring_peak = costly(gloo_ring, reps)
-        timed(gloo_allreduce, 1)
-        ar_s = timed(gloo_allreduce, reps)
         # gRPC ring round, once per wire dtype (same x: d float32 elements, cast by the mixer)
         by_dtype: dict[str, dict[str, float]] = {}
         for wire_dtype in args.dtypes:
@@ -209,10 +208,9 @@ def _worker(args: argparse.Namespace) -> None:
                 mixer.join(tuple(PeerEntry(f"peer{i}", "127.0.0.1", p) for i, p in enumerate(ports)))
                 mixer.wait_ready(60)
                 step = iter(range(10**6))
-                timed(lambda: mixer.mix(x.unsqueeze(0), next(step)), 2)
                 sent0 = mixer.stats.bytes_sent
                 grpc_s, grpc_cpu, grpc_peak = costly(lambda: mixer.mix(x.unsqueeze(0), next(step)), reps)
-                sent_mb = (mixer.stats.bytes_sent - sent0) / reps / 1e6
+                sent_mb = (mixer.stats.bytes_sent - sent0) / (reps + 2) / 1e6  # warm-up included: same size
                 fallbacks = mixer.wire_fallbacks
                 dist.barrier()  # nobody closes while a neighbour still waits for its last round
             by_dtype[wire_dtype] = {
@@ -220,6 +218,10 @@ def _worker(args: argparse.Namespace) -> None:
                 "peak_mb_per_peer": largest(grpc_peak), "sent_mb_per_peer": largest(sent_mb),
                 "fallbacks": largest(fallbacks),
             }
+        # Gloo after gRPC: memory Gloo frees and the allocator keeps would hide part of gRPC's peak
+        ring_s, ring_cpu, ring_peak = costly(gloo_ring, reps)
+        timed(gloo_allreduce, 1)
+        ar_s = timed(gloo_allreduce, reps)
         # raw TCP one-way transfer rank 0 -> rank 1 (+ 1-byte ack)
         dist.broadcast_object_list(tcp_port, src=1)
         payload = x.numpy().tobytes()
