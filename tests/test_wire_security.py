@@ -102,8 +102,6 @@ def test_malformed_messages_are_refused_and_server_keeps_serving(env: Env) -> No
     ok = message(env)
     nan = torch.randn(DIM)
     nan[7] = math.nan
-    bad_sum = list(ok)
-    bad_sum[1] = bad_sum[1][:-1] + bytes([bad_sum[1][-1] ^ 1])  # flip one bit of shard 0's data
     cases = [
         (message(env, sender="zed"), grpc.StatusCode.PERMISSION_DENIED, "not a member"),
         (message(env, federation="other"), grpc.StatusCode.PERMISSION_DENIED, "federation"),
@@ -113,7 +111,6 @@ def test_malformed_messages_are_refused_and_server_keeps_serving(env: Env) -> No
         (ok[:1] + ok[2:], grpc.StatusCode.INVALID_ARGUMENT, "arrived where shard 0 was due"),
         (ok[:-1], grpc.StatusCode.INVALID_ARGUMENT, "stream ended after"),
         (message(env, shard_count=1), grpc.StatusCode.INVALID_ARGUMENT, "add up"),
-        (bad_sum, grpc.StatusCode.INVALID_ARGUMENT, "checksum"),
         (message(env, nan), grpc.StatusCode.INVALID_ARGUMENT, "non-finite"),
         (message(env, element_count=codec.MAX_ELEMENTS + 1), grpc.StatusCode.INVALID_ARGUMENT, "outside"),
         (ok[1:], grpc.StatusCode.INVALID_ARGUMENT, "before any header"),
@@ -131,6 +128,28 @@ def test_malformed_messages_are_refused_and_server_keeps_serving(env: Env) -> No
     assert env.push(message(env, step=100)).messages == 0
     assert env.mixer.membership.furthest()[0] == (100, "b")
     assert env.hello(env.tls["b"]).peer_id == "a"
+
+
+def _flip_a_data_bit(frames: list[bytes]) -> list[bytes]:
+    """The message with one bit of shard 0's data flipped after its checksum was computed."""
+    return [frames[0], frames[1][:-1] + bytes([frames[1][-1] ^ 1]), *frames[2:]]
+
+
+def test_shard_checksums_are_verified_on_insecure_links_only(env: Env, tmp_path: Path) -> None:
+    """Over mutual TLS the records authenticate every byte, so a member's shard is not hashed again (a bad
+    checksum can only come from the member itself, which could as well compute a good one); an insecure
+    link has nothing else and keeps refusing it."""
+    assert env.push(_flip_a_data_bit(message(env))).messages == 1  # TLS: not verified again
+    net = NetworkConfig(federation=env.fed, peer_id="a", insecure=True, rounds=1, round_timeout_s=0.5)
+    with GrpcMixer(net, dim=DIM, layout_digest=DIGEST) as plain:
+        plain.join(tuple(PeerEntry(p, "127.0.0.1", plain.port if p == "a" else 1) for p in "abc"))
+        with grpc.insecure_channel(f"127.0.0.1:{plain.port}") as ch:
+            push = ch.stream_unary(transport.PUSH_METHOD, request_serializer=None,
+                                   response_deserializer=pb.PushSummary.FromString)
+            with pytest.raises(grpc.RpcError) as info:
+                push(iter(_flip_a_data_bit(message(env))), timeout=10)
+            assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT and "checksum" in info.value.details()
+            assert push(iter(message(env)), timeout=10).messages == 1  # and the intact message is accepted
 
 
 def test_other_ca_is_refused(env: Env) -> None:
