@@ -36,7 +36,6 @@ import json
 import os
 import socket
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -264,6 +263,7 @@ def _worker(args: argparse.Namespace) -> None:
 def _run_world(m: int, payloads: list[float], reps: int, tmp: Path, dtypes: list[str]) -> dict[str, dict[str, Any]]:
     from p2pgan.harness import free_ports
     from p2pgan.security.certs import make_federation
+    from p2pgan.wire.workers import run_ranks
 
     fed_name = f"bench-{os.getpid()}-{m}"
     make_federation(tmp / fed_name, fed_name, [f"peer{i}" for i in range(m)])
@@ -273,16 +273,7 @@ def _run_world(m: int, payloads: list[float], reps: int, tmp: Path, dtypes: list
     cmd = [sys.executable, str(Path(__file__).resolve()), "--worker", "--world", str(m), "--master-port", str(master),
            "--federation", str(tmp / fed_name), "--fed-name", fed_name, "--out", str(out), "--reps", str(reps),
            "--payloads", *map(str, payloads), "--dtypes", *dtypes]
-    procs = [subprocess.Popen([*cmd, "--rank", str(r)], env=env) for r in range(m)]
-    try:
-        codes = [p.wait(timeout=1800) for p in procs]
-    finally:
-        for p in procs:
-            if p.poll() is None:
-                p.kill()
-                p.wait()
-    if any(codes):
-        raise SystemExit(f"bench workers failed with exit codes {codes}")
+    run_ranks(cmd, m, env, "bench_gossip")
     return json.loads(out.read_text())
 
 

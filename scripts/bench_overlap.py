@@ -32,7 +32,6 @@ import argparse
 import json
 import os
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -141,6 +140,7 @@ def main() -> int:
         parser.error("need --peers >= 2, --size-mb > 0, --compute-s > 0 and --steps >= 1")
     from p2pgan.harness import free_ports
     from p2pgan.security.certs import make_federation
+    from p2pgan.wire.workers import run_ranks
 
     products = calibrate(args.compute_s)
     what = (f"a {args.compute_s:g} s wait (device)" if args.compute == "device" else
@@ -157,16 +157,7 @@ def main() -> int:
                "--master-port", str(master), "--federation", str(Path(tmp) / fed_name), "--fed-name", fed_name,
                "--out", str(out), "--size-mb", str(args.size_mb), "--steps", str(args.steps),
                "--products", str(products), "--compute", args.compute, "--compute-s", str(args.compute_s)]
-        procs = [subprocess.Popen([*cmd, "--rank", str(r)], env=env) for r in range(args.peers)]
-        try:
-            codes = [p.wait(timeout=1800) for p in procs]
-        finally:
-            for p in procs:
-                if p.poll() is None:
-                    p.kill()
-                    p.wait()
-        if any(codes):
-            raise SystemExit(f"bench workers failed with exit codes {codes}")
+        run_ranks(cmd, args.peers, env, "bench_overlap")
         raw = json.loads(out.read_text())
     step = {mode: statistics.median(raw[mode]) for mode in MODES}
     exposed = step["exact"] - step["compute"]

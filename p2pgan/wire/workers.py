@@ -12,7 +12,7 @@ import contextlib
 import json
 import subprocess
 import sys
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -57,3 +57,21 @@ def exchange_ports(
         assert proc.stdin is not None
         proc.stdin.write(json.dumps(roster) + "\n")
         proc.stdin.close()
+
+
+def run_ranks(cmd: Sequence[str], world: int, env: Mapping[str, str], what: str, timeout: float = 1800.0) -> None:
+    """Run ``cmd --rank R`` for R in 0..world-1 (the benchmarks' torch.distributed workers) and wait for all.
+
+    Kills and reaps every one that is still running on the way out; raises :class:`PeerUnavailableError`
+    naming ``what`` if any exits non-zero.
+    """
+    procs = [subprocess.Popen([*cmd, "--rank", str(r)], env=dict(env)) for r in range(world)]
+    try:
+        codes = [p.wait(timeout=timeout) for p in procs]
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+                p.wait()
+    if any(codes):
+        raise PeerUnavailableError(f"{what} workers failed with exit codes {codes}")
