@@ -228,7 +228,9 @@ class RobustMixing:
         A round with a clipped or suspect neighbour is recomputed by :class:`Round` with the measured
         distances. ``trim`` always takes the :class:`Round` path.
         """
-        if self.cfg.kind == "trim" or not shares:
+        if not shares:
+            return x * self_weight
+        if self.cfg.kind == "trim":
             return self._combine_by_round(x, self_weight, shares, self.begin(x, round_index, label), None)
         clip = self.cfg.kind == "clip"
         n = x.numel()

@@ -207,13 +207,27 @@ class _Stream:
             try:
                 yield from item
             finally:  # written, or the call ended mid-message: either way this link takes no more of it
-                close = getattr(item, "close", None)
-                if close is not None:
-                    close()
+                _close_queued_item(item)
             # drop the message before blocking on the next one: held, it would keep a whole vector's
             # frames alive through the next round (one extra vector of memory per peer; issue 11 item 3)
             del item
             self._on_written()
+
+
+def _close_queued(q: queue.SimpleQueue[Iterable[bytes] | None]) -> None:
+    """Empty ``q``, closing every message iterator in it (see :class:`p2pgan.wire.codec.OutgoingMessage`)."""
+    while True:
+        try:
+            item = q.get_nowait()
+        except queue.Empty:
+            return
+        _close_queued_item(item)
+
+
+def _close_queued_item(item: Iterable[bytes] | None) -> None:
+    close = getattr(item, "close", None)
+    if close is not None:
+        close()
 
 
 class Link:
@@ -292,6 +306,7 @@ class Link:
         with self._lock:
             self._retry_at = time.monotonic() + self._backoff_s
             self._backoff_s = min(2 * self._backoff_s, RECONNECT_BACKOFF_MAX_S)
+        _close_queued(stream.queue)  # messages this call will never send hold no frames back for other links
         stream.queue.put(None)
         if exc is not None and isinstance(exc, grpc.Call):
             code = exc.code()
