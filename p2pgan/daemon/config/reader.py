@@ -60,8 +60,7 @@ class _Section:
 
     def missing(self, key: str, default: Any) -> bool:
         """True when ``key`` is absent and has a default (the typed readers then return the default as is)."""
-        self._allowed.append(key)
-        return self._data.get(key) is None and default is not _REQUIRED
+        return not self.has(key) and default is not _REQUIRED
 
     def section(self, key: str) -> _Section:
         self._allowed.append(key)
@@ -127,12 +126,15 @@ class _Section:
         value = self.string(key, default)
         if value is None:
             return None
-        p = Path(value).expanduser()
-        if not p.is_absolute():
-            p = self.base_dir / p
+        p = self.resolve(value)
         if must_exist and not p.exists():
             raise self.error(key, f"{p} does not exist")
         return p
+
+    def resolve(self, value: str) -> Path:
+        """``value`` as a path: ``~`` expanded, relative to the directory of the YAML file."""
+        p = Path(value).expanduser()
+        return p if p.is_absolute() else self.base_dir / p
 
     def check_known(self, names: tuple[str, ...], what: str = "field") -> None:
         """Raise on a key outside ``names`` before any is read (an unknown section, named as such)."""

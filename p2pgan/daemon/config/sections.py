@@ -101,8 +101,7 @@ def _mixing(sec: _Section) -> MixingConfig:
     schedule = sec.choice("schedule", SCHEDULES, default_schedule)
     topology = sec.string("topology", None)
     if topology is not None and topology not in TOPOLOGY_NAMES:
-        path = Path(topology).expanduser()
-        path = path if path.is_absolute() else sec.base_dir / path
+        path = sec.resolve(topology)
         if not path.suffix.lower() in (".yaml", ".yml") or not path.exists():
             hint = _did_you_mean(topology, TOPOLOGY_NAMES)
             raise sec.error(
