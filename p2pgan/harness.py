@@ -226,6 +226,12 @@ def prepare(opts: HarnessOptions) -> Federation:
     dataset, fmt = load_source_dataset(opts.dataset, seed=opts.seed, image_size=defaults.image_size)
     if len(dataset) < opts.peers:
         raise ConfigError(f"--peers: {opts.peers} peers cannot share {len(dataset)} samples")
+    shape, side = tuple(dataset.x.shape[1:]), defaults.image_size
+    if (side is None) != (len(shape) == 1) or (side is not None and shape[-2:] != (side, side)):
+        makes = "2-D points" if side is None else f"{side}x{side} images"
+        holds = f"{shape[-2]}x{shape[-1]} images" if len(shape) == 3 else f"{shape[-1]}-D points"
+        raise ConfigError(f"--model: {model} makes {makes} but --dataset {opts.dataset} holds {holds}; "
+                          f"choose a model for this data (default: {DATASET_MODELS[fmt]})")
     lr_g = opts.lr_generator if opts.lr_generator is not None else defaults.lr_generator
     lr_d = opts.lr_discriminator if opts.lr_discriminator is not None else defaults.lr_discriminator
     shard_dirs = write_shards(dataset, out / "data", opts.peers, mode=opts.split, seed=opts.seed, names=ids)

@@ -220,3 +220,19 @@ def test_harness_sagan128_gets_its_learning_rates_and_128_pixel_images(tmp_path:
     fed = prepare(HarnessOptions(peers=2, out=tmp_path / "dcgan", steps=4, dataset=str(folder), insecure=True))
     assert (fed.model, fed.lr_generator, fed.lr_discriminator) == ("dcgan32", 2e-4, 2e-4)
     assert load_shard(fed.out / "data" / "peer0").x.shape[1:] == (3, 32, 32)
+
+
+@pytest.mark.parametrize(("model", "dataset", "fragment"), [
+    ("sagan128", "digits", "sagan128 makes 128x128 images but --dataset digits holds 8x8 images"),
+    ("dcgan32", "gaussians", "dcgan32 makes 32x32 images but --dataset gaussians holds 2-D points"),
+    ("mlp2d", "digits", "mlp2d makes 2-D points but --dataset digits holds 8x8 images"),
+])
+@pytest.mark.timeout(60)
+def test_harness_refuses_a_model_that_does_not_fit_the_data(tmp_path: Path, model: str, dataset: str,
+                                                            fragment: str) -> None:
+    from p2pgan.errors import ConfigError
+    from p2pgan.harness import HarnessOptions, prepare
+
+    with pytest.raises(ConfigError, match=fragment):
+        prepare(HarnessOptions(peers=2, out=tmp_path / "run", steps=4, dataset=dataset, model=model, insecure=True))
+    assert not (tmp_path / "run" / "data").exists(), "refused before any shard is written"
