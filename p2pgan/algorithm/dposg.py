@@ -401,7 +401,8 @@ def make_algorithm(
             check_centralized(mixer)
         return DPOSG(x0, mixer, direction, lr, schedule=schedule, first_step=first_step, **direction_kwargs)
     if name == "overlap":
-        raise ConfigError("'overlap' is no longer an algorithm; it is a schedule: use name 'dposg' with schedule='overlap'")
+        raise ConfigError("'overlap' is no longer an algorithm; it is a schedule: "
+                          "use name 'dposg' with schedule='overlap'")
     if name == "dgda":
         if schedule != "exact":
             raise ConfigError(f"dgda has no schedule (it mixes, then steps); got schedule={schedule!r}")

@@ -84,8 +84,8 @@ def run(args: argparse.Namespace) -> int:
         json.dump(result, sys.stdout)
         sys.stdout.write("\n")
         return 0
-    keys = ("problem", "algorithm", "schedule", "optimizer", "topology", "peers", "rounds", "steps", "diverged", "distance",
-            "consensus", "modes", "high_quality", "steps_per_second")
+    keys = ("problem", "algorithm", "schedule", "optimizer", "topology", "peers", "rounds", "steps", "diverged",
+            "distance", "consensus", "modes", "high_quality", "steps_per_second")
     for key in keys:
         if key in result and result[key] is not None:
             value = result[key]
