@@ -61,8 +61,8 @@ class HarnessOptions:
     loss: str = "wgan-gp"
     optimizer: str = "oadam"
     batch_size: int = 32
-    lr_generator: float = 2e-4
-    lr_discriminator: float = 2e-4
+    lr_generator: float | None = None  # default: the model's (MODEL_DEFAULTS; sagan128: 1e-3)
+    lr_discriminator: float | None = None  # default: the model's (MODEL_DEFAULTS; sagan128: 4e-5)
     width: int | None = None
     eval_interval: int | None = None  # default: steps // 10
     checkpoint_interval: int | None = None  # default: steps // 4
@@ -105,6 +105,9 @@ class HarnessOptions:
             raise bad("discovery", f"{self.discovery!r} is not allowed; allowed: roster, zeroconf")
         if self.batch_size < 1:
             raise bad("batch-size", f"must be >= 1, got {self.batch_size}")
+        for flag, lr in (("lr-g", self.lr_generator), ("lr-d", self.lr_discriminator)):
+            if lr is not None and not lr > 0:
+                raise bad(flag, f"must be > 0, got {lr}")
         if self.topology not in TOPOLOGY_NAMES and not Path(self.topology).is_file():
             raise bad("topology", f"{self.topology!r} is not allowed; allowed: {', '.join(TOPOLOGY_NAMES)} or a YAML file")
         for flag, value, allowed in (("model", self.model, MODEL_NAMES), ("loss", self.loss, LOSS_NAMES),
@@ -148,19 +151,29 @@ def free_ports(count: int, host: str = "127.0.0.1") -> list[int]:
             s.close()
 
 
-def load_source_dataset(spec: str, *, seed: int = 0) -> tuple[Any, str]:
-    """The dataset to split: ``digits``, ``gaussians`` or a folder (CIFAR-10 batches or ImageFolder layout)."""
-    from p2pgan.trainer.data import gaussians, load_dataset, load_digits
-
-    if spec == "digits":
-        return load_digits(), "digits"
-    if spec == "gaussians":
-        return gaussians(GAUSSIANS_TOTAL, seed=seed), "gaussians"
+def source_format(spec: str) -> str:
+    """What ``--dataset`` names: ``digits``, ``gaussians``, ``cifar10`` (a batch folder) or ``imagefolder``."""
+    if spec in ("digits", "gaussians"):
+        return spec
     path = Path(spec).expanduser()
     if not path.is_dir():
         raise ConfigError(f"--dataset: {spec!r} is neither digits, gaussians nor an existing folder")
-    fmt = "cifar10" if (path / "data_batch_1").is_file() else "imagefolder"
-    return load_dataset(fmt, path), fmt
+    return "cifar10" if (path / "data_batch_1").is_file() else "imagefolder"
+
+
+def load_source_dataset(spec: str, *, seed: int = 0, image_size: int | None = None) -> tuple[Any, str]:
+    """The dataset to split: ``digits``, ``gaussians`` or a folder (CIFAR-10 batches or ImageFolder layout).
+
+    An image folder is resized to ``image_size`` squares (default 32; :func:`prepare` passes the model's side).
+    """
+    from p2pgan.trainer.data import gaussians, load_dataset, load_digits
+
+    fmt = source_format(spec)
+    if fmt == "digits":
+        return load_digits(), fmt
+    if fmt == "gaussians":
+        return gaussians(GAUSSIANS_TOTAL, seed=seed), fmt
+    return load_dataset(fmt, Path(spec).expanduser(), image_size=image_size or 32), fmt
 
 
 @dataclasses.dataclass(frozen=True)
@@ -172,6 +185,9 @@ class Federation:
     configs: dict[str, Path]
     model: str
     source_format: str
+    lr_generator: float  # the learning rates the peers were given (the flags', else the model's defaults)
+    lr_discriminator: float
+    image_size: int | None = None  # side an image folder was resized to (the model's); None: not resized
 
     def specs(self, resume: bool = False) -> list[PeerSpec]:
         from p2pgan.daemon.config import load_config
@@ -190,6 +206,7 @@ def prepare(opts: HarnessOptions) -> Federation:
     from p2pgan.discovery import write_roster
     from p2pgan.security.certs import make_federation
     from p2pgan.trainer.data import write_shards
+    from p2pgan.trainer.models import MODEL_DEFAULTS
     from p2pgan.wire.config import PeerEntry
 
     opts.validate()
@@ -203,10 +220,20 @@ def prepare(opts: HarnessOptions) -> Federation:
     except OSError as exc:
         raise ConfigError(f"--out: cannot write to {out} ({exc.strerror or exc}); give a folder you can write to") from None
     ids = peer_ids(opts.peers)
-    dataset, source_format = load_source_dataset(opts.dataset, seed=opts.seed)
+    model = opts.model or DATASET_MODELS[source_format(opts.dataset)]
+    defaults = MODEL_DEFAULTS[model]
+    # an image folder is resized to the side the model makes (sagan128: 128), as a peer's own imagefolder is
+    dataset, fmt = load_source_dataset(opts.dataset, seed=opts.seed, image_size=defaults.image_size)
     if len(dataset) < opts.peers:
         raise ConfigError(f"--peers: {opts.peers} peers cannot share {len(dataset)} samples")
-    model = opts.model or DATASET_MODELS[source_format]
+    shape, side = tuple(dataset.x.shape[1:]), defaults.image_size
+    if (side is None) != (len(shape) == 1) or (side is not None and shape[-2:] != (side, side)):
+        makes = "2-D points" if side is None else f"{side}x{side} images"
+        holds = f"{shape[-2]}x{shape[-1]} images" if len(shape) == 3 else f"{shape[-1]}-D points"
+        raise ConfigError(f"--model: {model} makes {makes} but --dataset {opts.dataset} holds {holds}; "
+                          f"choose a model for this data (default: {DATASET_MODELS[fmt]})")
+    lr_g = opts.lr_generator if opts.lr_generator is not None else defaults.lr_generator
+    lr_d = opts.lr_discriminator if opts.lr_discriminator is not None else defaults.lr_discriminator
     shard_dirs = write_shards(dataset, out / "data", opts.peers, mode=opts.split, seed=opts.seed, names=ids)
     tls = {} if opts.insecure else make_federation(out / "federation", FEDERATION, ids)
     roster_path = out / "federation" / "roster.yaml"
@@ -229,7 +256,7 @@ def prepare(opts: HarnessOptions) -> Federation:
             "mixing": {"variant": opts.variant, "rounds": opts.rounds, "seed": opts.seed,
                        "round_timeout_s": opts.round_timeout_s},
             "train": {"model": model, "loss": opts.loss, "optimizer": opts.optimizer, "batch_size": opts.batch_size,
-                      "lr_generator": opts.lr_generator, "lr_discriminator": opts.lr_discriminator,
+                      "lr_generator": lr_g, "lr_discriminator": lr_d,
                       "steps": opts.steps, "init_seed": opts.seed, "threads": opts.threads, "device": opts.device},
             "data": {"format": "shard", "path": str(shard)},
             "checkpoint": {"dir": str(state), "interval": ckpt_interval},
@@ -255,7 +282,8 @@ def prepare(opts: HarnessOptions) -> Federation:
         path.write_text(f"# written by p2pgan harness for a throw-away federation on loopback\n{yaml.safe_dump(doc, sort_keys=False)}")
         load_config(path)  # the harness writes only configs a daemon accepts
         configs[pid] = path
-    return Federation(out, ids, configs, model, source_format)
+    image_size = defaults.image_size if fmt == "imagefolder" else None
+    return Federation(out, ids, configs, model, fmt, lr_g, lr_d, image_size)
 
 
 #: real samples in the reference grid and, for the synthetic Gaussians, in the reference score
@@ -285,7 +313,7 @@ def real_reference(fed: Federation, opts: HarnessOptions) -> dict[str, Any]:
         label = "real 8-Gaussians samples"
         scores = make_evaluator("gaussians").scores(real)
     else:
-        real = load_source_dataset(opts.dataset, seed=opts.seed)[0].tensor()[:REFERENCE_GRID]
+        real = load_source_dataset(opts.dataset, seed=opts.seed, image_size=fed.image_size)[0].tensor()[:REFERENCE_GRID]
         label = "real images"
     path = save_samples(real[:REFERENCE_GRID], fed.out / "samples-real.png", title=label)
     return {"label": label, "samples": len(real), "scores": {k: float(v) for k, v in scores.items()},
@@ -318,6 +346,13 @@ class Progress:
         self.display.close()
 
 
+def report_options(opts: HarnessOptions, fed: Federation) -> dict[str, Any]:
+    """The options as report.json records them: the flags, with the learning rates the peers were given."""
+    options = {k: (str(v) if isinstance(v, Path) else v) for k, v in dataclasses.asdict(opts).items()}
+    options.update(lr_generator=fed.lr_generator, lr_discriminator=fed.lr_discriminator)
+    return options
+
+
 def run_harness(opts: HarnessOptions) -> Path:
     """Prepare, run the M daemons to the end, write the report; returns the path of report.json."""
     from p2pgan.daemon.processes import MetricsTail, PeerGroup
@@ -341,7 +376,7 @@ def run_harness(opts: HarnessOptions) -> Path:
         progress.close()
     metrics = {s.name: read_metrics(s.metrics) for s in specs}
     extra = {
-        "options": {k: (str(v) if isinstance(v, Path) else v) for k, v in dataclasses.asdict(opts).items()},
+        "options": report_options(opts, fed),
         "model": fed.model,
         "dataset_format": fed.source_format,
         "wall_s": time.time() - started,

@@ -20,7 +20,9 @@ import torch
 
 from p2pgan.sim import SimConfig, Simulation
 
-ALGORITHMS = ("dposg", "overlap", "dgda")
+#: row label -> (--algorithm, --schedule): DPOSG under each schedule, and the DGDA baseline
+RUNS = {"dposg": ("dposg", "exact"), "overlap": ("dposg", "overlap"), "dgda": ("dgda", None)}
+ALGORITHMS = tuple(RUNS)
 TOPOLOGIES = ("ring", "random-ring", "complete")
 #: untimed iterations before measuring (allocator warm-up, caches)
 WARMUP_STEPS = 5
@@ -34,7 +36,8 @@ def bench_one(algorithm: str, topology: str, args: argparse.Namespace) -> dict[s
         rounds=args.rounds,
         steps=args.steps,
         lr=0.05,
-        algorithm=algorithm,
+        algorithm=RUNS[algorithm][0],
+        schedule=RUNS[algorithm][1],
         optimizer=args.optimizer,
         dim=args.dim,
         device=args.device,

@@ -255,8 +255,18 @@ def test_cp_refuses_a_mixer_that_is_not_the_complete_graph() -> None:
     x0 = torch.zeros(4, 3)
     with pytest.raises(ConfigError, match="complete topology with 1 round"):
         make_algorithm("cp", x0, InProcessMixer(make_topology("ring", 4), 1))
-    with pytest.raises(ConfigError, match="allowed: dposg, overlap, dgda, cp"):
+    with pytest.raises(ConfigError, match="allowed: dposg, dgda, cp"):
         make_algorithm("adam", x0, IdentityMixer(4))
+
+
+def test_overlap_is_a_schedule_not_an_algorithm() -> None:
+    x0 = torch.zeros(4, 3)
+    assert make_algorithm("dposg", x0, IdentityMixer(4), schedule="overlap").schedule == "overlap"
+    assert make_algorithm("dposg", x0, IdentityMixer(4)).schedule == "exact"
+    with pytest.raises(ConfigError, match="schedule='overlap'"):
+        make_algorithm("overlap", x0, IdentityMixer(4))
+    with pytest.raises(ConfigError, match="dgda has no schedule"):
+        make_algorithm("dgda", x0, IdentityMixer(4), schedule="overlap")
 
 
 def test_dgda_is_mix_minus_lr_gradient() -> None:
@@ -345,20 +355,21 @@ def _roundtrip(state: dict) -> dict:
     return torch.load(buf, weights_only=True)
 
 
-@pytest.mark.parametrize("algorithm", ["dposg", "overlap", "dgda"])
+@pytest.mark.parametrize(("algorithm", "schedule"), [("dposg", "exact"), ("dposg", "overlap"), ("dgda", "exact")])
 @pytest.mark.parametrize("topology", ["ring", "random-ring"])
-def test_state_dict_resumes_bit_for_bit(algorithm: str, topology: str) -> None:
+def test_state_dict_resumes_bit_for_bit(algorithm: str, schedule: str, topology: str) -> None:
     m = 6
     game = LinearGame(m)
     x0 = torch.randn(m, 5, dtype=DT)
     topo = make_topology(topology, m, seed=11)
-    a = make_algorithm(algorithm, x0, InProcessMixer(topo, 2), "oadam", 0.02)
+    a = make_algorithm(algorithm, x0, InProcessMixer(topo, 2), "oadam", 0.02, schedule=schedule)
     for _ in range(15):
         a.step(game)
     saved = _roundtrip(a.state_dict())
     for _ in range(10):
         a.step(game)
-    b = make_algorithm(algorithm, torch.zeros(m, 5, dtype=DT), InProcessMixer(topo, 2), "oadam", 0.02)
+    b = make_algorithm(algorithm, torch.zeros(m, 5, dtype=DT), InProcessMixer(topo, 2), "oadam", 0.02,
+                       schedule=schedule)
     b.load_state_dict(saved)
     assert b.steps == 15
     for _ in range(10):

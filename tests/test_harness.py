@@ -169,3 +169,70 @@ def test_harness_wire_dtype_reaches_every_peer_config(tmp_path: Path) -> None:
     assert {network_config(load_config(p)).wire_dtype for p in default.configs.values()} == {"float32"}
     report = {"options": {"wire_dtype": "bfloat16", "backend": "grpc"}, "peers": {}, "summary": {}}
     assert "parameters sent as bfloat16" in write_markdown(tmp_path, report).read_text()
+
+
+def _image_folder(root: Path, side: int = 40) -> Path:
+    for cls in ("a", "b"):
+        (root / cls).mkdir(parents=True)
+        for i in range(2):
+            Image.new("RGB", (side, side), (60 * i, 120, 200)).save(root / cls / f"{i}.png")
+    return root
+
+
+@pytest.mark.timeout(60)
+def test_harness_sagan128_gets_its_learning_rates_and_128_pixel_images(tmp_path: Path) -> None:
+    """No sagan128 is trained: the configs and shards prepare() writes are what the peers would train with."""
+    import argparse
+
+    import yaml
+
+    from p2pgan.commands.harness import add_arguments
+    from p2pgan.daemon.config import load_config
+    from p2pgan.harness import HarnessOptions, prepare, report_options
+
+    parser = argparse.ArgumentParser()
+    add_arguments(parser)
+    args = parser.parse_args(["--out", "x", "--model", "sagan128"])
+    assert args.lr_g is None and args.lr_d is None  # the command line leaves them to the model
+
+    folder = _image_folder(tmp_path / "images")
+    opts = HarnessOptions(peers=2, out=tmp_path / "run", steps=4, dataset=str(folder), model="sagan128", insecure=True)
+    fed = prepare(opts)
+    for pid, path in fed.configs.items():
+        written = yaml.safe_load(path.read_text())["train"]
+        assert (written["lr_generator"], written["lr_discriminator"]) == (1e-3, 4e-5)
+        cfg = load_config(path)
+        assert (cfg.train.model, cfg.train.lr_generator, cfg.train.lr_discriminator) == ("sagan128", 1e-3, 4e-5)
+        assert load_shard(cfg.data.path).x.shape[1:] == (3, 128, 128), pid  # not 32x32
+    assert (fed.lr_generator, fed.lr_discriminator, fed.image_size) == (1e-3, 4e-5, 128)
+    options = report_options(opts, fed)  # report.json / report.md show the rates used, not None
+    assert (options["lr_generator"], options["lr_discriminator"]) == (1e-3, 4e-5)
+
+    # explicit flags win over the model's defaults
+    chosen = HarnessOptions(peers=2, out=tmp_path / "chosen", steps=4, dataset=str(folder), model="sagan128",
+                            insecure=True, lr_generator=5e-4, lr_discriminator=1e-4)
+    fed = prepare(chosen)
+    assert {(load_config(p).train.lr_generator, load_config(p).train.lr_discriminator)
+            for p in fed.configs.values()} == {(5e-4, 1e-4)}
+    assert report_options(chosen, fed)["lr_generator"] == 5e-4
+
+    # and the other models keep theirs: 2e-4, 32x32 images for dcgan32 (the image folder default)
+    fed = prepare(HarnessOptions(peers=2, out=tmp_path / "dcgan", steps=4, dataset=str(folder), insecure=True))
+    assert (fed.model, fed.lr_generator, fed.lr_discriminator) == ("dcgan32", 2e-4, 2e-4)
+    assert load_shard(fed.out / "data" / "peer0").x.shape[1:] == (3, 32, 32)
+
+
+@pytest.mark.parametrize(("model", "dataset", "fragment"), [
+    ("sagan128", "digits", "sagan128 makes 128x128 images but --dataset digits holds 8x8 images"),
+    ("dcgan32", "gaussians", "dcgan32 makes 32x32 images but --dataset gaussians holds 2-D points"),
+    ("mlp2d", "digits", "mlp2d makes 2-D points but --dataset digits holds 8x8 images"),
+])
+@pytest.mark.timeout(60)
+def test_harness_refuses_a_model_that_does_not_fit_the_data(tmp_path: Path, model: str, dataset: str,
+                                                            fragment: str) -> None:
+    from p2pgan.errors import ConfigError
+    from p2pgan.harness import HarnessOptions, prepare
+
+    with pytest.raises(ConfigError, match=fragment):
+        prepare(HarnessOptions(peers=2, out=tmp_path / "run", steps=4, dataset=dataset, model=model, insecure=True))
+    assert not (tmp_path / "run" / "data").exists(), "refused before any shard is written"

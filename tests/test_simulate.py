@@ -32,8 +32,9 @@ def test_identical_bilinear_games_on_a_ring_dgda_diverges_dposg_converges() -> N
     common = dict(problem="bilinear", peers=8, topology="ring", rounds=1, steps=600, lr=0.1, dim=5, seed=1)
     start = simulate(SimConfig(**{**common, "steps": 1}))["history"][0]["distance"]
     dgda = simulate(SimConfig(**{**common, "algorithm": "dgda"}))
-    dposg = simulate(SimConfig(**{**common, "algorithm": "dposg"}))
-    overlap = simulate(SimConfig(**{**common, "algorithm": "overlap"}))
+    dposg = simulate(SimConfig(**{**common, "algorithm": "dposg", "schedule": "exact"}))
+    overlap = simulate(SimConfig(**{**common, "algorithm": "dposg"}))  # the overlap schedule, dposg's default
+    assert (dposg["schedule"], overlap["schedule"], dgda["schedule"]) == ("exact", "overlap", None)
     assert dgda["distance"] > 5 * start  # spirals outwards: |1 + i lr| > 1 per step
     assert dposg["distance"] < 0.05 * start
     assert overlap["distance"] < 0.05 * start
@@ -64,7 +65,7 @@ def test_heterogeneous_noisy_bilinear_with_separate_rates_runs_and_reports_histo
 
 
 def test_gaussians_wgan_gp_runs_vectorised_over_peers() -> None:
-    res = simulate(SimConfig(problem="gaussians", peers=3, steps=6, batch=16, eval_every=3, algorithm="overlap"))
+    res = simulate(SimConfig(problem="gaussians", peers=3, steps=6, batch=16, eval_every=3, schedule="overlap"))
     assert res["distance"] is None
     assert (res["lr_u"], res["lr_v"]) == (2e-4, 2e-3)  # two time scales unless --lr is given
     assert 0 <= res["modes"] <= 8 and 0.0 <= res["high_quality"] <= 1.0
@@ -97,6 +98,9 @@ def test_gaussians_field_matches_per_peer_autograd() -> None:
         ({"lr": -0.1}, "--lr"),
         ({"problem": "linear-wgan", "dim": 3}, "--dim"),
         ({"problem": "mnist"}, "--problem"),
+        ({"schedule": "fast"}, "--schedule"),
+        ({"algorithm": "dgda", "schedule": "exact"}, "--schedule"),
+        ({"algorithm": "overlap"}, "--algorithm dposg --schedule overlap"),
     ],
 )
 def test_bad_settings_name_the_flag(kwargs: dict, flag: str) -> None:
@@ -112,6 +116,20 @@ def _cli(*args: str) -> subprocess.CompletedProcess[str]:
     )
 
 
+def test_schedule_defaults_as_the_daemon_and_reaches_the_algorithm() -> None:
+    from p2pgan.sim import Simulation
+
+    def built(**kwargs: object) -> object:
+        return Simulation.build(SimConfig(problem="bilinear", peers=4, steps=1, dim=3, **kwargs)).algorithm
+
+    assert built().schedule == "overlap"  # as dp / rand-dp peers
+    assert built(topology="random-ring").schedule == "overlap"
+    assert built(algorithm="cp").schedule == "exact"  # as cp peers
+    assert built(schedule="exact").schedule == "exact"
+    assert built(algorithm="cp", schedule="overlap").schedule == "overlap"
+    assert built(algorithm="dgda").name == "dgda" and SimConfig(algorithm="dgda").effective_schedule is None
+
+
 def test_cli_simulate_json_prints_one_object(tmp_path: Path) -> None:
     png = tmp_path / "curves.png"
     out = _cli("simulate", "--problem", "bilinear", "--peers", "16", "--topology", "ring", "--rounds", "1",
@@ -119,7 +137,7 @@ def test_cli_simulate_json_prints_one_object(tmp_path: Path) -> None:
                "--plot", str(png))
     assert out.returncode == 0, out.stderr
     result = json.loads(out.stdout)
-    assert result["peers"] == 16 and result["steps"] == 200
+    assert result["peers"] == 16 and result["steps"] == 200 and result["schedule"] == "overlap"
     assert result["distance"] < result["history"][0]["distance"]
     assert result["consensus"] >= 0 and len(result["history"]) > 2
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
@@ -147,5 +165,17 @@ def test_cli_topology_json_and_errors_without_traceback(tmp_path: Path) -> None:
     assert "disconnected" in out.stderr and "Traceback" not in out.stderr
     out = _cli("simulate", "--algorithm", "sgd", "--steps", "1")
     assert out.returncode == 2
-    assert "--algorithm" in out.stderr and "allowed: dposg, overlap, dgda, cp" in out.stderr
+    assert "--algorithm" in out.stderr and "allowed: dposg, dgda, cp" in out.stderr
     assert "Traceback" not in out.stderr
+
+
+def test_cli_simulate_refuses_algorithm_overlap_saying_what_to_write() -> None:
+    out = _cli("simulate", "--algorithm", "overlap", "--steps", "1")
+    assert out.returncode == 2 and "Traceback" not in out.stderr and out.stdout == ""
+    assert len(out.stderr.strip().splitlines()) == 1, out.stderr
+    assert "'overlap' is no longer an algorithm" in out.stderr
+    assert "write `--algorithm dposg --schedule overlap`" in out.stderr
+    out = _cli("simulate", "--problem", "bilinear", "--peers", "4", "--dim", "3", "--steps", "5",
+               "--schedule", "exact", "--json")
+    assert out.returncode == 0, out.stderr
+    assert json.loads(out.stdout)["schedule"] == "exact"

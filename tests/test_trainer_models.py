@@ -34,6 +34,8 @@ def test_resnet32_is_the_papers_size() -> None:
     assert shape == (3, 32, 32)
     assert 2.1e6 <= n <= 2.35e6
     assert 8.0 <= mib <= 9.0
+    # the figures the models.py docstring and the README give: 2,258,308 parameters, 8.61 MiB (9.03 MB)
+    assert (count_parameters(g), count_parameters(d)) == (1_204_483, 1_053_825) and round(mib, 2) == 8.61
 
 
 def test_seeded_init_is_shared_and_leaves_global_rng_alone() -> None:

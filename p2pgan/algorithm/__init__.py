@@ -5,7 +5,7 @@ Public API (what the trainer, daemon and baselines code against)::
     make_direction(name, **hyperparameters) -> Direction        # "osg" | "oadam" | "oadagrad"
     DPOSG(x0[n, d], mixer, direction, lr, schedule="exact"|"overlap", first_step="gradient"|"zero")
         .step(field) -> StepInfo
-    make_algorithm(name, x0, mixer, direction, lr)              # "dposg" | "overlap" | "dgda" | "cp"
+    make_algorithm(name, x0, mixer, direction, lr, schedule=)   # "dposg" | "dgda" | "cp"; "exact" | "overlap"
     MinMaxGame (dim_u, dim_v, field(z[n, d]) -> g[n, d]),  lr_vector(dim_u, dim_v, lr_u, lr_v)
     OptimisticOptimizer(params, lr, direction="oadam")          # torch.optim flavour, one process
 """

@@ -40,7 +40,7 @@ from p2pgan.errors import CheckpointError, ConfigError, P2PGANError
 from p2pgan.mixing.base import Mixer
 
 #: names accepted by :func:`make_algorithm` (``--algorithm`` on the command line)
-ALGORITHM_NAMES = ("dposg", "overlap", "dgda", "cp")
+ALGORITHM_NAMES = ("dposg", "dgda", "cp")
 #: ``exact``: Algorithm 1 literally (the schedule with the proof); ``overlap``: the paper's implementation
 SCHEDULES = ("exact", "overlap")
 #: ``gradient``: Algorithm 1's start (one gradient at X_0 seeds d_prev); ``zero``: d_prev = 0
@@ -384,21 +384,27 @@ def make_algorithm(
     direction: Direction | str = "oadam",
     lr: LearningRate = 1e-3,
     first_step: str = "gradient",
+    schedule: str = "exact",
     **direction_kwargs: Any,
 ) -> DecentralizedAlgorithm:
     """Build an algorithm by name (:data:`ALGORITHM_NAMES`).
 
-    ``dposg``: Algorithm 1 (exact schedule); ``overlap``: DPOSG with the overlap schedule; ``dgda``:
-    decentralized gradient descent-ascent; ``cp``: DPOSG on W = J with one round (the mixer must be
-    the complete graph, e.g. ``InProcessMixer(Complete(M), 1)`` or an all-reduce mixer).
+    ``dposg``: DPOSG (``schedule`` :data:`SCHEDULES`: ``exact`` is Algorithm 1, ``overlap`` the paper's
+    implementation); ``dgda``: decentralized gradient descent-ascent (no schedule: it takes only
+    ``exact``); ``cp``: DPOSG on W = J with one round (the mixer must be the complete graph, e.g.
+    ``InProcessMixer(Complete(M), 1)`` or an all-reduce mixer).
     ``first_step`` (:data:`FIRST_STEPS`) applies to the DPOSG forms; DGDA has no previous direction.
+    The overlap schedule is not an algorithm of its own: ``make_algorithm("dposg", ..., schedule="overlap")``.
     """
     if name in ("dposg", "cp"):
         if name == "cp":
             check_centralized(mixer)
-        return DPOSG(x0, mixer, direction, lr, schedule="exact", first_step=first_step, **direction_kwargs)
+        return DPOSG(x0, mixer, direction, lr, schedule=schedule, first_step=first_step, **direction_kwargs)
     if name == "overlap":
-        return DPOSG(x0, mixer, direction, lr, schedule="overlap", first_step=first_step, **direction_kwargs)
+        raise ConfigError("'overlap' is no longer an algorithm; it is a schedule: "
+                          "use name 'dposg' with schedule='overlap'")
     if name == "dgda":
+        if schedule != "exact":
+            raise ConfigError(f"dgda has no schedule (it mixes, then steps); got schedule={schedule!r}")
         return DGDA(x0, mixer, direction, lr, **direction_kwargs)
     raise ConfigError(f"unknown algorithm {name!r}; allowed: {', '.join(ALGORITHM_NAMES)}")

@@ -33,12 +33,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--steps", type=int, default=d.steps, help="DPOSG steps per peer")
     parser.add_argument("--out", type=Path, required=True, help="folder for the federation, state and report")
     parser.add_argument("--discovery", default=d.discovery, choices=("roster", "zeroconf"))
-    parser.add_argument("--model", default=None, help="mlp2d | digits | dcgan32 | resnet32 (default: by dataset)")
+    parser.add_argument("--model", default=None,
+                        help="mlp2d | digits | dcgan32 | resnet32 | sagan128 (default: by dataset); an image folder "
+                             "is resized to the model's side (sagan128: 128)")
     parser.add_argument("--loss", default=d.loss, help="wgan-gp | ns")
     parser.add_argument("--optimizer", default=d.optimizer, help="osg | oadam | oadagrad")
     parser.add_argument("--batch-size", type=int, default=d.batch_size, help="per-peer minibatch")
-    parser.add_argument("--lr-g", type=float, default=d.lr_generator, help="generator learning rate")
-    parser.add_argument("--lr-d", type=float, default=d.lr_discriminator, help="discriminator learning rate")
+    parser.add_argument("--lr-g", type=float, default=None,
+                        help="generator learning rate (default: the model's; 2e-4, sagan128 1e-3)")
+    parser.add_argument("--lr-d", type=float, default=None,
+                        help="discriminator learning rate (default: the model's; 2e-4, sagan128 4e-5)")
     parser.add_argument("--width", type=int, default=None, help="model width override")
     parser.add_argument("--eval-interval", type=int, default=None, help="steps between evaluations (default steps/10)")
     parser.add_argument("--round-timeout", type=float, default=d.round_timeout_s, help="seconds before a late neighbour is dropped for a round")

@@ -3,6 +3,7 @@
 Examples:
   p2pgan simulate --problem bilinear --peers 16 --topology ring --algorithm dposg --steps 1000
   p2pgan simulate --problem bilinear --peers 16 --algorithm dgda --json        # the baseline that fails
+  p2pgan simulate --problem bilinear --peers 16 --schedule exact               # Algorithm 1 as written
   p2pgan simulate --problem linear-wgan --optimizer oadam --lr 0.01 --steps 3000
   p2pgan simulate --problem gaussians --peers 4 --topology random-ring --steps 8000
 """
@@ -34,7 +35,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--lr", type=float, default=None, help="step size (default: the problem's)")
     p.add_argument("--lr-u", type=float, default=None, help="step size of the min player / generator (default: --lr)")
     p.add_argument("--lr-v", type=float, default=None, help="step size of the max player / discriminator (default: --lr)")
-    p.add_argument("--algorithm", default="dposg", help="dposg, overlap, dgda or cp (default: dposg)")
+    p.add_argument("--algorithm", default="dposg", help="dposg, dgda or cp (default: dposg)")
+    p.add_argument(
+        "--schedule",
+        default=None,
+        help="exact (Algorithm 1) or overlap (the paper's implementation), as a peer config's `schedule`; "
+        "dposg and cp only (default: overlap for dposg, exact for cp)",
+    )
     p.add_argument("--optimizer", default=None, help="osg, oadam or oadagrad (default: the problem's)")
     p.add_argument("--seed", type=int, default=0, help="seeds data, initial points, noise, random topologies")
     p.add_argument("--dim", type=int, default=None, help="bilinear: size of x and of y (default: 10)")
@@ -62,6 +69,7 @@ def run(args: argparse.Namespace) -> int:
         lr_u=args.lr_u,
         lr_v=args.lr_v,
         algorithm=args.algorithm,
+        schedule=args.schedule,
         optimizer=args.optimizer,
         seed=args.seed,
         dim=args.dim,
@@ -76,8 +84,8 @@ def run(args: argparse.Namespace) -> int:
         json.dump(result, sys.stdout)
         sys.stdout.write("\n")
         return 0
-    keys = ("problem", "algorithm", "optimizer", "topology", "peers", "rounds", "steps", "diverged", "distance",
-            "consensus", "modes", "high_quality", "steps_per_second")
+    keys = ("problem", "algorithm", "schedule", "optimizer", "topology", "peers", "rounds", "steps", "diverged",
+            "distance", "consensus", "modes", "high_quality", "steps_per_second")
     for key in keys:
         if key in result and result[key] is not None:
             value = result[key]

@@ -20,13 +20,28 @@ from typing import Any
 
 import torch
 
-from p2pgan.algorithm import ALGORITHM_NAMES, DIRECTION_NAMES, DecentralizedAlgorithm, lr_vector, make_algorithm
+from p2pgan.algorithm import (
+    ALGORITHM_NAMES,
+    DIRECTION_NAMES,
+    SCHEDULES,
+    DecentralizedAlgorithm,
+    lr_vector,
+    make_algorithm,
+)
 from p2pgan.errors import config_error
 from p2pgan.mixing import InProcessMixer, Mixer
 from p2pgan.sim.base import Problem, ProblemConfig
 from p2pgan.sim.problems import PROBLEM_NAMES, make_problem
 from p2pgan.topology import make_topology
 
+#: former ``--algorithm`` names -> what to write instead (as a peer config's retired ``variant: overlap``)
+RETIRED_ALGORITHMS = {
+    "overlap": "the schedule is its own setting now: write `--algorithm dposg --schedule overlap` "
+    "(overlap is already dposg's default)",
+}
+#: ``--schedule`` when not given, as the daemon's defaults: the paper's overlap for DPOSG on a graph (dp,
+#: rand-dp), Algorithm 1's exact schedule for cp; dgda has none
+DEFAULT_SCHEDULES: dict[str, str | None] = {"dposg": "overlap", "cp": "exact", "dgda": None}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -34,7 +49,8 @@ class SimConfig:
     """One simulation; every field maps to a ``p2pgan simulate`` flag and is validated here.
 
     ``topology`` / ``rounds`` / ``lr`` / ``optimizer`` left as None take the defaults (ring, 1, the
-    problem's). ``cp`` forces the complete graph with one round.
+    problem's). ``cp`` forces the complete graph with one round. ``schedule`` left as None is
+    :data:`DEFAULT_SCHEDULES` (see :attr:`effective_schedule`).
     """
 
     problem: str = "bilinear"
@@ -46,6 +62,7 @@ class SimConfig:
     lr_u: float | None = None
     lr_v: float | None = None
     algorithm: str = "dposg"
+    schedule: str | None = None  # exact | overlap (DPOSG and cp); default: DEFAULT_SCHEDULES
     optimizer: str | None = None
     seed: int = 0
     dim: int | None = None
@@ -58,9 +75,17 @@ class SimConfig:
     def __post_init__(self) -> None:
         if self.problem not in PROBLEM_NAMES:
             raise config_error("--problem", "", f"unknown problem {self.problem!r}; allowed: {', '.join(PROBLEM_NAMES)}")
+        if self.algorithm in RETIRED_ALGORITHMS:
+            raise config_error("--algorithm", "", f"{self.algorithm!r} is no longer an algorithm; "
+                               f"{RETIRED_ALGORITHMS[self.algorithm]}")
         if self.algorithm not in ALGORITHM_NAMES:
             raise config_error("--algorithm", "", f"unknown algorithm {self.algorithm!r}; allowed: {', '.join(ALGORITHM_NAMES)}"
             )
+        if self.schedule is not None and self.schedule not in SCHEDULES:
+            raise config_error("--schedule", "", f"unknown schedule {self.schedule!r}; allowed: {', '.join(SCHEDULES)}")
+        if self.schedule is not None and DEFAULT_SCHEDULES[self.algorithm] is None:
+            raise config_error("--schedule", "", f"{self.algorithm} has no schedule (it mixes, then steps); "
+                               "leave --schedule out")
         if self.optimizer is not None and self.optimizer not in DIRECTION_NAMES:
             raise config_error("--optimizer", "", f"unknown optimizer {self.optimizer!r}; allowed: {', '.join(DIRECTION_NAMES)}"
             )
@@ -77,6 +102,11 @@ class SimConfig:
                 raise config_error(flag, "", f"must be a finite number > 0, got {v}")
         if self.eval_every is not None and self.eval_every < 1:
             raise config_error("--eval-every", "", f"must be an integer >= 1, got {self.eval_every}")
+
+    @property
+    def effective_schedule(self) -> str | None:
+        """The schedule run: ``schedule`` where given, else :data:`DEFAULT_SCHEDULES`; None for dgda."""
+        return self.schedule if self.schedule is not None else DEFAULT_SCHEDULES[self.algorithm]
 
     def learning_rates(self, problem: Problem) -> tuple[float, float]:
         """(lr_u, lr_v): the flags where given, else ``--lr``, else the problem's defaults."""
@@ -120,7 +150,8 @@ class Simulation:
         lr_u, lr_v = config.learning_rates(problem)
         lr = lr_u if lr_u == lr_v else lr_vector(problem.dim_u, problem.dim_v, lr_u, lr_v, device=problem.device)
         direction = config.optimizer or problem.default_optimizer
-        algo = make_algorithm(config.algorithm, problem.initial(), mixer, direction, lr)
+        algo = make_algorithm(config.algorithm, problem.initial(), mixer, direction, lr,
+                              schedule=config.effective_schedule or "exact")
         return cls(config, problem, mixer, algo, topo_name)
 
     def metrics(self) -> dict[str, Any]:
@@ -162,6 +193,7 @@ class Simulation:
         result: dict[str, Any] = {
             "problem": cfg.problem,
             "algorithm": cfg.algorithm,
+            "schedule": cfg.effective_schedule,
             "optimizer": cfg.optimizer or self.problem.default_optimizer,
             "topology": self.topology_name,
             "peers": cfg.peers,
