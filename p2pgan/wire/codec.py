@@ -147,11 +147,9 @@ def shard_frame(index: int, data: memoryview) -> bytes:
 
 
 def encode(header: MessageHeader, payload: memoryview, shard_bytes: int) -> list[bytes]:
-    """Header frame then shard frames for ``payload`` (``header.shard_count`` must match ``shard_bytes``)."""
-    frames = [header.to_frame()]
-    for i in range(header.shard_count):
-        frames.append(shard_frame(i, payload[i * shard_bytes : (i + 1) * shard_bytes]))
-    return frames
+    """Header frame then shard frames for ``payload`` (``header.shard_count`` must match ``shard_bytes``),
+    all at once: an :class:`OutgoingMessage` read to the end by its only subscriber."""
+    return list(OutgoingMessage(header, payload, shard_bytes).subscribe())
 
 
 class OutgoingMessage:
