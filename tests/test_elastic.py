@@ -7,6 +7,8 @@ processes driven by real signals through ``p2pgan harness --fault``.
 
 from __future__ import annotations
 
+import math
+
 import random
 import secrets
 import signal
@@ -179,6 +181,27 @@ def _serve_in_background(mixer: GrpcMixer, snap: StateSnapshot) -> Iterator[None
     finally:
         stop.set()
         t.join(5)
+
+
+def test_state_reply_is_framed_as_it_is_sent(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A state is several copies of the model: its FetchState frames are built one by one as gRPC takes
+    them (issue 11 item 3), and read back to the same state."""
+    from p2pgan.wire import codec, state as state_module
+
+    built: list[int] = []
+    real = codec.shard_frame
+    monkeypatch.setattr(codec, "shard_frame", lambda i, data: (built.append(i), real(i, data))[1])
+    state = {"x": torch.randn(1, DIM), "z": torch.randn(1, DIM), "d_prev": torch.randn(1, DIM), "step": 3}
+    snap = StateSnapshot.from_state_dict(state, "DPOSG/exact/osg")
+    frames = state_module.encode_state(snap, federation="f", sender="p0", layout_digest="d", shard_bytes=4096)
+    first = [next(frames), next(frames), next(frames)]  # manifest, header, shard 0
+    assert built == [0]
+    rest = list(frames)
+    assert built == list(range(len(rest) + 1)) and len(rest) + 1 == math.ceil(3 * DIM * 4 / 4096)
+    layout = StateLayout("DPOSG/exact/osg", {"x": DIM, "z": DIM, "d_prev": DIM}, frozenset({"x", "z", "d_prev"}),
+                         frozenset({"step"}))
+    back = state_module.decode_state(first + rest, federation="f", sender="p0", layout_digest="d", expected=layout)
+    torch.testing.assert_close(back.to_state_dict((1, DIM), torch.float32)["z"], state["z"], rtol=0, atol=0)
 
 
 def test_state_transfer_checks_the_layout_and_the_caller(ring: tuple[list[GrpcMixer], dict[str, Any]]) -> None:

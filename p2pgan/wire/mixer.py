@@ -28,7 +28,7 @@ import logging
 import math
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent import futures
 from types import TracebackType
 
@@ -251,7 +251,7 @@ class GrpcMixer(Mixer):
         if caller in self._peers:
             self._refresh_link(caller)
 
-    def state_frames(self, caller: str) -> list[bytes]:
+    def state_frames(self, caller: str) -> Iterator[bytes]:
         snap = self.board.request(STATE_SERVE_TIMEOUT_S)
         log.info("handing our state at step %d to %s", snap.step, caller)
         return encode_state(snap, federation=self.net.federation, sender=self.net.peer_id,

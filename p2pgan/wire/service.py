@@ -8,7 +8,7 @@ the generated classes. FetchState streams the frames :mod:`p2pgan.wire.state` en
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from typing import Protocol
 
 import grpc
@@ -35,7 +35,7 @@ class PeerHooks(Protocol):
     def contact(self, caller: str) -> None:
         """A member called us (it is up): re-dial it if our link to it is broken."""
 
-    def state_frames(self, caller: str) -> list[bytes]:
+    def state_frames(self, caller: str) -> Iterator[bytes]:
         """The FetchState reply for ``caller`` (blocks until a consistent snapshot exists)."""
 
     def left(self, caller: str, step: int, reason: str) -> None:
@@ -91,7 +91,7 @@ class GossipService:
         return pb.HelloReply()
 
     def fetch_state(self, request: pb.StateRequest, context: grpc.ServicerContext) -> Iterator[bytes]:
-        frames: list[bytes] = []
+        frames: Iterable[bytes] = ()
         with grpc_status(context, "FetchState", self.refusals):
             caller = self._caller(context, request.federation, request.sender)
             self._hooks.contact(caller)

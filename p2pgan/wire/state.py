@@ -16,8 +16,9 @@ RPC posts a request, the loop answers it at its next step boundary (where the st
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import threading
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import Any
 
 import torch
@@ -101,8 +102,9 @@ class StateSnapshot:
 
 
 def encode_state(snap: StateSnapshot, *, federation: str, sender: str, layout_digest: str,
-                 shard_bytes: int) -> list[bytes]:
-    """The frames of one FetchState reply (see the module docstring)."""
+                 shard_bytes: int) -> Iterator[bytes]:
+    """The frames of one FetchState reply (see the module docstring), made as gRPC sends them: a state is
+    several copies of the model, and encoding it all at once would hold one more (issue 11 item 3)."""
     manifest = pb.StateManifest(
         federation=federation, sender=sender, step=snap.step, layout_digest=layout_digest,
         algorithm=snap.algorithm, parts=[pb.StatePart(name=n, element_count=t.numel()) for n, t in snap.parts],
@@ -114,7 +116,8 @@ def encode_state(snap: StateSnapshot, *, federation: str, sender: str, layout_di
         dtype=STATE_DTYPE, element_count=flat.numel(),
         shard_count=codec.shard_count(flat.numel() * flat.element_size(), shard_bytes),
     )
-    return [pb.Frame(manifest=manifest).SerializeToString(), *codec.encode(header, codec.le_bytes(flat), shard_bytes)]
+    message = codec.OutgoingMessage(header, codec.le_bytes(flat), shard_bytes)
+    return itertools.chain((pb.Frame(manifest=manifest).SerializeToString(),), message.subscribe())
 
 
 def decode_state(frames: Iterable[bytes], *, federation: str, sender: str, layout_digest: str,
