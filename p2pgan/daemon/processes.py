@@ -24,6 +24,7 @@ from types import TracebackType
 from typing import Any
 
 from p2pgan.errors import PeerProcessError
+from p2pgan.wire.workers import SPAWN_OPTIONS
 
 #: seconds a peer gets to checkpoint and exit after SIGTERM before it is killed
 STOP_GRACE_S = 60.0
@@ -77,6 +78,7 @@ class PeerProcess:
                 env=dict(env),
                 start_new_session=True,
                 preexec_fn=_parent_death_signal(),
+                **SPAWN_OPTIONS,
             )
         except BaseException:
             self._log_file.close()

@@ -18,6 +18,16 @@ from typing import Any
 
 from p2pgan.errors import PeerUnavailableError
 
+#: keyword arguments for every ``subprocess.Popen`` that starts a p2pgan process from one that may run
+#: gRPC (the harness, selftest, benchmarks, the test suite). gRPC's fork handler restarts its poller
+#: thread in the child; closing the child's descriptors before exec (Popen's default) can close that
+#: poller's epoll fd under it, and the child then aborts with SIGABRT before it ever runs (grpc/grpc#43055;
+#: seen once in CI as a harness peer "killed by SIGABRT" whose log held only gRPC's epoll_wait error).
+#: Python's and gRPC's own descriptors are close-on-exec, so keeping them open until exec leaks nothing.
+#: (Turning gRPC's fork support off instead was worse: its handlers quiesce gRPC's threads at fork, and
+#: without them a probe that forked 20 children with a ``preexec_fn`` while gRPC was busy hung.)
+SPAWN_OPTIONS: dict[str, Any] = {"close_fds": False}
+
 
 @contextlib.contextmanager
 def worker_processes(
@@ -31,7 +41,7 @@ def worker_processes(
             path.write_text(json.dumps(cfg))
             procs[pid] = subprocess.Popen(
                 [sys.executable, "-m", module, str(path)],
-                stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=dict(env),
+                stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=dict(env), **SPAWN_OPTIONS,
             )
         yield procs
     finally:
@@ -65,7 +75,7 @@ def run_ranks(cmd: Sequence[str], world: int, env: Mapping[str, str], what: str,
     Kills and reaps every one that is still running on the way out; raises :class:`PeerUnavailableError`
     naming ``what`` if any exits non-zero.
     """
-    procs = [subprocess.Popen([*cmd, "--rank", str(r)], env=dict(env)) for r in range(world)]
+    procs = [subprocess.Popen([*cmd, "--rank", str(r)], env=dict(env), **SPAWN_OPTIONS) for r in range(world)]
     try:
         codes = [p.wait(timeout=timeout) for p in procs]
     finally:
