@@ -24,7 +24,7 @@ from types import TracebackType
 from typing import Any
 
 from p2pgan.errors import PeerProcessError
-from p2pgan.wire.workers import SPAWN_OPTIONS
+from p2pgan.spawn import SPAWN_OPTIONS
 
 #: seconds a peer gets to checkpoint and exit after SIGTERM before it is killed
 STOP_GRACE_S = 60.0

@@ -17,16 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from p2pgan.errors import PeerUnavailableError
-
-#: keyword arguments for every ``subprocess.Popen`` that starts a p2pgan process from one that may run
-#: gRPC (the harness, selftest, benchmarks, the test suite). gRPC's fork handler restarts its poller
-#: thread in the child; closing the child's descriptors before exec (Popen's default) can close that
-#: poller's epoll fd under it, and the child then aborts with SIGABRT before it ever runs (grpc/grpc#43055;
-#: seen once in CI as a harness peer "killed by SIGABRT" whose log held only gRPC's epoll_wait error).
-#: Python's and gRPC's own descriptors are close-on-exec, so keeping them open until exec leaks nothing.
-#: (Turning gRPC's fork support off instead was worse: its handlers quiesce gRPC's threads at fork, and
-#: without them a probe that forked 20 children with a ``preexec_fn`` while gRPC was busy hung.)
-SPAWN_OPTIONS: dict[str, Any] = {"close_fds": False}
+from p2pgan.spawn import SPAWN_OPTIONS
 
 
 @contextlib.contextmanager
