@@ -131,8 +131,10 @@ def _worker(args: argparse.Namespace) -> None:
     import torch
     import torch.distributed as dist
 
-    from p2pgan.wire.config import NetworkConfig, PeerEntry, TLSFiles
+    from p2pgan.security.certs import peer_files
+    from p2pgan.wire.config import NetworkConfig
     from p2pgan.wire.mixer import GrpcMixer
+    from p2pgan.wire.workers import join_ranks
 
     torch.set_num_threads(1)
     rank, m = args.rank, args.world
@@ -175,7 +177,7 @@ def _worker(args: argparse.Namespace) -> None:
 
     fed = Path(args.federation)
     pid = f"peer{rank}"
-    tls = TLSFiles(ca=fed / "peers" / pid / "ca.pem", cert=fed / "peers" / pid / "peer.pem", key=fed / "peers" / pid / "peer.key")
+    tls = peer_files(fed / "peers" / pid)
     # the TCP server of the raw transfer (rank 1 receives from rank 0)
     lsock = socket.create_server(("127.0.0.1", 0)) if rank == 1 else None
     tcp_port = [lsock.getsockname()[1] if lsock else 0]
@@ -202,10 +204,7 @@ def _worker(args: argparse.Namespace) -> None:
             net = NetworkConfig(federation=args.fed_name, peer_id=pid, tls=tls, topology="ring", rounds=1,
                                 round_timeout_s=60.0, wire_dtype=wire_dtype)
             with GrpcMixer(net, dim=d) as mixer:
-                ports = [None] * m
-                dist.all_gather_object(ports, mixer.port)  # bench coordination only, never the p2pgan wire
-                mixer.join(tuple(PeerEntry(f"peer{i}", "127.0.0.1", p) for i, p in enumerate(ports)))
-                mixer.wait_ready(60)
+                join_ranks(mixer, m, 60)
                 step = iter(range(10**6))
                 sent0 = mixer.stats.bytes_sent
                 grpc_s, grpc_cpu, grpc_peak = costly(lambda: mixer.mix(x.unsqueeze(0), next(step)), reps)

@@ -63,8 +63,10 @@ def _worker(args: argparse.Namespace) -> None:
     import torch
     import torch.distributed as dist
 
-    from p2pgan.wire.config import NetworkConfig, PeerEntry, TLSFiles
+    from p2pgan.security.certs import peer_files
+    from p2pgan.wire.config import NetworkConfig
     from p2pgan.wire.mixer import GrpcMixer
+    from p2pgan.wire.workers import join_ranks
 
     torch.set_num_threads(1)
     rank, m = args.rank, args.world
@@ -82,17 +84,13 @@ def _worker(args: argparse.Namespace) -> None:
 
     fed = Path(args.federation)
     pid = f"peer{rank}"
-    tls = TLSFiles(ca=fed / "peers" / pid / "ca.pem", cert=fed / "peers" / pid / "peer.pem",
-                   key=fed / "peers" / pid / "peer.key")
+    tls = peer_files(fed / "peers" / pid)
     net = NetworkConfig(federation=args.fed_name, peer_id=pid, tls=tls, topology="ring", rounds=1,
                         round_timeout_s=120.0)
     x = torch.randn(1, d)
     results: dict[str, list[float]] = {}
     with GrpcMixer(net, dim=d) as mixer:
-        ports = [None] * m
-        dist.all_gather_object(ports, mixer.port)  # bench coordination only, never the p2pgan wire
-        mixer.join(tuple(PeerEntry(f"peer{i}", "127.0.0.1", p) for i, p in enumerate(ports)))
-        mixer.wait_ready(120)
+        join_ranks(mixer, m, 120)
         step = iter(range(10**6))
         runs = {
             "compute": compute,

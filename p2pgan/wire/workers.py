@@ -14,10 +14,13 @@ import subprocess
 import sys
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from p2pgan.errors import PeerUnavailableError
 from p2pgan.spawn import SPAWN_OPTIONS
+
+if TYPE_CHECKING:  # the mixer pulls in torch and gRPC; the launchers here must stay light
+    from p2pgan.wire.mixer import GrpcMixer
 
 
 @contextlib.contextmanager
@@ -76,3 +79,16 @@ def run_ranks(cmd: Sequence[str], world: int, env: Mapping[str, str], what: str,
                 p.wait()
     if any(codes):
         raise PeerUnavailableError(f"{what} workers failed with exit codes {codes}")
+
+
+def join_ranks(mixer: GrpcMixer, world: int, timeout: float) -> None:
+    """Benchmark ranks: exchange the mixers' ports over torch.distributed (coordination only, never the
+    p2pgan wire), make ``peer0..peer{world-1}`` on loopback the membership and wait until all answer."""
+    import torch.distributed as dist
+
+    from p2pgan.wire.config import PeerEntry
+
+    ports: list[int | None] = [None] * world
+    dist.all_gather_object(ports, mixer.port)
+    mixer.join(tuple(PeerEntry(f"peer{i}", "127.0.0.1", p) for i, p in enumerate(ports)))  # type: ignore[arg-type]
+    mixer.wait_ready(timeout)
