@@ -303,6 +303,10 @@ class SpectralNormMixin:
     weight: torch.Tensor
     power_iterations: int
 
+    def __init__(self, *args: object, power_iterations: int = SN_POWER_ITERATIONS, **kwargs: object) -> None:
+        super().__init__(*args, **kwargs)  # the torch layer's own arguments
+        self.power_iterations = _check_iterations(power_iterations)
+
     def sigma(self) -> torch.Tensor:
         """The estimated top singular value of the reshaped weight (differentiable w.r.t. the weight)."""
         w = self.weight.flatten(1)
@@ -321,20 +325,12 @@ class SpectralNormMixin:
 class SNConv2d(SpectralNormMixin, nn.Conv2d):
     """``nn.Conv2d`` with buffer-free spectral normalisation (:class:`SpectralNormMixin`)."""
 
-    def __init__(self, *args: object, power_iterations: int = SN_POWER_ITERATIONS, **kwargs: object) -> None:
-        super().__init__(*args, **kwargs)  # type: ignore[arg-type]
-        self.power_iterations = _check_iterations(power_iterations)
-
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self._conv_forward(x, self.normalized_weight(), self.bias)
 
 
 class SNLinear(SpectralNormMixin, nn.Linear):
     """``nn.Linear`` with buffer-free spectral normalisation (:class:`SpectralNormMixin`)."""
-
-    def __init__(self, *args: object, power_iterations: int = SN_POWER_ITERATIONS, **kwargs: object) -> None:
-        super().__init__(*args, **kwargs)  # type: ignore[arg-type]
-        self.power_iterations = _check_iterations(power_iterations)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return F.linear(x, self.normalized_weight(), self.bias)
