@@ -121,7 +121,6 @@ class GrpcMixer(Mixer):
         self.robust = RobustMixing(net.robust)  # issue 9: bounds every neighbour's pull (p2pgan.mixing.robust)
         self._inbox.on_refused = self.robust.refused  # ... and counts members' refused messages toward a report
         self.round_seconds: list[float] = []  # duration of every round so far (benchmarks, selftest)
-        self._sending: list[codec.OutgoingMessage] = []  # this round's messages that read their row in place
         service = GossipService(
             self._inbox, self._authenticate, self, federation=net.federation, peer_id=net.peer_id,
             layout_digest=layout_digest, element_count=dim,
@@ -323,25 +322,26 @@ class GrpcMixer(Mixer):
         cur = row
         for r in range(self.rounds):
             t0 = time.perf_counter()
-            cur = self._round(cur, step, r)
+            cur, reading = self._round(cur, step, r)
             self.round_seconds.append(time.perf_counter() - t0)
-            if r == 0 and borrowed:
+            if r == 0 and borrowed and reading is not None:
                 # round 0 sent the caller's own row, which may change once we return: whatever a slow
                 # link has not sent yet is copied now (usually nothing); later rounds send our own tensors
-                for message in self._sending:
-                    message.detach()
-            self._sending.clear()
+                reading.detach()
         self._inbox.advance(step, self.rounds)
         self.stats.rounds += self.rounds
         self.stats.seconds += time.perf_counter() - t_start
         return cur.unsqueeze(0)
 
-    def _round(self, cur: torch.Tensor, step: int, r: int) -> torch.Tensor:
+    def _round(self, cur: torch.Tensor, step: int, r: int) -> tuple[torch.Tensor, codec.OutgoingMessage | None]:
+        """One round: the mixed row, and the message sent that reads ``cur`` in place (None: no message, or
+        one that reads its own copy, as a narrower wire dtype does)."""
         topo, m = self.topology, self.membership
         assert topo is not None and m is not None
         self._inbox.advance(step, r)
         weights = topo.in_weights(self.rank, step, r)
         outs = topo.out_neighbours(self.rank, step, r)
+        reading = None
         if outs:
             wire, wire_name = self._to_wire(cur, step, r)
             header = codec.MessageHeader(
@@ -358,7 +358,7 @@ class GrpcMixer(Mixer):
                 else:
                     frames.close()
             if wire.data_ptr() == cur.data_ptr():
-                self._sending.append(message)
+                reading = message
         senders = [self.members[j] for j in weights if j != self.rank]
         limit = self.deadline.current()
         t0 = time.monotonic()
@@ -381,7 +381,7 @@ class GrpcMixer(Mixer):
         row = live_weights(weights, self.rank, missing)
         shares = [(self.members[j], got[self.members[j]], w) for j, w in row.items() if j != self.rank]
         # w_ii x_i + sum_j w_ij x_j, each neighbour's pull bounded (a bounded share's rest goes to x_i)
-        return self.robust.combine(cur, row[self.rank], shares, r, f"step {step} round {r}")
+        return self.robust.combine(cur, row[self.rank], shares, r, f"step {step} round {r}"), reading
 
     def _to_wire(self, cur: torch.Tensor, step: int, r: int) -> tuple[torch.Tensor, str]:
         """``cur`` in the wire dtype, or in float32 when the cast would turn finite values into inf.
