@@ -76,8 +76,15 @@ def parse_fault(spec: str, peers: int) -> Fault:
     return Fault(kind, peer, step=int(at), seconds=float(secs or 0.0), spec=spec)
 
 
-def parse_faults(specs: Sequence[str], peers: int) -> tuple[Fault, ...]:
+def parse_faults(specs: Sequence[str], peers: int, steps: int | None = None) -> tuple[Fault, ...]:
+    """Parse and cross-check ``--fault`` specs; with ``steps`` (the run's length) a fault at a step the
+    run never reaches is refused (the harness would otherwise wait for it until its timeout)."""
     faults = tuple(parse_fault(s, peers) for s in specs)
+    if steps is not None:
+        for f in faults:
+            if f.kind != "restart" and f.step >= steps:
+                raise ConfigError(f"--fault {f.spec!r}: step {f.step} is never reached; the run has --steps {steps}, "
+                                  f"so a fault's step must be below {steps}")
     joins: dict[int, int] = {}
     for i, f in enumerate(faults):
         if f.kind == "join":

@@ -124,7 +124,7 @@ class HarnessOptions:
             raise bad("wire-dtype", "only the gRPC backend rounds what it sends; torch.distributed sends float32")
         if self.faults and self.backend != "grpc":
             raise bad("fault", "faults need the gRPC backend (torch.distributed has a fixed world)")
-        parse_faults(self.faults, self.peers)
+        parse_faults(self.faults, self.peers, self.steps)
 
     @property
     def late_joiners(self) -> int:

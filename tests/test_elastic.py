@@ -264,6 +264,17 @@ def test_fault_order_is_checked() -> None:
         parse_faults(["join:2@5", "join:2@9"], 4)
 
 
+def test_a_fault_the_run_never_reaches_is_refused() -> None:
+    """A fault at or past the last step would never fire, and the harness would wait for it until its timeout."""
+    assert len(parse_faults(["kill:1@199", "restart:1@+1"], 4, 200)) == 2
+    for spec in ("stop:3@450:30", "join:2@200"):
+        with pytest.raises(ConfigError, match="never reached; the run has --steps 200") as info:
+            parse_faults([spec], 4, 200)
+        assert spec in str(info.value)
+    with pytest.raises(ConfigError, match="--fault 'term:2@300'"):
+        HarnessOptions(peers=4, out=Path("x"), steps=200, faults=("term:2@300",)).validate()
+
+
 # -- real processes, real signals -------------------------------------------------------------------------
 def _harness(tmp: Path, steps: int, faults: list[str], *, peers: int = 4) -> dict[str, Any]:
     import json
