@@ -74,6 +74,7 @@ class HarnessOptions:
     insecure: bool = False
     backend: str = "grpc"  # grpc | torch (torch.distributed Gloo; needs insecure and roster discovery)
     faults: tuple[str, ...] = ()  # --fault specs (p2pgan.faults)
+    overrides: tuple[str, ...] = ()  # --set SECTION.FIELD=VALUE, applied to every peer's config
     timeout_s: float = 24 * 3600.0
 
     def validate(self) -> None:
@@ -125,6 +126,9 @@ class HarnessOptions:
         if self.faults and self.backend != "grpc":
             raise bad("fault", "faults need the gRPC backend (torch.distributed has a fixed world)")
         parse_faults(self.faults, self.peers, self.steps)
+        from p2pgan.daemon.config import apply_overrides
+
+        apply_overrides({}, self.overrides, "--set")  # the form of each override; its value is checked in prepare
 
     @property
     def late_joiners(self) -> int:
@@ -201,8 +205,22 @@ class Federation:
 
 
 def prepare(opts: HarnessOptions) -> Federation:
-    """Write certificates, roster, shards and per-peer configs under ``opts.out``."""
-    from p2pgan.daemon.config import VARIANTS, load_config
+    """Write certificates, roster, shards and per-peer configs under ``opts.out``; a refused option
+    (a ConfigError) leaves no folder behind that was not there before."""
+    out = opts.out.resolve()
+    existed = out.exists()
+    try:
+        return _prepare(opts)
+    except ConfigError:
+        if not existed and out.exists():
+            import shutil
+
+            shutil.rmtree(out, ignore_errors=True)
+        raise
+
+
+def _prepare(opts: HarnessOptions) -> Federation:
+    from p2pgan.daemon.config import VARIANTS, apply_overrides, load_config
     from p2pgan.discovery import write_roster
     from p2pgan.security.certs import make_federation
     from p2pgan.trainer.data import write_shards
@@ -279,8 +297,14 @@ def prepare(opts: HarnessOptions) -> Federation:
             doc["mixing"]["start_quorum"] = opts.peers - opts.late_joiners
         path = out / "peers" / f"{pid}.yaml"
         path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(f"# written by p2pgan harness for a throw-away federation on loopback\n{yaml.safe_dump(doc, sort_keys=False)}")
-        load_config(path)  # the harness writes only configs a daemon accepts
+        header = "# written by p2pgan harness for a throw-away federation on loopback\n"
+        path.write_text(header + yaml.safe_dump(doc, sort_keys=False))
+        # the harness writes only configs a daemon accepts; a bad --set is named as the user typed it
+        load_config(path, opts.overrides)
+        if opts.overrides:
+            doc = apply_overrides(doc, opts.overrides, str(path))
+            path.write_text(header + "# with --set " + " --set ".join(opts.overrides) + "\n"
+                            + yaml.safe_dump(doc, sort_keys=False))
         configs[pid] = path
     image_size = defaults.image_size if fmt == "imagefolder" else None
     return Federation(out, ids, configs, model, fmt, lr_g, lr_d, image_size)

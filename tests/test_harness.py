@@ -145,7 +145,9 @@ def test_harness_ctrl_c_stops_peers_with_checkpoints(tmp_path: Path, launch: lis
      (["--peers", "0"], "--peers: must be >= 1"), (["--optimizer", "adam"], "osg, oadam, oadagrad"),
      (["--variant", "overlap"], "--variant dp --schedule overlap"), (["--schedule", "fast"], "exact, overlap"),
      (["--wire-dtype", "fp8"], "--wire-dtype: invalid choice: 'fp8'"),
-     (["--wire-dtype", "bfloat16", "--backend", "torch", "--insecure"], "--wire-dtype: only the gRPC backend")],
+     (["--wire-dtype", "bfloat16", "--backend", "torch", "--insecure"], "--wire-dtype: only the gRPC backend"),
+     (["--set", "train.steps"], "--set train.steps: must be SECTION.FIELD=VALUE"),
+     (["--steps", "2", "--set", "mixing.rounds=-1"], "--set mixing.rounds=-1: mixing.rounds")],
 )
 @pytest.mark.timeout(60)
 def test_harness_flag_errors_are_clear(tmp_path: Path, args: list[str], fragment: str) -> None:
@@ -169,6 +171,20 @@ def test_harness_wire_dtype_reaches_every_peer_config(tmp_path: Path) -> None:
     assert {network_config(load_config(p)).wire_dtype for p in default.configs.values()} == {"float32"}
     report = {"options": {"wire_dtype": "bfloat16", "backend": "grpc"}, "peers": {}, "summary": {}}
     assert "parameters sent as bfloat16" in write_markdown(tmp_path, report).read_text()
+
+
+@pytest.mark.timeout(60)
+def test_harness_set_reaches_every_peer_config(tmp_path: Path) -> None:
+    from p2pgan.daemon.config import load_config
+    from p2pgan.harness import HarnessOptions, prepare
+
+    opts = HarnessOptions(peers=3, out=tmp_path / "run", steps=4,
+                          overrides=("mixing.round_timeout_s=3.5", "train.init_seed=11"))
+    fed = prepare(opts)
+    cfgs = [load_config(path) for path in fed.configs.values()]
+    assert [(c.mixing.round_timeout_s, c.train.init_seed) for c in cfgs] == [(3.5, 11)] * 3
+    plain = prepare(HarnessOptions(peers=2, out=tmp_path / "plain", steps=4))
+    assert {load_config(p).mixing.round_timeout_s for p in plain.configs.values()} == {10.0}
 
 
 def _image_folder(root: Path, side: int = 40) -> Path:

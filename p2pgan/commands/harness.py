@@ -59,6 +59,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="inject a fault (repeatable; PEER = index in the sorted peer list): kill:PEER@STEP, "
                              "term:PEER@STEP, stop:PEER@STEP:SECONDS, restart:PEER@+SECONDS, join:PEER@STEP. "
                              "Example: --fault kill:1@50 --fault restart:1@+5 --round-timeout 2")
+    parser.add_argument("--set", action="append", default=[], metavar="SECTION.FIELD=VALUE", dest="overrides",
+                        help="override one field of every peer's config (repeatable), validated as `p2pgan peer "
+                             "--set` does: --set train.init_seed=3 --set mixing.round_timeout_s=5")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -73,6 +76,7 @@ def run(args: argparse.Namespace) -> int:
         lr_discriminator=args.lr_d, width=args.width, eval_interval=args.eval_interval,
         round_timeout_s=args.round_timeout, wire_dtype=args.wire_dtype, seed=args.seed, threads=args.threads, device=args.device,
         insecure=args.insecure, backend=args.backend, faults=tuple(args.faults),
+        overrides=tuple(args.overrides),
     )
 
     def _terminate(signum: int, frame: object) -> None:
