@@ -44,15 +44,9 @@ from typing import Any
 import torch
 
 from p2pgan.algorithm.guard import FiniteGuard
-from p2pgan.checkpoint import (
-    CheckpointManager,
-    FolderClaim,
-    LoadedCheckpoint,
-    NonFiniteStateError,
-    capture_rng_state,
-    restore_rng_state,
-)
+from p2pgan.checkpoint import FolderClaim, LoadedCheckpoint, capture_rng_state, restore_rng_state
 from p2pgan.daemon import elastic
+from p2pgan.daemon.checkpoints import CheckpointKeeper, open_checkpoints
 from p2pgan.daemon.config import PeerConfig
 from p2pgan.errors import CheckpointError, ConfigError
 
@@ -172,8 +166,7 @@ class _Run:
     algo: Any
     mixer: Any
     digest: str
-    checkpoints: CheckpointManager
-    last_saved: Path | None = None
+    keeper: CheckpointKeeper
 
     def __post_init__(self) -> None:
         self.guard = FiniteGuard(self.algo)  # a non-finite step is rolled back (p2pgan.algorithm.guard)
@@ -196,12 +189,9 @@ class _Run:
         }
 
     def save(self) -> Path | None:
-        """Checkpoint now; a non-finite state is refused (logged) and the last finite checkpoint kept."""
-        try:
-            self.last_saved = self.checkpoints.save(self.algo.steps, self.state())
-        except NonFiniteStateError as exc:
-            log.error("step %d: %s; the last finite checkpoint %s is kept", self.algo.steps, exc, self.last_saved)
-        return self.last_saved
+        """Checkpoint now; returns the newest good checkpoint. A non-finite state is refused and a write the
+        disk refuses is retried later (:class:`CheckpointKeeper`): the last good checkpoint is kept."""
+        return self.keeper.save(self.algo.steps, self.state())
 
     def restore(self, loaded: LoadedCheckpoint) -> None:
         st, where = loaded.state, str(loaded.path)
@@ -223,43 +213,6 @@ class _Run:
         members = list(getattr(self.mixer, "members", ()))
         if st.get("membership") and members and list(st["membership"]) != members:
             log.warning("membership changed since the checkpoint: %s -> %s", st["membership"], members)
-
-
-def open_checkpoints(cfg: PeerConfig, resume: bool) -> tuple[CheckpointManager, LoadedCheckpoint | None]:
-    """The checkpoint directory and, with ``resume``, its newest checkpoint.
-
-    A damaged newest checkpoint is refused (never silently replaced by an older one): the error names
-    the file, the reason and the older checkpoints that are still intact. Without ``resume`` a
-    directory that already holds checkpoints is refused, so a run is never overwritten by accident.
-    """
-    manager = CheckpointManager(cfg.checkpoint.dir, keep=cfg.checkpoint.keep + 1)
-    steps = manager.steps()
-    if not resume:
-        if steps:
-            raise ConfigError(
-                f"{cfg.source}: checkpoint.dir {cfg.checkpoint.dir} already holds checkpoints up to step {steps[-1]}; "
-                "pass --resume to continue that run, or choose another checkpoint.dir"
-            )
-        return manager, None
-    if not steps:
-        log.warning("--resume: no checkpoint in %s yet, starting at step 0", cfg.checkpoint.dir)
-        return manager, None
-    try:
-        return manager, manager.load_latest(fallback=False)
-    except CheckpointError as exc:
-        intact = []
-        for s in steps:
-            path = manager.path_for(s)
-            try:
-                from p2pgan.checkpoint import load_checkpoint
-
-                load_checkpoint(path)
-                intact.append(path.name)
-            except CheckpointError:
-                continue
-        hint = (f"; intact older checkpoint(s): {', '.join(intact)} - move the damaged file away to resume from "
-                f"the newest of them") if intact else "; no intact checkpoint is left"
-        raise CheckpointError(f"refusing to resume: {exc}{hint}") from None
 
 
 def run_peer(cfg: PeerConfig, *, resume: bool = False) -> int:
@@ -302,9 +255,11 @@ def _run_peer(cfg: PeerConfig, resume: bool, stop: StopSignals) -> int:
     ) as metrics:
         algo = DPOSG(game.point().to(device), mixer, cfg.train.optimizer, lr, schedule=cfg.mixing.schedule,
                      first_step=cfg.mixing.first_step, **direction_kwargs)
-        run = _Run(cfg, game, algo, mixer, digest, checkpoints)
+        keeper = CheckpointKeeper(checkpoints, emit=metrics.write, on_change=_health_reporter(mixer))
+        run = _Run(cfg, game, algo, mixer, digest, keeper)
         if loaded is not None:
             run.restore(loaded)
+            keeper.last_good, keeper.last_good_step = loaded.path, loaded.step
             log.warning("resumed from %s at step %d", loaded.path, algo.steps)
         membership = getattr(mixer, "membership", None)
         board = getattr(mixer, "board", None)
@@ -346,7 +301,7 @@ def _run_peer(cfg: PeerConfig, resume: bool, stop: StopSignals) -> int:
                 status.update(algo.steps, loss_d=record["loss_d"], loss_g=record["loss_g"],
                               consensus=record["consensus"], sent_mb=record["bytes_sent"] / 1e6,
                               **({"absent": record["absent"]} if record.get("absent") else {}))
-                if algo.steps % cfg.checkpoint.interval == 0:
+                if algo.steps % cfg.checkpoint.interval == 0 or keeper.retry_due():
                     run.save()
                 if cfg.evaluation.interval and algo.steps % cfg.evaluation.interval == 0:
                     status.notes = metrics.evaluation(**_evaluate(run, evaluator))["scores"]  # on later status lines
@@ -358,10 +313,23 @@ def _run_peer(cfg: PeerConfig, resume: bool, stop: StopSignals) -> int:
         if reason == "done" and evaluated_at != algo.steps:
             metrics.evaluation(**_evaluate(run, evaluator))
         path = run.save()
+        if keeper.failing:
+            log.warning("exiting with the last good checkpoint %s: checkpoints since step %s could not be written (%s)",
+                        path, keeper.failing_since, keeper.error)
         status.update(algo.steps, force=True, end=reason)
         metrics.write({"type": "end", "step": algo.steps, "epoch": game.epoch, "reason": reason,
-                       "checkpoint": str(path)})
+                       "checkpoint": str(path) if path else None, "checkpoint_failing": keeper.failing})
     return 0
+
+
+def _health_reporter(mixer: Any) -> Any:
+    """``on_change(failing)`` for the keeper: the health service's checkpoint component (gRPC mixer only)."""
+    health = getattr(mixer, "health", None)
+    if health is None:
+        return None
+    from p2pgan.wire.health import CHECKPOINT_SERVICE
+
+    return lambda failing: health.set_component(CHECKPOINT_SERVICE, not failing)
 
 
 def _one_step(run: _Run, device: torch.device) -> dict[str, Any]:
