@@ -67,10 +67,9 @@ def open_checkpoints(cfg: Any, resume: bool) -> tuple[CheckpointManager, LoadedC
     return manager, loaded
 
 
-def _describe(exc: OSError) -> str:
-    """``<file>: <reason>`` of a failed write, on one line."""
-    reason = exc.strerror or str(exc)
-    return f"{exc.filename}: {reason}" if exc.filename else reason
+def _describe(exc: OSError, target: Path) -> str:
+    """``<file>: <reason>`` of a failed write (the file the error names, else the one being written)."""
+    return f"{exc.filename or target}: {exc.strerror or exc}"
 
 
 class CheckpointKeeper:
@@ -93,14 +92,19 @@ class CheckpointKeeper:
         self._on_change = on_change
         self._clock = clock
         self._next_retry = 0.0
+        self._cause: int | None = None  # errno of the failure being retried
 
     @property
     def failing(self) -> bool:
         return self.error is not None
 
-    def retry_due(self) -> bool:
-        """True when the last write failed and its backoff pause is over (check at a step boundary)."""
-        return self.failing and self._clock() >= self._next_retry
+    def due(self, scheduled: bool) -> bool:
+        """Whether to write now, at a step boundary: when ``scheduled`` (``checkpoint.interval``) while
+        writes work; while they fail, only once the backoff pause is over (a full disk is not asked for
+        a model-sized write every interval)."""
+        if self.failing:
+            return self._clock() >= self._next_retry
+        return scheduled
 
     def save(self, step: int, state: Mapping[str, Any]) -> Path | None:
         """Write the checkpoint of ``step``; returns the newest good checkpoint (this one, or an older one
@@ -111,20 +115,21 @@ class CheckpointKeeper:
             log.error("step %d: %s; the last finite checkpoint %s is kept", step, exc, self.last_good)
             return self.last_good
         except OSError as exc:
-            self._failed(step, _describe(exc))
+            self._failed(step, _describe(exc, self.manager.path_for(step)), exc.errno)
             return self.last_good
         self._succeeded(step, path)
         return path
 
-    def _failed(self, step: int, reason: str) -> None:
-        first, new_reason = not self.failing, reason != self.error
+    def _failed(self, step: int, reason: str, cause: int | None) -> None:
+        first, new_cause = not self.failing, cause != self._cause
+        self._cause = cause
         self.failures += 1
         if first:
             self.failing_since = step
         pause = min(RETRY_MAX_S, RETRY_FIRST_S * 2 ** (self.failures - 1))
         self._next_retry = self._clock() + pause
         self.error = reason
-        if new_reason:  # the first failure, or a different one: one line; identical retries stay quiet
+        if first or new_cause:  # the first failure, or another kind (ENOSPC -> EROFS): one line; retries are quiet
             kept = f"{self.last_good} (step {self.last_good_step})" if self.last_good else "no checkpoint of this run"
             log.warning("checkpoint of step %d not written (%s); training goes on and keeps %s; retrying in %.0f s, "
                         "then less often (at most every %.0f s)", step, reason, kept, pause, RETRY_MAX_S)
@@ -140,7 +145,7 @@ class CheckpointKeeper:
             log.warning("checkpoints are written again: step %d in %s (%d attempt(s) failed since step %s: %s)",
                         step, path, self.failures, self.failing_since, self.error)
         self.last_good, self.last_good_step = path, step
-        self.error, self.failing_since, self.failures = None, None, 0
+        self.error, self.failing_since, self.failures, self._cause = None, None, 0, None
         self._record(step, ok=True, path=path)
         if was_failing and self._on_change is not None:
             self._on_change(False)

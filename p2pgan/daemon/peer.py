@@ -8,7 +8,9 @@ Per step one ``step`` metrics record (losses, gradient norm, consensus distance,
 communication seconds; ``consensus`` is ``||x_i - mix(x)_i|| / (1 - w_ii)``, which for one round is
 exactly the distance from this peer's parameters to the weighted average of its neighbours'); every ``evaluation.interval`` steps an ``eval`` record with scores and a PNG
 grid of samples; every ``checkpoint.interval`` steps and at shutdown an atomic checkpoint holding
-everything a step needs, so ``--resume`` continues bit-for-bit.
+everything a step needs, so ``--resume`` continues bit-for-bit (a write a full or read-only disk refuses
+is retried with backoff while training goes on, and ``--resume`` skips a damaged newest checkpoint:
+:mod:`p2pgan.daemon.checkpoints`).
 
 Elastic membership (gRPC backend; DESIGN.md section 5, :mod:`p2pgan.membership`):
 
@@ -301,7 +303,7 @@ def _run_peer(cfg: PeerConfig, resume: bool, stop: StopSignals) -> int:
                 status.update(algo.steps, loss_d=record["loss_d"], loss_g=record["loss_g"],
                               consensus=record["consensus"], sent_mb=record["bytes_sent"] / 1e6,
                               **({"absent": record["absent"]} if record.get("absent") else {}))
-                if algo.steps % cfg.checkpoint.interval == 0 or keeper.retry_due():
+                if keeper.due(algo.steps % cfg.checkpoint.interval == 0):
                     run.save()
                 if cfg.evaluation.interval and algo.steps % cfg.evaluation.interval == 0:
                     status.notes = metrics.evaluation(**_evaluate(run, evaluator))["scores"]  # on later status lines
