@@ -301,7 +301,8 @@ class FolderClaim:
         try:
             d.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
-            raise CheckpointError(f"checkpoint.dir {d}: cannot create the folder ({exc.strerror or exc})") from None
+            kind = StorageFullError if exc.errno in _FULL_ERRNOS else CheckpointError
+            raise kind(f"checkpoint.dir {d}: cannot create the folder ({exc.strerror or exc})") from None
         self._lock()
         try:
             for p in d.iterdir():
@@ -330,7 +331,8 @@ class FolderClaim:
         try:
             fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
         except OSError as exc:
-            raise CheckpointError(f"checkpoint.dir {self.directory} is not writable ({exc.strerror or exc})") from None
+            kind = StorageFullError if exc.errno in _FULL_ERRNOS else CheckpointError
+            raise kind(f"checkpoint.dir {self.directory} is not writable ({exc.strerror or exc})") from None
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError:

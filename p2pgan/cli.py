@@ -31,6 +31,8 @@ EXIT_TEMPFAIL = 75
 EXIT_FAILURE = 1
 #: exit status after Ctrl-C (128 + SIGINT, as shells report it)
 EXIT_INTERRUPTED = 130
+#: OSError numbers of a disk that refuses a write for good until someone acts (exit 2, like a named file)
+STORAGE_ERRNOS = frozenset({errno.EROFS, errno.EACCES, errno.EPERM, errno.EFBIG})
 #: OSError numbers of a condition that may pass by itself (else an OSError on a named file is a mistake)
 TEMPORARY_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EAGAIN, errno.EBUSY, errno.EINTR, errno.ETIMEDOUT,
                               errno.EMFILE, errno.ENFILE, errno.ENOMEM})
@@ -114,10 +116,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     except P2PGANError as exc:
         print(f"p2pgan {args.command}: error: {exc}", file=sys.stderr)
         return exit_status(exc)
-    except OSError as exc:  # a file or folder the user named that cannot be used: one line, no traceback
-        if exc.filename is None:
-            raise
-        print(f"p2pgan {args.command}: error: {exc.filename}: {exc.strerror or exc}", file=sys.stderr)
+    except OSError as exc:  # a file or folder that cannot be used, a full disk: one line, no traceback
+        if exc.filename is None and exc.errno not in TEMPORARY_ERRNOS | STORAGE_ERRNOS:
+            raise  # not about a file or the disk: an unexpected error, shown with its traceback (exit 1)
+        where = f"{exc.filename}: " if exc.filename is not None else ""
+        print(f"p2pgan {args.command}: error: {where}{exc.strerror or exc}", file=sys.stderr)
         return exit_status(exc)
     except KeyboardInterrupt:
         print(f"p2pgan {args.command}: interrupted", file=sys.stderr)

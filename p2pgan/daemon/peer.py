@@ -172,6 +172,7 @@ class _Run:
 
     def __post_init__(self) -> None:
         self.guard = FiniteGuard(self.algo)  # a non-finite step is rolled back (p2pgan.algorithm.guard)
+        self.grid_failed = False  # a sample grid could not be written (said once)
 
     def state(self) -> dict[str, Any]:
         """Everything a step needs: both sequences, the previous direction, optimizer moments, step,
@@ -394,7 +395,12 @@ def _evaluate(run: _Run, evaluator: Any) -> dict[str, Any]:
     n = max(cfg.evaluation.samples, cfg.evaluation.grid)
     samples = game.sample(n, seed=SAMPLE_SEED)
     scores = evaluator.scores(samples) if evaluator is not None else {}
-    path = save_samples(samples[: cfg.evaluation.grid], cfg.evaluation.out_dir / f"samples-{algo.steps:07d}.png",
-                        title=f"{cfg.peer.id} step {algo.steps}")
-    return {"step": algo.steps, "epoch": game.epoch, "scores": scores, "samples": str(path),
+    target = cfg.evaluation.out_dir / f"samples-{algo.steps:07d}.png"
+    try:
+        path: Path | None = save_samples(samples[: cfg.evaluation.grid], target, title=f"{cfg.peer.id} step {algo.steps}")
+    except OSError as exc:  # a full or read-only disk costs the picture, never the run
+        (log.debug if run.grid_failed else log.warning)(
+            "sample grid %s not written (%s); training goes on", target, exc.strerror or exc)
+        run.grid_failed, path = True, None
+    return {"step": algo.steps, "epoch": game.epoch, "scores": scores, "samples": str(path) if path else None,
             "eval_s": time.perf_counter() - start}
