@@ -397,7 +397,8 @@ def _evaluate(run: _Run, evaluator: Any) -> dict[str, Any]:
     scores = evaluator.scores(samples) if evaluator is not None else {}
     target = cfg.evaluation.out_dir / f"samples-{algo.steps:07d}.png"
     try:
-        path: Path | None = save_samples(samples[: cfg.evaluation.grid], target, title=f"{cfg.peer.id} step {algo.steps}")
+        path: Path | None = save_samples(samples[: cfg.evaluation.grid], target,
+                                         title=f"{cfg.peer.id} step {algo.steps}")
     except OSError as exc:  # a full or read-only disk costs the picture, never the run
         (log.debug if run.grid_failed else log.warning)(
             "sample grid %s not written (%s); training goes on", target, exc.strerror or exc)

@@ -113,13 +113,16 @@ class ZeroconfDiscovery:
     def discover(self, expected: int | None, *, timeout: float) -> tuple[PeerEntry, ...]:
         """Wait until ``expected`` verified members (self included) are known; return them."""
         if expected is None or expected < 1:
-            raise ConfigError("discovery.zeroconf_peers: zeroconf discovery needs the number of peers to wait for (>= 1)")
+            raise ConfigError("discovery.zeroconf_peers: zeroconf discovery needs the number of peers to wait for "
+                              "(>= 1)")
         allowed = self.net.allowed_members
         if allowed is None:
-            raise ConfigError("discovery.zeroconf_members: required with zeroconf discovery (the ids of the federation's "
-                              "members, the same list on every host), so that every peer ends with the same members")
+            raise ConfigError("discovery.zeroconf_members: required with zeroconf discovery (the ids of the "
+                              "federation's members, the same list on every host), so that every peer ends with "
+                              "the same members")
         if self.net.peer_id not in allowed:
-            raise ConfigError(f"discovery.zeroconf_members {list(allowed)} does not list this peer {self.net.peer_id!r}")
+            raise ConfigError(f"discovery.zeroconf_members {list(allowed)} does not list this peer "
+                              f"{self.net.peer_id!r}")
         verified: dict[str, PeerEntry] = {self.me.id: self.me}
         rejected: dict[str, str] = {}
         retry: set[str] = set()
