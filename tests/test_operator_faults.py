@@ -59,7 +59,8 @@ def _peer(config: Path, *args: str, timeout: float = 120.0) -> subprocess.Comple
 
 # -- a disk that refuses checkpoints mid-run ------------------------------------------------------------
 @pytest.mark.timeout(300)
-def test_a_disk_that_refuses_checkpoints_mid_run_does_not_end_the_run(tmp_path: Path) -> None:
+def test_a_disk_that_refuses_checkpoints_mid_run_does_not_end_the_run(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     fed = federation(tmp_path, 1, steps=FULL_DISK_STEPS, checkpoint_interval=FULL_DISK_INTERVAL)
     spec = fed.specs()[0]
     state_dir = spec.metrics.parent
@@ -105,6 +106,36 @@ def test_a_disk_that_refuses_checkpoints_mid_run_does_not_end_the_run(tmp_path: 
 
     st = daemon_status(fed.configs[spec.name], timeout=1.0)  # stopped: its metrics still tell
     assert st["checkpoint_failing"] is True and st["checkpoint_step"] == last_good["step"]
+    capsys.readouterr()
+    assert cli.main(["status", "--config", str(fed.configs[spec.name]), "--timeout", "1"]) == 1  # not running
+    line = capsys.readouterr().out
+    assert f"checkpoint FAILING since step {failed[0]['step']} (" in line and "File too large" in line, line
+    assert f"last good at step {last_good['step']}" in line, line
+
+
+def test_prometheus_says_when_checkpoints_fail() -> None:
+    import urllib.request
+
+    from p2pgan.metrics import PrometheusExporter
+
+    exporter = PrometheusExporter("p0", 0)
+    try:
+        def scrape() -> dict[str, float]:
+            with urllib.request.urlopen(f"http://127.0.0.1:{exporter.port}/metrics", timeout=10) as reply:
+                text = reply.read().decode()
+            series = (line.split(" ") for line in text.splitlines() if line.startswith("p2pgan_checkpoint"))
+            return {name.split("{")[0]: float(value) for name, value in series if "_created" not in name}
+
+        exporter.observe({"type": "checkpoint", "step": 20, "ok": True, "last_good_step": 20})
+        assert scrape() == {"p2pgan_checkpoint_failing": 0.0, "p2pgan_checkpoint_step": 20.0,
+                            "p2pgan_checkpoint_failures_total": 0.0}
+        for step in (40, 60):
+            exporter.observe({"type": "checkpoint", "step": step, "ok": False, "last_good_step": 20})
+        got = scrape()
+        assert got["p2pgan_checkpoint_failing"] == 1.0 and got["p2pgan_checkpoint_failures_total"] == 2.0
+        assert got["p2pgan_checkpoint_step"] == 20.0
+    finally:
+        exporter.close()
 
 
 def test_checkpoint_keeper_backs_off_logs_once_and_recovers(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
