@@ -103,8 +103,8 @@ class ZeroconfDiscovery:
         cand = self._candidate(name)
         if cand is None:
             return None
-        allowed = self.net.allowed_members
-        if allowed is None or cand.id not in allowed:
+        allowed = self.net.allowed_members or ()  # discover() refuses to run without a list
+        if cand.id not in allowed:
             raise DiscoveryError(f"{cand.id!r} at {cand.host}:{cand.port} is not in discovery.zeroconf_members "
                                  f"{list(allowed)}: refused")
         self._verify(cand)
