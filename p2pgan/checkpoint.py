@@ -21,6 +21,7 @@ A state may hold tensors, ints, floats, bools, strings, None and nested dicts / 
 from __future__ import annotations
 
 import dataclasses
+import errno
 import hashlib
 import io
 import json
@@ -36,7 +37,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from p2pgan.errors import CheckpointError
+from p2pgan.errors import CheckpointError, StorageFullError
 from p2pgan.logsafe import printable
 
 MAGIC = b"P2PGAN-CKPT 1\n"
@@ -48,6 +49,8 @@ _MAX_HEADER_BYTES = 4096
 _TEMP_RE = re.compile(r"^\..+\.\d+\.tmp$")
 #: the lock file that keeps a second daemon out of a checkpoint folder
 LOCK_NAME = ".lock"
+#: errors of a folder that is full rather than forbidden (no space, quota): a condition that may pass
+_FULL_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT})
 
 
 log = logging.getLogger(__name__)
@@ -81,7 +84,10 @@ def atomic_write_bytes(path: str | os.PathLike[str], data: bytes) -> Path:
             os.fsync(f.fileno())
         os.replace(tmp, path)
     except BaseException:
-        tmp.unlink(missing_ok=True)
+        try:
+            tmp.unlink(missing_ok=True)
+        except OSError:  # the file system turned read-only meanwhile: the next FolderClaim removes it
+            pass
         raise
     _fsync_dir(path.parent)
     return path
@@ -223,7 +229,10 @@ class CheckpointManager:
         atomic_write_bytes(self.directory / LATEST_NAME, (path.name + "\n").encode())
         for old in self.steps()[: -self.keep]:
             if old != step:
-                self.path_for(old).unlink(missing_ok=True)
+                try:
+                    self.path_for(old).unlink(missing_ok=True)
+                except OSError as exc:  # the new checkpoint is written: an old one left over is harmless
+                    log.debug("%s: not removed (%s)", self.path_for(old), exc.strerror or exc)
         return path
 
     def _latest_pointer(self) -> Path | None:
@@ -244,7 +253,9 @@ class CheckpointManager:
         """The newest valid checkpoint, or ``None`` if there is none at all.
 
         With ``fallback=False`` a damaged newest checkpoint raises :class:`CheckpointError` instead of
-        falling back to an older one. Damaged files are logged and left in place for inspection.
+        falling back to an older one. Damaged files are left in place for inspection and listed in
+        :attr:`LoadedCheckpoint.refused` (for the caller's one warning line); a directory whose files are
+        all damaged raises :class:`CheckpointError` naming each.
         """
         candidates = [self.path_for(s) for s in reversed(self.steps())]
         pointer = self._latest_pointer()
@@ -258,7 +269,7 @@ class CheckpointManager:
             except CheckpointError as exc:
                 if not fallback:
                     raise
-                log.warning("refusing checkpoint: %s", exc)
+                log.debug("refusing checkpoint: %s", exc)
                 refused.append((path, str(exc)))
                 continue
             step = int(_CKPT_RE.match(path.name).group(1))  # type: ignore[union-attr]
@@ -290,7 +301,8 @@ class FolderClaim:
         try:
             d.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
-            raise CheckpointError(f"checkpoint.dir {d}: cannot create the folder ({exc.strerror or exc})") from None
+            kind = StorageFullError if exc.errno in _FULL_ERRNOS else CheckpointError
+            raise kind(f"checkpoint.dir {d}: cannot create the folder ({exc.strerror or exc})") from None
         self._lock()
         try:
             for p in d.iterdir():
@@ -302,6 +314,9 @@ class FolderClaim:
                 atomic_write_bytes(probe, b"")
                 probe.unlink()
             except OSError as exc:
+                if exc.errno in _FULL_ERRNOS:  # may pass (exit 75): the operator frees space, the daemon retries
+                    raise StorageFullError(f"checkpoint.dir {d}: {exc.strerror or exc}; free some space there "
+                                           "(or choose another folder)") from None
                 raise CheckpointError(f"checkpoint.dir {d} is not writable ({exc.strerror or exc}); fix its "
                                       "permissions or choose another folder") from None
         except BaseException:
@@ -316,7 +331,8 @@ class FolderClaim:
         try:
             fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
         except OSError as exc:
-            raise CheckpointError(f"checkpoint.dir {self.directory} is not writable ({exc.strerror or exc})") from None
+            kind = StorageFullError if exc.errno in _FULL_ERRNOS else CheckpointError
+            raise kind(f"checkpoint.dir {self.directory} is not writable ({exc.strerror or exc})") from None
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError:

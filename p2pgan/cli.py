@@ -2,27 +2,40 @@
 
 Each entry names a module that defines ``add_arguments(parser)`` and ``run(args) -> int``. Only the
 module of the sub-command being run is imported (none for ``p2pgan --help``), so help and the commands
-that need no torch (``certs``, ``status``) start in a fraction of a second. A :class:`P2PGANError` (a
-user mistake) is printed as one line naming the flag, file or field, with exit status 2 (75 when the
-other peers could not be reached: a retry may succeed).
+that need no torch (``certs``, ``status``) start in a fraction of a second. A :class:`P2PGANError` is
+printed as one line naming the flag, file or field. Exit statuses mean one thing each (the table is in
+peers/README.md): 0 done, 1 the command ran and failed (or an unexpected error, with its traceback), 2 a
+mistake to fix first, 75 a condition that may pass (peers not up yet, a full disk), 130 interrupted.
 """
 
 from __future__ import annotations
 
 import argparse
+import errno
 import importlib
 import re
 import sys
 from collections.abc import Sequence
 
 from p2pgan import __version__, logs
-from p2pgan.errors import DiscoveryError, P2PGANError, PeerUnavailableError
+from p2pgan.errors import P2PGANError, PeerProcessError, TemporaryError
 
 #: exit status of a user mistake (bad flag, config, file): the same as argparse's usage errors. The
 #: systemd unit does not restart on it (RestartPreventExitStatus=2): the file must be fixed first.
 EXIT_USAGE = 2
-#: exit status when the other peers could not be reached or found (sysexits' EX_TEMPFAIL): worth a retry
+#: exit status of a condition that may pass (sysexits' EX_TEMPFAIL): peers not reachable or found yet, a
+#: full disk. The systemd unit restarts on it (Restart=on-failure, a bounded number of times).
 EXIT_TEMPFAIL = 75
+#: exit status of a command that ran and failed (a harness peer died, a self-test did not match, a
+#: daemon not SERVING for ``status``), or of an unexpected error (printed with its traceback)
+EXIT_FAILURE = 1
+#: exit status after Ctrl-C (128 + SIGINT, as shells report it)
+EXIT_INTERRUPTED = 130
+#: OSError numbers of a disk that refuses a write for good until someone acts (exit 2, like a named file)
+STORAGE_ERRNOS = frozenset({errno.EROFS, errno.EACCES, errno.EPERM, errno.EFBIG})
+#: OSError numbers of a condition that may pass by itself (else an OSError on a named file is a mistake)
+TEMPORARY_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EAGAIN, errno.EBUSY, errno.EINTR, errno.ETIMEDOUT,
+                              errno.EMFILE, errno.ENFILE, errno.ENOMEM})
 
 #: sub-command -> (module that implements it, one-line help)
 COMMANDS: dict[str, tuple[str, str]] = {
@@ -73,9 +86,15 @@ def build_parser(command: str | None = "*") -> argparse.ArgumentParser:
     return parser
 
 
-def exit_status(exc: P2PGANError) -> int:
-    """:data:`EXIT_TEMPFAIL` for errors a later retry may not meet (peers not up yet), else :data:`EXIT_USAGE`."""
-    return EXIT_TEMPFAIL if isinstance(exc, (PeerUnavailableError, DiscoveryError)) else EXIT_USAGE
+def exit_status(exc: BaseException) -> int:
+    """The exit status of an error that ends a command: :data:`EXIT_TEMPFAIL` for a condition a retry may
+    not meet (:class:`TemporaryError`, an OSError such as ENOSPC), :data:`EXIT_FAILURE` for a failed run
+    (:class:`PeerProcessError`), else :data:`EXIT_USAGE` (a mistake: the file or flag must be fixed first)."""
+    if isinstance(exc, TemporaryError) or (isinstance(exc, OSError) and exc.errno in TEMPORARY_ERRNOS):
+        return EXIT_TEMPFAIL
+    if isinstance(exc, PeerProcessError):
+        return EXIT_FAILURE
+    return EXIT_USAGE
 
 
 def _command_in(argv: Sequence[str]) -> str | None:
@@ -97,14 +116,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     except P2PGANError as exc:
         print(f"p2pgan {args.command}: error: {exc}", file=sys.stderr)
         return exit_status(exc)
-    except OSError as exc:  # a file or folder the user named that cannot be used: one line, no traceback
-        if exc.filename is None:
-            raise
-        print(f"p2pgan {args.command}: error: {exc.filename}: {exc.strerror or exc}", file=sys.stderr)
-        return EXIT_USAGE
+    except OSError as exc:  # a file or folder that cannot be used, a full disk: one line, no traceback
+        if exc.filename is None and exc.errno not in TEMPORARY_ERRNOS | STORAGE_ERRNOS:
+            raise  # not about a file or the disk: an unexpected error, shown with its traceback (exit 1)
+        where = f"{exc.filename}: " if exc.filename is not None else ""
+        print(f"p2pgan {args.command}: error: {where}{exc.strerror or exc}", file=sys.stderr)
+        return exit_status(exc)
     except KeyboardInterrupt:
         print(f"p2pgan {args.command}: interrupted", file=sys.stderr)
-        return 130
+        return EXIT_INTERRUPTED
 
 
 if __name__ == "__main__":

@@ -12,6 +12,14 @@ class P2PGANError(Exception):
     """Base class of every error p2pgan raises on purpose."""
 
 
+class TemporaryError(P2PGANError):
+    """A condition that may pass by itself (peers not up yet, a full disk): retrying later may succeed.
+
+    The CLI exits with 75 (EX_TEMPFAIL) for these, and with 2 for every other :class:`P2PGANError`
+    (a mistake the user must fix first), so that a service manager restarts only what a restart can fix.
+    """
+
+
 class ConfigError(P2PGANError, ValueError):
     """A configuration file, field or command-line value is invalid.
 
@@ -39,19 +47,23 @@ class SecurityError(P2PGANError):
     """A certificate, key or peer identity does not check out."""
 
 
-class DiscoveryError(P2PGANError):
-    """Peers could not be found or the membership is inconsistent."""
+class DiscoveryError(TemporaryError):
+    """Peers could not be found (yet). A membership that is wrong by configuration is a :class:`ConfigError`."""
 
 
 class CheckpointError(P2PGANError):
     """A checkpoint is missing, truncated, corrupt or does not match the run."""
 
 
+class StorageFullError(CheckpointError, TemporaryError):
+    """The checkpoint folder cannot take a write now (no space left, quota exceeded): it may pass."""
+
+
 class DataError(P2PGANError, ValueError):
     """A dataset file or folder is missing, malformed or not in an allowed format."""
 
 
-class PeerUnavailableError(P2PGANError):
+class PeerUnavailableError(TemporaryError):
     """A neighbour did not answer within a deadline."""
 
 

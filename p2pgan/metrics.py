@@ -1,12 +1,16 @@
 """Run metrics: a JSON-lines log, an optional Prometheus endpoint, and progress display.
 
-One JSON object per line, flushed as it is written, so a crashed or killed peer leaves every finished
-line readable. Two record types (``"type"``), both carrying ``peer``, ``step``, ``epoch`` and ``time``
+One JSON object per line, written with one system call, so a crashed or killed peer leaves every finished
+line readable. The two main record types (``"type"``), both carrying ``peer``, ``step``, ``epoch`` and ``time``
 (Unix seconds):
 
 - ``"step"``: ``loss_g``, ``loss_d``, ``grad_norm``, ``consensus`` (distance to the neighbours' average),
   ``bytes_sent``, ``bytes_received`` (totals so far), ``compute_s``, ``comm_s`` (this step), plus extras;
 - ``"eval"``: ``scores`` (e.g. ``{"is": 8.1, "fid": 12.3}``), plus extras.
+
+A daemon also writes ``start``, ``end``, ``rejoin``, ``member`` records and one ``checkpoint`` record per
+checkpoint write (``ok``, ``error``, ``last_good_step``: :class:`p2pgan.daemon.checkpoints.CheckpointKeeper`).
+A line the disk refuses (full, read-only) is dropped with one warning, never half written.
 
 Byte fields are in bytes, times in seconds (the ``_s`` suffix).
 
@@ -17,6 +21,7 @@ file back, skipping a final line cut short by a crash. The Prometheus endpoint (
 
 from __future__ import annotations
 
+import errno
 import json
 import logging
 import math
@@ -119,7 +124,9 @@ class PrometheusExporter:
     ``p2pgan_received_bytes_total``, ``p2pgan_dropped_rounds_total``, ``p2pgan_compute_seconds_total``,
     ``p2pgan_communication_seconds_total``, ``p2pgan_evaluations_total``. Gauges hold the latest values
     (``p2pgan_step``, losses, ``p2pgan_consensus_distance``, ``p2pgan_score{score=...}``);
-    ``p2pgan_step_duration_seconds`` is a histogram of wall seconds per step; ``p2pgan_build_info`` carries
+    ``p2pgan_step_duration_seconds`` is a histogram of wall seconds per step; ``p2pgan_checkpoint_failing``
+    (1 while the disk refuses checkpoints), ``p2pgan_checkpoint_step`` (the newest good one) and
+    ``p2pgan_checkpoint_failures_total`` come from ``checkpoint`` records; ``p2pgan_build_info`` carries
     the versions. Every series is labelled ``peer``. Bound to loopback unless ``addr`` says otherwise.
     """
 
@@ -154,6 +161,11 @@ class PrometheusExporter:
         self._gauges = {key: pc.Gauge(f"p2pgan_{name}", doc, ["peer"], registry=reg).labels(peer=peer)
                         for key, (name, doc) in STEP_GAUGES.items()}
         self._scores = pc.Gauge("p2pgan_score", "latest evaluation score", ["peer", "score"], registry=reg)
+        self._ckpt_failing = pc.Gauge("p2pgan_checkpoint_failing", "1 while checkpoints cannot be written (the "
+                                      "daemon trains on and retries), else 0", ["peer"], registry=reg).labels(peer=peer)
+        self._ckpt_step = pc.Gauge("p2pgan_checkpoint_step", "step of the newest good checkpoint", ["peer"],
+                                   registry=reg).labels(peer=peer)
+        self._ckpt_failures = counter("checkpoint_failures", "checkpoint writes that failed in this run", 0.0)
         pc.Info("p2pgan_build", "versions of p2pgan and its main libraries", ["peer"], registry=reg).labels(
             peer=peer).info(_build_labels())
         self._this_run = dict.fromkeys(RUN_TOTALS, 0.0)
@@ -190,6 +202,14 @@ class PrometheusExporter:
                 value = number(key)
                 if value is not None:
                     g.set(value)
+        elif record.get("type") == "checkpoint":
+            self._ckpt_failing.set(0.0 if record.get("ok") else 1.0)
+            if not record.get("ok"):
+                self._ckpt_failures.inc()
+            good = number("last_good_step")
+            if good is not None:
+                self._ckpt_step.set(good)
+            return  # its step is the checkpoint's, not necessarily the training's newest
         elif record.get("type") == "eval":
             self._evaluations.inc()
             for name, value in (record.get("scores") or {}).items():
@@ -222,20 +242,50 @@ class MetricsWriter:
             carried = run_totals(read_metrics(self.path)) if self.path.is_file() else None
             self.exporter = PrometheusExporter(peer, prometheus_port, prometheus_addr, carried=carried)
         try:
-            self._file: IO[str] = open(self.path, "a", encoding="utf-8")
+            self._fd: int | None = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
         except OSError as exc:
             if self.exporter is not None:
                 self.exporter.close()
             raise ConfigError(f"{self.path}: cannot open metrics file ({exc.strerror or exc})") from None
+        #: records that could not be written (full or read-only disk) since the file last took one
+        self.dropped = 0
 
     def write(self, record: Mapping[str, Any]) -> dict[str, Any]:
-        """Write one record (``peer`` and ``time`` added when absent) as one flushed line; returns it."""
+        """Write one record (``peer`` and ``time`` added when absent) as one line; returns it.
+
+        A disk that refuses the line (full, read-only, file too large) never ends the run: the record is
+        dropped (a cut line is trimmed off again), one warning line says so, and one more when lines
+        are written again. Prometheus still sees every record."""
         line = {"peer": self.peer, "time": time.time(), **_clean(record)}
-        self._file.write(json.dumps(line, allow_nan=False, separators=(",", ":")) + "\n")
-        self._file.flush()
+        self._append((json.dumps(line, allow_nan=False, separators=(",", ":")) + "\n").encode())
         if self.exporter is not None:
             self.exporter.observe(line)
         return line
+
+    def _append(self, data: bytes) -> None:
+        """One ``write`` of a whole line (an O_APPEND write lands at the end in one piece, or fails)."""
+        if self._fd is None:
+            return
+        size = None
+        try:
+            size = os.fstat(self._fd).st_size
+            written = os.write(self._fd, data)
+            if written != len(data):
+                raise OSError(errno.EFBIG, f"wrote {written} of {len(data)} bytes")
+        except OSError as exc:
+            if size is not None:
+                try:
+                    os.ftruncate(self._fd, size)  # no half line for a reader to trip on
+                except OSError:
+                    pass
+            if not self.dropped:
+                log.warning("%s: cannot append metrics (%s); records are dropped until it can again",
+                            self.path, exc.strerror or exc)
+            self.dropped += 1
+            return
+        if self.dropped:
+            log.warning("%s: metrics are written again (%d record(s) were dropped)", self.path, self.dropped)
+            self.dropped = 0
 
     def step(self, *, step: int, epoch: float, loss_g: float, loss_d: float, grad_norm: float,
              consensus: float | None = None, bytes_sent: int = 0, bytes_received: int = 0,
@@ -250,8 +300,9 @@ class MetricsWriter:
         return self.write({"type": "eval", "step": step, "epoch": epoch, "scores": dict(scores), **extra})
 
     def close(self) -> None:
-        if not self._file.closed:
-            self._file.close()
+        fd, self._fd = self._fd, None
+        if fd is not None:
+            os.close(fd)
         if self.exporter is not None:
             self.exporter.close()
             self.exporter = None

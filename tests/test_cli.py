@@ -121,11 +121,11 @@ def test_user_mistakes_are_one_line_errors(tmp_path: Path, capsys: pytest.Captur
 
 def test_zeroconf_on_a_wildcard_address_names_the_real_field() -> None:
     from p2pgan.discovery.mdns import ZeroconfDiscovery
-    from p2pgan.errors import DiscoveryError
+    from p2pgan.errors import ConfigError
     from p2pgan.wire.config import NetworkConfig
 
     net = NetworkConfig(federation="demo", peer_id="alice", listen_host="0.0.0.0", insecure=True, discovery="zeroconf")
-    with pytest.raises(DiscoveryError, match=r"^peer\.advertise: "):
+    with pytest.raises(ConfigError, match=r"^peer\.advertise: "):  # a mistake to fix: exit 2, not 75
         ZeroconfDiscovery(net, port=7000)
 
 

@@ -17,7 +17,7 @@ import pytest
 from zeroconf import IPVersion, ServiceInfo, Zeroconf
 
 from p2pgan.discovery.mdns import SERVICE_TYPE, ZeroconfDiscovery
-from p2pgan.errors import DiscoveryError
+from p2pgan.errors import ConfigError
 from p2pgan.security.certs import make_federation
 from p2pgan.wire.codec import PROTOCOL_VERSION
 from p2pgan.wire.config import NetworkConfig
@@ -89,7 +89,7 @@ def test_a_peer_missing_from_its_own_allow_list_is_refused(tmp_path: Path) -> No
     with GrpcMixer(net, dim=10) as server:
         d = ZeroconfDiscovery(net, port=server.port)
         try:
-            with pytest.raises(DiscoveryError, match="does not list this peer 'a'"):
+            with pytest.raises(ConfigError, match="does not list this peer 'a'"):  # a mistake: exit 2
                 d.discover(1, timeout=5)
         finally:
             d.close()

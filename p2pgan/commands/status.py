@@ -2,8 +2,10 @@
 
 Calls grpc.health.v1 on the daemon's gRPC port over mutual TLS with the peer's own certificate (from its
 config), and reads the daemon's metrics file for the step, the members it mixes with, dropped rounds
-and the last step's time. Exit status 0 when the daemon answers SERVING, 1 otherwise (not reachable,
-still starting, leaving), so it can serve as a probe in scripts.
+and the last step's time, and whether its checkpoints are being written (``checkpoint FAILING since step
+N (reason)`` while a full or read-only disk refuses them; the daemon trains on and retries). Exit status 0
+when the daemon answers SERVING, 1 otherwise (not reachable, still starting, leaving), so it can serve as
+a probe in scripts.
 
 Examples:
   p2pgan status --config peers/alice.yaml
@@ -36,7 +38,7 @@ def daemon_status(config: Path, timeout: float = STATUS_TIMEOUT_S) -> dict[str, 
     from p2pgan.metrics import read_metrics
     from p2pgan.wire import transport
     from p2pgan.wire.config import PeerEntry
-    from p2pgan.wire.health import check
+    from p2pgan.wire.health import CHECKPOINT_SERVICE, check
 
     cfg = load_config(config)
     host = cfg.peer.listen_host if cfg.peer.listen_host not in ("0.0.0.0", "::", "") else "127.0.0.1"
@@ -49,6 +51,11 @@ def daemon_status(config: Path, timeout: float = STATUS_TIMEOUT_S) -> dict[str, 
         except grpc.RpcError as exc:
             out["health"] = "UNREACHABLE"
             out["error"] = f"{exc.code().name}: {exc.details()}"  # type: ignore[attr-defined]
+        else:
+            try:  # the daemon's own word, even when the full disk keeps its metrics file from growing
+                out["checkpoint_health"] = check(channel, CHECKPOINT_SERVICE, timeout=timeout)
+            except grpc.RpcError:
+                pass  # a daemon of an older version: the metrics file may still say
     records = read_metrics(cfg.metrics.path) if cfg.metrics.path.is_file() else []
     start = next((r for r in reversed(records) if r.get("type") == "start"), None)
     step = next((r for r in reversed(records) if r.get("type") == "step"), None)
@@ -61,6 +68,14 @@ def daemon_status(config: Path, timeout: float = STATUS_TIMEOUT_S) -> dict[str, 
                    dropped_rounds=step.get("dropped"), last_step_age_s=round(time.time() - float(step["time"]), 1))
     if ev:
         out["scores"] = ev.get("scores")
+    ckpt = next((r for r in reversed(records) if r.get("type") == "checkpoint"), None)
+    if ckpt:
+        out.update(checkpoint_step=ckpt.get("last_good_step"), checkpoint_error=ckpt.get("error"),
+                   checkpoint_failing_since=ckpt.get("failing_since"))
+    if "checkpoint_health" in out:
+        out["checkpoint_failing"] = out["checkpoint_health"] != "SERVING"
+    elif ckpt:
+        out["checkpoint_failing"] = not ckpt.get("ok")
     return out
 
 
@@ -76,6 +91,12 @@ def run(args: argparse.Namespace) -> int:
             of = f"/{st['total_steps']}" if st.get("total_steps") else ""
             line += (f"; step {st['step']}{of} ({st['last_step_age_s']} s ago), last step {st['step_s'] or 0:.3f} s "
                      f"(mixing {st['comm_s'] or 0:.3f} s), dropped rounds {st['dropped_rounds']}")
+        if st.get("checkpoint_failing"):
+            since = st.get("checkpoint_failing_since")
+            line += "; checkpoint FAILING" + (f" since step {since}" if since is not None else "")
+            line += f" ({st['checkpoint_error']})" if st.get("checkpoint_error") else ""
+            good = st.get("checkpoint_step")
+            line += f", last good at step {good}" if good is not None else ", none written yet"
         if st.get("members"):
             line += f"; members {', '.join(st['members'])}"
         if st.get("scores"):

@@ -98,7 +98,7 @@ def start_position(cfg: Any, algo: Any, mixer: Any, resumed: bool, emit: Emit) -
         got = _transfer(cfg, algo, mixer, sources)
         if got is not None:
             log.warning("joined the running federation at step %d by state transfer from %s (own state was at "
-                        "step %d)", got[1], got[0], own)
+                        "step %d)", algo.steps, got[0], own)  # the step adopted, whatever the manifest said
             _rejoined(emit, "state-transfer", got[0], algo.steps, own)
             return
         log.warning("no running member handed out its state; continuing from %s at step %d",
@@ -127,7 +127,7 @@ def catch_up(cfg: Any, algo: Any, mixer: Any, steps_total: int, emit: Emit) -> N
     if plan.sources:
         got = _transfer(cfg, algo, mixer, plan.sources)
         if got is not None:
-            log.warning("fell %d steps behind: adopted the state of %s at step %d", plan.lag, got[0], got[1])
+            log.warning("fell %d steps behind: adopted the state of %s at step %d", plan.lag, got[0], algo.steps)
             _rejoined(emit, "state-transfer", got[0], algo.steps, own)
             return
     algo.skip_to(plan.target)

@@ -48,6 +48,12 @@ def make_mixer(config: PeerConfig, dim: int, digest: str, *, start_step: int = 0
                     str(config.source), "peer.federation",
                     f"{config.peer.federation!r} but the roster {config.discovery.roster} is for {loaded.federation!r}",
                 )
+            if config.peer.id not in loaded.members:  # a mistake to fix, not a condition that passes: exit 2
+                raise config_error(
+                    str(config.source), "peer.id",
+                    f"{config.peer.id!r} is not in the roster {config.discovery.roster} (members: "
+                    f"{', '.join(loaded.members)}); add this peer to the roster or fix peer.id",
+                )
             roster = loaded.peers
         net = network_config(config, roster)
         if net.tls is not None:

@@ -8,7 +8,9 @@ Per step one ``step`` metrics record (losses, gradient norm, consensus distance,
 communication seconds; ``consensus`` is ``||x_i - mix(x)_i|| / (1 - w_ii)``, which for one round is
 exactly the distance from this peer's parameters to the weighted average of its neighbours'); every ``evaluation.interval`` steps an ``eval`` record with scores and a PNG
 grid of samples; every ``checkpoint.interval`` steps and at shutdown an atomic checkpoint holding
-everything a step needs, so ``--resume`` continues bit-for-bit.
+everything a step needs, so ``--resume`` continues bit-for-bit (a write a full or read-only disk refuses
+is retried with backoff while training goes on, and ``--resume`` skips a damaged newest checkpoint:
+:mod:`p2pgan.daemon.checkpoints`).
 
 Elastic membership (gRPC backend; DESIGN.md section 5, :mod:`p2pgan.membership`):
 
@@ -44,15 +46,9 @@ from typing import Any
 import torch
 
 from p2pgan.algorithm.guard import FiniteGuard
-from p2pgan.checkpoint import (
-    CheckpointManager,
-    FolderClaim,
-    LoadedCheckpoint,
-    NonFiniteStateError,
-    capture_rng_state,
-    restore_rng_state,
-)
+from p2pgan.checkpoint import FolderClaim, LoadedCheckpoint, capture_rng_state, restore_rng_state
 from p2pgan.daemon import elastic
+from p2pgan.daemon.checkpoints import CheckpointKeeper, open_checkpoints
 from p2pgan.daemon.config import PeerConfig
 from p2pgan.errors import CheckpointError, ConfigError
 
@@ -172,11 +168,11 @@ class _Run:
     algo: Any
     mixer: Any
     digest: str
-    checkpoints: CheckpointManager
-    last_saved: Path | None = None
+    keeper: CheckpointKeeper
 
     def __post_init__(self) -> None:
         self.guard = FiniteGuard(self.algo)  # a non-finite step is rolled back (p2pgan.algorithm.guard)
+        self.grid_failed = False  # a sample grid could not be written (said once)
 
     def state(self) -> dict[str, Any]:
         """Everything a step needs: both sequences, the previous direction, optimizer moments, step,
@@ -196,12 +192,9 @@ class _Run:
         }
 
     def save(self) -> Path | None:
-        """Checkpoint now; a non-finite state is refused (logged) and the last finite checkpoint kept."""
-        try:
-            self.last_saved = self.checkpoints.save(self.algo.steps, self.state())
-        except NonFiniteStateError as exc:
-            log.error("step %d: %s; the last finite checkpoint %s is kept", self.algo.steps, exc, self.last_saved)
-        return self.last_saved
+        """Checkpoint now; returns the newest good checkpoint. A non-finite state is refused and a write the
+        disk refuses is retried later (:class:`CheckpointKeeper`): the last good checkpoint is kept."""
+        return self.keeper.save(self.algo.steps, self.state())
 
     def restore(self, loaded: LoadedCheckpoint) -> None:
         st, where = loaded.state, str(loaded.path)
@@ -223,43 +216,6 @@ class _Run:
         members = list(getattr(self.mixer, "members", ()))
         if st.get("membership") and members and list(st["membership"]) != members:
             log.warning("membership changed since the checkpoint: %s -> %s", st["membership"], members)
-
-
-def open_checkpoints(cfg: PeerConfig, resume: bool) -> tuple[CheckpointManager, LoadedCheckpoint | None]:
-    """The checkpoint directory and, with ``resume``, its newest checkpoint.
-
-    A damaged newest checkpoint is refused (never silently replaced by an older one): the error names
-    the file, the reason and the older checkpoints that are still intact. Without ``resume`` a
-    directory that already holds checkpoints is refused, so a run is never overwritten by accident.
-    """
-    manager = CheckpointManager(cfg.checkpoint.dir, keep=cfg.checkpoint.keep + 1)
-    steps = manager.steps()
-    if not resume:
-        if steps:
-            raise ConfigError(
-                f"{cfg.source}: checkpoint.dir {cfg.checkpoint.dir} already holds checkpoints up to step {steps[-1]}; "
-                "pass --resume to continue that run, or choose another checkpoint.dir"
-            )
-        return manager, None
-    if not steps:
-        log.warning("--resume: no checkpoint in %s yet, starting at step 0", cfg.checkpoint.dir)
-        return manager, None
-    try:
-        return manager, manager.load_latest(fallback=False)
-    except CheckpointError as exc:
-        intact = []
-        for s in steps:
-            path = manager.path_for(s)
-            try:
-                from p2pgan.checkpoint import load_checkpoint
-
-                load_checkpoint(path)
-                intact.append(path.name)
-            except CheckpointError:
-                continue
-        hint = (f"; intact older checkpoint(s): {', '.join(intact)} - move the damaged file away to resume from "
-                f"the newest of them") if intact else "; no intact checkpoint is left"
-        raise CheckpointError(f"refusing to resume: {exc}{hint}") from None
 
 
 def run_peer(cfg: PeerConfig, *, resume: bool = False) -> int:
@@ -302,9 +258,11 @@ def _run_peer(cfg: PeerConfig, resume: bool, stop: StopSignals) -> int:
     ) as metrics:
         algo = DPOSG(game.point().to(device), mixer, cfg.train.optimizer, lr, schedule=cfg.mixing.schedule,
                      first_step=cfg.mixing.first_step, **direction_kwargs)
-        run = _Run(cfg, game, algo, mixer, digest, checkpoints)
+        keeper = CheckpointKeeper(checkpoints, emit=metrics.write, on_change=_health_reporter(mixer))
+        run = _Run(cfg, game, algo, mixer, digest, keeper)
         if loaded is not None:
             run.restore(loaded)
+            keeper.last_good, keeper.last_good_step = loaded.path, loaded.step
             log.warning("resumed from %s at step %d", loaded.path, algo.steps)
         membership = getattr(mixer, "membership", None)
         board = getattr(mixer, "board", None)
@@ -346,7 +304,7 @@ def _run_peer(cfg: PeerConfig, resume: bool, stop: StopSignals) -> int:
                 status.update(algo.steps, loss_d=record["loss_d"], loss_g=record["loss_g"],
                               consensus=record["consensus"], sent_mb=record["bytes_sent"] / 1e6,
                               **({"absent": record["absent"]} if record.get("absent") else {}))
-                if algo.steps % cfg.checkpoint.interval == 0:
+                if keeper.due(algo.steps % cfg.checkpoint.interval == 0):
                     run.save()
                 if cfg.evaluation.interval and algo.steps % cfg.evaluation.interval == 0:
                     status.notes = metrics.evaluation(**_evaluate(run, evaluator))["scores"]  # on later status lines
@@ -358,10 +316,23 @@ def _run_peer(cfg: PeerConfig, resume: bool, stop: StopSignals) -> int:
         if reason == "done" and evaluated_at != algo.steps:
             metrics.evaluation(**_evaluate(run, evaluator))
         path = run.save()
+        if keeper.failing:
+            log.warning("exiting with the last good checkpoint %s: checkpoints since step %s could not be written (%s)",
+                        path, keeper.failing_since, keeper.error)
         status.update(algo.steps, force=True, end=reason)
         metrics.write({"type": "end", "step": algo.steps, "epoch": game.epoch, "reason": reason,
-                       "checkpoint": str(path)})
+                       "checkpoint": str(path) if path else None, "checkpoint_failing": keeper.failing})
     return 0
+
+
+def _health_reporter(mixer: Any) -> Any:
+    """``on_change(failing)`` for the keeper: the health service's checkpoint component (gRPC mixer only)."""
+    health = getattr(mixer, "health", None)
+    if health is None:
+        return None
+    from p2pgan.wire.health import CHECKPOINT_SERVICE
+
+    return lambda failing: health.set_component(CHECKPOINT_SERVICE, not failing)
 
 
 def _one_step(run: _Run, device: torch.device) -> dict[str, Any]:
@@ -424,7 +395,13 @@ def _evaluate(run: _Run, evaluator: Any) -> dict[str, Any]:
     n = max(cfg.evaluation.samples, cfg.evaluation.grid)
     samples = game.sample(n, seed=SAMPLE_SEED)
     scores = evaluator.scores(samples) if evaluator is not None else {}
-    path = save_samples(samples[: cfg.evaluation.grid], cfg.evaluation.out_dir / f"samples-{algo.steps:07d}.png",
-                        title=f"{cfg.peer.id} step {algo.steps}")
-    return {"step": algo.steps, "epoch": game.epoch, "scores": scores, "samples": str(path),
+    target = cfg.evaluation.out_dir / f"samples-{algo.steps:07d}.png"
+    try:
+        path: Path | None = save_samples(samples[: cfg.evaluation.grid], target,
+                                         title=f"{cfg.peer.id} step {algo.steps}")
+    except OSError as exc:  # a full or read-only disk costs the picture, never the run
+        (log.debug if run.grid_failed else log.warning)(
+            "sample grid %s not written (%s); training goes on", target, exc.strerror or exc)
+        run.grid_failed, path = True, None
+    return {"step": algo.steps, "epoch": game.epoch, "scores": scores, "samples": str(path) if path else None,
             "eval_s": time.perf_counter() - start}

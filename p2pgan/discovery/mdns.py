@@ -8,10 +8,11 @@ verified ids once ``expected_peers`` (self included) are verified; later arrival
 
 A stranger cannot jam it: candidates are resolved and probed concurrently, each with a short timeout
 (:data:`PROBE_TIMEOUT_S`), so announcements pointing at silent ports cost nothing but a retry later,
-and discovery keeps looking past them. With ``allowed_members`` (``discovery.zeroconf_members``) the
-membership is deterministic: only those ids are accepted, every peer with the same list ends with the
-same members, and any other holder of a federation certificate that announces itself is refused with
-one log line.
+and discovery keeps looking past them. ``allowed_members`` (``discovery.zeroconf_members``) is required:
+it makes the membership deterministic: only those ids are accepted, every peer with the same list ends
+with the same members, and any other holder of a federation certificate that announces itself is refused
+with one log line. (Without it whoever announced first would be a member, and two honest peers could
+end with different member lists; :meth:`ZeroconfDiscovery.discover` refuses that with a ConfigError.)
 """
 
 from __future__ import annotations
@@ -24,11 +25,11 @@ from concurrent import futures
 
 from zeroconf import IPVersion, ServiceBrowser, ServiceInfo, ServiceStateChange, Zeroconf
 
-from p2pgan.errors import DiscoveryError
+from p2pgan.errors import ConfigError, DiscoveryError
 from p2pgan.security.certs import fingerprint, read_tls
 from p2pgan.wire.codec import PROTOCOL_VERSION
 from p2pgan.membership.members import PeerEntry
-from p2pgan.wire.config import NetworkConfig
+from p2pgan.wire.config import WILDCARD_HOSTS, NetworkConfig
 from p2pgan.wire.transport import probe_identity
 
 log = logging.getLogger(__name__)
@@ -50,8 +51,8 @@ class ZeroconfDiscovery:
     def __init__(self, net: NetworkConfig, *, port: int) -> None:
         self.net = net
         self.host = net.advertise_host or net.listen_host
-        if self.host in ("0.0.0.0", "", "::"):
-            raise DiscoveryError(
+        if self.host in WILDCARD_HOSTS:
+            raise ConfigError(
                 f"peer.advertise: set the address other peers should dial (zeroconf announces it; the listen "
                 f"address {self.host!r} is a wildcard), e.g. `peer: {{advertise: 192.168.1.20}}`"
             )
@@ -102,8 +103,8 @@ class ZeroconfDiscovery:
         cand = self._candidate(name)
         if cand is None:
             return None
-        allowed = self.net.allowed_members
-        if allowed is not None and cand.id not in allowed:
+        allowed = self.net.allowed_members or ()  # discover() refuses to run without a list
+        if cand.id not in allowed:
             raise DiscoveryError(f"{cand.id!r} at {cand.host}:{cand.port} is not in discovery.zeroconf_members "
                                  f"{list(allowed)}: refused")
         self._verify(cand)
@@ -112,10 +113,16 @@ class ZeroconfDiscovery:
     def discover(self, expected: int | None, *, timeout: float) -> tuple[PeerEntry, ...]:
         """Wait until ``expected`` verified members (self included) are known; return them."""
         if expected is None or expected < 1:
-            raise DiscoveryError("network.expected_peers: zeroconf discovery needs the number of peers to wait for (>= 1)")
+            raise ConfigError("discovery.zeroconf_peers: zeroconf discovery needs the number of peers to wait for "
+                              "(>= 1)")
         allowed = self.net.allowed_members
-        if allowed is not None and self.net.peer_id not in allowed:
-            raise DiscoveryError(f"discovery.zeroconf_members {list(allowed)} does not list this peer {self.net.peer_id!r}")
+        if allowed is None:
+            raise ConfigError("discovery.zeroconf_members: required with zeroconf discovery (the ids of the "
+                              "federation's members, the same list on every host), so that every peer ends with "
+                              "the same members")
+        if self.net.peer_id not in allowed:
+            raise ConfigError(f"discovery.zeroconf_members {list(allowed)} does not list this peer "
+                              f"{self.net.peer_id!r}")
         verified: dict[str, PeerEntry] = {self.me.id: self.me}
         rejected: dict[str, str] = {}
         retry: set[str] = set()

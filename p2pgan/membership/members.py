@@ -5,7 +5,7 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Sequence
 
-from p2pgan.errors import DiscoveryError
+from p2pgan.errors import ConfigError
 
 
 @dataclasses.dataclass(frozen=True)
@@ -19,10 +19,10 @@ class PeerEntry:
 
 
 def check_members(peers: Sequence[PeerEntry], self_id: str, *, source: str) -> None:
-    """The membership must hold this peer once and no id twice."""
+    """The membership must hold this peer once and no id twice (else :class:`ConfigError`)."""
     ids = [p.id for p in peers]
     dup = sorted({i for i in ids if ids.count(i) > 1})
     if dup:
-        raise DiscoveryError(f"{source}: duplicate peer ids {dup}")
-    if self_id not in ids:
-        raise DiscoveryError(f"{source}: this peer {self_id!r} is not among the members {sorted(ids)}")
+        raise ConfigError(f"{source}: duplicate peer ids {dup}")
+    if self_id not in ids:  # a mistake in the roster or peer.id, not a condition that passes: exit 2
+        raise ConfigError(f"{source}: this peer {self_id!r} is not among the members {sorted(ids)}")

@@ -280,20 +280,51 @@ def _load_pem_cert(path: Path, field: str, data: bytes) -> x509.Certificate:
         raise ConfigError(f"{field}: {path} holds an unreadable PEM certificate ({exc})") from None
 
 
+#: permission bits a private key file must not have: none for group or others (0600 or 0400, as ssh asks)
+KEY_FORBIDDEN_MODE = 0o077
+
+
+def _user_name(uid: int) -> str:
+    """The login name of ``uid``, or the number where it has none."""
+    try:
+        import pwd
+
+        return pwd.getpwuid(uid).pw_name
+    except (ImportError, KeyError):
+        return str(uid)
+
+
+def check_key_file(path: Path, *, field: str = "security.key") -> None:
+    """Refuse (:class:`ConfigError` with the command to run) a private key that is not private: readable or
+    writable by group or others, or owned by another user than the one running this process (the
+    service user under systemd, which maps other owners away: a root-owned key would be unreadable)."""
+    try:
+        st = Path(path).stat()
+    except OSError as exc:
+        raise ConfigError(f"{field}: cannot read {path}: {exc.strerror}") from None
+    mode = st.st_mode & 0o777
+    if mode & KEY_FORBIDDEN_MODE:
+        raise ConfigError(f"{field}: {path} is readable by group or others (mode {mode:04o}); "
+                          f"a private key must be private: run `chmod 600 {path}`")
+    uid = os.geteuid() if hasattr(os, "geteuid") else st.st_uid
+    if st.st_uid != uid:
+        owner, me = _user_name(st.st_uid), _user_name(uid)
+        raise ConfigError(f"{field}: {path} is owned by {owner} (uid {st.st_uid}), but this daemon runs as {me} "
+                          f"(uid {uid}); the key must belong to the user that runs the daemon: run "
+                          f"`chown {me} {path}` and keep it mode 0600")
+
+
 def check_own_tls(files: TLSFiles, federation: str, peer_id: str, *, source: str = "security",
                   now: datetime.datetime | None = None) -> None:
     """Check this peer's own TLS files before anything listens or dials, with one-line errors.
 
     Refuses (with :class:`ConfigError` naming the field and file): unreadable or non-PEM files, a
-    private key readable by group or others (as ssh does; the message gives the chmod to run), a key
+    private key readable by group or others or owned by another user (:func:`check_key_file`), a key
     that does not belong to the certificate, a certificate not issued by the CA, expired or not yet
     valid, or naming another peer id or federation than the config.
     """
+    check_key_file(files.key, field=f"{source}.key")  # before reading: an unreadable key says why
     ca_pem, cert_pem, key_pem = read_tls(files)
-    mode = files.key.stat().st_mode & 0o777
-    if mode & 0o077:
-        raise ConfigError(f"{source}.key: {files.key} is readable by group or others (mode {mode:04o}); "
-                          f"a private key must be private: run `chmod 600 {files.key}`")
     ca = _load_pem_cert(Path(files.ca), f"{source}.ca", ca_pem)
     cert = _load_pem_cert(Path(files.cert), f"{source}.cert", cert_pem)
     try:

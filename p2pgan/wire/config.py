@@ -16,6 +16,8 @@ from p2pgan.mixing.robust import RobustConfig
 
 WireDType = Literal["float32", "bfloat16", "float16"]
 Discovery = Literal["roster", "zeroconf"]
+#: listen addresses that name no one address (a zeroconf announcement needs one the others can dial)
+WILDCARD_HOSTS = frozenset({"0.0.0.0", "::", ""})
 
 
 @dataclasses.dataclass(frozen=True)
@@ -41,7 +43,7 @@ class NetworkConfig:
     discovery: Discovery = "roster"
     roster: tuple[PeerEntry, ...] = ()  # all members, self included (roster discovery)
     expected_peers: int | None = None  # zeroconf: members (self included) to wait for before step 0
-    allowed_members: tuple[str, ...] | None = None  # zeroconf: the only ids accepted (None: first come)
+    allowed_members: tuple[str, ...] | None = None  # zeroconf: the only ids accepted (required to discover)
     topology: str = "ring"  # a name of p2pgan.topology.TOPOLOGY_NAMES or a YAML adjacency path
     seed: int = 0  # shared seed of random topologies
     rounds: int = 1  # t, mixing rounds per step

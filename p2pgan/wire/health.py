@@ -31,6 +31,9 @@ from p2pgan.wire.v1 import gossip_pb2 as pb
 GOSSIP_SERVICE = pb.DESCRIPTOR.services_by_name["Gossip"].full_name
 #: the service names this server reports on
 SERVICE_NAMES: tuple[str, ...] = ("", GOSSIP_SERVICE)
+#: a component's own health: SERVING while the daemon's checkpoints are written, NOT_SERVING while the
+#: disk refuses them (the daemon trains on; ``p2pgan status`` shows it). Not part of the overall ``""``.
+CHECKPOINT_SERVICE = "p2pgan.Checkpoint"
 
 SERVING = health_pb2.HealthCheckResponse.SERVING
 NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
@@ -61,7 +64,9 @@ class HealthReporter:
         self.servicer = health.HealthServicer(experimental_non_blocking=True)
         for name in SERVICE_NAMES:
             self.servicer.set(name, NOT_SERVING)
+        self.servicer.set(CHECKPOINT_SERVICE, SERVING)  # no failed write known
         self._serving = False
+        self._shut = False
 
     def handlers(self) -> list[grpc.GenericRpcHandler]:
         """The generic RPC handlers to serve next to the gossip service."""
@@ -78,9 +83,16 @@ class HealthReporter:
         for name in SERVICE_NAMES:
             self.servicer.set(name, SERVING if serving else NOT_SERVING)
 
+    def set_component(self, name: str, ok: bool) -> None:
+        """Report one component's health (e.g. :data:`CHECKPOINT_SERVICE`) under its own service name."""
+        if self._shut:
+            return
+        self.servicer.set(name, SERVING if ok else NOT_SERVING)
+
     def shutdown(self) -> None:
         """NOT_SERVING from now on, whatever is set later (the daemon is leaving)."""
         self._serving = False
+        self._shut = True
         self.servicer.enter_graceful_shutdown()
 
 

@@ -36,6 +36,7 @@ import grpc
 import torch
 
 from p2pgan.errors import ConfigError, PeerUnavailableError, SecurityError
+from p2pgan.logsafe import printable
 from p2pgan.membership import Membership, live_weights
 from p2pgan.membership.deadline import RoundDeadline
 from p2pgan.mixing.base import MixHandle, Mixer
@@ -59,6 +60,8 @@ READY_RETRY_S = 0.2
 STATE_SERVE_TIMEOUT_S = 60.0
 #: how long a leaving peer waits for its Leave notices to be delivered
 LEAVE_TIMEOUT_S = 1.0
+#: characters of a member's gRPC status details shown in a log line (it is the member's text)
+STATUS_DETAIL_CHARS = 200
 
 
 class _Handle(MixHandle):
@@ -273,8 +276,9 @@ class GrpcMixer(Mixer):
         try:
             return decode_state(call, federation=self.net.federation, sender=pid,
                                 layout_digest=self.layout_digest, expected=expected)
-        except grpc.RpcError as exc:
-            detail = f"{exc.code().name}: {exc.details()}" if isinstance(exc, grpc.Call) else str(exc)
+        except grpc.RpcError as exc:  # one line: the status code and the peer's details, nothing else
+            detail = (f"{exc.code().name}: {printable(exc.details(), STATUS_DETAIL_CHARS)}"
+                      if isinstance(exc, grpc.Call) else printable(exc, STATUS_DETAIL_CHARS))
             raise PeerUnavailableError(f"state transfer from {pid}: {detail}") from None
         finally:
             call.cancel()

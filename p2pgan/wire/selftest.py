@@ -17,7 +17,7 @@ from typing import Any
 
 import torch
 
-from p2pgan.errors import ConfigError, PeerUnavailableError
+from p2pgan.errors import ConfigError, PeerProcessError
 from p2pgan.security.certs import make_federation
 from p2pgan.topology import make_topology
 from p2pgan.wire.selftest_worker import selftest_row
@@ -59,7 +59,7 @@ def run_selftest(
         out.mkdir()
         configs = {
             pid: {
-                "federation": federation, "peer_id": pid, "discovery": discovery, "peers": peers,
+                "federation": federation, "peer_id": pid, "discovery": discovery, "peers": peers, "members": ids,
                 "tls": None if insecure else {k: str(v) for k, v in vars(fed[pid]).items()},
                 "topology": topology, "seed": seed, "rounds": rounds, "round_timeout_s": round_timeout_s,
                 "wire_dtype": wire_dtype, "shard_bytes": shard_bytes, "dim": dim, "steps": steps,
@@ -75,7 +75,7 @@ def run_selftest(
         crashed = crash[0] if crash else None
         bad = {p: c for p, c in codes.items() if c != 0 and p != crashed}
         if bad:
-            raise PeerUnavailableError(f"selftest peers failed: {bad} (see their log output above)")
+            raise PeerProcessError(f"selftest peers failed: {bad} (see their log output above)")
         return _report(out, ids, topology, peers, rounds, steps, seed, dim, crash)
 
 

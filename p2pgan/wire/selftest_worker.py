@@ -38,6 +38,7 @@ def main(argv: list[str]) -> int:
         topology=cfg["topology"], seed=cfg["seed"], rounds=cfg["rounds"], round_timeout_s=cfg["round_timeout_s"],
         wire_dtype=cfg["wire_dtype"], shard_bytes=cfg["shard_bytes"],
         discovery=cfg["discovery"], expected_peers=cfg["peers"], connect_timeout_s=cfg["connect_timeout_s"],
+        allowed_members=tuple(cfg["members"]),
     )
     out = Path(cfg["out"])
     with GrpcMixer(net, dim=cfg["dim"]) as mixer:

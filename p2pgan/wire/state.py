@@ -22,6 +22,7 @@ from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import Any
 
 import torch
+from google.protobuf.message import DecodeError
 
 from p2pgan.errors import PeerUnavailableError, ProtocolError
 from p2pgan.wire import codec
@@ -132,7 +133,7 @@ def decode_state(frames: Iterable[bytes], *, federation: str, sender: str, layou
         first = pb.Frame.FromString(next(it))
     except StopIteration:
         raise ProtocolError(f"{who}: the reply was empty") from None
-    except Exception as exc:  # DecodeError
+    except DecodeError as exc:  # only the bytes' fault: a failed call (grpc.RpcError) goes to the caller as it is
         raise ProtocolError(f"{who}: undecodable manifest: {exc}") from None
     if first.WhichOneof("kind") != "manifest":
         raise ProtocolError(f"{who}: the reply must start with a state manifest")

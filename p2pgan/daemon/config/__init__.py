@@ -66,7 +66,7 @@ from p2pgan.daemon.config.sections import (
     default_seed,
 )
 from p2pgan.errors import ConfigError, config_error
-from p2pgan.wire.config import NetworkConfig, PeerEntry
+from p2pgan.wire.config import WILDCARD_HOSTS, NetworkConfig, PeerEntry
 
 __all__ = [
     "BACKENDS",
@@ -119,6 +119,7 @@ def parse_config(data: object, source: str | Path, base_dir: Path | None = None)
     evaluation = _evaluation(top.section("evaluation"), checkpoint.dir)
     metrics = _metrics(top.section("metrics"), checkpoint.dir)
     top.done()
+    _check_identity_against_discovery(str(source), ident, discovery)
     if mixing.backend == "torch":
         # torch.distributed has neither authentication nor encryption: say so by choosing insecure explicitly
         if not security.insecure:
@@ -131,6 +132,19 @@ def parse_config(data: object, source: str | Path, base_dir: Path | None = None)
             raise config_error(str(source), "mixing.wire_dtype", f"{mixing.wire_dtype!r} is the gRPC backend's; "
                                "backend 'torch' sends float32 (remove the field or set it to float32)")
     return PeerConfig(source_path, ident, security, discovery, mixing, train, data_cfg, checkpoint, evaluation, metrics)
+
+
+def _check_identity_against_discovery(source: str, ident: IdentityConfig, discovery: DiscoveryConfig) -> None:
+    """Zeroconf: this peer must be one of ``zeroconf_members`` and announce an address others can dial."""
+    if discovery.kind != "zeroconf":
+        return  # a roster's own-id check is where the roster is read (p2pgan.daemon.mixer)
+    if discovery.zeroconf_members is not None and ident.id not in discovery.zeroconf_members:
+        raise config_error(source, "discovery.zeroconf_members", f"{list(discovery.zeroconf_members)} does not "
+                           f"list this peer {ident.id!r} (peer.id); every member's list must name every member")
+    if (ident.advertise_host or ident.listen_host) in WILDCARD_HOSTS:
+        raise config_error(source, "peer.advertise", f"zeroconf announces this peer's address, and peer.listen "
+                           f"{ident.listen_host!r} is a wildcard: set the address the others should dial, "
+                           "e.g. `peer: {advertise: 192.168.1.20}`")
 
 
 def apply_overrides(data: object, overrides: Sequence[str], source: str) -> object:

@@ -80,14 +80,17 @@ def _discovery(sec: _Section) -> DiscoveryConfig:
         sec.done()
         return DiscoveryConfig("roster", roster=roster)
     count = sec.integer("zeroconf_peers", minimum=1)
-    members = None
-    if sec.has("zeroconf_members"):
-        raw = sec.raw("zeroconf_members")
-        if not isinstance(raw, list) or not all(isinstance(m, str) and m for m in raw) or len(set(raw)) != len(raw):
-            raise sec.error("zeroconf_members", f"must be a list of distinct peer ids, got {raw!r}")
-        if len(raw) != count:
-            raise sec.error("zeroconf_members", f"lists {len(raw)} ids but zeroconf_peers is {count}; they must agree")
-        members = tuple(sorted(raw))
+    if not sec.has("zeroconf_members"):
+        # without it, whoever of the federation's certificate holders announces first is a member, and two
+        # honest peers can end with different member lists (and different topologies): refused
+        raise sec.error("zeroconf_members", f"is required with zeroconf_peers: list the {count} peer ids of the "
+                        "federation (the same list on every host), e.g. `zeroconf_members: [alice, bob]`")
+    raw = sec.raw("zeroconf_members")
+    if not isinstance(raw, list) or not all(isinstance(m, str) and m for m in raw) or len(set(raw)) != len(raw):
+        raise sec.error("zeroconf_members", f"must be a list of distinct peer ids, got {raw!r}")
+    if len(raw) != count:
+        raise sec.error("zeroconf_members", f"lists {len(raw)} ids but zeroconf_peers is {count}; they must agree")
+    members = tuple(sorted(raw))
     sec.done()
     return DiscoveryConfig("zeroconf", zeroconf_peers=count, zeroconf_members=members)
 
