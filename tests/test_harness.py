@@ -14,10 +14,11 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
+from deadlines import scaled
 from p2pgan.daemon.processes import MetricsTail, pid_alive, wait_for_record
 from p2pgan.trainer.data import load_digits, load_shard
 
-HARNESS_TIMEOUT_S = 240.0
+HARNESS_TIMEOUT_S = scaled(240.0)  # bounds a hang (x the machine's load, tests/deadlines.py)
 
 
 @pytest.fixture()
@@ -31,9 +32,20 @@ def launch() -> Iterator[list[subprocess.Popen[str]]]:
         p.wait(timeout=30)
 
 
+def _default_sigint() -> None:
+    """In the harness child, before exec: SIGINT back to its default action.
+
+    pytest run under `nohup` or with `&` ignores SIGINT, and an ignored signal stays ignored across
+    exec, so the harness would never see the Ctrl-C this test sends. The test restores it (a user's
+    `nohup p2pgan harness &` keeps ignoring Ctrl-C, as the user asked).
+    """
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def _harness(launch: list[subprocess.Popen[str]], out: Path, *args: str) -> subprocess.Popen[str]:
     proc = subprocess.Popen([sys.executable, "-m", "p2pgan", "harness", "--out", str(out), *args],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=os.environ.copy())
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=os.environ.copy(),
+                            preexec_fn=_default_sigint)
     launch.append(proc)
     return proc
 
