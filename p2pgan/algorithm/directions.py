@@ -24,10 +24,8 @@ from typing import Any
 
 import torch
 
+from p2pgan.algorithm.names import DIRECTION_NAMES  # the names make_direction accepts (also the config's)
 from p2pgan.errors import ConfigError
-
-#: names accepted by :func:`make_direction` (``--optimizer`` on the command line)
-DIRECTION_NAMES = ("osg", "oadam", "oadagrad")
 
 State = dict[str, Any]  # values: torch.Tensor or int
 
