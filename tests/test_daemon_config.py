@@ -238,3 +238,17 @@ def test_torch_backend_refuses_a_wire_dtype_it_would_ignore(folder: Path) -> Non
         load_config(write(folder, doc))
     doc["mixing"]["backend"] = "grpc"
     assert network_config(load_config(write(folder, doc))).wire_dtype == "bfloat16"
+
+
+def test_example_peer_files_list_what_the_repository_ships() -> None:
+    """EXAMPLE_PEER_FILES stays the list of tracked files under peers/ (where this is a git checkout)."""
+    import shutil
+    import subprocess
+
+    root = Path(__file__).resolve().parents[1]
+    if shutil.which("git") is None or not (root / ".git").exists():
+        pytest.skip("not a git checkout")
+    tracked = subprocess.run(["git", "ls-files", "peers"], cwd=root, capture_output=True, text=True, timeout=60)
+    if tracked.returncode != 0:
+        pytest.skip("git cannot read this checkout")
+    assert sorted(Path(p).name for p in tracked.stdout.split()) == sorted(EXAMPLE_PEER_FILES)

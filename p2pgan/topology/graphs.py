@@ -204,7 +204,11 @@ class OnePeerExponential(Topology):
         return self.rounds_needed(target)  # tau for M a power of two (rho = 0, yet one round is far from J)
 
     def one_round_rho(self) -> float:
-        """``||W(n) - J||_2`` of a single round (the same for every n): cos(pi / M), 0.98 at M = 16."""
+        """``||W - J||_2`` of the schedule's first round (hop 1): cos(pi / M), 0.98 at M = 16.
+
+        Later rounds alone do even less (a round of hop M/2 leaves some disagreement untouched); only
+        tau consecutive rounds together make J.
+        """
         return spectral_rho(self._dense_at(0)) if self.size > 1 else 0.0
 
     def rounds_needed(self, target: float) -> int:
