@@ -1,4 +1,5 @@
-"""systemd readiness: a real daemon tells a real NOTIFY_SOCKET READY=1 once its health is SERVING, STOPPING=1 on leave."""
+"""systemd readiness: a real daemon tells a real NOTIFY_SOCKET READY=1 once its health is SERVING,
+STOPPING=1 when it leaves."""
 
 from __future__ import annotations
 

@@ -310,7 +310,7 @@ class DPOSG(DecentralizedAlgorithm):
                 t = time.perf_counter()
                 g0 = field(self._rows)
                 self._check_grad(g0, self._rows)
-                self._d_prev = self.direction(g0)
+                self._d_prev = self.direction.seed(g0)
                 seed_s = time.perf_counter() - t
             t0 = time.perf_counter()
             xbar = self.mixer.mix(self._rows, k)

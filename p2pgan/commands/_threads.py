@@ -13,7 +13,8 @@ DEFAULT_THREADS = 1
 
 def add_threads_argument(p: argparse.ArgumentParser) -> None:
     p.add_argument(
-        "--threads", type=int, default=DEFAULT_THREADS, help=f"CPU threads for the computation (default: {DEFAULT_THREADS})"
+        "--threads", type=int, default=DEFAULT_THREADS,
+        help=f"CPU threads for the computation (default: {DEFAULT_THREADS})",
     )
 
 

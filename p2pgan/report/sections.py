@@ -80,7 +80,8 @@ def membership_history(records: Sequence[Mapping[str, Any]]) -> list[dict[str, A
                     + (f", resumed from step {resumed}" if resumed is not None else ""))
             step = int(r.get("step") or 0)
         elif kind == "member":
-            what = f"{r.get('member')} {'is live again' if r.get('live') else 'absent'}: {r.get('reason', '')}".rstrip(": ")
+            state = "is live again" if r.get("live") else "absent"
+            what = f"{r.get('member')} {state}: {r.get('reason', '')}".rstrip(": ")
         elif kind == "rejoin":
             what = f"rejoined by {r.get('how')}" + (f" from {r['source']}" if r.get("source") else "") \
                 + (f" (was at step {r['from_step']})" if r.get("from_step") is not None else "")
@@ -99,7 +100,8 @@ def membership_markdown(history: Sequence[Mapping[str, Any]], *, limit: int = 20
     t0 = float(history[0]["time"])
     rows = list(history)[-limit:]
     lines = ["## Membership and churn", "",
-             f"{len(history)} events" + (f"; the last {limit} shown (all in report.json)" if len(history) > limit else "")
+             f"{len(history)} events"
+             + (f"; the last {limit} shown (all in report.json)" if len(history) > limit else "")
              + ". Times are seconds since this peer's first start.", "",
              "| t (s) | step | event |", "|---|---|---|"]
     lines += [f"| {float(e['time']) - t0:.1f} | {e['step']} | {str(e['what']).replace('|', '/')} |" for e in rows]

@@ -70,7 +70,8 @@ def write_site_markdown(out: Path, report: Mapping[str, Any]) -> Path:
              f"**Reached:** {report['reached']}.", "", "## Setup", "", "| setting | value |", "|---|---|"]
     rows = [
         ("config", f"`{setup['config']}`"),
-        ("algorithm", f"DPOSG, variant {setup['variant']} ({setup['schedule']} schedule), topology {setup['topology']}, "
+        ("algorithm", f"DPOSG, variant {setup['variant']} ({setup['schedule']} schedule), "
+                      f"topology {setup['topology']}, "
                       f"{setup['rounds']} mixing round(s) per step, {setup['backend']} backend, "
                       f"parameters sent as {setup['wire_dtype']}"),
         ("model / loss / optimizer", f"{setup['model']} / {setup['loss']} / {setup['optimizer']}"),
