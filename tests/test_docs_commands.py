@@ -87,6 +87,6 @@ def test_the_cheap_commands_in_the_docs_run_as_written(doc: str, tmp_path: Path)
 
 def test_the_docs_install_from_the_checkout() -> None:
     """p2pgan is not on a package index: an install command names the checkout ('.'), never 'p2pgan[...]'."""
-    for doc in DOCS:
+    for doc in (*DOCS, *(str(p.relative_to(ROOT)) for p in sorted((ROOT / "peers").glob("*.yaml")))):
         text = (ROOT / doc).read_text()
         assert not re.search(r"pip install ['\"]?p2pgan", text), doc
