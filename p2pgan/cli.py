@@ -45,6 +45,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "certs": ("p2pgan.commands.certs", "make a federation CA and issue peer certificates (mutual TLS)"),
     "selftest": ("p2pgan.commands.selftest", "M peer processes on loopback mix over mutual TLS; checked against W^t X"),
     "export": ("p2pgan.commands.export", "write a checkpoint's trained generator as a file plain torch can load"),
+    "report": ("p2pgan.commands.report", "write one site's report (curves, samples, membership) from its metrics"),
     "simulate": ("p2pgan.commands.simulate", "run DPOSG and its baselines on M virtual peers (toy games)"),
     "topology": ("p2pgan.commands.topology", "print a topology's spectral gap rho, degree and suggested rounds"),
 }

@@ -348,23 +348,24 @@ class Progress:
     """Overall progress of the peers' steps (read from their metrics files) with the latest scores: a bar on
     a terminal, a status line every :data:`STATUS_INTERVAL_S` otherwise (:class:`p2pgan.metrics.Progress`)."""
 
-    def __init__(self, tails: dict[str, MetricsTail], total: int) -> None:
+    def __init__(self, tails: dict[str, MetricsTail], steps: int) -> None:
         from p2pgan.metrics import Progress as Display
 
         self.tails = tails
-        self.display = Display(total, f"{len(tails)} peers: steps", unit="step", interval_s=STATUS_INTERVAL_S)
+        # counted in steps of the run (the peers' mean step), not peers x steps
+        self.display = Display(steps, f"{len(tails)} peers: mean step", unit="step", interval_s=STATUS_INTERVAL_S)
 
     def tick(self) -> None:
-        done = 0
+        total = 0
         score: dict[str, Any] = {}
         for tail in self.tails.values():
             tail.poll()
             last = tail.last("step")
-            done += int(last["step"]) if last else 0
+            total += int(last["step"]) if last else 0
             ev = tail.last("eval")
             if ev and ev.get("scores"):
                 score = {k: v for k, v in ev["scores"].items() if isinstance(v, (int, float))}
-        self.display.update(done, **score)
+        self.display.update(total // max(1, len(self.tails)), **score)
 
     def close(self) -> None:
         self.display.close()
@@ -388,7 +389,7 @@ def run_harness(opts: HarnessOptions) -> Path:
     specs = fed.specs()
     tails = {s.name: MetricsTail(s.metrics) for s in specs}
     started = time.time()
-    progress = Progress(tails, opts.peers * opts.steps)
+    progress = Progress(tails, opts.steps)
     try:
         with PeerGroup([]) as group:
             runner = FaultRunner(group, specs, tails, parse_faults(opts.faults, opts.peers))

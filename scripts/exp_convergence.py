@@ -40,7 +40,7 @@ import torch
 from p2pgan.algorithm import DPOSG, lr_vector
 from p2pgan.errors import P2PGANError
 from p2pgan.experiments.report import format_table, plot_seed_bands, write_json
-from p2pgan.experiments.statistics import ALPHA, mean_se, paired_test
+from p2pgan.experiments.statistics import ALPHA, holm, mean_se, paired_test
 from p2pgan.metrics import Progress
 from p2pgan.mixing.inprocess import InProcessMixer
 from p2pgan.sim.base import ProblemConfig
@@ -351,6 +351,10 @@ def main(argv: list[str] | None = None) -> int:
     except P2PGANError as exc:
         print(f"exp_convergence: error: {exc}", file=sys.stderr)
         return 2
+    # the run's tests are one family: Holm's correction for testing them all at once, beside the raw p
+    for test, p_holm in zip(tests, holm([float(t["p"]) for t in tests])):
+        test["p_holm"] = p_holm
+        test["significant_holm"] = bool(p_holm < ALPHA)
     report["summary"], report["tests"], report["seconds"] = rows, tests, time.perf_counter() - t0
     write_json(args.out / "convergence.json", report)
     for name in dict.fromkeys(r["problem"] for r in rows):
@@ -359,8 +363,10 @@ def main(argv: list[str] | None = None) -> int:
             keys = [c for c in mine[0] if not c.endswith((" mean", " se")) and c not in ("problem", "peers")]
             print(f"\n{name}, M = {peers} (mean ± s.e. over seeds)\n" + format_table(mine, keys))
     if tests:
-        cols = ["problem", "peers", "question", "score", "alternative", "n", "mean_difference", "t", "p", "significant"]
-        print(f"\npaired t-tests over seeds (alpha {ALPHA})\n" + format_table(tests, cols))
+        cols = ["problem", "peers", "question", "score", "alternative", "n", "mean_difference", "t", "p", "significant",
+                "p_holm", "significant_holm"]
+        print(f"\npaired t-tests over seeds (alpha {ALPHA}; p_holm: Holm-corrected over these {len(tests)} tests)\n"
+              + format_table(tests, cols))
     print(f"wrote {args.out}/convergence.json and PNGs ({time.perf_counter() - t0:.0f} s)")
     return 0
 

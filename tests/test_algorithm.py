@@ -146,26 +146,28 @@ def test_the_two_first_steps_differ_and_bad_names_are_refused() -> None:
         OptimisticOptimizer([torch.nn.Parameter(torch.zeros(2))], first_step="ones")
 
 
-def test_oadagrad_is_algorithm_2_of_liu_et_al_iclr_2020() -> None:
-    """OAdagrad against Algorithm 2 of Liu et al. (ICLR 2020) written with explicit matrices.
+def _algorithm_2_points(delta: float, lr: float, steps: int, z0: torch.Tensor, *, literal: bool):
+    """Liu et al. ICLR 2020 Algorithm 2 written with explicit matrices, seeded as Algorithm 1 is (g_0 = g(z_0)).
 
     z_k = x_{k-1} - lr H_{k-1}^{-1} g_{k-1};  x_k = x_{k-1} - lr H_k^{-1} g_k;  g_k = g(z_k);
     H_k = delta I + diag(s_k), s_{k,i} = ||g_{1:k,i}||_2: the accumulator of step k holds g_k itself.
-    The seed gradient g_0 = g(z_0) enters the accumulator too (H_0 = delta I + diag(|g_0|)), the one
-    documented deviation (with H_0 = delta I the first step would be lr / delta times g_0).
+    ``literal``: H_0 = delta I and g_0 stays out of g_{1:k}; else g_0 enters the accumulator too.
     """
-    delta, lr, steps = 1e-3, 0.05, 60
     game = LinearGame(1)
-    z0 = torch.randn(5, dtype=DT, generator=torch.Generator().manual_seed(4))
+    n = z0.numel()
     grads: list[torch.Tensor] = []
 
     def h_inv() -> torch.Tensor:
-        s = torch.stack(grads).pow(2).sum(0).sqrt()  # s_k: column 2-norms of g_{1:k}
-        return torch.linalg.inv(delta * torch.eye(5, dtype=DT) + torch.diag(s))
+        s = torch.stack(grads).pow(2).sum(0).sqrt() if grads else torch.zeros(n, dtype=DT)  # s_k
+        return torch.linalg.inv(delta * torch.eye(n, dtype=DT) + torch.diag(s))
 
     x = z = z0.clone()
-    grads.append(game.field(z[None])[0])
-    step_prev = h_inv() @ grads[-1]  # H_0^{-1} g_0
+    g0 = game.field(z[None])[0]
+    if literal:
+        step_prev = h_inv() @ g0  # H_0 = delta I
+    else:
+        grads.append(g0)
+        step_prev = h_inv() @ g0  # H_0 = delta I + diag(|g_0|)
     points = [z.clone()]
     for _ in range(steps):
         z = x - lr * step_prev
@@ -173,6 +175,15 @@ def test_oadagrad_is_algorithm_2_of_liu_et_al_iclr_2020() -> None:
         step_prev = h_inv() @ grads[-1]  # H_k includes g_k
         x = x - lr * step_prev
         points.append(z.clone())
+    return points, x
+
+
+def test_oadagrad_is_liu_et_al_iclr_2020_algorithm_2_with_the_seeding_gradient_in_the_accumulator() -> None:
+    """The default OAdagrad: Algorithm 2, except that the seeding gradient g_0 enters the accumulator
+    (H_0 = delta I + diag(|g_0|)); with Algorithm 2's H_0 = delta I the first z step is lr / delta times g_0."""
+    delta, lr, steps = 1e-3, 0.05, 60
+    z0 = torch.randn(5, dtype=DT, generator=torch.Generator().manual_seed(4))
+    points, x = _algorithm_2_points(delta, lr, steps, z0, literal=False)
     rec = Recorder(LinearGame(1))
     algo = DPOSG(z0[None], IdentityMixer(1), "oadagrad", lr, eps=delta)
     for _ in range(steps):
@@ -183,6 +194,28 @@ def test_oadagrad_is_algorithm_2_of_liu_et_al_iclr_2020() -> None:
     bad = make_direction("oadagrad", eps=delta)
     g = torch.tensor([3.0, -1.0], dtype=DT)
     assert torch.allclose(bad(g), g / (delta + g.abs()), atol=1e-15)
+    # and the literal form differs from this one from the first z step on
+    literal, _ = _algorithm_2_points(delta, lr, steps, z0, literal=True)
+    assert (literal[1] - points[1]).abs().max() > 1.0
+
+
+def test_oadagrad_literal_first_z_step_is_liu_et_al_iclr_2020_algorithm_2() -> None:
+    """``first_z_step="literal"``: Algorithm 2's H_0 = delta I (first z step lr / delta times g_0, g_0 out of
+    the accumulator), point for point; delta = 1 keeps that step of the order of the gradient."""
+    delta, lr, steps = 1.0, 0.05, 60
+    z0 = torch.randn(5, dtype=DT, generator=torch.Generator().manual_seed(4))
+    points, x = _algorithm_2_points(delta, lr, steps, z0, literal=True)
+    rec = Recorder(LinearGame(1))
+    algo = DPOSG(z0[None], IdentityMixer(1), "oadagrad", lr, eps=delta, first_z_step="literal")
+    for _ in range(steps):
+        algo.step(rec)
+    assert torch.allclose(torch.stack(rec.points), torch.stack(points), atol=1e-12, rtol=0)
+    assert torch.allclose(algo.x[0], x, atol=1e-12, rtol=0)
+    assert algo.direction.steps == steps  # the seeding gradient was not counted into the accumulator
+    with pytest.raises(ConfigError, match="first_z_step 'paper' is not one of accumulator, literal"):
+        make_direction("oadagrad", first_z_step="paper")
+    with pytest.raises(ConfigError, match="eps must be > 0"):
+        make_direction("oadagrad", eps=0.0, first_z_step="literal")
 
 
 def _reference_dposg(game: LinearGame, x0: torch.Tensor, ws: list[torch.Tensor], lr: float, schedule: str, steps: int):

@@ -148,3 +148,43 @@ def test_set_overrides_are_validated_like_the_file_and_named_in_errors(
     _one_line_error(capsys, ["peer", "--config", str(config), "--set", "peers.id=x"],
                     "--set peers.id=x: peers: unknown section (did you mean 'peer'?)")
     _one_line_error(capsys, ["peer", "--config", str(config), "--set", "mixing"], "--set mixing: must be SECTION.FIELD=VALUE")
+
+
+_LIGHT_PROBE = """
+import json, sys
+from p2pgan import cli
+codes = []
+for argv in json.loads(sys.argv[1]):
+    try:
+        codes.append(cli.main(argv))
+    except SystemExit as exc:
+        codes.append(exc.code)
+    if "torch" in sys.modules:
+        print(json.dumps({"torch_after": argv, "codes": codes}))
+        break
+else:
+    print(json.dumps({"torch_after": None, "codes": codes}))
+"""
+
+
+def test_light_commands_never_import_torch(tmp_path: Path) -> None:
+    """`certs`, `status` and `topology` touch no tensor: each runs in a fresh process without torch."""
+    from daemon_helpers import federation
+
+    fed = federation(tmp_path / "run", 2)  # a real config and certificates; no daemon runs
+    fed_dir = tmp_path / "fed"
+    runs = [
+        ["certs", "init", "--out", str(fed_dir / "ca"), "--federation", "demo"],
+        ["certs", "issue", "--ca", str(fed_dir / "ca"), "--peer", "alice", "--out", str(fed_dir / "alice")],
+        ["certs", "show", str(fed_dir / "alice" / "peer.pem")],
+        ["topology", "ring", "--peers", "8"],
+        ["topology", "one-peer-exponential", "--peers", "16", "--sigma", "1", "--batch-size", "8", "--json"],
+        ["topology", str(Path(__file__).resolve().parents[1] / "peers" / "graph.yaml"), "--peers", "6"],
+        ["status", "--config", str(fed.configs["peer0"]), "--timeout", "1"],
+    ]
+    proc = subprocess.run([sys.executable, "-c", _LIGHT_PROBE, json.dumps(runs)], capture_output=True, text=True,
+                          timeout=120, cwd=tmp_path)
+    result = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert result["torch_after"] is None, f"`p2pgan {' '.join(result['torch_after'])}` imported torch"
+    assert result["codes"][:6] == [0] * 6, proc.stderr
+    assert result["codes"][6] != 0 and "Traceback" not in proc.stderr  # nobody is running: a clear answer

@@ -199,6 +199,10 @@ def test_cli_reports_config_error_without_traceback(folder: Path) -> None:
     assert str(path) in proc.stderr and "mixing.variant" in proc.stderr and "rand-dp" in proc.stderr
 
 
+#: the files of peers/ the repository ships (everything else there is a user's: certificates, state)
+EXAMPLE_PEER_FILES = ("README.md", "alice.yaml", "bob.yaml", "graph.yaml", "roster.yaml", "p2pgan-peer@.service")
+
+
 def test_example_configs_in_peers_load(tmp_path: Path) -> None:
     """The examples in peers/ are valid once their certificates exist (made as the README says)."""
     import shutil
@@ -207,7 +211,11 @@ def test_example_configs_in_peers_load(tmp_path: Path) -> None:
     from p2pgan.security.certs import init_ca, issue_peer
 
     peers = tmp_path / "peers"
-    shutil.copytree(Path(__file__).resolve().parents[1] / "peers", peers)
+    peers.mkdir()
+    # only the examples the repository ships: a user who followed peers/README.md has peers/certs/ and
+    # peers/state/ in the checkout, which must not leak into (or break) this test
+    for name in EXAMPLE_PEER_FILES:
+        shutil.copy2(Path(__file__).resolve().parents[1] / "peers" / name, peers / name)
     init_ca(peers / "certs" / "ca", "demo")
     roster = load_roster(peers / "roster.yaml")
     assert roster.members == ("alice", "bob")
@@ -230,3 +238,17 @@ def test_torch_backend_refuses_a_wire_dtype_it_would_ignore(folder: Path) -> Non
         load_config(write(folder, doc))
     doc["mixing"]["backend"] = "grpc"
     assert network_config(load_config(write(folder, doc))).wire_dtype == "bfloat16"
+
+
+def test_example_peer_files_list_what_the_repository_ships() -> None:
+    """EXAMPLE_PEER_FILES stays the list of tracked files under peers/ (where this is a git checkout)."""
+    import shutil
+    import subprocess
+
+    root = Path(__file__).resolve().parents[1]
+    if shutil.which("git") is None or not (root / ".git").exists():
+        pytest.skip("not a git checkout")
+    tracked = subprocess.run(["git", "ls-files", "peers"], cwd=root, capture_output=True, text=True, timeout=60)
+    if tracked.returncode != 0:
+        pytest.skip("git cannot read this checkout")
+    assert sorted(Path(p).name for p in tracked.stdout.split()) == sorted(EXAMPLE_PEER_FILES)

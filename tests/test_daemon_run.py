@@ -19,7 +19,8 @@ import torch
 import yaml
 from daemon_helpers import CaptureRelay, federation, running, wait_for_text
 
-from p2pgan.checkpoint import CheckpointManager
+from deadlines import scaled
+from p2pgan.checkpoint import CheckpointManager, load_checkpoint
 from p2pgan.daemon.processes import MetricsTail, wait_for_record
 from p2pgan.discovery import load_roster, write_roster
 from p2pgan.errors import PeerProcessError
@@ -29,7 +30,7 @@ from p2pgan.trainer.models import make_models
 from p2pgan.wire.config import PeerEntry
 
 #: generous bound for a few dozen tiny steps plus process start-up on a loaded 2-core machine
-RUN_TIMEOUT_S = 120.0
+RUN_TIMEOUT_S = scaled(120.0)  # bounds a hang (x the machine's load, tests/deadlines.py)
 
 
 def _final_x(state_dir: Path) -> torch.Tensor:

@@ -9,11 +9,12 @@ import pytest
 import torch
 from daemon_helpers import federation, running
 
+from deadlines import scaled
 from p2pgan import cli
 from p2pgan.checkpoint import CheckpointManager
 from p2pgan.trainer.models import make_models
 
-RUN_TIMEOUT_S = 120.0
+RUN_TIMEOUT_S = scaled(120.0)  # bounds a hang (x the machine's load, tests/deadlines.py)
 
 
 @pytest.fixture(scope="module")

@@ -14,10 +14,12 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
+import p2pgan
+from deadlines import scaled
 from p2pgan.daemon.processes import MetricsTail, pid_alive, wait_for_record
 from p2pgan.trainer.data import load_digits, load_shard
 
-HARNESS_TIMEOUT_S = 240.0
+HARNESS_TIMEOUT_S = scaled(240.0)  # bounds a hang (x the machine's load, tests/deadlines.py)
 
 
 @pytest.fixture()
@@ -31,9 +33,20 @@ def launch() -> Iterator[list[subprocess.Popen[str]]]:
         p.wait(timeout=30)
 
 
+def _default_sigint() -> None:
+    """In the harness child, before exec: SIGINT back to its default action.
+
+    pytest run under `nohup` or with `&` ignores SIGINT, and an ignored signal stays ignored across
+    exec, so the harness would never see the Ctrl-C this test sends. The test restores it (a user's
+    `nohup p2pgan harness &` keeps ignoring Ctrl-C, as the user asked).
+    """
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def _harness(launch: list[subprocess.Popen[str]], out: Path, *args: str) -> subprocess.Popen[str]:
     proc = subprocess.Popen([sys.executable, "-m", "p2pgan", "harness", "--out", str(out), *args],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=os.environ.copy())
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=os.environ.copy(),
+                            preexec_fn=_default_sigint)
     launch.append(proc)
     return proc
 
@@ -59,7 +72,8 @@ def test_harness_digits_end_to_end(tmp_path: Path, launch: list[subprocess.Popen
     last = stdout.strip().splitlines()[-1]  # says what was reached, against real digits, and where to read more
     assert last.startswith("p2pgan harness: mean IS ") and "(held-out real digits: 9." in last, last
     assert "mean FID " in last and last.endswith(f"report: {out / 'report.md'}"), last
-    assert "\r" not in stderr and "3 peers: steps 90/90 (100%)" in stderr  # status lines, not bar frames, in a pipe
+    # status lines, not bar frames, in a pipe; counted in steps of the run (30), not peers x steps (90)
+    assert "\r" not in stderr and "3 peers: mean step 30/30 (100%)" in stderr
 
     report = json.loads((out / "report.json").read_text())
     assert sorted(report["peers"]) == ["peer0", "peer1", "peer2"]
@@ -75,6 +89,10 @@ def test_harness_digits_end_to_end(tmp_path: Path, launch: list[subprocess.Popen
         assert peer["compute_s"] > 0 and peer["comm_s"] > 0 and peer["dropped_rounds"] == 0
         assert all(isinstance(peer["final"][k], float) for k in ("loss_g", "loss_d", "grad_norm", "consensus"))
     assert {"is", "fid"} <= set(report["summary"])
+    assert report["p2pgan_version"] == f"p2pgan {p2pgan.__version__}"
+    assert isinstance(report["summary"]["bytes_sent"], int) and report["privacy"]["statement"].startswith("No formal")
+    md = (out / "report.md").read_text()
+    assert f"| written by | p2pgan {p2pgan.__version__} |" in md and "## Privacy" in md
     ref = report["reference"]
     assert ref["label"] == "held-out real digits" and ref["scores"]["is"] > 9 and ref["scores"]["fid"] < 10
     assert report["units"]["step_s"] == "seconds per step" and report["peers"]["peer0"]["step_s"] > 0

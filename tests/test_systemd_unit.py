@@ -97,3 +97,13 @@ def test_systemd_analyze_security_rates_the_unit_ok(tmp_path: Path) -> None:
     match = re.search(r"Overall exposure level for \S+: (\d+\.\d+)", proc.stdout + proc.stderr)
     assert match, proc.stdout[-2000:] + proc.stderr[-2000:]
     assert float(match.group(1)) <= MAX_EXPOSURE, proc.stdout
+
+
+def test_unit_waits_for_the_daemons_readiness() -> None:
+    """Type=notify: started means SERVING (the daemon sends READY=1, tests/test_sdnotify.py), with a start
+    timeout above the daemon's own wait for its members (after which it exits 75 and is retried)."""
+    from p2pgan.wire.config import NetworkConfig
+
+    s = _settings()
+    assert s["Type"] == ["notify"] and s["NotifyAccess"] == ["main"]
+    assert float(s["TimeoutStartSec"][0]) > NetworkConfig(federation="f", peer_id="p").connect_timeout_s

@@ -288,3 +288,34 @@ def test_custom_yaml_metropolis_hastings_weights_and_peer_ids(tmp_path: Path) ->
 def test_unknown_topology_name_lists_the_allowed_ones() -> None:
     with pytest.raises(TopologyError, match="allowed: ring, complete"):
         make_topology("star", 4)
+
+
+def test_theorem1_sigma_squared_term() -> None:
+    """Where sigma^2 dominates, the rounds follow it: M = 2, m = 1, G = 0.001, sigma = 100, rho = 1/2:
+    1 + (2 * 1 * 2 * 1e-6 + 100^2) / (4 * 100) = 26.00000001, so t = ceil(log2 26) = 5. Dropping sigma^2,
+    writing sigma for sigma^2 or 4 sigma^2 for 4 sigma each gives arg ~ 1 or 1.25, hence t = 1."""
+    assert theorem1_rounds(0.5, peers=2, batch_size=1, grad_bound=0.001, sigma=100.0) == 5
+    # and where sigma is small, sigma^2 / (4 sigma) = sigma / 4 matters no more than the rest says
+    assert theorem1_rounds(0.5, peers=2, batch_size=1, grad_bound=0.001, sigma=1000.0) == math.ceil(
+        math.log2(1 + (4e-6 + 1e6) / 4000))
+
+
+def test_one_peer_exponential_rounds_come_from_what_its_rounds_do() -> None:
+    """Its rho (the period's average) is 0 at M = 16, yet one round is cos(pi/16) = 0.98 from J: a schedule
+    needs the tau = 4 rounds that make J, whatever Theorem 1 asks for beyond 'rho^t <= target'."""
+    topo = make_topology("one-peer-exponential", 16)
+    assert topo.rho() == pytest.approx(0.0, abs=1e-12)
+    assert topo.one_round_rho() == pytest.approx(math.cos(math.pi / 16), abs=1e-12)
+    assert topo.rounds_needed(0.01) == 4 and topo.suggested_rounds(0.01) == 4
+    # fewer rounds never do, whatever the target: a lone round of hop 8 leaves some disagreement untouched
+    assert topo.rounds_needed(0.999) == 4
+    assert make_topology("one-peer-exponential", 2).rounds_needed(0.01) == 1  # M = 2: one round is J
+    out = subprocess.run([sys.executable, "-m", "p2pgan", "topology", "one-peer-exponential", "--peers", "16",
+                          "--sigma", "1", "--batch-size", "8", "--json"], capture_output=True, text=True, timeout=60,
+                         check=True).stdout
+    result = json.loads(out)
+    assert result["theorem1_rounds"] == 4 and result["suggested_rounds"] == 4
+    assert result["one_round_rho"] == pytest.approx(0.980785, abs=1e-6)
+    # a static graph: Theorem 1's rounds are rounds_for_consensus of its rho, as before
+    ring = make_topology("ring", 16)
+    assert ring.rounds_needed(0.5) == rounds_for_consensus(ring.rho(), 0.5)

@@ -14,6 +14,7 @@ import pytest
 from daemon_helpers import federation as make_harness_federation
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from deadlines import scaled
 from p2pgan import cli
 from p2pgan.commands.status import daemon_status
 from p2pgan.daemon.processes import MetricsTail, PeerGroup, pid_alive, wait_for_record
@@ -24,7 +25,7 @@ from p2pgan.wire.config import NetworkConfig, PeerEntry, TLSFiles
 from p2pgan.wire.health import GOSSIP_SERVICE, check
 from p2pgan.wire.mixer import GrpcMixer
 
-WAIT_S = 30.0
+WAIT_S = scaled(30.0)  # bounds a hang (x the machine's load, tests/deadlines.py)
 
 
 def _probe_channel(host: str, port: int, federation: str, target_id: str, tls: object) -> grpc.Channel:

@@ -12,20 +12,49 @@ Public API (what the trainer, daemon and baselines code against)::
 
 from __future__ import annotations
 
-from p2pgan.algorithm.directions import DIRECTION_NAMES, OSG, Direction, OAdagrad, OAdam, make_direction
-from p2pgan.algorithm.dposg import (
-    ALGORITHM_NAMES,
-    DGDA,
-    DPOSG,
-    FIRST_STEPS,
-    SCHEDULES,
-    DecentralizedAlgorithm,
-    StepInfo,
-    check_centralized,
-    make_algorithm,
-)
-from p2pgan.algorithm.game import LearningRate, MinMaxGame, check_lr, lr_vector
-from p2pgan.algorithm.optimizer import OptimisticOptimizer
+# The names below are imported on first use (PEP 562): a torch-free module of this package
+# (p2pgan.algorithm.names, read by the configuration) must not pull torch in through this file.
+import importlib
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from p2pgan.algorithm.directions import DIRECTION_NAMES, OSG, Direction, OAdagrad, OAdam, make_direction
+    from p2pgan.algorithm.dposg import (
+        ALGORITHM_NAMES,
+        DGDA,
+        DPOSG,
+        FIRST_STEPS,
+        SCHEDULES,
+        DecentralizedAlgorithm,
+        StepInfo,
+        check_centralized,
+        make_algorithm,
+    )
+    from p2pgan.algorithm.game import LearningRate, MinMaxGame, check_lr, lr_vector
+    from p2pgan.algorithm.optimizer import OptimisticOptimizer
+
+_HOMES = {
+    "ALGORITHM_NAMES": "dposg",
+    "DGDA": "dposg",
+    "DIRECTION_NAMES": "names",
+    "DPOSG": "dposg",
+    "DecentralizedAlgorithm": "dposg",
+    "Direction": "directions",
+    "FIRST_STEPS": "names",
+    "LearningRate": "game",
+    "MinMaxGame": "game",
+    "OAdagrad": "directions",
+    "OAdam": "directions",
+    "OSG": "directions",
+    "OptimisticOptimizer": "optimizer",
+    "SCHEDULES": "names",
+    "StepInfo": "dposg",
+    "check_centralized": "dposg",
+    "check_lr": "game",
+    "lr_vector": "game",
+    "make_algorithm": "dposg",
+    "make_direction": "directions",
+}
 
 __all__ = [
     "ALGORITHM_NAMES",
@@ -49,3 +78,9 @@ __all__ = [
     "make_algorithm",
     "make_direction",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    if name in _HOMES:
+        return getattr(importlib.import_module(f"p2pgan.algorithm.{_HOMES[name]}"), name)
+    raise AttributeError(f"module 'p2pgan.algorithm' has no attribute {name!r}")

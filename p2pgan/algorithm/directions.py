@@ -24,10 +24,8 @@ from typing import Any
 
 import torch
 
+from p2pgan.algorithm.names import DIRECTION_NAMES  # the names make_direction accepts (also the config's)
 from p2pgan.errors import ConfigError
-
-#: names accepted by :func:`make_direction` (``--optimizer`` on the command line)
-DIRECTION_NAMES = ("osg", "oadam", "oadagrad")
 
 State = dict[str, Any]  # values: torch.Tensor or int
 
@@ -52,6 +50,11 @@ class Direction(abc.ABC):
     # -- the object form --------------------------------------------------------------------------
     def __call__(self, g: torch.Tensor) -> torch.Tensor:
         return self.update(g, self._state)
+
+    def seed(self, g: torch.Tensor) -> torch.Tensor:
+        """The direction of the seeding gradient ``g(Z_0)`` (Algorithm 1's first step, exact schedule):
+        the ``d_prev`` of step 1. By default it is consumed like any gradient (it enters the moments)."""
+        return self(g)
 
     @property
     def steps(self) -> int:
@@ -146,26 +149,42 @@ class OAdam(Direction):
 
 
 class OAdagrad(Direction):
-    """Optimistic Adagrad's direction (Liu et al., ICLR 2020, "Towards better understanding of adaptive
-    gradient algorithms in generative adversarial nets", Algorithm 2): ``d_k = H_k^{-1} g_k``.
+    """Optimistic Adagrad: Liu et al. ICLR 2020 ("Towards better understanding of adaptive gradient
+    algorithms in generative adversarial nets") Algorithm 2 with the seeding gradient in the accumulator.
 
     Algorithm 2 keeps ``g_{1:k} = [g_1, ..., g_k]``, ``s_{k,i} = ||g_{1:k,i}||_2`` (the 2-norm of
     coordinate i over all gradients so far) and ``H_k = delta I + diag(s_k)``; its x step is
     ``x_k = x_{k-1} - eta H_k^{-1} g_k``, so the accumulator of step k holds ``g_k`` itself, and its
     z step ``z_k = x_{k-1} - eta H_{k-1}^{-1} g_{k-1}`` reuses the previous direction, which is
     exactly the ``d_prev`` DPOSG keeps. Hence ``d = g / (delta + sqrt(sum_{j<=k} g_j^2))``, with
-    ``eps`` playing delta. One documented difference: Algorithm 2 starts from ``H_0 = delta I``, so
-    its first z step is ``eta / delta`` times ``g_0``; here the seed gradient ``g_0`` (Algorithm 1's
-    first step) enters the accumulator like every other one, which keeps that step bounded by eta
-    per coordinate. ``tests/test_algorithm.py`` checks this against Algorithm 2 written with explicit
-    matrices. delta: the paper leaves it a free constant > 0; the default 1e-8 only guards the
-    division (every ``|d_i| <= 1`` already, because ``s_k`` includes ``g_k``).
+    ``eps`` playing delta.
+
+    ``first_z_step`` says what happens to the seeding gradient ``g_0 = g(z_0)`` of Algorithm 1's first
+    step (exact schedule, ``first_step: gradient``; the overlap schedule and ``first_step: zero`` take
+    no seeding gradient, so there both forms are the same):
+
+    - ``"accumulator"`` (the default): ``g_0`` enters the accumulator like every other gradient
+      (``H_0 = delta I + diag(|g_0|)``), which keeps the first z step within eta per coordinate;
+    - ``"literal"``: Algorithm 2's own ``H_0 = delta I``: the first z step is ``eta / delta`` times
+      ``g_0`` and ``g_0`` stays out of ``g_{1:k}``. With the default delta = 1e-8 that step is 1e8 eta
+      times the gradient, which is why it is not the default; choose delta accordingly (the paper leaves
+      it a free constant > 0).
+
+    ``tests/test_algorithm.py`` checks both against Algorithm 2 written with explicit matrices. delta's
+    default 1e-8 only guards the division (every ``|d_i| <= 1`` already, because ``s_k`` includes ``g_k``).
     """
 
     name = "oadagrad"
+    #: what the seeding gradient does (see the class docstring)
+    FIRST_Z_STEPS = ("accumulator", "literal")
 
-    def __init__(self, eps: float = 1e-8) -> None:
+    def __init__(self, eps: float = 1e-8, first_z_step: str = "accumulator") -> None:
         self.eps = _check_eps("oadagrad", eps)
+        if first_z_step not in self.FIRST_Z_STEPS:
+            raise ConfigError(f"oadagrad: first_z_step {first_z_step!r} is not one of {', '.join(self.FIRST_Z_STEPS)}")
+        if first_z_step == "literal" and self.eps == 0:
+            raise ConfigError("oadagrad: first_z_step 'literal' divides the seeding gradient by eps: eps must be > 0")
+        self.first_z_step = first_z_step
         super().__init__()
 
     def _moment_names(self) -> tuple[str, ...]:
@@ -179,8 +198,13 @@ class OAdagrad(Direction):
         s.addcmul_(g, g)
         return g / s.sqrt().add_(self.eps)
 
+    def seed(self, g: torch.Tensor) -> torch.Tensor:
+        if self.first_z_step == "literal":
+            return g / self.eps  # H_0^{-1} g_0 with H_0 = delta I; g_0 is not part of g_{1:k}
+        return self(g)
+
     def __repr__(self) -> str:
-        return f"OAdagrad(eps={self.eps})"
+        return f"OAdagrad(eps={self.eps}, first_z_step={self.first_z_step!r})"
 
 
 _CLASSES: dict[str, type[Direction]] = {"osg": OSG, "oadam": OAdam, "oadagrad": OAdagrad}

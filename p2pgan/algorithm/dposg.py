@@ -36,15 +36,12 @@ import torch
 
 from p2pgan.algorithm.directions import Direction, make_direction
 from p2pgan.algorithm.game import LearningRate, MinMaxGame, check_lr
+from p2pgan.algorithm.names import FIRST_STEPS, SCHEDULES  # noqa: F401  (re-exported; the config reads them there)
 from p2pgan.errors import CheckpointError, ConfigError, P2PGANError
 from p2pgan.mixing.base import Mixer
 
 #: names accepted by :func:`make_algorithm` (``--algorithm`` on the command line)
 ALGORITHM_NAMES = ("dposg", "dgda", "cp")
-#: ``exact``: Algorithm 1 literally (the schedule with the proof); ``overlap``: the paper's implementation
-SCHEDULES = ("exact", "overlap")
-#: ``gradient``: Algorithm 1's start (one gradient at X_0 seeds d_prev); ``zero``: d_prev = 0
-FIRST_STEPS = ("gradient", "zero")
 
 Field = Callable[[torch.Tensor], torch.Tensor] | MinMaxGame
 
@@ -313,7 +310,7 @@ class DPOSG(DecentralizedAlgorithm):
                 t = time.perf_counter()
                 g0 = field(self._rows)
                 self._check_grad(g0, self._rows)
-                self._d_prev = self.direction(g0)
+                self._d_prev = self.direction.seed(g0)
                 seed_s = time.perf_counter() - t
             t0 = time.perf_counter()
             xbar = self.mixer.mix(self._rows, k)

@@ -13,16 +13,28 @@ DEFAULT_THREADS = 1
 
 def add_threads_argument(p: argparse.ArgumentParser) -> None:
     p.add_argument(
-        "--threads", type=int, default=DEFAULT_THREADS, help=f"torch CPU threads (default: {DEFAULT_THREADS})"
+        "--threads", type=int, default=DEFAULT_THREADS,
+        help=f"CPU threads for the computation (default: {DEFAULT_THREADS})",
     )
 
 
-def apply_threads(args: argparse.Namespace) -> None:
-    """Validate ``--threads`` and apply it to torch (imported here, lazily)."""
-    import torch
+def apply_threads(args: argparse.Namespace, *, torch: bool = True) -> None:
+    """Validate ``--threads`` and apply it to torch (imported here, lazily; ``torch=False``: to numpy's BLAS).
 
+    ``torch=False`` is for the commands that compute with numpy only (``p2pgan topology``), which must
+    not pay torch's import for a thread setting.
+    """
     from p2pgan.errors import config_error
 
     if args.threads < 1:
         raise config_error("--threads", "", f"must be an integer >= 1, got {args.threads}")
-    torch.set_num_threads(args.threads)
+    if torch:
+        import torch as _torch
+
+        _torch.set_num_threads(args.threads)
+    else:
+        try:  # installed with scikit-learn (a dependency); without it numpy keeps its own default
+            from threadpoolctl import threadpool_limits
+        except ImportError:
+            return
+        threadpool_limits(args.threads)

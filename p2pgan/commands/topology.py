@@ -43,9 +43,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from p2pgan.errors import config_error
-    from p2pgan.topology import make_topology, theorem1_rounds
+    from p2pgan.topology import make_topology, theorem1_contraction
 
-    apply_threads(args)
+    apply_threads(args, torch=False)
     if args.peers < 1:
         raise config_error("--peers", "", f"must be an integer >= 1, got {args.peers}")
     if not 0.0 < args.target < 1.0:
@@ -78,14 +78,14 @@ def run(args: argparse.Namespace) -> int:
         "target": args.target,
         "suggested_rounds": topo.suggested_rounds(args.target),
     }
+    if hasattr(topo, "one_round_rho"):  # rho above is a period's average: say what one round does
+        out["one_round_rho"] = topo.one_round_rho()
     if args.sigma is not None:
-        out["theorem1_rounds"] = (
-            0
-            if topo.size == 1
-            else theorem1_rounds(
-                rho, peers=topo.size, batch_size=args.batch_size, grad_bound=args.grad_bound, sigma=args.sigma
-            )
+        # the rounds whose mixing reaches Theorem 1's rho^t, from what this schedule's rounds really do
+        contraction = theorem1_contraction(
+            peers=topo.size, batch_size=args.batch_size, grad_bound=args.grad_bound, sigma=args.sigma
         )
+        out["theorem1_rounds"] = topo.rounds_needed(contraction)
     if args.json:
         json.dump(out, sys.stdout)
         sys.stdout.write("\n")

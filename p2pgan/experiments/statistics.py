@@ -3,7 +3,8 @@
 The experiment scripts run every setting with the same seeds (same initial point, data split and noise
 streams), so two settings are compared seed by seed: a paired t-test on the per-seed differences
 (``scipy.stats.ttest_rel``). With a handful of seeds it only detects large effects; the report says
-how many seeds it had, and "not significant" is not "equal".
+how many seeds it had, and "not significant" is not "equal". An experiment runs many tests at once;
+:func:`holm` corrects their p-values for that (Holm 1979), and the reports give both.
 """
 
 from __future__ import annotations
@@ -55,3 +56,21 @@ def paired_test(a: Sequence[float], b: Sequence[float], *, alternative: str = "g
         "p": p,
         "significant": bool(p < ALPHA) if not math.isnan(p) else False,
     }
+
+
+def holm(pvalues: Sequence[float]) -> list[float]:
+    """Holm-Bonferroni adjusted p-values of a family of tests, in the order given (Holm 1979).
+
+    Sorted ascending, the i-th smallest of m p-values becomes ``max_{j <= i} min(1, (m - j + 1) p_(j))``;
+    a test is significant at level alpha after correction when its adjusted p-value is below alpha, which
+    keeps the chance of any false positive in the whole family below alpha. NaN p-values (no test) stay
+    NaN and do not count in m.
+    """
+    order = sorted((p, i) for i, p in enumerate(pvalues) if not math.isnan(p))
+    m = len(order)
+    out = [math.nan] * len(pvalues)
+    running = 0.0
+    for rank, (p, i) in enumerate(order):
+        running = max(running, min(1.0, (m - rank) * p))
+        out[i] = running
+    return out

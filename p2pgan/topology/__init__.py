@@ -10,6 +10,7 @@ from p2pgan.topology.base import (
     Topology,
     rounds_for_consensus,
     spectral_rho,
+    theorem1_contraction,
     theorem1_rounds,
     validate_mixing_matrix,
 )
@@ -38,6 +39,7 @@ __all__ = [
     "make_topology",
     "rounds_for_consensus",
     "spectral_rho",
+    "theorem1_contraction",
     "theorem1_rounds",
     "validate_mixing_matrix",
 ]

@@ -11,10 +11,14 @@ from __future__ import annotations
 import abc
 import math
 from collections import defaultdict
+from typing import TYPE_CHECKING, Any
 
-import torch
+import numpy as np
 
 from p2pgan.errors import TopologyError
+
+if TYPE_CHECKING:
+    import torch
 
 #: tolerance for the symmetric / doubly-stochastic checks (weights are float64)
 MATRIX_TOL = 1e-9
@@ -89,30 +93,45 @@ class Topology(abc.ABC):
         """The ranks whose vectors ``rank`` needs in this round, self excluded, sorted."""
         return sorted(j for j in self.in_weights(rank, step, round) if j != rank)
 
-    def matrix(self, step: int = 0, round: int = 0, *, dtype: torch.dtype = torch.float64) -> torch.Tensor:
-        """Dense ``W(step, round)`` of shape ``[size, size]``."""
-        w = torch.zeros(self.size, self.size, dtype=torch.float64)
-        rows, cols, vals = _edge_tensors(self.edges(step, round))
-        w[rows, cols] = vals  # edges are merged: no duplicate (i, j)
-        return w.to(dtype)
+    def dense(self, step: int = 0, round: int = 0) -> np.ndarray:
+        """Dense ``W(step, round)`` as a float64 numpy array (torch-free: ``p2pgan topology`` stays light)."""
+        w = np.zeros((self.size, self.size), dtype=np.float64)
+        for i, j, v in self.edges(step, round):
+            w[i, j] = v  # edges are merged: no duplicate (i, j)
+        return w
 
-    def sparse_matrix(self, step: int = 0, round: int = 0, *, dtype: torch.dtype = torch.float32) -> torch.Tensor:
-        """``W(step, round)`` as a sparse CSR tensor (for fast in-process mixing of many peers)."""
+    def matrix(self, step: int = 0, round: int = 0, *, dtype: torch.dtype | None = None) -> torch.Tensor:
+        """Dense ``W(step, round)`` of shape ``[size, size]`` (float64 unless ``dtype`` says otherwise)."""
+        import torch
+
+        w = torch.from_numpy(self.dense(step, round))
+        return w if dtype is None else w.to(dtype)
+
+    def sparse_matrix(self, step: int = 0, round: int = 0, *, dtype: torch.dtype | None = None) -> torch.Tensor:
+        """``W(step, round)`` as a sparse CSR tensor (for fast in-process mixing of many peers; float32 default)."""
         return self.sparse_coo(step, round, dtype=dtype).to_sparse_csr()
 
-    def sparse_coo(self, step: int = 0, round: int = 0, *, dtype: torch.dtype = torch.float32) -> torch.Tensor:
-        """``W(step, round)`` as a coalesced sparse COO tensor (float64 weights rounded once to ``dtype``)."""
+    def sparse_coo(self, step: int = 0, round: int = 0, *, dtype: torch.dtype | None = None) -> torch.Tensor:
+        """``W(step, round)`` as a coalesced sparse COO tensor (float64 weights rounded once to ``dtype``, float32)."""
+        import torch
+
         rows, cols, vals = _edge_tensors(self.edges(step, round))
         coo = torch.sparse_coo_tensor(
-            torch.stack((rows, cols)), vals.to(dtype), (self.size, self.size), check_invariants=True
+            torch.stack((rows, cols)), vals.to(dtype or torch.float32), (self.size, self.size), check_invariants=True
         )
         return coo.coalesce()
 
     def product(self, step: int, rounds: int) -> torch.Tensor:
         """``W(step, rounds-1) ... W(step, 0)``: what ``rounds`` rounds of step ``step`` do (float64)."""
-        p = torch.eye(self.size, dtype=torch.float64)
+        import torch
+
+        return torch.from_numpy(self.dense_product(step, rounds))
+
+    def dense_product(self, step: int, rounds: int) -> np.ndarray:
+        """:meth:`product` as a float64 numpy array."""
+        p = np.eye(self.size, dtype=np.float64)
         for r in range(rounds):
-            p = self.matrix(step, r) @ p
+            p = self.dense(step, r) @ p
         return p
 
     def degree(self) -> int:
@@ -129,7 +148,7 @@ class Topology(abc.ABC):
         Static graphs: ``||W - J||_2``, which for symmetric W is the second largest eigenvalue modulus.
         Time-varying graphs override this (see their docstrings).
         """
-        return spectral_rho(self.matrix())
+        return spectral_rho(self.dense())
 
     def suggested_rounds(self, target: float = 0.01) -> int:
         """Rounds t per step such that ``rho^t <= target`` (at least 1 when there is anyone to mix with)."""
@@ -137,10 +156,21 @@ class Topology(abc.ABC):
             return 0
         return rounds_for_consensus(self.rho(), target)
 
+    def rounds_needed(self, target: float) -> int:
+        """Rounds t per step whose mixing takes any disagreement to at most ``target`` of itself.
+
+        For a static graph that is ``rho^t <= target`` (:func:`rounds_for_consensus`). Schedules whose
+        ``rho`` is an average over a period (one-peer exponential) override it with what their rounds
+        really do.
+        """
+        if self.size == 1:
+            return 0
+        return rounds_for_consensus(self.rho(), target)
+
     def validate(self, step: int = 0, round: int = 0) -> None:
         """Raise :class:`TopologyError` unless ``W(step, round)`` is a valid mixing matrix."""
         validate_mixing_matrix(
-            self.matrix(step, round),
+            self.dense(step, round),
             require_symmetric=not self.directed,
             require_connected=not self.time_varying,
             name=self.name,
@@ -156,6 +186,8 @@ class Topology(abc.ABC):
 
 def _edge_tensors(edges: list[Edge]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Row indices, column indices (int64) and weights (float64) of an edge list."""
+    import torch
+
     if not edges:
         empty = torch.zeros(0, dtype=torch.int64)
         return empty, empty, torch.zeros(0, dtype=torch.float64)
@@ -174,21 +206,28 @@ def _merge(edges: list[Edge]) -> list[Edge]:
     return [(i, j, w) for (i, j), w in sorted(acc.items()) if w != 0.0]
 
 
-def spectral_rho(w: torch.Tensor) -> float:
-    """``||W - J||_2`` for a doubly stochastic ``W`` (J = 11^T / M).
+def as_array(w: Any) -> np.ndarray:
+    """A matrix given as a numpy array or a torch tensor, as a float64 numpy array."""
+    if hasattr(w, "detach"):  # a torch tensor: no torch import needed to read one
+        w = w.detach().cpu().double().numpy()
+    return np.asarray(w, dtype=np.float64)
+
+
+def spectral_rho(w: Any) -> float:
+    """``||W - J||_2`` for a doubly stochastic ``W`` (J = 11^T / M), given as a numpy array or torch tensor.
 
     Symmetric matrices use the eigenvalues (largest modulus; several times faster than an SVD).
     """
+    w = as_array(w)
     m = w.shape[0]
-    w = w.to(torch.float64)
-    a = w - torch.full_like(w, 1.0 / m)
-    if torch.equal(a, a.T):
-        return float(torch.linalg.eigvalsh(a).abs().max())
-    return float(torch.linalg.matrix_norm(a, ord=2))
+    a = w - 1.0 / m
+    if np.array_equal(a, a.T):
+        return float(np.abs(np.linalg.eigvalsh(a)).max())
+    return float(np.linalg.norm(a, ord=2))
 
 
 def validate_mixing_matrix(
-    w: torch.Tensor,
+    w: Any,
     *,
     require_symmetric: bool = True,
     require_connected: bool = True,
@@ -197,35 +236,36 @@ def validate_mixing_matrix(
 ) -> None:
     """Check that ``w`` is a mixing matrix: square, non-negative, doubly stochastic, (symmetric), (connected).
 
-    Raises :class:`TopologyError` naming the first violated property and where.
+    ``w`` is a numpy array or a torch tensor. Raises :class:`TopologyError` naming the first violated
+    property and where.
     """
+    w = as_array(w)
     if w.ndim != 2 or w.shape[0] != w.shape[1]:
         raise TopologyError(f"{name}: mixing matrix must be square, got shape {tuple(w.shape)}")
-    w = w.to(torch.float64)
     m = w.shape[0]
-    if not torch.isfinite(w).all():
+    if not np.isfinite(w).all():
         raise TopologyError(f"{name}: mixing matrix has non-finite entries")
     if (w < -tol).any():
-        i, j = (w < -tol).nonzero()[0].tolist()
-        raise TopologyError(f"{name}: negative weight W[{i}, {j}] = {w[i, j].item():.6g}; weights must be >= 0")
-    if require_symmetric and not torch.allclose(w, w.T, atol=tol, rtol=0):
-        i, j = ((w - w.T).abs() > tol).nonzero()[0].tolist()
+        i, j = (int(v) for v in np.argwhere(w < -tol)[0])
+        raise TopologyError(f"{name}: negative weight W[{i}, {j}] = {w[i, j]:.6g}; weights must be >= 0")
+    if require_symmetric and not np.allclose(w, w.T, atol=tol, rtol=0):
+        i, j = (int(v) for v in np.argwhere(np.abs(w - w.T) > tol)[0])
         raise TopologyError(
-            f"{name}: not symmetric: W[{i}, {j}] = {w[i, j].item():.6g} but W[{j}, {i}] = {w[j, i].item():.6g}"
+            f"{name}: not symmetric: W[{i}, {j}] = {w[i, j]:.6g} but W[{j}, {i}] = {w[j, i]:.6g}"
         )
     rows, cols = w.sum(1), w.sum(0)
     for axis, sums in (("row", rows), ("column", cols)):
-        bad = ((sums - 1.0).abs() > 1e-6).nonzero()
+        bad = np.flatnonzero(np.abs(sums - 1.0) > 1e-6)
         if len(bad):
             k = int(bad[0])
-            raise TopologyError(f"{name}: not doubly stochastic: {axis} {k} sums to {sums[k].item():.6g}, must be 1")
+            raise TopologyError(f"{name}: not doubly stochastic: {axis} {k} sums to {sums[k]:.6g}, must be 1")
     if require_connected and m > 1:
         adj = (w + w.T) > tol
         seen = {0}
         frontier = [0]
         while frontier:
             i = frontier.pop()
-            for j in adj[i].nonzero().flatten().tolist():
+            for j in np.flatnonzero(adj[i]).tolist():
                 if j not in seen:
                     seen.add(j)
                     frontier.append(j)
@@ -248,6 +288,18 @@ def rounds_for_consensus(rho: float, target: float) -> int:
     return max(1, math.ceil(math.log(target) / math.log(rho) - 1e-12))
 
 
+def theorem1_contraction(*, peers: int, batch_size: int, grad_bound: float, sigma: float) -> float:
+    """What Theorem 1 asks t rounds of mixing to reach: ``rho^t <= 1 / (1 + (M sqrt(m) M G^2 + sigma^2) / (4 sigma))``.
+
+    See :func:`theorem1_rounds` for the symbols; the value is in (0, 1).
+    """
+    if sigma <= 0:
+        raise ValueError(f"sigma must be > 0, got {sigma}")
+    if not isinstance(batch_size, int) or isinstance(batch_size, bool) or batch_size < 1:
+        raise ValueError(f"batch_size (m, the minibatch size per peer) must be an integer >= 1, got {batch_size!r}")
+    return 1.0 / (1.0 + (peers * math.sqrt(batch_size) * peers * grad_bound**2 + sigma**2) / (4.0 * sigma))
+
+
 def theorem1_rounds(rho: float, *, peers: int, batch_size: int, grad_bound: float, sigma: float) -> int:
     """Rounds t per step required by Theorem 1 of Liu et al. (NeurIPS 2020).
 
@@ -256,13 +308,9 @@ def theorem1_rounds(rho: float, *, peers: int, batch_size: int, grad_bound: floa
     parameter count), G the gradient bound and sigma the gradient-noise standard deviation. Returns
     the smallest integer t >= 1 that satisfies it (1 when rho = 0: one round already averages exactly).
     """
-    if sigma <= 0:
-        raise ValueError(f"sigma must be > 0, got {sigma}")
-    if not isinstance(batch_size, int) or isinstance(batch_size, bool) or batch_size < 1:
-        raise ValueError(f"batch_size (m, the minibatch size per peer) must be an integer >= 1, got {batch_size!r}")
+    contraction = theorem1_contraction(peers=peers, batch_size=batch_size, grad_bound=grad_bound, sigma=sigma)
     if rho <= 0.0:
         return 1
     if rho >= 1.0:
         raise TopologyError(f"rho = {rho} is not in [0, 1): the graph does not mix")
-    arg = 1.0 + (peers * math.sqrt(batch_size) * peers * grad_bound**2 + sigma**2) / (4.0 * sigma)
-    return max(1, math.ceil(math.log(arg) / math.log(1.0 / rho) - 1e-12))
+    return max(1, math.ceil(math.log(1.0 / contraction) / math.log(1.0 / rho) - 1e-12))

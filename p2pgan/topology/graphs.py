@@ -9,12 +9,13 @@ import math
 import random
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
-import torch
+import numpy as np
 import yaml
 
 from p2pgan.errors import TopologyError
-from p2pgan.topology.base import Edge, Topology, spectral_rho
+from p2pgan.topology.base import Edge, Topology, as_array, spectral_rho
 
 #: names accepted on the command line and in configs (besides a path to a YAML adjacency file)
 TOPOLOGY_NAMES = ("ring", "complete", "random-ring", "exponential", "one-peer-exponential", "torus")
@@ -108,10 +109,10 @@ class RandomRing(Topology):
             return math.sqrt((m - 3) / (3 * (m - 1)))
         if m == 1:
             return 0.0
-        acc = torch.zeros(m, m, dtype=torch.float64)
+        acc = np.zeros((m, m), dtype=np.float64)
         orders = list(itertools.permutations(range(m)))
         for order in orders:
-            w = torch.zeros(m, m, dtype=torch.float64)
+            w = np.zeros((m, m), dtype=np.float64)
             for i, j, v in _ring_edges(order):
                 w[i, j] += v
             acc += w.T @ w
@@ -189,9 +190,9 @@ class OnePeerExponential(Topology):
         tau = self._tau()
         if tau == 0:
             return 0.0
-        period = torch.eye(self.size, dtype=torch.float64)
+        period = np.eye(self.size, dtype=np.float64)
         for n in range(tau):
-            w = torch.zeros(self.size, self.size, dtype=torch.float64)
+            w = np.zeros((self.size, self.size), dtype=np.float64)
             for i, j, v in self._edges_at(n):
                 w[i, j] += v
             period = w @ period
@@ -200,9 +201,43 @@ class OnePeerExponential(Topology):
     def suggested_rounds(self, target: float = 0.01) -> int:
         if self.size == 1:
             return 0
-        if self.rho() < 1e-12:
-            return self._tau()
-        return super().suggested_rounds(target)
+        return self.rounds_needed(target)  # tau for M a power of two (rho = 0, yet one round is far from J)
+
+    def one_round_rho(self) -> float:
+        """``||W - J||_2`` of the schedule's first round (hop 1): cos(pi / M), 0.98 at M = 16.
+
+        Later rounds alone do even less (a round of hop M/2 leaves some disagreement untouched); only
+        tau consecutive rounds together make J.
+        """
+        return spectral_rho(self._dense_at(0)) if self.size > 1 else 0.0
+
+    def rounds_needed(self, target: float) -> int:
+        """The smallest t such that ANY t consecutive rounds reach ``||W_{n+t-1} ... W_n - J||_2 <= target``.
+
+        ``rho`` here is an average over the period of tau rounds (0 for M a power of two), which says
+        nothing about fewer rounds: one round is only cos(pi / M) from J. So this is computed from the
+        rounds themselves (at most a few periods; tau rounds suffice for M a power of two).
+        """
+        if self.size == 1:
+            return 0
+        tau = self._tau()
+        rounds = [self._dense_at(n) for n in range(tau)]
+        for t in range(1, 64 * tau + 1):
+            worst = 0.0
+            for start in range(tau):
+                p = np.eye(self.size, dtype=np.float64)
+                for n in range(start, start + t):
+                    p = rounds[n % tau] @ p
+                worst = max(worst, spectral_rho(p))
+            if worst <= target:
+                return t
+        raise TopologyError(f"{self.name}: {self.size} peers do not reach {target:g} within {64 * tau} rounds")
+
+    def _dense_at(self, n: int) -> np.ndarray:
+        w = np.zeros((self.size, self.size), dtype=np.float64)
+        for i, j, v in self._edges_at(n):
+            w[i, j] += v
+        return w
 
 
 def torus_shape(m: int) -> tuple[int, int]:
@@ -246,17 +281,18 @@ class Custom(Topology):
         *,
         seed: int = 0,
         name: str = "custom",
-        weights: torch.Tensor | None = None,
+        weights: Any = None,
     ) -> None:
         self.name = name
         super().__init__(size, seed=seed)
-        self.weights = None if weights is None else weights.to(torch.float64)
+        #: explicit weights (a float64 numpy array), or None for Metropolis-Hastings weights
+        self.weights = None if weights is None else as_array(weights)
         if self.weights is not None:
             # explicit weights: the graph is whatever they connect; validate() judges them
             if tuple(self.weights.shape) != (size, size):
                 raise TopologyError(f"{name}: weights must be a {size} x {size} matrix, got {tuple(self.weights.shape)}")
             nz = (self.weights != 0) | (self.weights.T != 0)
-            adjacency = {i: set(nz[i].nonzero().flatten().tolist()) for i in range(size)}
+            adjacency = {i: set(np.flatnonzero(nz[i]).tolist()) for i in range(size)}
         for i, nbrs in adjacency.items():
             for j in nbrs:
                 if i == j:
@@ -268,7 +304,7 @@ class Custom(Topology):
 
     def _edges(self, step: int, round: int) -> list[Edge]:
         if self.weights is not None:
-            idx = self.weights.nonzero().tolist()
+            idx = np.argwhere(self.weights != 0).tolist()
             return [(i, j, float(self.weights[i, j])) for i, j in idx]
         deg = {i: len(n) for i, n in self.adjacency.items()}
         out: list[Edge] = []
@@ -341,11 +377,11 @@ class Custom(Topology):
         return cls(size, adj, seed=seed, name=str(p))
 
 
-def _weights_from_yaml(path: Path, rows: object, size: int) -> torch.Tensor:
+def _weights_from_yaml(path: Path, rows: object, size: int) -> np.ndarray:
     """An explicit ``size x size`` matrix from a YAML list of rows, with errors naming the file and row."""
     if not isinstance(rows, list) or len(rows) != size:
         raise TopologyError(f"{path}: weights: must be a list of {size} rows (one per peer)")
-    out = torch.zeros(size, size, dtype=torch.float64)
+    out = np.zeros((size, size), dtype=np.float64)
     for i, row in enumerate(rows):
         if (
             not isinstance(row, list)
@@ -353,7 +389,7 @@ def _weights_from_yaml(path: Path, rows: object, size: int) -> torch.Tensor:
             or not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in row)
         ):
             raise TopologyError(f"{path}: weights[{i}]: must be a list of {size} numbers, got {row!r}")
-        out[i] = torch.tensor([float(v) for v in row], dtype=torch.float64)
+        out[i] = [float(v) for v in row]
     return out
 
 

@@ -32,8 +32,8 @@ import torch
 
 from p2pgan.checkpoint import atomic_write_bytes
 from p2pgan.errors import DataError
+from p2pgan.trainer.catalog import DATASET_FORMATS
 
-DATASET_FORMATS: tuple[str, ...] = ("digits", "gaussians", "cifar10", "imagefolder", "shard")
 SHARD_MODES: tuple[str, ...] = ("iid", "label")
 SHARD_FILE = "shard.npz"
 IMAGE_EXTENSIONS: tuple[str, ...] = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".ppm", ".pgm", ".tif", ".tiff", ".webp")

@@ -38,11 +38,10 @@ def _models_matching(model: str, latent_dim: int | None, width: int | None, dige
                       f"{latent_dim}; give the config of the run that wrote it")
 
 
-def export_generator(checkpoint: Path, out: Path, *, model: str, latent_dim: int | None = None,
-                     width: int | None = None) -> tuple[Path, Path]:
-    """Write the generator of ``checkpoint`` to ``out`` and its description to ``out`` + ``.json``."""
-    if out.suffix not in FORMATS:
-        raise ConfigError(f"--out: {out.name!r} must end in {' or '.join(FORMATS)}")
+def load_generator(checkpoint: Path, *, model: str, latent_dim: int | None = None,
+                   width: int | None = None) -> tuple[Any, int, int | None, dict[str, Any]]:
+    """The generator of ``checkpoint`` (its published parameters X), its latent size, its image channels,
+    and the checkpoint's state."""
     state = load_checkpoint(checkpoint)
     try:
         x = state["algorithm"]["x"]
@@ -58,6 +57,15 @@ def export_generator(checkpoint: Path, out: Path, *, model: str, latent_dim: int
             p.copy_(row[offset:offset + p.numel()].view_as(p))
             offset += p.numel()
     assert offset == n
+    return g, k, channels, state
+
+
+def export_generator(checkpoint: Path, out: Path, *, model: str, latent_dim: int | None = None,
+                     width: int | None = None) -> tuple[Path, Path]:
+    """Write the generator of ``checkpoint`` to ``out`` and its description to ``out`` + ``.json``."""
+    if out.suffix not in FORMATS:
+        raise ConfigError(f"--out: {out.name!r} must end in {' or '.join(FORMATS)}")
+    g, k, channels, state = load_generator(checkpoint, model=model, latent_dim=latent_dim, width=width)
     tensors = {name: t.detach().cpu().contiguous() for name, t in g.state_dict().items()}
     info = {"architecture": model, "arguments": {"latent_dim": k, "channels": channels, "width": width},
             "step": int(state.get("step", 0)), "peer": state.get("peer"), "federation": state.get("federation"),

@@ -203,8 +203,8 @@ def write_run_figures(records_by_peer: Mapping[str, Sequence[Mapping[str, Any]]]
                       reference_label: str = "real data") -> list[Path]:
     """From metrics records (see :mod:`p2pgan.metrics`) write the figures there is data for:
     ``score.png`` (one panel per evaluation score vs ``x``, with ``reference`` scores of real data as
-    dashed lines), ``losses.png`` (generator and discriminator
-    loss) and ``consensus.png`` (consensus distance, log scale). Returns the files written."""
+    dashed lines), ``losses.png`` (generator and discriminator loss, a moving average over 1/50 of the
+    steps, which its title states) and ``consensus.png`` (consensus distance, log scale). Returns the files written."""
     out_dir = Path(out_dir)
     written = []
     score_names = list(dict.fromkeys(name for rs in records_by_peer.values() for r in rs
@@ -217,7 +217,8 @@ def write_run_figures(records_by_peer: Mapping[str, Sequence[Mapping[str, Any]]]
     window = max(1, n_steps // 50)
     losses = {name: _collect(records_by_peer, "step", x, name) for name in ("loss_g", "loss_d")}
     if any(losses.values()):
-        written.append(plot_panels(out_dir / "losses.png", losses, xlabel=x, title="losses", smooth=window))
+        title = f"losses (moving average over {window} steps)" if window > 1 else "losses (every step, unsmoothed)"
+        written.append(plot_panels(out_dir / "losses.png", losses, xlabel=x, title=title, smooth=window))
     consensus = {"consensus": _collect(records_by_peer, "step", x, "consensus")}
     if consensus["consensus"]:
         positive = all(v > 0 for s in consensus["consensus"].values() for _, v in s)

@@ -16,9 +16,8 @@ from torch import nn
 from torch.nn import functional as F
 
 from p2pgan.errors import ConfigError
+from p2pgan.trainer.catalog import LOSS_NAMES  # the names make_loss accepts
 
-#: loss names accepted by :func:`make_loss`
-LOSS_NAMES: tuple[str, ...] = ("wgan-gp", "ns")
 
 
 class GANLoss(abc.ABC):

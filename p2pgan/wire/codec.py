@@ -28,11 +28,10 @@ from google.protobuf.message import DecodeError
 
 from p2pgan.errors import ProtocolError
 from p2pgan.logsafe import printable
+from p2pgan.wire.limits import FRAME_OVERHEAD_BYTES, MAX_SHARD_BYTES
 from p2pgan.wire.v1 import gossip_pb2 as pb
 
 PROTOCOL_VERSION = 1
-#: largest shard accepted (and sent); gRPC's default message limit is 4 MiB, we raise it a little
-MAX_SHARD_BYTES = 4 * 1024 * 1024
 #: smallest configurable shard size (tiny shards only cost per-message overhead)
 MIN_SHARD_BYTES = 4 * 1024
 #: smallest shard a receiver accepts, except a message's last one: each shard costs the receiver a few
@@ -41,8 +40,6 @@ MIN_SHARD_BYTES = 4 * 1024
 MIN_WIRE_SHARD_BYTES = 1024
 #: largest vector accepted: 16 Gi elements would not fit anyone's memory anyway
 MAX_ELEMENTS = 1 << 34
-#: room for the frame tags and varints around a shard's data
-FRAME_OVERHEAD_BYTES = 64
 
 #: wire dtype name -> (torch dtype, protobuf enum)
 WIRE_DTYPES: dict[str, tuple[torch.dtype, int]] = {

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Literal
 
 from p2pgan.membership.members import PeerEntry
-from p2pgan.mixing.robust import RobustConfig
+from p2pgan.mixing.robust_config import RobustConfig
 
 WireDType = Literal["float32", "bfloat16", "float16"]
 Discovery = Literal["roster", "zeroconf"]

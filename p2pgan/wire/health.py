@@ -25,6 +25,7 @@ from collections.abc import Sequence
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
+from p2pgan import sdnotify
 from p2pgan.wire.v1 import gossip_pb2 as pb
 
 #: the gossip service's full name, which probes may ask about besides the overall ``""``
@@ -57,7 +58,8 @@ class HealthReporter:
     """The daemon's serving state, published through ``grpc.health.v1.Health``.
 
     Starts NOT_SERVING; :meth:`set_serving` flips it; :meth:`shutdown` makes it NOT_SERVING for good
-    (a leaving daemon never reports SERVING again).
+    (a leaving daemon never reports SERVING again). The same changes go to systemd when it asked for
+    them (:mod:`p2pgan.sdnotify`: READY=1 on SERVING, STOPPING=1 on shutdown).
     """
 
     def __init__(self) -> None:
@@ -82,6 +84,11 @@ class HealthReporter:
         self._serving = serving
         for name in SERVICE_NAMES:
             self.servicer.set(name, SERVING if serving else NOT_SERVING)
+        # systemd (Type=notify) counts the unit as started when the health service turns SERVING
+        if serving:
+            sdnotify.notify("READY=1", "STATUS=serving")
+        else:
+            sdnotify.notify("STATUS=not serving")
 
     def set_component(self, name: str, ok: bool) -> None:
         """Report one component's health (e.g. :data:`CHECKPOINT_SERVICE`) under its own service name."""
@@ -94,6 +101,7 @@ class HealthReporter:
         self._serving = False
         self._shut = True
         self.servicer.enter_graceful_shutdown()
+        sdnotify.notify("STOPPING=1", "STATUS=leaving")
 
 
 def check(channel: grpc.Channel, service: str = "", timeout: float = 5.0, *, wait_for_ready: bool = False) -> str:

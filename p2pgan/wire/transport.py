@@ -31,7 +31,7 @@ import grpc
 from p2pgan.errors import ConfigError, SecurityError
 from p2pgan.logsafe import printable
 from p2pgan.security.certs import fingerprint, identity_dns, normalize_fingerprint, peer_identity, read_tls
-from p2pgan.wire.codec import FRAME_OVERHEAD_BYTES, MAX_SHARD_BYTES
+from p2pgan.wire.limits import FRAME_OVERHEAD_BYTES, MAX_SHARD_BYTES
 from p2pgan.wire.config import PeerEntry, TLSFiles
 from p2pgan.wire.v1 import gossip_pb2 as pb
 

@@ -20,7 +20,7 @@ import dataclasses
 from pathlib import Path
 from typing import Literal
 
-from p2pgan.mixing.robust import RobustConfig
+from p2pgan.mixing.robust_config import RobustConfig
 from p2pgan.wire.config import TLSFiles
 
 #: variant -> (default schedule, forced topology or None = as configured, forced rounds or None)

@@ -7,8 +7,7 @@ from __future__ import annotations
 import hashlib
 from pathlib import Path
 
-from p2pgan.algorithm.directions import DIRECTION_NAMES
-from p2pgan.algorithm.dposg import FIRST_STEPS, SCHEDULES
+from p2pgan.algorithm.names import DIRECTION_NAMES, FIRST_STEPS, SCHEDULES
 from p2pgan.daemon.config.reader import _REQUIRED, _did_you_mean, _parse_address, _Section
 from p2pgan.daemon.config.schema import (
     BACKENDS,
@@ -29,11 +28,9 @@ from p2pgan.daemon.config.schema import (
     SecurityConfig,
     TrainConfig,
 )
-from p2pgan.mixing.robust import ROBUST_KINDS, RobustConfig
+from p2pgan.mixing.robust_config import ROBUST_KINDS, RobustConfig
 from p2pgan.topology import TOPOLOGY_NAMES
-from p2pgan.trainer.data import DATASET_FORMATS
-from p2pgan.trainer.losses import LOSS_NAMES
-from p2pgan.trainer.models import MODEL_DEFAULTS, MODEL_NAMES
+from p2pgan.trainer.catalog import DATASET_FORMATS, LOSS_NAMES, MODEL_DEFAULTS, MODEL_NAMES
 from p2pgan.wire.config import TLSFiles
 
 

@@ -1,5 +1,9 @@
 """The harness report: numbers (report.json) and pictures (PNG curves, sample grids) from peers' metrics.
 
+A site's own report (``p2pgan report --config``, :mod:`p2pgan.report.site`) is made of the same parts:
+:func:`peer_summary`, the figures, :func:`headline` and :mod:`p2pgan.report.sections` (version, privacy,
+membership history).
+
 Input is each peer's JSON-lines metrics records (:mod:`p2pgan.metrics`) as the daemon writes them
 (:mod:`p2pgan.daemon.peer`): ``start``, ``step``, ``eval`` and ``end`` records. Output, in the folder:
 
@@ -30,6 +34,7 @@ from pathlib import Path
 from typing import Any
 
 from p2pgan.metrics import run_totals
+from p2pgan.report import sections
 
 #: seconds before a fault and after its end whose steps make the "before" and "after" medians
 FAULT_WINDOW_S = 10.0
@@ -151,12 +156,12 @@ def peer_summary(name: str, records: Sequence[Mapping[str, Any]]) -> dict[str, A
         "final": {k: last_step.get(k) for k in ("loss_g", "loss_d", "grad_norm", "consensus")},
         "first_scores": _scores(evals[0]) if evals else {},
         "scores": _scores(evals[-1]) if evals else {},
-        "bytes_sent": totals["bytes_sent"],
-        "bytes_received": totals["bytes_received"],
+        "bytes_sent": int(totals["bytes_sent"]),  # counted in whole bytes
+        "bytes_received": int(totals["bytes_received"]),
         "compute_s": totals["compute_s"],
         "comm_s": totals["comm_s"],
         "eval_s": _sum(evals, "eval_s"),
-        "dropped_rounds": totals["dropped"],
+        "dropped_rounds": int(totals["dropped"]),
         "step_s": totals["step_s"] / totals["steps"] if totals["steps"] else None,
         "sent_mb_per_step": totals["bytes_sent"] / totals["steps"] / 1e6 if totals["steps"] else None,
         "end": ends[-1].get("reason") if ends else None,
@@ -178,8 +183,8 @@ def summarize(peers: Mapping[str, Mapping[str, Any]]) -> dict[str, Any]:
     for key in keys:
         values = [float(p["scores"][key]) for p in peers.values() if isinstance(p["scores"].get(key), (int, float))]
         out[key] = {"mean": sum(values) / len(values), "min": min(values), "max": max(values)}
-    out["bytes_sent"] = sum(float(p["bytes_sent"]) for p in peers.values())
-    out["bytes_received"] = sum(float(p["bytes_received"]) for p in peers.values())
+    out["bytes_sent"] = sum(int(p["bytes_sent"]) for p in peers.values())
+    out["bytes_received"] = sum(int(p["bytes_received"]) for p in peers.values())
     return out
 
 
@@ -241,6 +246,12 @@ def _churn_markdown(report: Mapping[str, Any]) -> list[str]:
     return [*lines, ""]
 
 
+def privacy_markdown(report: Mapping[str, Any]) -> list[str]:
+    """The privacy section: the budget each peer's accountant reports, or that there is no formal privacy."""
+    statement = (report.get("privacy") or {}).get("statement") or sections.NO_PRIVACY
+    return ["## Privacy", "", statement, ""]
+
+
 def write_markdown(out: Path, report: Mapping[str, Any]) -> Path:
     """``report.md``: the run on one page (relative links, so the folder can be moved or zipped)."""
     opts = report.get("options") or {}
@@ -264,6 +275,7 @@ def write_markdown(out: Path, report: Mapping[str, Any]) -> Path:
                  f"batch {opts.get('batch_size')} per peer"),
         ("steps", f"{opts.get('steps')} per peer, evaluation every {opts.get('eval_interval') or 'steps/10'}"),
         ("wall time", _duration(report.get("wall_s"))),
+        ("written by", str(report.get("p2pgan_version") or sections.version())),
     ]
     lines += [f"| {k} | {v} |" for k, v in rows]
     head = ["peer", "shard (samples)", "steps", "epochs", "s/step", "MB sent/step", "dropped rounds",
@@ -283,6 +295,7 @@ def write_markdown(out: Path, report: Mapping[str, Any]) -> Path:
               "evaluator as the real-data row. s/step is wall time inside a step (mixing and gradient); "
               "MB are 10^6 bytes of parameters sent to neighbours.", ""]
     lines += _churn_markdown(report)
+    lines += privacy_markdown(report)
     pictures = sorted(report.get("pictures") or [], key=lambda p: (p != "score.png", p))  # the scores first
     if pictures:
         lines += ["## Curves", ""]
@@ -326,8 +339,9 @@ def write_report(out: Path, metrics: Mapping[str, Sequence[Mapping[str, Any]]], 
             dst = out / f"samples-{name}.png"
             shutil.copyfile(src, dst)
             summary["samples_png"] = dst.name
-    report = {**dict(extra or {}), "summary": summarize(peers), "reference": dict(reference) if reference else None,
-              "peers": peers, "units": UNITS, "pictures": sorted(p.name for p in pictures)}
+    report = {**dict(extra or {}), "p2pgan_version": sections.version(), "summary": summarize(peers),
+              "reference": dict(reference) if reference else None, "peers": peers, "units": UNITS,
+              "privacy": sections.privacy(metrics), "pictures": sorted(p.name for p in pictures)}
     report["reached"] = headline(report)
     path = out / "report.json"
     path.write_text(json.dumps(report, indent=2, default=str) + "\n")
