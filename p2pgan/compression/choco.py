@@ -19,6 +19,7 @@ import torch
 
 from p2pgan.compression.compressors import Compressor, apply, self_decode
 from p2pgan.mixing.base import DoneHandle, MixHandle, Mixer
+from p2pgan.mixing.inprocess import InProcessMixer
 from p2pgan.topology import Topology
 
 
@@ -48,7 +49,8 @@ class ChocoMixer(Mixer):
         self.compressor = compressor
         self.gamma = gamma
         self.copies: torch.Tensor | None = None
-        self.bytes_per_round = 0
+        self.bytes_per_round = 0  # payload bytes one peer sent to one neighbour in the last round
+        self._plain = InProcessMixer(topology, 1)  # W applied to the copies, the simulator's arithmetic
 
     def start(self, x: torch.Tensor, step: int) -> MixHandle:
         cur = x.detach().to(torch.float32).clone()
@@ -58,12 +60,12 @@ class ChocoMixer(Mixer):
             for i in range(self.size):
                 if self.compressor.exact:
                     self.copies[i].copy_(cur[i])
+                    self.bytes_per_round = 4 * cur.shape[1]
                     continue
                 enc = self.compressor.encode(cur[i] - self.copies[i])
                 self.bytes_per_round = enc.payload.numel() * enc.payload.element_size()
                 apply(self.copies[i], self_decode(enc, cur.shape[1]))
-            w = self.topology.matrix(step, r).to(torch.float32)
-            mixed = w @ self.copies
+            mixed = self._plain._round(self.copies, step, r)
             cur = torch.stack([consensus_step(cur[i], self.copies[i], mixed[i], self.gamma) for i in range(self.size)])
         self.stats.rounds += self.rounds
         return DoneHandle(cur.to(x.dtype))
