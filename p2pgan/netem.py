@@ -21,6 +21,7 @@ until stdin closes or SIGTERM)::
 
     python -m p2pgan.netem relay --delay-ms 1 --target 127.0.0.1:7001 --target 127.0.0.1:7002
     python -m p2pgan.netem relay --link 100mbit:20ms --target 127.0.0.1:7001
+    python -m p2pgan.netem pair --link 100mbit:20ms --target 127.0.0.1:7001 --target 127.0.0.1:7002
     python -m p2pgan.netem measure --delay-ms 1 --samples 200
     python -m p2pgan.netem measure --link 10mbit:5ms --bytes 2000000
 """
@@ -520,6 +521,10 @@ def main(argv: list[str] | None = None) -> int:
     relay.add_argument("--delay-ms", type=float, default=None, help="one-way delay added in each direction")
     relay.add_argument("--link", default=None, help="RATE:DELAY, e.g. 100mbit:20ms (instead of --delay-ms)")
     relay.add_argument("--target", action="append", required=True, help="HOST:PORT to relay to (repeatable)")
+    pair = sub.add_parser("pair", help="one emulated link between two servers: ports [A dials to reach B, B dials to "
+                                       "reach A], both relays sharing the link's two pacers")
+    pair.add_argument("--link", required=True, help="RATE:DELAY, e.g. 1gbit:5ms")
+    pair.add_argument("--target", action="append", required=True, help="HOST:PORT of A, then of B")
     measure = sub.add_parser("measure", help="measure the round-trip time (and with --link the rate) a relay adds")
     measure.add_argument("--delay-ms", type=float, default=1.0)
     measure.add_argument("--samples", type=int, default=200)
@@ -527,6 +532,8 @@ def main(argv: list[str] | None = None) -> int:
     measure.add_argument("--bytes", type=int, default=2_000_000, help="bytes of the bulk transfer (with --link)")
     args = parser.parse_args(argv)
     try:
+        if args.cmd == "pair" and len(args.target) != 2:
+            raise ConfigError(f"pair: give exactly two --target HOST:PORT (A, then B), got {len(args.target)}")
         if args.link is not None:
             spec = parse_link(args.link)
         elif args.delay_ms is not None:
@@ -545,7 +552,12 @@ def main(argv: list[str] | None = None) -> int:
             return 0
         targets = [parse_target(t) for t in args.target]
         with contextlib.ExitStack() as stack:
-            relays = [stack.enter_context(LatencyRelay(t, spec.delay_s, rate_bps=spec.rate_bps)) for t in targets]
+            if args.cmd == "pair":
+                ab, ba = (Pacer(spec.rate_bps), Pacer(spec.rate_bps)) if spec.rate_bps else (None, None)
+                relays = [stack.enter_context(LatencyRelay(targets[1], spec.delay_s, pacers=(ab, ba) if ab else None)),
+                          stack.enter_context(LatencyRelay(targets[0], spec.delay_s, pacers=(ba, ab) if ba else None))]
+            else:
+                relays = [stack.enter_context(LatencyRelay(t, spec.delay_s, rate_bps=spec.rate_bps)) for t in targets]
             print(json.dumps({"ports": [r.port for r in relays], "delay_ms": spec.delay_s * 1e3,
                               "rate_mbit_s": None if spec.rate_bps is None else spec.rate_bps / 1e6}), flush=True)
             stop = threading.Event()
