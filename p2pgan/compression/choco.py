@@ -53,16 +53,16 @@ class ChocoMixer(Mixer):
         self._plain = InProcessMixer(topology, 1)  # W applied to the copies, the simulator's arithmetic
 
     def start(self, x: torch.Tensor, step: int) -> MixHandle:
-        cur = x.detach().to(torch.float32).clone()
+        cur = x.detach().clone()
         if self.copies is None:
             self.copies = cur.clone()  # the first round's keys: every copy exact
         for r in range(self.rounds):
             for i in range(self.size):
                 if self.compressor.exact:
                     self.copies[i].copy_(cur[i])
-                    self.bytes_per_round = 4 * cur.shape[1]
+                    self.bytes_per_round = cur.element_size() * cur.shape[1]
                     continue
-                enc = self.compressor.encode(cur[i] - self.copies[i])
+                enc = self.compressor.encode((cur[i] - self.copies[i]).to(torch.float32))
                 self.bytes_per_round = enc.payload.numel() * enc.payload.element_size()
                 apply(self.copies[i], self_decode(enc, cur.shape[1]))
             mixed = self._plain._round(self.copies, step, r)
