@@ -277,18 +277,19 @@ class Inbox:
     # -- the mixing side -------------------------------------------------------------------------------
     def advance(self, step: int, round: int) -> None:
         """We are now at ``(step, round)``: messages of earlier rounds are stale and dropped."""
-        stale = []
+        on_stale = self._ctx.on_stale if self._ctx is not None else None
         with self._cond:
             self._position = (step, round)
+            stale = []
             for key, slot in list(self._slots.items()):
                 if key[:2] < (step, round):
                     self._drop(slot)
                     slot.dead = True  # if still being written, the writer will not commit it
                     if slot.vec is not None:
                         stale.append((key, slot.vec))
-        on_stale = self._ctx.on_stale if self._ctx is not None else None
-        if on_stale is not None:
-            for key, vec in sorted(stale, key=lambda kv: kv[0]):
+            # under the lock: a later message of the same sender found stale after this point is handed over
+            # only after these (a sender's messages reach on_stale in the order it sent them)
+            for key, vec in sorted(stale, key=lambda kv: kv[0]) if on_stale is not None else ():
                 on_stale(key[2], vec)
 
     def take(self, step: int, round: int, senders: Collection[str], deadline: float) -> dict[str, Any]:
