@@ -412,7 +412,8 @@ def measure_rate(spec: LinkSpec, nbytes: int) -> dict[str, float]:
     """Send ``nbytes`` through a relay of ``spec`` to a sink; the rate achieved (bits over the time from the
     first byte sent to the last byte received, less the one-way delay) beside the rate set."""
     payload = b"\0" * min(nbytes, CHUNK_BYTES)
-    with sink_server() as (port, done), LatencyRelay(("127.0.0.1", port), spec.delay_s, rate_bps=spec.rate_bps) as relay:
+    with sink_server() as (port, done), \
+            LatencyRelay(("127.0.0.1", port), spec.delay_s, rate_bps=spec.rate_bps) as relay:
         with socket.create_connection(("127.0.0.1", relay.port), timeout=CONNECT_TIMEOUT_S) as s:
             t0 = time.monotonic()
             left = nbytes

@@ -144,7 +144,8 @@ def test_a_restarted_peer_is_resynchronised_by_keys(federation, tmp_path: Path) 
 def _frames(env: Env, encoding: str, payload: torch.Tensor, **over: object) -> list[bytes]:
     data = codec.le_bytes(payload)
     fields = dict(federation=env.fed, sender="b", step=0, round=0, layout_digest="layout-v1",
-                  dtype=codec.ENCODING_DTYPES.get(encoding, "float32"), element_count=1000, encoding=encoding, copy_version=5,
+                  dtype=codec.ENCODING_DTYPES.get(encoding, "float32"), element_count=1000, encoding=encoding,
+                  copy_version=5,
                   shard_count=codec.shard_count(len(data), 1024))
     fields.update(over)
     return codec.encode(codec.MessageHeader(**fields), data, 1024)  # type: ignore[arg-type]

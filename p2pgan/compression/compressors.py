@@ -229,7 +229,8 @@ def apply(copy: torch.Tensor, delta: Delta) -> None:
         full = (n // b) * b
         codes = delta.values.to(torch.float32)
         if full:
-            copy[:full].view(-1, b).add_((codes[:full].view(-1, b) * delta.scales[: full // b].unsqueeze(1)).to(copy.dtype))
+            update = codes[:full].view(-1, b) * delta.scales[: full // b].unsqueeze(1)
+            copy[:full].view(-1, b).add_(update.to(copy.dtype))
         if full < n:
             copy[full:].add_((codes[full:] * delta.scales[-1]).to(copy.dtype))
     elif delta.encoding == "topk":
