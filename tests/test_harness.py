@@ -225,6 +225,25 @@ def test_harness_link_routes_each_pair_through_its_own_relay(tmp_path: Path) -> 
             s.close()
 
 
+@pytest.mark.timeout(300)
+def test_harness_over_emulated_links_with_int8_gossip(tmp_path: Path, launch: list[subprocess.Popen[str]]) -> None:
+    """Two daemons on a 50 Mbit/s link with int8 gossip: the run finishes, the report names the link and the
+    compression, and the link carried about a quarter of the raw vectors' bytes (one key, then deltas)."""
+    out = tmp_path / "run"
+    steps = 8
+    proc = _harness(launch, out, "--peers", "2", "--steps", str(steps), "--eval-interval", str(steps),
+                    "--link", "50mbit:2ms", "--set", "mixing.compression=int8")
+    stdout, stderr = proc.communicate(timeout=HARNESS_TIMEOUT_S)
+    assert proc.returncode == 0, stderr[-3000:]
+    report = json.loads((out / "report.json").read_text())
+    assert report["link"]["spec"] == "50mbit:2ms"
+    raw = 333_570 * 4 * steps  # the digits vector in float32, once per step
+    carried = report["link"]["bytes_carried"]
+    assert set(carried) == {"peer0->peer1", "peer1->peer0"}
+    assert all(0.2 * raw < v < 0.5 * raw for v in carried.values()), carried
+    assert "emulated 50mbit:2ms link, mixing.compression=int8" in (out / "report.md").read_text()
+
+
 def _image_folder(root: Path, side: int = 40) -> Path:
     for cls in ("a", "b"):
         (root / cls).mkdir(parents=True)
