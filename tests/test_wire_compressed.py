@@ -226,3 +226,10 @@ def test_malformed_topk_messages_are_refused_with_invalid_argument(compressed_en
     ]
     for frames, words in cases:
         refused(env, frames, grpc.StatusCode.INVALID_ARGUMENT, words)
+
+
+@pytest.mark.timeout(60)
+def test_a_federation_of_one_compressing_peer_keeps_its_vector(federation) -> None:
+    (alone,) = _ready(federation(1, 2, compression="int8"))
+    x = torch.randn(1, DIM)
+    assert torch.equal(alone.mix(x, 0), x) and torch.equal(alone.mix(x, 1), x)
