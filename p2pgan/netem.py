@@ -197,10 +197,10 @@ class _Pipe:
                         self._cond.wait()
                 pacer = self._pacer
                 if pacer is not None:
-                    # the bottleneck queue is full: wait (reading nothing, so TCP slows the sender down)
-                    while (backlog := pacer.backlog_s(now)) > QUEUE_S and not self._stopped:
+                    # the bottleneck queue is full: wait (reading nothing more, so TCP slows the sender down)
+                    while (backlog := pacer.backlog_s(time.monotonic())) > QUEUE_S and not self._stopped:
                         time.sleep(backlog - QUEUE_S)  # pacing in emulated link time, not synchronizing
-                        now = time.monotonic()
+                    # booked from when it arrived: a reader that overslept leaves no gap in the link's schedule
                     now = pacer.depart(now, len(data))
                 with self._cond:
                     self._queue.append((now + self._delay, data))
