@@ -7,6 +7,11 @@ where gRPC delivered it (:class:`ReceivedVector`; a generated-class parse would 
 (another implementation, another field order) falls back to the generated parser, so the format is
 exactly what ``protos/p2pgan/wire/v1/gossip.proto`` says.
 
+A header's ``encoding`` says how its shard bytes are read: ``raw`` (the vector in ``dtype``, as before
+compressed gossip existed) or one of :mod:`p2pgan.compression`'s (``key``, ``bf16-delta``: float payloads,
+checked finite here; ``int8``, ``topk``: byte layouts whose sizes are checked here and whose contents
+:func:`p2pgan.compression.compressors.decode` checks).
+
 Structure checks live here (sizes add up, shard order, checksums, finite values, oversize); checks
 that need the receiver's context (federation, sender identity, layout, step window) live in
 :mod:`p2pgan.wire.inbox`.
