@@ -15,6 +15,7 @@ the same evaluator's score on real data (:mod:`p2pgan.report`).
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import logging
 import socket
@@ -75,6 +76,7 @@ class HarnessOptions:
     backend: str = "grpc"  # grpc | torch (torch.distributed Gloo; needs insecure and roster discovery)
     faults: tuple[str, ...] = ()  # --fault specs (p2pgan.faults)
     overrides: tuple[str, ...] = ()  # --set SECTION.FIELD=VALUE, applied to every peer's config
+    link: str | None = None  # --link RATE:DELAY: every pair of peers on its own emulated link (p2pgan.netem)
     timeout_s: float = 24 * 3600.0
 
     def validate(self) -> None:
@@ -126,6 +128,13 @@ class HarnessOptions:
         if self.faults and self.backend != "grpc":
             raise bad("fault", "faults need the gRPC backend (torch.distributed has a fixed world)")
         parse_faults(self.faults, self.peers, self.steps)
+        if self.link is not None:
+            from p2pgan.netem import parse_link
+
+            parse_link(self.link)
+            if self.backend != "grpc" or self.discovery != "roster":
+                raise bad("link", "emulated links need the gRPC backend and --discovery roster (each peer's roster "
+                                  "routes its neighbours through the pair's relay)")
         from p2pgan.daemon.config import apply_overrides
 
         apply_overrides({}, self.overrides, "--set")  # the form of each override; its value is checked in prepare
@@ -192,6 +201,9 @@ class Federation:
     lr_generator: float  # the learning rates the peers were given (the flags', else the model's defaults)
     lr_discriminator: float
     image_size: int | None = None  # side an image folder was resized to (the model's); None: not resized
+    #: with --link: each peer's server port, and the port of the relay peer a dials to reach peer b
+    peer_ports: dict[str, int] = dataclasses.field(default_factory=dict)
+    link_ports: dict[tuple[str, str], int] = dataclasses.field(default_factory=dict)
 
     def specs(self, resume: bool = False) -> list[PeerSpec]:
         from p2pgan.daemon.config import load_config
@@ -256,9 +268,18 @@ def _prepare(opts: HarnessOptions) -> Federation:
     tls = {} if opts.insecure else make_federation(out / "federation", FEDERATION, ids)
     roster_path = out / "federation" / "roster.yaml"
     ports = free_ports(opts.peers) if opts.discovery == "roster" else [0] * opts.peers
+    rosters = {pid: roster_path for pid in ids}
+    link_ports: dict[tuple[str, str], int] = {}
     if opts.discovery == "roster":
         roster_path.parent.mkdir(parents=True, exist_ok=True)
         write_roster(roster_path, FEDERATION, [PeerEntry(pid, "127.0.0.1", port) for pid, port in zip(ids, ports)])
+    if opts.link is not None:  # peer a reaches peer b through the relay of the pair (a, b): a roster per peer
+        pairs = [(a, b) for a in ids for b in ids if a != b]
+        link_ports = dict(zip(pairs, free_ports(len(pairs))))
+        for a, own in zip(ids, ports):
+            rosters[a] = roster_path.with_name(f"roster-{a}.yaml")
+            write_roster(rosters[a], FEDERATION, [PeerEntry(b, "127.0.0.1", own if a == b else link_ports[a, b])
+                                                  for b in ids])
     torch_init = f"tcp://127.0.0.1:{free_ports(1)[0]}" if opts.backend == "torch" else None
     eval_interval = opts.eval_interval if opts.eval_interval is not None else max(1, opts.steps // 10)
     ckpt_interval = opts.checkpoint_interval if opts.checkpoint_interval is not None else max(1, opts.steps // 4)
@@ -269,7 +290,7 @@ def _prepare(opts: HarnessOptions) -> Federation:
             "peer": {"id": pid, "federation": FEDERATION, "listen": f"127.0.0.1:{port}"},
             "security": {"insecure": True} if opts.insecure else
             {"ca": str(tls[pid].ca), "cert": str(tls[pid].cert), "key": str(tls[pid].key)},
-            "discovery": {"roster": str(roster_path)} if opts.discovery == "roster" else
+            "discovery": {"roster": str(rosters[pid])} if opts.discovery == "roster" else
             {"zeroconf_peers": opts.peers, "zeroconf_members": ids},
             "mixing": {"variant": opts.variant, "rounds": opts.rounds, "seed": opts.seed,
                        "round_timeout_s": opts.round_timeout_s},
@@ -307,7 +328,8 @@ def _prepare(opts: HarnessOptions) -> Federation:
                             + yaml.safe_dump(doc, sort_keys=False))
         configs[pid] = path
     image_size = defaults.image_size if fmt == "imagefolder" else None
-    return Federation(out, ids, configs, model, fmt, lr_g, lr_d, image_size)
+    return Federation(out, ids, configs, model, fmt, lr_g, lr_d, image_size,
+                      peer_ports=dict(zip(ids, ports)) if link_ports else {}, link_ports=link_ports)
 
 
 #: real samples in the reference grid and, for the synthetic Gaussians, in the reference score
@@ -390,8 +412,14 @@ def run_harness(opts: HarnessOptions) -> Path:
     tails = {s.name: MetricsTail(s.metrics) for s in specs}
     started = time.time()
     progress = Progress(tails, opts.steps)
+    links = None
     try:
-        with PeerGroup([]) as group:
+        with contextlib.ExitStack() as stack, PeerGroup([]) as group:
+            if opts.link is not None:
+                from p2pgan.netem import EmulatedLinks, parse_link
+
+                links = stack.enter_context(EmulatedLinks(fed.peer_ports, parse_link(opts.link),
+                                                          listen_ports=fed.link_ports))
             runner = FaultRunner(group, specs, tails, parse_faults(opts.faults, opts.peers))
             runner.start()
             runner.wait(opts.timeout_s, tick=progress.tick, tick_interval_s=FAULT_TICK_S)
@@ -410,4 +438,6 @@ def run_harness(opts: HarnessOptions) -> Path:
         "configs": {pid: str(path) for pid, path in fed.configs.items()},
         "faults": runner.events,
     }
+    if links is not None:
+        extra["link"] = {"spec": str(links.spec), "bytes_carried": links.carried()}
     return write_report(fed.out, metrics, extra, reference=reference)

@@ -20,7 +20,7 @@ import yaml
 from daemon_helpers import CaptureRelay, federation, running, wait_for_text
 
 from deadlines import scaled
-from p2pgan.checkpoint import CheckpointManager, load_checkpoint
+from p2pgan.checkpoint import CheckpointManager
 from p2pgan.daemon.processes import MetricsTail, wait_for_record
 from p2pgan.discovery import load_roster, write_roster
 from p2pgan.errors import PeerProcessError

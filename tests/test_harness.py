@@ -165,7 +165,10 @@ def test_harness_ctrl_c_stops_peers_with_checkpoints(tmp_path: Path, launch: lis
      (["--wire-dtype", "fp8"], "--wire-dtype: invalid choice: 'fp8'"),
      (["--wire-dtype", "bfloat16", "--backend", "torch", "--insecure"], "--wire-dtype: only the gRPC backend"),
      (["--set", "train.steps"], "--set train.steps: must be SECTION.FIELD=VALUE"),
-     (["--steps", "2", "--set", "mixing.rounds=-1"], "--set mixing.rounds=-1: mixing.rounds")],
+     (["--steps", "2", "--set", "mixing.rounds=-1"], "--set mixing.rounds=-1: mixing.rounds"),
+     (["--link", "100mb:20ms"], "--link '100mb:20ms': rate unit 'mb'"),
+     (["--link", "fast"], "--link 'fast': expected RATE:DELAY"),
+     (["--link", "1gbit:5ms", "--discovery", "zeroconf"], "--link: emulated links need")],
 )
 @pytest.mark.timeout(60)
 def test_harness_flag_errors_are_clear(tmp_path: Path, args: list[str], fragment: str) -> None:
@@ -203,6 +206,60 @@ def test_harness_set_reaches_every_peer_config(tmp_path: Path) -> None:
     assert [(c.mixing.round_timeout_s, c.train.init_seed) for c in cfgs] == [(3.5, 11)] * 3
     plain = prepare(HarnessOptions(peers=2, out=tmp_path / "plain", steps=4))
     assert {load_config(p).mixing.round_timeout_s for p in plain.configs.values()} == {10.0}
+
+
+@pytest.mark.timeout(60)
+def test_harness_link_routes_each_pair_through_its_own_relay(tmp_path: Path) -> None:
+    """With --link, peer a's roster names, for every other peer b, the port of the relay of the pair (a, b);
+    its own entry is its real port. The relays carry a's bytes to b's real port."""
+    import socket
+
+    from p2pgan.daemon.config import load_config
+    from p2pgan.discovery.roster import load_roster
+    from p2pgan.harness import HarnessOptions, prepare
+    from p2pgan.netem import EmulatedLinks, parse_link
+
+    fed = prepare(HarnessOptions(peers=3, out=tmp_path / "run", steps=4, link="100mbit:1ms"))
+    ports = {}
+    for a in fed.ids:
+        roster = {e.id: e.port for e in load_roster(load_config(fed.configs[a]).discovery.roster).peers}
+        assert roster[a] == fed.peer_ports[a]
+        for b in fed.ids:
+            if a != b:
+                assert roster[b] == fed.link_ports[a, b] != fed.peer_ports[b]
+                ports[a, b] = roster[b]
+    assert len(set(ports.values())) == 6
+    servers = {pid: socket.create_server(("127.0.0.1", port)) for pid, port in fed.peer_ports.items()}
+    try:
+        with EmulatedLinks(fed.peer_ports, parse_link("100mbit:1ms"), listen_ports=fed.link_ports) as links:
+            with socket.create_connection(("127.0.0.1", ports[fed.ids[0], fed.ids[2]]), timeout=10) as c:
+                conn, _ = servers[fed.ids[2]].accept()  # the pair's relay dialled peer 2's real port
+                c.sendall(b"hi")
+                assert conn.recv(2) == b"hi"
+                conn.close()
+            assert links.carried()[f"{fed.ids[0]}->{fed.ids[2]}"] == 2
+    finally:
+        for s in servers.values():
+            s.close()
+
+
+@pytest.mark.timeout(300)
+def test_harness_over_emulated_links_with_int8_gossip(tmp_path: Path, launch: list[subprocess.Popen[str]]) -> None:
+    """Two daemons on a 50 Mbit/s link with int8 gossip: the run finishes, the report names the link and the
+    compression, and the link carried about a quarter of the raw vectors' bytes (one key, then deltas)."""
+    out = tmp_path / "run"
+    steps = 8
+    proc = _harness(launch, out, "--peers", "2", "--steps", str(steps), "--eval-interval", str(steps),
+                    "--link", "50mbit:2ms", "--set", "mixing.compression=int8")
+    stdout, stderr = proc.communicate(timeout=HARNESS_TIMEOUT_S)
+    assert proc.returncode == 0, stderr[-3000:]
+    report = json.loads((out / "report.json").read_text())
+    assert report["link"]["spec"] == "50mbit:2ms"
+    raw = 333_570 * 4 * steps  # the digits vector in float32, once per step
+    carried = report["link"]["bytes_carried"]
+    assert set(carried) == {"peer0->peer1", "peer1->peer0"}
+    assert all(0.2 * raw < v < 0.5 * raw for v in carried.values()), carried
+    assert "emulated 50mbit:2ms link, mixing.compression=int8" in (out / "report.md").read_text()
 
 
 def _image_folder(root: Path, side: int = 40) -> Path:

@@ -12,7 +12,9 @@ import threading
 import pytest
 
 from p2pgan.errors import ConfigError
-from p2pgan.netem import LatencyRelay, echo_server, measure_added_rtt, parse_target
+from p2pgan.netem import (
+    EmulatedLinks, LatencyRelay, LinkSpec, echo_server, measure_added_rtt, measure_rate, parse_link, parse_target,
+)
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -87,3 +89,42 @@ def test_relay_command_reports_ports_and_stops_when_stdin_closes() -> None:
             if proc.poll() is None:
                 proc.kill()
                 proc.wait(10)
+
+
+def test_rate_limited_relay_carries_a_bulk_transfer_at_the_set_rate() -> None:
+    """A token bucket bounds the rate from above, so the achieved rate never exceeds the set one by more than
+    the chunk-granularity slack; a loaded machine can only slow it down, and 10% below is still generous."""
+    spec = parse_link("4mbit:2ms")
+    m = measure_rate(spec, 400_000)  # 0.8 s at 4 Mbit/s
+    assert m["rate_achieved_mbit_s"] <= 1.1 * 4.0
+    assert m["rate_achieved_mbit_s"] >= 0.9 * 4.0
+    assert m["elapsed_s"] >= spec.floor_s(400_000) * 0.99
+
+
+def test_emulated_links_share_one_pacer_per_direction_of_a_pair() -> None:
+    with echo_server() as port, EmulatedLinks({"a": port, "b": port, "c": port}, parse_link("50mbit:1ms")) as links:
+        assert len({links.port(x, y) for x in "abc" for y in "abc" if x != y}) == 6
+        with socket.create_connection(("127.0.0.1", links.port("a", "b")), timeout=10) as s:
+            s.sendall(b"x" * 1000)
+            assert _recv_exactly(s, 1000) == b"x" * 1000
+        carried = links.carried()
+        # a dialled b: a->b carried the request, the echo came back on b->a; nothing else moved
+        assert carried["a->b"] == 1000 and carried["b->a"] == 1000
+        assert all(v == 0 for k, v in carried.items() if k not in ("a->b", "b->a"))
+
+
+@pytest.mark.parametrize(("text", "problem"), [
+    ("10mbit", "RATE:DELAY"), ("10mb:5ms", "rate unit 'mb'"), ("10mbit:5m", "delay unit 'm'"),
+    ("0mbit:5ms", "within 1kbit"), ("1mbit:20s", "at most"),
+])
+def test_bad_link_is_one_clear_line(text: str, problem: str) -> None:
+    with pytest.raises(ConfigError, match=problem) as info:
+        parse_link(text)
+    assert "\n" not in str(info.value) and text in str(info.value)
+
+
+def test_parse_link_reads_units() -> None:
+    assert parse_link("100mbit:20ms") == LinkSpec(100e6, 0.02)
+    assert parse_link("1gbit:5ms") == LinkSpec(1e9, 0.005)
+    assert parse_link("1.5Mbit:0.5s").rate_bps == 1.5e6
+    assert parse_link("10mbit:20ms").floor_s(1_250_000) == pytest.approx(1.02)

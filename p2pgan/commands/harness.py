@@ -59,6 +59,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="inject a fault (repeatable; PEER = index in the sorted peer list): kill:PEER@STEP, "
                              "term:PEER@STEP, stop:PEER@STEP:SECONDS, restart:PEER@+SECONDS, join:PEER@STEP. "
                              "Example: --fault kill:1@50 --fault restart:1@+5 --round-timeout 2")
+    parser.add_argument("--link", default=None, metavar="RATE:DELAY",
+                        help="put every pair of peers on its own emulated link of this rate per direction and "
+                             "one-way delay (p2pgan.netem), e.g. 100mbit:20ms, 1gbit:5ms, 10mbit:20ms")
     parser.add_argument("--set", action="append", default=[], metavar="SECTION.FIELD=VALUE", dest="overrides",
                         help="override one field of every peer's config (repeatable), validated as `p2pgan peer "
                              "--set` does: --set train.init_seed=3 --set mixing.round_timeout_s=5")
@@ -76,7 +79,7 @@ def run(args: argparse.Namespace) -> int:
         lr_discriminator=args.lr_d, width=args.width, eval_interval=args.eval_interval,
         round_timeout_s=args.round_timeout, wire_dtype=args.wire_dtype, seed=args.seed, threads=args.threads, device=args.device,
         insecure=args.insecure, backend=args.backend, faults=tuple(args.faults),
-        overrides=tuple(args.overrides),
+        overrides=tuple(args.overrides), link=args.link,
     )
 
     def _terminate(signum: int, frame: object) -> None:

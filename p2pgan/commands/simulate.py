@@ -49,6 +49,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--sigma", type=float, default=0.0, help="gradient-noise standard deviation (default: 0)")
     p.add_argument("--batch", type=int, default=64, help="gaussians: minibatch per peer (default: 64)")
     p.add_argument("--eval-every", type=int, default=None, metavar="N", help="metrics every N steps (default: steps/20)")
+    p.add_argument("--compression", default="none",
+                   help="compressed gossip with CHOCO public copies: none, identity, bf16-delta, int8, topk:FRACTION")
+    p.add_argument("--consensus-step", type=float, default=1.0, help="CHOCO's gamma with --compression (default 1)")
     p.add_argument("--device", default="cpu", help="torch device of the [M, d] rows (default: cpu)")
     add_threads_argument(p)
     p.add_argument("--plot", type=Path, default=None, metavar="PNG", help="write curves (and samples) to this PNG")
@@ -78,6 +81,8 @@ def run(args: argparse.Namespace) -> int:
         batch=args.batch,
         eval_every=args.eval_every,
         device=args.device,
+        compression=args.compression,
+        consensus_step=args.consensus_step,
     )
     result = simulate(config, show_progress=not args.json, plot=args.plot)
     if args.json:

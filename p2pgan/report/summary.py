@@ -266,7 +266,9 @@ def write_markdown(out: Path, report: Mapping[str, Any]) -> Path:
         ("peers", f"{len(peers)} ({', '.join(peers)}), each a separate daemon process"),
         ("transport", f"{opts.get('backend', 'grpc')}, "
                       f"{'plain text (--insecure)' if opts.get('insecure') else 'mutual TLS'} on loopback, "
-                      f"parameters sent as {opts.get('wire_dtype') or 'float32'}"),
+                      f"parameters sent as {opts.get('wire_dtype') or 'float32'}"
+                      + (f", every pair of peers on an emulated {opts['link']} link" if opts.get("link") else "")
+                      + "".join(f", {o}" for o in opts.get("overrides") or () if o.startswith("mixing.compression"))),
         ("algorithm", f"DPOSG, variant {opts.get('variant')}, topology {opts.get('topology')}, "
                       f"{opts.get('rounds')} mixing round(s) per step"),
         ("model / loss / optimizer", f"{report.get('model')} / {opts.get('loss')} / {opts.get('optimizer')}"),

@@ -71,8 +71,19 @@ class SimConfig:
     batch: int = 64
     eval_every: int | None = None
     device: str = "cpu"
+    compression: str = "none"  # mixing.compression: CHOCO public copies (p2pgan.compression.choco.ChocoMixer)
+    consensus_step: float = 1.0  # CHOCO's gamma
 
     def __post_init__(self) -> None:
+        from p2pgan.compression.spec import parse_compression
+        from p2pgan.errors import ConfigError
+
+        try:
+            parse_compression(self.compression, "--compression")
+        except ConfigError as exc:
+            raise config_error("--compression", "", str(exc).split(": ", 1)[1]) from None
+        if not 0 < self.consensus_step <= 1:
+            raise config_error("--consensus-step", "", f"must be in (0, 1], got {self.consensus_step}")
         if self.problem not in PROBLEM_NAMES:
             raise config_error("--problem", "", f"unknown problem {self.problem!r}; allowed: {', '.join(PROBLEM_NAMES)}")
         if self.algorithm in RETIRED_ALGORITHMS:
@@ -146,7 +157,14 @@ class Simulation:
         rounds = 1 if config.rounds is None else config.rounds
         topology = make_topology(topo_name, config.peers, seed=config.seed, rounds=rounds)
         topology.validate()
-        mixer = InProcessMixer(topology, rounds)
+        mixer: Mixer = InProcessMixer(topology, rounds)
+        if config.compression != "none":
+            from p2pgan.compression.choco import ChocoMixer
+            from p2pgan.compression.compressors import make_compressor
+
+            compressor = make_compressor(config.compression, "--compression")
+            assert compressor is not None
+            mixer = ChocoMixer(topology, rounds, compressor, config.consensus_step)
         lr_u, lr_v = config.learning_rates(problem)
         lr = lr_u if lr_u == lr_v else lr_vector(problem.dim_u, problem.dim_v, lr_u, lr_v, device=problem.device)
         direction = config.optimizer or problem.default_optimizer

@@ -7,6 +7,11 @@ where gRPC delivered it (:class:`ReceivedVector`; a generated-class parse would 
 (another implementation, another field order) falls back to the generated parser, so the format is
 exactly what ``protos/p2pgan/wire/v1/gossip.proto`` says.
 
+A header's ``encoding`` says how its shard bytes are read: ``raw`` (the vector in ``dtype``, as before
+compressed gossip existed) or one of :mod:`p2pgan.compression`'s (``key``, ``bf16-delta``: float payloads,
+checked finite here; ``int8``, ``topk``: byte layouts whose sizes are checked here and whose contents
+:func:`p2pgan.compression.compressors.decode` checks).
+
 Structure checks live here (sizes add up, shard order, checksums, finite values, oversize); checks
 that need the receiver's context (federation, sender identity, layout, step window) live in
 :mod:`p2pgan.wire.inbox`.
@@ -48,6 +53,16 @@ WIRE_DTYPES: dict[str, tuple[torch.dtype, int]] = {
     "float16": (torch.float16, pb.FLOAT16),
 }
 _NAME_OF_ENUM = {enum: name for name, (_, enum) in WIRE_DTYPES.items()}
+#: message encoding name -> protobuf enum (see ``Encoding`` in gossip.proto; p2pgan.compression makes them)
+ENCODINGS: dict[str, int] = {
+    "raw": pb.ENCODING_RAW, "key": pb.ENCODING_KEY, "bf16-delta": pb.ENCODING_BF16_DELTA,
+    "int8": pb.ENCODING_INT8, "topk": pb.ENCODING_TOPK,
+}
+_ENCODING_OF_ENUM = {enum: name for name, enum in ENCODINGS.items()}
+#: the wire dtype each encoding other than raw requires (int8 and topk: bytes laid out by the encoding)
+ENCODING_DTYPES = {"key": "float32", "bf16-delta": "bfloat16", "int8": "float32", "topk": "float32"}
+#: bounds of an int8 message's block_elements (elements per float32 scale)
+MIN_BLOCK_ELEMENTS, MAX_BLOCK_ELEMENTS = 16, 1 << 20
 _LITTLE_ENDIAN = sys.byteorder == "little"
 _SAME_WIDTH_INT = {1: torch.uint8, 2: torch.int16, 4: torch.int32, 8: torch.int64}
 
@@ -69,19 +84,37 @@ class MessageHeader:
     dtype: str  # a key of WIRE_DTYPES
     element_count: int
     shard_count: int
+    encoding: str = "raw"  # a key of ENCODINGS
+    copy_version: int = 0  # compressed gossip: the sender's public copy version once this message is applied
+    block_elements: int = 0  # int8: elements per scale
+    value_count: int = 0  # topk: (index, value) pairs
 
     @property
     def torch_dtype(self) -> torch.dtype:
-        return WIRE_DTYPES[self.dtype][0]
+        """The dtype the shard bytes are read as: the wire dtype, or bytes for the int8 and topk layouts."""
+        return torch.uint8 if self.encoding in ("int8", "topk") else WIRE_DTYPES[self.dtype][0]
 
     @property
     def nbytes(self) -> int:
+        if self.encoding == "int8":
+            return math.ceil(self.element_count / max(1, self.block_elements)) * 4 + self.element_count
+        if self.encoding == "topk":
+            return self.value_count * 8
         return self.element_count * self.torch_dtype.itemsize
 
     def check_sizes(self) -> None:
         """Raise :class:`ProtocolError` unless element and shard counts are consistent and bounded."""
         if not 1 <= self.element_count <= MAX_ELEMENTS:
             raise ProtocolError(f"{self._who}: element_count {self.element_count} is outside 1..{MAX_ELEMENTS}")
+        need = ENCODING_DTYPES.get(self.encoding)
+        if need is not None and self.dtype != need:
+            raise ProtocolError(f"{self._who}: a {self.encoding} message must say dtype {need}, not {self.dtype}")
+        if self.encoding == "int8" and not MIN_BLOCK_ELEMENTS <= self.block_elements <= MAX_BLOCK_ELEMENTS:
+            raise ProtocolError(f"{self._who}: block_elements {self.block_elements} is outside "
+                                f"{MIN_BLOCK_ELEMENTS}..{MAX_BLOCK_ELEMENTS}")
+        if self.encoding == "topk" and not 1 <= self.value_count <= self.element_count:
+            raise ProtocolError(f"{self._who}: value_count {self.value_count} is outside 1..{self.element_count} "
+                                "(the element count)")
         lo = math.ceil(self.nbytes / MAX_SHARD_BYTES)
         hi = max(1, math.ceil(self.nbytes / MIN_WIRE_SHARD_BYTES))
         if not lo <= self.shard_count <= hi:
@@ -89,6 +122,10 @@ class MessageHeader:
                 f"{self._who}: shard_count {self.shard_count} does not fit {self.nbytes} bytes "
                 f"(allowed {lo}..{hi}: shards of {MIN_WIRE_SHARD_BYTES}..{MAX_SHARD_BYTES} bytes, the last one smaller)"
             )
+
+    @property
+    def _what(self) -> str:
+        return f"{self.dtype} elements" if self.encoding == "raw" else f"elements, {self.encoding}-encoded"
 
     @property
     def _who(self) -> str:
@@ -100,6 +137,8 @@ class MessageHeader:
                 federation=self.federation, sender=self.sender, step=self.step, round=self.round,
                 layout_digest=self.layout_digest, dtype=WIRE_DTYPES[self.dtype][1],
                 element_count=self.element_count, shard_count=self.shard_count,
+                encoding=ENCODINGS[self.encoding], copy_version=self.copy_version,
+                block_elements=self.block_elements, value_count=self.value_count,
             )
         ).SerializeToString()
 
@@ -307,10 +346,16 @@ def decode_frame(msg: bytes) -> MessageHeader | ShardView:
             raise ProtocolError(
                 f"message from {printable(h.sender)}: dtype {h.dtype} is not one of {', '.join(WIRE_DTYPES)}"
             )
+        if h.encoding not in _ENCODING_OF_ENUM:
+            raise ProtocolError(
+                f"message from {printable(h.sender)}: encoding {h.encoding} is not one of {', '.join(ENCODINGS)}"
+            )
         return MessageHeader(
             federation=h.federation, sender=h.sender, step=h.step, round=h.round,
             layout_digest=h.layout_digest, dtype=_NAME_OF_ENUM[h.dtype],
             element_count=h.element_count, shard_count=h.shard_count,
+            encoding=_ENCODING_OF_ENUM[h.encoding], copy_version=h.copy_version,
+            block_elements=h.block_elements, value_count=h.value_count,
         )
     if kind == "manifest":
         raise ProtocolError("a state manifest frame is only valid at the start of a FetchState reply")
@@ -382,7 +427,7 @@ class ShardAssembler:
         if self._offset + n > h.nbytes:
             raise ProtocolError(
                 f"{h._who}: shards add up to more than the {h.nbytes} bytes of "
-                f"{h.element_count} {h.dtype} elements"
+                f"{h.element_count} {h._what}"
             )
         last = shard.index == h.shard_count - 1
         if n == 0 or (not last and n < MIN_WIRE_SHARD_BYTES):
@@ -393,7 +438,7 @@ class ShardAssembler:
         if last and self._offset + n != h.nbytes:
             raise ProtocolError(
                 f"{h._who}: shards add up to {self._offset + n} bytes, expected {h.nbytes} "
-                f"({h.element_count} {h.dtype} elements)"
+                f"({h.element_count} {h._what})"
             )
         if self._verify and checksum(shard.data) != shard.checksum:
             raise ProtocolError(f"{h._who}: checksum mismatch in shard {shard.index}")
@@ -414,7 +459,7 @@ class ShardAssembler:
             if not _LITTLE_ENDIAN:
                 raw.view(_SAME_WIDTH_INT[size]).numpy().byteswap(inplace=True)
             chunks = (raw.view(dtype),)
-        for chunk in chunks:
+        for chunk in chunks if dtype.is_floating_point else ():  # int8 / topk layouts: p2pgan.compression checks
             # Any NaN or inf makes the sum non-finite, so a finite sum proves all values finite at ~1/50 the
             # cost of isfinite().all(); a non-finite sum may also be an overflow of finite values: check exactly.
             if not math.isfinite(float(chunk.sum())) and not bool(torch.isfinite(chunk).all()):

@@ -54,4 +54,9 @@ class NetworkConfig:
     start_quorum: int | None = None
     wire_dtype: WireDType = "float32"  # bf16 / fp16 halve the bytes on the wire
     shard_bytes: int = 2 * 1024 * 1024  # bound on one shard message
+    #: compressed gossip (p2pgan.compression): none | identity | bf16-delta | int8 | topk:FRACTION; the same
+    #: for every member (compared at Hello)
+    compression: str = "none"
+    consensus_step: float = 1.0  # CHOCO's gamma: how far a round moves x toward the mixed public copies
+    key_interval: int = 100  # compressed gossip: every this many steps each link gets the public copy in full
     robust: RobustConfig = RobustConfig()  # robust mixing (clip by default); see p2pgan.mixing.robust

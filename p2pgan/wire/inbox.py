@@ -25,6 +25,7 @@ import threading
 import time
 from collections import defaultdict
 from collections.abc import Callable, Collection, Iterable
+from typing import Any
 
 from p2pgan.errors import PeerUnavailableError, ProtocolError, SecurityError, StepWindowError
 from p2pgan.membership import Membership
@@ -46,7 +47,7 @@ Key = tuple[int, int, str]
 @dataclasses.dataclass
 class _Slot:
     key: Key
-    vec: ReceivedVector | None = None  # set when complete
+    vec: Any = None  # set when complete: a ReceivedVector, or what InboxContext.accept made of it
     dead: bool = False  # purged while still filling: the writer does not commit it
 
 
@@ -63,6 +64,11 @@ class InboxContext:
     in_neighbours: Callable[[int, int], Collection[str]]
     #: liveness and steps of the members (told what is heard; asked whom to wait for)
     membership: Membership | None = None
+    #: compressed gossip (p2pgan.wire.compressed): checks a complete message of an encoding other than raw
+    #: and returns what the mixer takes instead of the vector; None: only raw messages are accepted
+    accept: Callable[[MessageHeader, ReceivedVector], Any] | None = None
+    #: called with (sender, what accept returned) for a complete message the mixer will never take
+    on_stale: Callable[[str, Any], None] | None = None
 
 
 class Inbox:
@@ -141,9 +147,12 @@ class Inbox:
                 writer.add(frame)
                 if writer.complete:
                     vec = writer.vector()
+                    item = vec if ctx.accept is None else ctx.accept(writer.header, vec)
                     if slot is not None:
-                        self._commit(slot, vec)
+                        self._commit(slot, item, ctx)
                         accepted += 1
+                    elif ctx.on_stale is not None:
+                        ctx.on_stale(writer.header.sender, item)
                     slot = writer = None
             if writer is not None:
                 writer.vector()  # raises: the stream ended inside a message
@@ -182,6 +191,11 @@ class Inbox:
             raise SecurityError(f"{h._who}: the sender field does not match the TLS identity {identity!r}")
         if h.sender == ctx.self_id:
             raise SecurityError(f"{h._who}: a message claiming to come from ourselves")
+        if h.encoding != "raw" and ctx.accept is None:
+            raise ProtocolError(f"{h._who}: a {h.encoding} message, but this peer does not compress its gossip "
+                                "(mixing.compression: none)")
+        if h.encoding == "raw" and ctx.accept is not None:
+            raise ProtocolError(f"{h._who}: a raw message, but this peer's gossip is compressed (mixing.compression)")
         if ctx.layout_digest and h.layout_digest and h.layout_digest != ctx.layout_digest:
             raise ProtocolError(
                 f"{h._who}: model layout digest {printable(h.layout_digest)} differs from ours {ctx.layout_digest!r} "
@@ -241,12 +255,14 @@ class Inbox:
             self._held[h.sender] += 1
             return slot
 
-    def _commit(self, slot: _Slot, vec: ReceivedVector) -> None:
+    def _commit(self, slot: _Slot, vec: Any, ctx: InboxContext) -> None:
         with self._cond:
-            if slot.dead:
+            if not slot.dead:
+                slot.vec = vec
+                self._cond.notify_all()
                 return
-            slot.vec = vec
-            self._cond.notify_all()
+        if ctx.on_stale is not None:  # purged while it was arriving: never mixed
+            ctx.on_stale(slot.key[2], vec)
 
     def _abandon(self, slot: _Slot) -> None:
         with self._cond:
@@ -261,14 +277,22 @@ class Inbox:
     # -- the mixing side -------------------------------------------------------------------------------
     def advance(self, step: int, round: int) -> None:
         """We are now at ``(step, round)``: messages of earlier rounds are stale and dropped."""
+        on_stale = self._ctx.on_stale if self._ctx is not None else None
         with self._cond:
             self._position = (step, round)
+            stale = []
             for key, slot in list(self._slots.items()):
                 if key[:2] < (step, round):
                     self._drop(slot)
                     slot.dead = True  # if still being written, the writer will not commit it
+                    if slot.vec is not None:
+                        stale.append((key, slot.vec))
+            # under the lock: a later message of the same sender found stale after this point is handed over
+            # only after these (a sender's messages reach on_stale in the order it sent them)
+            for key, vec in sorted(stale, key=lambda kv: kv[0]) if on_stale is not None else ():
+                on_stale(key[2], vec)
 
-    def take(self, step: int, round: int, senders: Collection[str], deadline: float) -> dict[str, ReceivedVector]:
+    def take(self, step: int, round: int, senders: Collection[str], deadline: float) -> dict[str, Any]:
         """Wait until ``monotonic() >= deadline`` at most for the senders' vectors of ``(step, round)``.
 
         Waits only for the senders the membership awaits (all of them without a membership); returns
@@ -284,7 +308,7 @@ class Inbox:
                 if remaining <= 0:
                     break
                 self._cond.wait(remaining)
-            out: dict[str, ReceivedVector] = {}
+            out: dict[str, Any] = {}
             for s in senders:
                 slot = self._slots.get((step, round, s))
                 if slot is not None and slot.vec is not None:

@@ -35,6 +35,8 @@ from types import TracebackType
 import grpc
 import torch
 
+from p2pgan.compression.compressors import Encoded, make_compressor
+from p2pgan.compression.spec import canonical
 from p2pgan.errors import ConfigError, PeerUnavailableError, SecurityError
 from p2pgan.logsafe import printable
 from p2pgan.membership import Membership, live_weights
@@ -44,6 +46,7 @@ from p2pgan.mixing.robust import RobustMixing
 from p2pgan.security.certs import normalize_fingerprint
 from p2pgan.topology import Topology, make_topology
 from p2pgan.wire import codec, transport
+from p2pgan.wire.compressed import CompressedGossip
 from p2pgan.wire.config import NetworkConfig, PeerEntry
 from p2pgan.wire.health import HealthReporter
 from p2pgan.wire.inbox import Inbox, InboxContext
@@ -91,8 +94,17 @@ class GrpcMixer(Mixer):
             )
         if dim < 1:
             raise ConfigError(f"dim: the parameter vector must have at least one element, got {dim}")
+        compressor = make_compressor(net.compression, "network.compression")
+        if compressor is not None and not 0 < net.consensus_step <= 1:
+            raise ConfigError(f"network.consensus_step: {net.consensus_step} is outside (0, 1]")
+        if net.key_interval < 0:
+            raise ConfigError(f"network.key_interval: {net.key_interval} must be >= 0 (0: keys only on (re)connects)")
         self.net = net
         self.dim = dim
+        self.compression = canonical(net.compression)
+        #: compressed gossip's copies and keys (None: raw vectors, today's path)
+        self.compressed = None if compressor is None else CompressedGossip(
+            compressor, dim, gamma=net.consensus_step, key_interval=net.key_interval)
         self.layout_digest = layout_digest
         self.rounds = net.rounds
         self.members: tuple[str, ...] = ()
@@ -126,7 +138,7 @@ class GrpcMixer(Mixer):
         self.round_seconds: list[float] = []  # duration of every round so far (benchmarks, selftest)
         service = GossipService(
             self._inbox, self._authenticate, self, federation=net.federation, peer_id=net.peer_id,
-            layout_digest=layout_digest, element_count=dim,
+            layout_digest=layout_digest, element_count=dim, compression=self.compression,
         )
         self.health = HealthReporter()  # grpc.health.v1 on the same port: SERVING once wait_ready succeeds
         self._server, self.port = transport.open_server(
@@ -153,6 +165,8 @@ class GrpcMixer(Mixer):
                 federation=net.federation, self_id=net.peer_id, members=frozenset(self.members),
                 layout_digest=self.layout_digest, element_count=self.dim, in_neighbours=self._in_neighbour_ids,
                 membership=membership,
+                accept=None if self.compressed is None else self.compressed.accept,
+                on_stale=None if self.compressed is None else self.compressed.stale,
             )
         )
 
@@ -198,6 +212,9 @@ class GrpcMixer(Mixer):
                     raise SecurityError(f"peer {pid!r} answered as {reply.peer_id!r} of {reply.federation!r}")
                 if reply.element_count != self.dim:
                     raise ConfigError(f"peer {pid!r} mixes vectors of {reply.element_count} elements, ours have {self.dim}")
+                if (reply.compression or "none") != self.compression:
+                    raise ConfigError(f"peer {pid!r} gossips with mixing.compression {reply.compression or 'none'!r}, "
+                                      f"ours is {self.compression!r}; every member needs the same")
                 if self._tls is not None and self._peers[pid].fingerprint:
                     transport.check_pin(self._peers[pid], self._tls, net.federation)
                 membership.reported(pid, int(reply.step), training=reply.training)
@@ -346,7 +363,11 @@ class GrpcMixer(Mixer):
         weights = topo.in_weights(self.rank, step, r)
         outs = topo.out_neighbours(self.rank, step, r)
         reading = None
-        if outs:
+        if self.compressed is not None:  # also with no out-neighbour: the own public copy follows x every round
+            self.stats.bytes_sent += self.compressed.send(
+                cur, step, r, [self.members[j] for j in outs], self._link,
+                lambda enc, nbytes: self._header(step, r, enc, nbytes), self.net.shard_bytes)
+        elif outs:
             wire, wire_name = self._to_wire(cur, step, r)
             header = codec.MessageHeader(
                 federation=self.net.federation, sender=self.net.peer_id, step=step, round=r,
@@ -383,9 +404,24 @@ class GrpcMixer(Mixer):
         if not missing:
             self.deadline.observe(waited)
         row = live_weights(weights, self.rank, missing)
+        if self.compressed is not None:
+            mixed, out_of_step = self.compressed.combine(
+                cur, self.robust, self.net.peer_id, {self.members[j]: w for j, w in row.items()}, got, step, r)
+            self.stats.dropped += len(out_of_step)
+            return mixed, None
         shares = [(self.members[j], got[self.members[j]], w) for j, w in row.items() if j != self.rank]
         # w_ii x_i + sum_j w_ij x_j, each neighbour's pull bounded (a bounded share's rest goes to x_i)
         return self.robust.combine(cur, row[self.rank], shares, r, f"step {step} round {r}"), reading
+
+    def _header(self, step: int, r: int, enc: Encoded, nbytes: int) -> codec.MessageHeader:
+        """The header of a compressed-gossip message (:mod:`p2pgan.wire.compressed`) of ``nbytes`` payload."""
+        assert self.compressed is not None
+        return codec.MessageHeader(
+            federation=self.net.federation, sender=self.net.peer_id, step=step, round=r,
+            layout_digest=self.layout_digest, dtype=codec.ENCODING_DTYPES[enc.encoding], element_count=self.dim,
+            shard_count=codec.shard_count(nbytes, self.net.shard_bytes), encoding=enc.encoding,
+            copy_version=self.compressed.own.version, block_elements=enc.block_elements, value_count=enc.value_count,
+        )
 
     def _to_wire(self, cur: torch.Tensor, step: int, r: int) -> tuple[torch.Tensor, str]:
         """``cur`` in the wire dtype, or in float32 when the cast would turn finite values into inf.

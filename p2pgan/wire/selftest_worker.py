@@ -39,9 +39,12 @@ def main(argv: list[str]) -> int:
         wire_dtype=cfg["wire_dtype"], shard_bytes=cfg["shard_bytes"],
         discovery=cfg["discovery"], expected_peers=cfg["peers"], connect_timeout_s=cfg["connect_timeout_s"],
         allowed_members=tuple(cfg["members"]),
+        compression=cfg.get("compression", "none"),
     )
     out = Path(cfg["out"])
     with GrpcMixer(net, dim=cfg["dim"]) as mixer:
+        if mixer.compressed is not None:
+            mixer.compressed.record_digests = True
         print(json.dumps({"port": mixer.port}), flush=True)
         roster = json.loads(sys.stdin.readline())
         if net.discovery == "zeroconf":
@@ -63,6 +66,8 @@ def main(argv: list[str]) -> int:
             "round_seconds": mixer.round_seconds, "dropped": mixer.stats.dropped,
             "bytes_sent": mixer.stats.bytes_sent, "bytes_received": mixer.stats.bytes_received,
         }
+        if mixer.compressed is not None:
+            summary["copy_digests"] = mixer.compressed.digests
         (out / f"{net.peer_id}.json").write_text(json.dumps(summary))
     return 0
 

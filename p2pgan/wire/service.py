@@ -46,7 +46,7 @@ class GossipService:
     """Serves Push (parameter streams into the inbox), Hello (identity/readiness/step), FetchState and Leave."""
 
     def __init__(self, inbox: Inbox, authenticate: Authenticator, hooks: PeerHooks, *, federation: str, peer_id: str,
-                 layout_digest: str, element_count: int) -> None:
+                 layout_digest: str, element_count: int, compression: str = "none") -> None:
         self._inbox = inbox
         self._authenticate = authenticate
         self._hooks = hooks
@@ -55,7 +55,7 @@ class GossipService:
         self.refusals = RefusalLog(logging.getLogger("p2pgan.wire.status"))  # rate-limited refusal lines
         self._hello = pb.HelloReply(
             federation=federation, peer_id=peer_id, protocol_version=PROTOCOL_VERSION,
-            layout_digest=layout_digest, element_count=element_count,
+            layout_digest=layout_digest, element_count=element_count, compression=compression,
         )
 
     def push(self, requests: Iterator[bytes], context: grpc.ServicerContext) -> pb.PushSummary:

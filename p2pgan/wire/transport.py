@@ -261,6 +261,9 @@ class Link:
         self._congested = False
         self._closed = False
         self.bytes_sent = 0
+        #: Push streams opened so far: a new one means the other end may have lost what came before
+        #: (compressed gossip sends a key on it; p2pgan.wire.compressed)
+        self.generation = 0
 
     def send(self, frames: Iterable[bytes], nbytes: int | None = None) -> bool:
         """Queue one message (its frames, or an iterator of them made on demand, of ``nbytes`` in all);
@@ -276,6 +279,7 @@ class Link:
                 stream = opened = self._stream = _Stream(
                     self._push, lambda: self._on_taken(stream), self._on_written
                 )
+                self.generation += 1
             if stream.pending >= MAX_QUEUED_MESSAGES:
                 if not self._congested:  # once per episode: a paused neighbour would flood the log
                     log.warning("peer %s is not draining its stream; skipping messages until it does", self.peer.id)
@@ -315,6 +319,12 @@ class Link:
                     self.peer.id, code.name, exc.details(), self._backoff_s)
             if gone and self._on_gone is not None:
                 self._on_gone(self.peer.id, f"stream broken ({code.name}: {exc.details()})")
+
+    @property
+    def fresh(self) -> bool:
+        """The next :meth:`send` opens a new stream (none yet, or the last one ended)."""
+        with self._lock:
+            return self._stream is None or self._stream.call.done()
 
     @property
     def broken(self) -> bool:

@@ -46,20 +46,24 @@ def worker_processes(
 
 
 def exchange_ports(
-    procs: Mapping[str, subprocess.Popen[str]], what: str, dial: Callable[[int | None], int | None] = lambda p: p
+    procs: Mapping[str, subprocess.Popen[str]], what: str, dial: Callable[[int | None], int | None] = lambda p: p,
+    *, route: Callable[[dict[str, int | None]], dict[str, list[list[Any]]]] | None = None,
 ) -> None:
     """Read every worker's port line and send all of them the roster; ``dial`` maps a port to the one
-    the others should connect to (a latency relay, say). ``what`` names the workers in errors."""
-    roster = []
+    the others should connect to (a latency relay, say). ``route`` instead makes each worker its own
+    roster from all the ports (per-pair emulated links). ``what`` names the workers in errors."""
+    ports: dict[str, int | None] = {}
     for pid, proc in procs.items():
         assert proc.stdout is not None
         line = proc.stdout.readline()
         if not line:
             raise PeerUnavailableError(f"{what} {pid} exited during start-up (rc {proc.wait()})")
-        roster.append([pid, "127.0.0.1", dial(json.loads(line)["port"])])
-    for proc in procs.values():
+        ports[pid] = json.loads(line)["port"]
+    roster = [[pid, "127.0.0.1", dial(port)] for pid, port in ports.items()]
+    rosters = route(ports) if route is not None else {pid: roster for pid in procs}
+    for pid, proc in procs.items():
         assert proc.stdin is not None
-        proc.stdin.write(json.dumps(roster) + "\n")
+        proc.stdin.write(json.dumps(rosters[pid]) + "\n")
         proc.stdin.close()
 
 

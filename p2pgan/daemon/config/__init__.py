@@ -128,6 +128,9 @@ def parse_config(data: object, source: str | Path, base_dir: Path | None = None)
         if discovery.kind != "roster":
             raise config_error(str(source), "mixing.backend", "'torch' needs `discovery.roster` (a fixed, ordered "
                                "membership: rank = position of the peer id in the sorted roster)")
+        if mixing.compression != "none":
+            raise config_error(str(source), "mixing.compression", f"{mixing.compression!r} is the gRPC backend's; "
+                               "backend 'torch' sends float32 vectors (remove the field or set it to none)")
         if mixing.wire_dtype != "float32":  # it would be ignored silently: the torch mixer sends float32 tensors
             raise config_error(str(source), "mixing.wire_dtype", f"{mixing.wire_dtype!r} is the gRPC backend's; "
                                "backend 'torch' sends float32 (remove the field or set it to float32)")
@@ -235,4 +238,7 @@ def network_config(cfg: PeerConfig, roster: tuple[PeerEntry, ...] = ()) -> Netwo
         adaptive_deadline=cfg.mixing.adaptive_deadline,
         wire_dtype=cfg.mixing.wire_dtype,  # type: ignore[arg-type]
         robust=cfg.mixing.robust,
+        compression=cfg.mixing.compression,
+        consensus_step=cfg.mixing.consensus_step,
+        key_interval=cfg.mixing.key_interval,
     )

@@ -98,6 +98,9 @@ class MixingConfig:
     adaptive_deadline: bool = True
     first_step: str = "gradient"  # "gradient" (Algorithm 1) or "zero" (p2pgan.algorithm.FIRST_STEPS)
     robust: RobustConfig = RobustConfig()  # robust mixing: clip (default), trim or off
+    compression: str = "none"  # compressed gossip (p2pgan.compression): none | identity | bf16-delta | int8 | topk:F
+    consensus_step: float = 1.0  # CHOCO's gamma (compressed gossip only)
+    key_interval: int = 100  # steps between full public copies on every link (compressed gossip only)
 
 
 @dataclasses.dataclass(frozen=True)

@@ -28,6 +28,7 @@ from p2pgan.daemon.config.schema import (
     SecurityConfig,
     TrainConfig,
 )
+from p2pgan.errors import ConfigError
 from p2pgan.mixing.robust_config import ROBUST_KINDS, RobustConfig
 from p2pgan.topology import TOPOLOGY_NAMES
 from p2pgan.trainer.catalog import DATASET_FORMATS, LOSS_NAMES, MODEL_DEFAULTS, MODEL_NAMES
@@ -136,11 +137,27 @@ def _mixing(sec: _Section) -> MixingConfig:
             scale=sec.number("robust_scale", RobustConfig.scale, minimum=1.0),
             suspect_after=sec.integer("robust_suspect_after", RobustConfig.suspect_after, minimum=1),
         ),
+        compression=_compression(sec),
+        consensus_step=sec.number("consensus_step", 1.0, positive=True),
+        key_interval=sec.integer("key_interval", 100, minimum=0),
     )
+    if cfg.consensus_step > 1:
+        raise sec.error("consensus_step", f"must be in (0, 1], got {cfg.consensus_step}")
     if not cfg.torch_init.startswith(TORCH_INIT_SCHEMES):
         raise sec.error("torch_init", f"{cfg.torch_init!r} must start with one of {', '.join(TORCH_INIT_SCHEMES)}")
     sec.done()
     return cfg
+
+
+def _compression(sec: _Section) -> str:
+    """``mixing.compression``, in the form peers compare at Hello (p2pgan.compression.spec)."""
+    from p2pgan.compression.spec import canonical
+
+    value = sec.string("compression", "none")
+    try:
+        return canonical(value, "compression")
+    except ConfigError as exc:
+        raise sec.error("compression", str(exc).split(": ", 1)[1]) from None
 
 
 def default_seed(peer_id: str) -> int:

@@ -13,13 +13,26 @@ class DType(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     FLOAT32: _ClassVar[DType]
     BFLOAT16: _ClassVar[DType]
     FLOAT16: _ClassVar[DType]
+
+class Encoding(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    ENCODING_RAW: _ClassVar[Encoding]
+    ENCODING_KEY: _ClassVar[Encoding]
+    ENCODING_BF16_DELTA: _ClassVar[Encoding]
+    ENCODING_INT8: _ClassVar[Encoding]
+    ENCODING_TOPK: _ClassVar[Encoding]
 DTYPE_UNSPECIFIED: DType
 FLOAT32: DType
 BFLOAT16: DType
 FLOAT16: DType
+ENCODING_RAW: Encoding
+ENCODING_KEY: Encoding
+ENCODING_BF16_DELTA: Encoding
+ENCODING_INT8: Encoding
+ENCODING_TOPK: Encoding
 
 class Header(_message.Message):
-    __slots__ = ("federation", "sender", "step", "round", "layout_digest", "dtype", "element_count", "shard_count")
+    __slots__ = ("federation", "sender", "step", "round", "layout_digest", "dtype", "element_count", "shard_count", "encoding", "copy_version", "block_elements", "value_count")
     FEDERATION_FIELD_NUMBER: _ClassVar[int]
     SENDER_FIELD_NUMBER: _ClassVar[int]
     STEP_FIELD_NUMBER: _ClassVar[int]
@@ -28,6 +41,10 @@ class Header(_message.Message):
     DTYPE_FIELD_NUMBER: _ClassVar[int]
     ELEMENT_COUNT_FIELD_NUMBER: _ClassVar[int]
     SHARD_COUNT_FIELD_NUMBER: _ClassVar[int]
+    ENCODING_FIELD_NUMBER: _ClassVar[int]
+    COPY_VERSION_FIELD_NUMBER: _ClassVar[int]
+    BLOCK_ELEMENTS_FIELD_NUMBER: _ClassVar[int]
+    VALUE_COUNT_FIELD_NUMBER: _ClassVar[int]
     federation: str
     sender: str
     step: int
@@ -36,7 +53,11 @@ class Header(_message.Message):
     dtype: DType
     element_count: int
     shard_count: int
-    def __init__(self, federation: _Optional[str] = ..., sender: _Optional[str] = ..., step: _Optional[int] = ..., round: _Optional[int] = ..., layout_digest: _Optional[str] = ..., dtype: _Optional[_Union[DType, str]] = ..., element_count: _Optional[int] = ..., shard_count: _Optional[int] = ...) -> None: ...
+    encoding: Encoding
+    copy_version: int
+    block_elements: int
+    value_count: int
+    def __init__(self, federation: _Optional[str] = ..., sender: _Optional[str] = ..., step: _Optional[int] = ..., round: _Optional[int] = ..., layout_digest: _Optional[str] = ..., dtype: _Optional[_Union[DType, str]] = ..., element_count: _Optional[int] = ..., shard_count: _Optional[int] = ..., encoding: _Optional[_Union[Encoding, str]] = ..., copy_version: _Optional[int] = ..., block_elements: _Optional[int] = ..., value_count: _Optional[int] = ...) -> None: ...
 
 class Shard(_message.Message):
     __slots__ = ("index", "checksum", "data")
@@ -73,7 +94,7 @@ class HelloRequest(_message.Message):
     def __init__(self, federation: _Optional[str] = ..., sender: _Optional[str] = ...) -> None: ...
 
 class HelloReply(_message.Message):
-    __slots__ = ("federation", "peer_id", "protocol_version", "layout_digest", "element_count", "step", "training")
+    __slots__ = ("federation", "peer_id", "protocol_version", "layout_digest", "element_count", "step", "training", "compression")
     FEDERATION_FIELD_NUMBER: _ClassVar[int]
     PEER_ID_FIELD_NUMBER: _ClassVar[int]
     PROTOCOL_VERSION_FIELD_NUMBER: _ClassVar[int]
@@ -81,6 +102,7 @@ class HelloReply(_message.Message):
     ELEMENT_COUNT_FIELD_NUMBER: _ClassVar[int]
     STEP_FIELD_NUMBER: _ClassVar[int]
     TRAINING_FIELD_NUMBER: _ClassVar[int]
+    COMPRESSION_FIELD_NUMBER: _ClassVar[int]
     federation: str
     peer_id: str
     protocol_version: int
@@ -88,7 +110,8 @@ class HelloReply(_message.Message):
     element_count: int
     step: int
     training: bool
-    def __init__(self, federation: _Optional[str] = ..., peer_id: _Optional[str] = ..., protocol_version: _Optional[int] = ..., layout_digest: _Optional[str] = ..., element_count: _Optional[int] = ..., step: _Optional[int] = ..., training: _Optional[bool] = ...) -> None: ...
+    compression: str
+    def __init__(self, federation: _Optional[str] = ..., peer_id: _Optional[str] = ..., protocol_version: _Optional[int] = ..., layout_digest: _Optional[str] = ..., element_count: _Optional[int] = ..., step: _Optional[int] = ..., training: _Optional[bool] = ..., compression: _Optional[str] = ...) -> None: ...
 
 class StateRequest(_message.Message):
     __slots__ = ("federation", "sender")

@@ -1,0 +1,108 @@
+"""The public copies of compressed gossip (CHOCO-SGD): what every peer and its neighbours agree it holds.
+
+Peer ``i`` keeps ``x_hat_i``, the public copy of its own vector (:class:`OwnCopy`), and each neighbour
+``j`` keeps an identical copy of it (:class:`NeighbourCopies`). Every round ``i`` sends
+``q = Q(x_i - x_hat_i)`` and both ends add it: ``x_hat_i += q``; the difference left out is not lost,
+it is still in ``x_i - x_hat_i`` and goes out in a later round (error feedback; nothing accumulates).
+
+Copies are versioned: a delta moves a copy from version ``v - 1`` to ``v``, and a receiver applies it only
+to a copy at ``v - 1``; otherwise (a restarted receiver, a lost message) it ignores the delta and waits
+for a key: the sender's copy in full, which replaces the receiver's. Versions start at a random 48-bit
+number per :class:`OwnCopy`, so a restarted sender's deltas never match a copy of its previous life.
+:func:`digest` fingerprints a copy so that tests (and logs) can check both ends agree.
+"""
+
+from __future__ import annotations
+
+import secrets
+import threading
+
+import torch
+import xxhash
+
+from p2pgan.compression.compressors import Compressor, Delta, Encoded, apply, self_decode
+
+
+def digest(copy: torch.Tensor) -> str:
+    """xxh3_64 of the copy's float32 bytes, as hex (cheap: ~50 GB/s)."""
+    return xxhash.xxh3_64_hexdigest(copy.detach().contiguous().numpy().tobytes())
+
+
+class OwnCopy:
+    """``x_hat_i`` of the peer that owns it, and the version its neighbours' copies should be at."""
+
+    def __init__(self, compressor: Compressor, dim: int) -> None:
+        self.compressor = compressor
+        self.dim = dim
+        self.copy: torch.Tensor | None = None  # none yet: the first round sends keys
+        self.version = secrets.randbits(48)
+
+    def reset(self) -> None:
+        """Forget the copy (after a state transfer or a jump in steps): the next round is a key round."""
+        self.copy = None
+
+    def advance(self, x: torch.Tensor, key_round: bool) -> tuple[Encoded | None, Encoded]:
+        """One round: update the copy toward ``x``; returns ``(delta or None, key)``, both at the new version.
+
+        A key round (``key_round``, no copy yet, or an exact compressor) sets the copy to ``x`` exactly and
+        sends keys only. Otherwise the copy moves by ``Q(x - copy)``; the key (the new copy in full) goes to
+        neighbours whose copy may be out of step.
+        """
+        x = x.detach().to(torch.float32)
+        if key_round or self.copy is None or self.compressor.exact:
+            self.copy = x.clone()
+            self.version += 1
+            return None, Encoded("key", self.copy)
+        enc = self.compressor.encode(x - self.copy)
+        apply(self.copy, self_decode(enc, self.dim))
+        self.version += 1
+        return enc, Encoded("key", self.copy)
+
+
+class NeighbourCopies:
+    """The copies this peer keeps of its in-neighbours' vectors, by sender id; thread-safe.
+
+    :meth:`apply` is called by the mixer for the message of the round it mixes and by the receive path
+    for messages it will never mix (late ones), always in the order a sender sent them.
+    """
+
+    def __init__(self) -> None:
+        self.lock = threading.RLock()
+        self._copies: dict[str, tuple[int, torch.Tensor]] = {}
+        #: deltas ignored because the copy was not at their base version (the sender's next key repairs it)
+        self.out_of_step = 0
+
+    def apply(self, sender: str, version: int, delta: Delta) -> bool:
+        """Apply ``delta`` (moving the copy to ``version``); False if it does not fit the copy held."""
+        with self.lock:
+            held = self._copies.get(sender)
+            if delta.is_key:
+                copy = held[1] if held is not None else torch.empty(delta.values.numel(), dtype=torch.float32)
+                apply(copy, delta)
+                self._copies[sender] = (version, copy)
+                return True
+            if held is None or held[0] != version - 1:
+                self.out_of_step += 1
+                return False
+            apply(held[1], delta)
+            self._copies[sender] = (version, held[1])
+            return True
+
+    def get(self, sender: str) -> torch.Tensor | None:
+        with self.lock:
+            held = self._copies.get(sender)
+            return None if held is None else held[1]
+
+    def version(self, sender: str) -> int | None:
+        with self.lock:
+            held = self._copies.get(sender)
+            return None if held is None else held[0]
+
+    def forget(self, sender: str) -> None:
+        with self.lock:
+            self._copies.pop(sender, None)
+
+    def digests(self) -> dict[str, tuple[int, str]]:
+        """``sender -> (version, digest)`` of every copy held."""
+        with self.lock:
+            return {s: (v, digest(c)) for s, (v, c) in self._copies.items()}

@@ -1,0 +1,32 @@
+"""``mixing.compression`` names, read without torch (config validation and ``--help`` stay light)."""
+
+from __future__ import annotations
+
+import math
+
+from p2pgan.errors import ConfigError
+
+#: mixing.compression values (topk takes a fraction: ``topk:0.01``)
+COMPRESSIONS = ("none", "identity", "bf16-delta", "int8", "topk:FRACTION")
+
+
+def parse_compression(spec: str, field: str = "mixing.compression") -> tuple[str, float | None]:
+    """``spec`` -> (kind, topk fraction or None); a one-line :class:`ConfigError` naming ``field`` otherwise."""
+    text = spec.strip().lower() if isinstance(spec, str) else ""
+    if text in ("none", "identity", "bf16-delta", "int8"):
+        return text, None
+    if text.startswith("topk:"):
+        try:
+            fraction = float(text[5:])
+        except ValueError:
+            fraction = math.nan
+        if not 0 < fraction <= 1:
+            raise ConfigError(f"{field}: {spec!r}: topk needs a fraction in (0, 1], e.g. topk:0.01")
+        return "topk", fraction
+    raise ConfigError(f"{field}: {spec!r} is not allowed; allowed: {', '.join(COMPRESSIONS)}")
+
+
+def canonical(spec: str, field: str = "mixing.compression") -> str:
+    """The name peers compare at Hello (``topk:0.010`` and ``topk:0.01`` are the same setting)."""
+    kind, fraction = parse_compression(spec, field)
+    return kind if fraction is None else f"topk:{fraction:g}"

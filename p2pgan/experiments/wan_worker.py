@@ -1,0 +1,57 @@
+"""One peer process of ``scripts/bench_wan.py``: gossip rounds of a synthetic vector over emulated links, timed.
+
+Run as ``python -m p2pgan.experiments.wan_worker CONFIG.json`` (:func:`p2pgan.wire.workers.worker_processes`).
+Protocol with the parent: print ``{"port": N}``, read one line from stdin (this peer's own roster, a JSON
+list of ``[id, host, port]`` whose ports are the relays of its links), run ``warmup + steps`` one-round
+steps and print one JSON line with the times and bytes. Between steps the vector moves a little (about
+``drift`` of its scale per step, as an optimizer step would), so compressed differences are realistic.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from pathlib import Path
+
+
+def main(argv: list[str]) -> int:
+    import torch
+
+    from p2pgan.wire.config import NetworkConfig, PeerEntry, TLSFiles
+    from p2pgan.wire.mixer import GrpcMixer
+
+    torch.set_num_threads(1)
+    cfg = json.loads(Path(argv[0]).read_text())
+    tls = TLSFiles(**{k: Path(v) for k, v in cfg["tls"].items()})
+    net = NetworkConfig(
+        federation=cfg["federation"], peer_id=cfg["peer_id"], tls=tls, topology="ring", rounds=1,
+        round_timeout_s=cfg["round_timeout_s"], connect_timeout_s=cfg["connect_timeout_s"],
+        compression=cfg["compression"], key_interval=cfg["key_interval"],
+    )
+    g = torch.Generator().manual_seed(cfg["seed"] + cfg["rank"])
+    x = torch.randn(1, cfg["dim"], generator=g)
+    with GrpcMixer(net, dim=cfg["dim"]) as mixer:
+        print(json.dumps({"port": mixer.port}), flush=True)
+        roster = json.loads(sys.stdin.readline())
+        mixer.join(tuple(PeerEntry(i, h, p) for i, h, p in roster))
+        mixer.wait_ready(cfg["connect_timeout_s"])
+        step_s, sent = [], []
+        for k in range(cfg["warmup"] + cfg["steps"]):
+            before = mixer.stats.bytes_sent
+            t0 = time.perf_counter()
+            x = mixer.mix(x, k)
+            if k >= cfg["warmup"]:
+                step_s.append(time.perf_counter() - t0)
+                sent.append(mixer.stats.bytes_sent - before)
+            x.add_(torch.randn(x.shape, generator=g), alpha=cfg["drift"])
+        c = mixer.compressed
+        print(json.dumps({
+            "id": net.peer_id, "step_s": step_s, "bytes_sent": sent, "dropped": mixer.stats.dropped,
+            "keys": c.keys_sent if c else None, "deltas": c.deltas_sent if c else None,
+        }), flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main(sys.argv[1:]))

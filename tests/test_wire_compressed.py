@@ -1,0 +1,235 @@
+"""Compressed gossip on the real wire (issue 18): mutual-TLS gRPC mixers on loopback, OS processes for the
+cross-process check, a real client holding a real member certificate for the malformed messages."""
+
+from __future__ import annotations
+
+import concurrent.futures
+import math
+import secrets
+from collections.abc import Iterator
+from pathlib import Path
+
+import grpc
+import pytest
+import torch
+
+from p2pgan.compression.compressors import INT8_BLOCK, Int8Blocks, TopK
+from p2pgan.errors import ConfigError
+from p2pgan.security.certs import make_federation
+from p2pgan.wire import codec
+from p2pgan.wire.config import NetworkConfig, PeerEntry
+from p2pgan.wire.mixer import GrpcMixer
+from p2pgan.wire.selftest import run_selftest
+from tests.test_wire_security import Env, refused
+
+DIM = 3000
+
+
+@pytest.fixture
+def federation(tmp_path: Path) -> Iterator[callable]:
+    """Factory of M joined, ready mixers (ring) with the given network settings; closes them all at the end."""
+    opened: list[GrpcMixer] = []
+
+    def make(m: int, rounds: int, *, each: list[dict[str, object]] | None = None, **net: object) -> list[GrpcMixer]:
+        fed = f"cmp-{secrets.token_hex(3)}"
+        ids = [f"p{i}" for i in range(m)]
+        tls = make_federation(tmp_path / fed, fed, ids)
+        mixers = []
+        for i, pid in enumerate(ids):
+            extra = {**net, **(each[i] if each else {})}
+            mixers.append(GrpcMixer(NetworkConfig(federation=fed, peer_id=pid, tls=tls[pid], topology="ring",
+                                                  rounds=rounds, **extra), dim=DIM))  # type: ignore[arg-type]
+            opened.append(mixers[-1])
+        roster = tuple(PeerEntry(pid, "127.0.0.1", mx.port) for pid, mx in zip(ids, mixers))
+        for mx in mixers:
+            mx.join(roster)
+        return mixers
+
+    yield make
+    for mx in opened:
+        mx.close()
+
+
+def _ready(mixers: list[GrpcMixer]) -> list[GrpcMixer]:
+    with concurrent.futures.ThreadPoolExecutor(len(mixers)) as pool:
+        list(pool.map(lambda m: m.wait_ready(30), mixers))
+    return mixers
+
+
+def mix_all(mixers: list[GrpcMixer], x: torch.Tensor, step: int) -> torch.Tensor:
+    handles = [mx.start(x[mx.rank : mx.rank + 1], step) for mx in mixers]
+    return torch.cat([h.wait() for h in handles])
+
+
+@pytest.mark.timeout(120)
+def test_identity_compression_with_step_one_is_raw_gossip_bit_for_bit(federation) -> None:
+    raw = _ready(federation(3, 2))
+    ident = _ready(federation(3, 2, compression="identity", consensus_step=1.0))
+    g = torch.Generator().manual_seed(1)
+    for step in range(3):
+        x = torch.randn(3, DIM, generator=g)
+        a, b = mix_all(raw, x, step), mix_all(ident, x, step)
+        assert torch.equal(a, b)
+    assert all(m.stats.dropped == 0 for m in raw + ident)
+    assert all(m.compressed is not None and m.compressed.deltas_sent == 0 for m in ident)  # keys, every round
+
+
+@pytest.mark.timeout(60)
+def test_hello_refuses_a_member_with_another_compression(federation) -> None:
+    mixers = federation(2, 1, each=[{"compression": "int8"}, {"compression": "topk:0.01"}])
+    with pytest.raises(ConfigError, match="mixing.compression 'topk:0.01'.*ours is 'int8'"):
+        mixers[0].wait_ready(20)
+
+
+def _agree(digests: dict[str, list]) -> int:
+    """Every copy a peer holds of a neighbour equals (same version, same digest) the neighbour's own public copy
+    at that version, and after every round it is at the version the neighbour reached in that round.
+    Returns the number of (round, copy) pairs checked."""
+    own = {(pid, tuple(rec[2])[0]): tuple(rec[2])[1] for pid, recs in digests.items() for rec in recs}
+    own_at = {(pid, rec[0], rec[1]): tuple(rec[2])[0] for pid, recs in digests.items() for rec in recs}
+    checked = 0
+    for recs in digests.values():
+        for step, r, _, theirs in recs:
+            for sender, (version, dig) in theirs.items():
+                assert own[sender, version] == dig, (sender, version)
+                assert own_at[sender, step, r] == version, (sender, step, r)
+                checked += 1
+    return checked
+
+
+@pytest.mark.timeout(120)
+def test_public_copies_equal_on_both_ends_after_every_round_across_processes() -> None:
+    report = run_selftest(3, "ring", 2, size_mb=0.02, steps=4, compression="int8")
+    digests = {s["id"]: s["copy_digests"] for s in report["per_peer"]}
+    assert all(len(d) == 8 for d in digests.values())  # 4 steps of 2 rounds
+    assert _agree(digests) == 3 * 8 * 2  # each peer holds copies of its two ring neighbours
+    assert report["dropped"] == 0 and report["max_abs_error"] < 0.1  # int8 gossip stays near the exact mix
+
+
+@pytest.mark.timeout(180)
+def test_a_restarted_peer_is_resynchronised_by_keys(federation, tmp_path: Path) -> None:
+    """p1 goes away and comes back as a new process would: a new mixer on the same port with no copies. Keys
+    on the re-opened links (key_interval 0: no periodic keys to hide behind) make every copy agree again."""
+    mixers = _ready(federation(3, 1, compression="int8", key_interval=0, round_timeout_s=5.0))
+    for m in mixers:
+        m.compressed.record_digests = True
+    g = torch.Generator().manual_seed(2)
+    for step in range(3):
+        mix_all(mixers, torch.randn(3, DIM, generator=g), step)
+    keys_before = [m.compressed.keys_sent for m in mixers]
+    old = mixers[1]
+    net, roster = old.net, tuple(old.membership.entries.values())
+    old.close()
+    reborn = GrpcMixer(NetworkConfig(**{**vars(net), "listen_port": old.port}), dim=DIM)
+    try:
+        reborn.join(roster)
+        reborn.compressed.record_digests = True
+        mixers[1] = reborn
+        reborn.wait_ready(30)
+        synced = False
+        for step in range(3, 15):
+            mix_all(mixers, torch.randn(3, DIM, generator=g), step)
+            last = {m.net.peer_id: m.compressed.digests[-1] for m in mixers}
+            synced = all(len(rec[3]) == 2 and all(v == last[s][2] for s, v in rec[3].items()) for rec in last.values())
+            if synced:
+                break
+        assert synced, "copies did not agree again after the restart"
+        assert mixers[0].compressed.keys_sent > keys_before[0] and mixers[2].compressed.keys_sent > keys_before[2]
+        assert _agree({m.net.peer_id: [r for r in m.compressed.digests if r[0] >= step] for m in mixers}) == 6
+    finally:
+        reborn.close()
+
+
+# -- malformed compressed messages: a real member (b) with its real certificate pushes them ------------------
+def _frames(env: Env, encoding: str, payload: torch.Tensor, **over: object) -> list[bytes]:
+    data = codec.le_bytes(payload)
+    fields = dict(federation=env.fed, sender="b", step=0, round=0, layout_digest="layout-v1",
+                  dtype=codec.ENCODING_DTYPES.get(encoding, "float32"), element_count=1000, encoding=encoding,
+                  copy_version=5,
+                  shard_count=codec.shard_count(len(data), 1024))
+    fields.update(over)
+    return codec.encode(codec.MessageHeader(**fields), data, 1024)  # type: ignore[arg-type]
+
+
+@pytest.fixture
+def compressed_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, request: pytest.FixtureRequest) -> Iterator[Env]:
+    real = NetworkConfig.__init__
+
+    def with_compression(self, *args, **kwargs):  # Env's mixer "a", with the compression under test
+        kwargs.setdefault("compression", request.param)
+        real(self, *args, **kwargs)
+
+    monkeypatch.setattr(NetworkConfig, "__init__", with_compression)
+    e = Env(tmp_path)
+    monkeypatch.undo()
+    try:
+        yield e
+    finally:
+        e.mixer.close()
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("compressed_env", ["int8"], indirect=True)
+def test_malformed_int8_messages_are_refused_with_invalid_argument(compressed_env: Env) -> None:
+    env = compressed_env
+    good = Int8Blocks().encode(torch.randn(1000)).payload
+    assert env.push(_frames(env, "key", torch.randn(1000))).messages == 1
+    assert env.push(_frames(env, "int8", good, block_elements=INT8_BLOCK, copy_version=6, step=1)).messages == 1
+    for step in (0, 1):  # a mixes them (c is silent: dropped at the deadline); its copy of b is at version 6
+        env.mixer.mix(torch.randn(1, 1000), step)
+    assert env.mixer.compressed.copies.version("b") == 6
+
+    def bad_scale(value: float) -> torch.Tensor:
+        p = good.clone()
+        p[:4] = torch.tensor([value], dtype=torch.float32).view(torch.uint8)
+        return p
+
+    code = good.clone()
+    code[-1] = 128  # int8 -128
+    cases = [
+        (_frames(env, "int8", bad_scale(math.nan), block_elements=INT8_BLOCK, step=2), "scale"),
+        (_frames(env, "int8", bad_scale(-2.0), block_elements=INT8_BLOCK, step=2), "scale"),
+        (_frames(env, "int8", bad_scale(1e35), block_elements=INT8_BLOCK, step=2), "scale"),
+        (_frames(env, "int8", code, block_elements=INT8_BLOCK, step=2), "-128"),
+        (_frames(env, "int8", good, block_elements=8, step=2), "block_elements"),
+        (_frames(env, "int8", good[:-5], block_elements=INT8_BLOCK, step=2), "bytes"),  # counts do not add up
+        (_frames(env, "int8", good, block_elements=INT8_BLOCK, dtype="bfloat16", step=2), "dtype float32"),
+        (_frames(env, "topk", TopK(0.01).encode(torch.randn(1000)).payload, value_count=10, step=2), "encoding topk"),
+        (_frames(env, "raw", torch.randn(1000), step=2), "compressed"),
+    ]
+    for frames, words in cases:
+        refused(env, frames, grpc.StatusCode.INVALID_ARGUMENT, words)
+    assert env.push(_frames(env, "int8", good, block_elements=INT8_BLOCK, copy_version=7, step=2)).messages == 1
+    env.mixer.mix(torch.randn(1, 1000), 2)
+    assert env.mixer.compressed.copies.version("b") == 7  # none of the refused messages touched the copy
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("compressed_env", ["topk:0.01"], indirect=True)
+def test_malformed_topk_messages_are_refused_with_invalid_argument(compressed_env: Env) -> None:
+    env = compressed_env
+
+    def topk(indices: list[int], values: list[float] | None = None) -> torch.Tensor:
+        vals = torch.tensor(values if values is not None else [1.0] * len(indices), dtype=torch.float32)
+        return torch.cat([torch.tensor(indices, dtype=torch.int32).view(torch.uint8), vals.view(torch.uint8)])
+
+    assert env.push(_frames(env, "topk", topk([1, 2, 999]), value_count=3)).messages == 1
+    cases = [
+        (_frames(env, "topk", topk([1, 2, 1000]), value_count=3, step=1), "outside 0..999"),
+        (_frames(env, "topk", topk([-5, 2, 3]), value_count=3, step=1), "outside 0..999"),
+        (_frames(env, "topk", topk([3, 2, 4]), value_count=3, step=1), "strictly increasing"),
+        (_frames(env, "topk", topk([2, 2, 4]), value_count=3, step=1), "strictly increasing"),
+        (_frames(env, "topk", topk([1, 2, 3], [1.0, math.nan, 2.0]), value_count=3, step=1), "not finite"),
+        (_frames(env, "topk", topk([1, 2, 3]), value_count=4, step=1), "bytes"),  # count and payload disagree
+        (_frames(env, "topk", topk([1, 2, 3]), value_count=0, step=1), "value_count 0"),
+        (_frames(env, "topk", topk([1] * 3), value_count=1001, step=1), "value_count 1001"),
+    ]
+    for frames, words in cases:
+        refused(env, frames, grpc.StatusCode.INVALID_ARGUMENT, words)
+
+
+@pytest.mark.timeout(60)
+def test_a_federation_of_one_compressing_peer_keeps_its_vector(federation) -> None:
+    (alone,) = _ready(federation(1, 2, compression="int8"))
+    x = torch.randn(1, DIM)
+    assert torch.equal(alone.mix(x, 0), x) and torch.equal(alone.mix(x, 1), x)
