@@ -309,7 +309,7 @@ def _run_peer(cfg: PeerConfig, resume: bool, stop: StopSignals) -> int:
         membership = getattr(mixer, "membership", None)
         board = getattr(mixer, "board", None)
         events = elastic.MemberEvents(mixer)
-        elastic.start_position(cfg, algo, mixer, loaded is not None, metrics.write)
+        elastic.start_position(cfg, algo, game, mixer, loaded is not None, steps_total, metrics.write)
         if membership is not None:
             membership.step, membership.training = algo.steps, True
         stop.training = True  # from here on a signal finishes the step and checkpoints
@@ -336,7 +336,7 @@ def _run_peer(cfg: PeerConfig, resume: bool, stop: StopSignals) -> int:
                     reason = f"signal {stop.received}"
                     break
                 if board is not None:
-                    board.serve(lambda: elastic.snapshot(cfg, algo))
+                    board.serve(lambda: elastic.snapshot(cfg, algo), algo.steps)
                 record = _one_step(run, device)
                 for event in events.drain():
                     metrics.write(event)
@@ -351,7 +351,7 @@ def _run_peer(cfg: PeerConfig, resume: bool, stop: StopSignals) -> int:
                 if cfg.evaluation.interval and algo.steps % cfg.evaluation.interval == 0:
                     status.notes = metrics.evaluation(**_evaluate(run, evaluator))["scores"]  # on later status lines
                     evaluated_at = algo.steps
-                elastic.catch_up(cfg, algo, mixer, steps_total, metrics.write)
+                elastic.catch_up(cfg, algo, game, mixer, steps_total, metrics.write)
         finally:
             if hasattr(mixer, "leave"):
                 mixer.leave(reason)  # before the checkpoint: nobody waits a deadline for us meanwhile

@@ -38,6 +38,7 @@ import torch
 from p2pgan.errors import ConfigError, PeerUnavailableError, SecurityError
 from p2pgan.membership import Membership, live_weights
 from p2pgan.membership.deadline import RoundDeadline
+from p2pgan.membership.steps import agreed_step
 from p2pgan.mixing.base import MixHandle, Mixer
 from p2pgan.mixing.robust import RobustMixing
 from p2pgan.security.certs import normalize_fingerprint
@@ -55,8 +56,13 @@ log = logging.getLogger(__name__)
 
 #: how often wait_ready retries a member that is not up yet
 READY_RETRY_S = 0.2
-#: how long a FetchState call waits for the serving peer's next step boundary
-STATE_SERVE_TIMEOUT_S = 60.0
+#: how long a FetchState call waits for the serving peer's next step boundary (server side)
+STATE_SERVE_TIMEOUT_S = 10.0
+#: how long a joiner waits for one member's whole state reply: this much, plus the bytes at
+#: STATE_FETCH_MIN_RATE; a hung or unreachable member costs seconds, and the others are asked meanwhile
+STATE_FETCH_BASE_S = 15.0
+#: the slowest transfer rate (bytes per second) a state reply is given time for
+STATE_FETCH_MIN_RATE = 20e6
 #: how long a leaving peer waits for its Leave notices to be delivered
 LEAVE_TIMEOUT_S = 1.0
 
@@ -145,6 +151,7 @@ class GrpcMixer(Mixer):
         self.ranks = (self.rank,)
         self.topology = make_topology(net.topology, self.size, seed=net.seed, members=self.members, rounds=net.rounds)
         membership.add_listener(self._on_member_change)
+        self.robust.on_suspect = membership.suspect  # one notion of a suspect member
         self._inbox.configure(
             InboxContext(
                 federation=net.federation, self_id=net.peer_id, members=frozenset(self.members),
@@ -169,8 +176,9 @@ class GrpcMixer(Mixer):
     def wait_ready(self, timeout: float | None = None) -> None:
         """Wait for the other members to answer Hello as the right peers, then fix who is live.
 
-        Returns when every member answered, or when one of them already trains (the federation is
-        running: this peer joins it; see :meth:`Membership.running`), or when ``net.start_quorum``
+        Returns when every member answered, or when the members that already train agree on a step
+        ahead of ours (the federation is running: this peer joins it; see :meth:`Membership.running`
+        and :mod:`p2pgan.membership.steps`), or when ``net.start_quorum``
         members (self included) answered. Members that did not answer start as absent. Raises
         :class:`PeerUnavailableError` if none of that happens within ``timeout``. Also checks pinned
         fingerprints of the members with a TLS probe. Call once before step 0.
@@ -199,7 +207,9 @@ class GrpcMixer(Mixer):
                     transport.check_pin(self._peers[pid], self._tls, net.federation)
                 membership.reported(pid, int(reply.step), training=reply.training)
                 missing.remove(pid)
-            running = membership.running()
+            # the federation runs ahead of us by the agreed step of those that train (one member's word
+            # that it trains does not end our wait: p2pgan.membership.steps)
+            running = agreed_step(membership.step, membership.running().values(), self.size) > membership.step + 1
             if not missing or running or self.size - len(missing) >= quorum:
                 break
             if time.monotonic() >= deadline:
@@ -261,13 +271,15 @@ class GrpcMixer(Mixer):
             self.membership.mark_absent(caller, f"left at step {step} ({reason or 'no reason given'})", announced=True)
 
     # -- state transfer and leave (the client side) ------------------------------------------------------
-    def fetch_state(self, pid: str, expected: StateLayout, timeout: float = STATE_SERVE_TIMEOUT_S) -> StateSnapshot:
+    def fetch_state(self, pid: str, expected: StateLayout, timeout: float | None = None) -> StateSnapshot:
         """The current state of member ``pid``, checked against ``expected`` (our own state's layout).
 
         Raises :class:`PeerUnavailableError` when ``pid`` does not answer and :class:`ProtocolError`
         when its reply is malformed or its layout differs from ours.
         """
         self._require_joined()
+        if timeout is None:
+            timeout = STATE_FETCH_BASE_S + 4 * sum(expected.parts.values()) / STATE_FETCH_MIN_RATE
         call = self._link(pid).fetch_state(pb.StateRequest(federation=self.net.federation, sender=self.net.peer_id),
                                            timeout=timeout)
         try:
