@@ -131,6 +131,9 @@ def agree(offers: Sequence[Offer], *, size: int, target: int, bound: int, own: t
             refused[o.member] = (f"its vector is further than {AGREE_RELATIVE:g} (relative) from the states "
                                  f"of {', '.join(fit[j].member for j in group)}")
     chosen = [fit[i] for i in group]
+    spread = max((_norm(a.vector - b.vector) / max(_norm(a.vector), 1e-12) for a in chosen for b in chosen), default=0.0)
+    log.info("states of %s agree (largest relative distance %.3g, allowed %g)",
+             ", ".join(o.member for o in chosen), spread, AGREE_RELATIVE)
     stack = torch.stack([o.vector for o in chosen])
     point = stack.mean(0) if len(chosen) == 2 else stack.median(0).values
     steps = sorted(o.step for o in chosen)
