@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import dataclasses
 import math
-import resource
 import signal
 import statistics
 import threading
@@ -32,7 +31,7 @@ from p2pgan.harness import Federation
 from p2pgan.metrics import read_metrics
 from p2pgan.wire.v1 import gossip_pb2 as pb
 
-STEPS = 60
+STEPS = 100
 HONEST = ("peer0", "peer1", "peer2")
 LIAR = "peer3"
 #: the whole run's bound on a loaded 2-core machine (a run takes well under a minute alone)
@@ -145,3 +144,130 @@ def test_hello_lie_step_bomb_and_push_lies_at_start_up(tmp_path: Path, baseline:
     for spec in _specs(fed):
         rejoins = [r for r in read_metrics(spec.metrics) if r["type"] == "rejoin"]
         assert not rejoins, (spec.name, rejoins)  # nobody skipped or adopted anything
+
+
+def _restart(group: PeerGroup, fed: Federation, name: str, tails: dict[str, MetricsTail], at: int) -> None:
+    """SIGKILL ``name`` once the others passed step ``at``, then start it again with --resume."""
+    for tail in tails.values():
+        wait_for_record(tail, lambda r: r["type"] == "step" and r["step"] >= at, RUN_S, group=group)
+    proc = next(p for p in group.procs if p.spec.name == name and p.returncode is None)
+    proc.signal(signal.SIGKILL)
+    proc.popen.wait(30)
+    group.procs.remove(proc)  # reaped: killed on purpose, not a failure of the group
+    spec = next(s for s in _specs(fed, resume=True) if s.name == name)
+    group.start(spec)
+    wait_for_record(tails[name], lambda r: r["type"] == "rejoin" and r["step"] > at, RUN_S, group=group)
+
+
+def _poisoned(liar: ScriptedMember, kind: str) -> Callable[[str], Any]:
+    """FetchState replies made from an honest member's current state, poisoned as ``kind``."""
+
+    def serve(caller: str) -> Any:
+        step, x = liar.fetch("peer0" if caller != "peer0" else "peer2")
+        if kind == "huge":
+            x[len(x) // 2] = 3e38
+            return snapshot(liar, step, x)
+        if kind == "sign":
+            return snapshot(liar, step, -x)
+        if kind == "bomb":
+            return snapshot(liar, 10 ** 9, x)
+        return snapshot(liar, step, x, **{"direction.exp_avg_sq": -torch.ones_like(x)})  # a negative moment
+
+    return serve
+
+
+@pytest.mark.timeout(400)
+def test_restarts_against_poisoned_states_then_federation_wide_resume(tmp_path: Path, baseline: Outcome) -> None:
+    """Restarting peers meet a Hello lie (step 99, training) and poisoned states (huge element, sign flip,
+    step bomb, negative second moment); then the whole federation restarts with --resume while the liar
+    reports step 10^9. Every refused state names the liar; nobody adopts it, nobody ends early."""
+    fed = _fed(tmp_path)
+    tails = {s.name: MetricsTail(s.metrics) for s in _specs(fed)}
+    with ScriptedMember(fed, LIAR, hello=lambda: (STEPS - 1, True)) as liar:
+        group = PeerGroup(_specs(fed))
+        with group:
+            for name, kind, at in (("peer1", "huge", 15), ("peer2", "sign", 30), ("peer1", "bomb", 45),
+                                   ("peer2", "moment", 60)):
+                liar.state_script = _poisoned(liar, kind)
+                _restart(group, fed, name, tails, at)
+            for tail in tails.values():
+                wait_for_record(tail, lambda r: r["type"] == "step" and r["step"] >= 75, RUN_S, group=group)
+            for proc in group.running():
+                proc.signal(signal.SIGTERM)
+            for proc in group.procs:
+                proc.popen.wait(60)
+        assert liar.served >= 4  # every restart asked the liar too
+        liar.hello_script = lambda: (10 ** 9, False)
+        _run(fed)  # a federation-wide --resume: continues from the honest checkpoints' agreed step
+    for name in ("peer1", "peer2"):
+        log = (fed.out / "state" / name / "daemon.log").read_text()
+        assert log.count("refused the state of peer3") >= 2, name
+    out = _outcome(fed)
+    _check(out, baseline, restarted=("peer1", "peer2"))
+    for spec in _specs(fed):  # the resume started at an honest checkpoint's step, not the liar's
+        starts = [r for r in read_metrics(spec.metrics) if r["type"] == "start"]
+        assert 75 <= starts[-1]["step"] < STEPS, (spec.name, starts[-1])
+
+
+@pytest.mark.timeout(400)
+def test_fetch_state_flood_and_a_hung_fetch_state(tmp_path: Path, baseline: Outcome) -> None:
+    """75 FetchState calls left unread and 8 clients calling back to back: Hello stays answered within 1 s,
+    the serving peer's memory grows by no more than a state copy's order; then a restart meets a liar whose
+    FetchState never answers: the restarting peer rejoins within seconds, not a minute."""
+    fed = _fed(tmp_path)
+    tails = {s.name: MetricsTail(s.metrics) for s in _specs(fed)}
+    with ScriptedMember(fed, LIAR, hello=lambda: (0, False)) as liar:
+        group = PeerGroup(_specs(fed))
+        with group:
+            for tail in tails.values():
+                wait_for_record(tail, lambda r: r["type"] == "step" and r["step"] >= 5, RUN_S, group=group)
+            target = next(p for p in group.procs if p.spec.name == "peer0")
+            rss0 = _rss(target.pid)
+            request = pb.StateRequest(federation=liar.net.federation, sender=LIAR)
+            unread = [liar.link("peer0").fetch_state(request, timeout=120) for _ in range(75)]
+            codes: dict[str, int] = {}
+            stop = threading.Event()
+
+            def hammer() -> None:
+                while not stop.is_set():
+                    try:
+                        list(liar.link("peer0").fetch_state(request, timeout=30))
+                        key = "OK"
+                    except grpc.RpcError as exc:
+                        key = exc.code().name
+                    codes[key] = codes.get(key, 0) + 1
+
+            threads = [threading.Thread(target=hammer, daemon=True) for _ in range(8)]
+            for t in threads:
+                t.start()
+            hellos = []
+            deadline = time.monotonic() + 8.0
+            while time.monotonic() < deadline:
+                hellos.append(timed_hello(liar, "peer0"))
+                stop.wait(0.5)
+            rss1 = _rss(target.pid)
+            stop.set()
+            for t in threads:
+                t.join(60)
+            for call in unread:
+                call.cancel()
+            assert max(hellos) < 1.0, hellos
+            assert codes.get("RESOURCE_EXHAUSTED", 0) > 10 and codes.get("OK", 0) <= 10, codes
+            state_bytes = 4 * liar.dim
+            assert rss1 - rss0 < max(8 * state_bytes, 48 << 20), (rss0, rss1, state_bytes)
+            # the hung FetchState: the liar now says it trains at the federation's step, and never answers
+            liar.hang = True
+            liar.hello_script = lambda: (int(liar.hello("peer0").step), True)
+            t0 = time.monotonic()
+            _restart(group, fed, "peer1", tails, 40)
+            assert time.monotonic() - t0 < 45.0  # includes the kill, a fresh process and the agreed transfer
+            group.wait(RUN_S, tolerate=HONEST)
+    out = _outcome(fed)
+    _check(out, baseline, restarted=("peer1",))
+
+
+def _rss(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) * 1024
+    raise AssertionError(f"no VmRSS for {pid}")
