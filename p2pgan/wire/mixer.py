@@ -36,6 +36,7 @@ import grpc
 import torch
 
 from p2pgan.errors import ConfigError, PeerUnavailableError, SecurityError
+from p2pgan.logsafe import printable
 from p2pgan.membership import Membership, live_weights
 from p2pgan.membership.deadline import RoundDeadline
 from p2pgan.membership.steps import agreed_step
@@ -73,6 +74,15 @@ class _Handle(MixHandle):
 
     def wait(self) -> torch.Tensor:
         return self._future.result()
+
+
+def _wrong_hello(reply: pb.HelloReply, pid: str, federation: str, dim: int) -> ConfigError | SecurityError | None:
+    """What is wrong with member ``pid``'s Hello reply, if anything."""
+    if reply.federation != federation or reply.peer_id != pid:
+        return SecurityError(f"peer {pid!r} answered as {printable(reply.peer_id)!r} of {printable(reply.federation)!r}")
+    if reply.element_count != dim:
+        return ConfigError(f"peer {pid!r} mixes vectors of {reply.element_count} elements, ours have {dim}")
+    return None
 
 
 class GrpcMixer(Mixer):
@@ -189,6 +199,7 @@ class GrpcMixer(Mixer):
         quorum = min(net.start_quorum or self.size, self.size)
         missing = list(membership.others())
         last_error: dict[str, str] = {}
+        refused: dict[str, ConfigError | SecurityError] = {}
         while missing:
             wait = max(0.05, min(1.0, deadline - time.monotonic()))
             calls = {pid: self._link(pid).hello.future(
@@ -199,14 +210,15 @@ class GrpcMixer(Mixer):
                 except grpc.RpcError as exc:  # not up yet
                     last_error[pid] = str(exc.details() if isinstance(exc, grpc.Call) else exc)
                     continue
-                if reply.federation != net.federation or reply.peer_id != pid:
-                    raise SecurityError(f"peer {pid!r} answered as {reply.peer_id!r} of {reply.federation!r}")
-                if reply.element_count != self.dim:
-                    raise ConfigError(f"peer {pid!r} mixes vectors of {reply.element_count} elements, ours have {self.dim}")
+                missing.remove(pid)
                 if self._tls is not None and self._peers[pid].fingerprint:
                     transport.check_pin(self._peers[pid], self._tls, net.federation)
+                wrong = _wrong_hello(reply, pid, net.federation, self.dim)
+                if wrong is not None:  # one member's odd reply must not stop us: it counts as absent
+                    refused[pid] = wrong
+                    membership.suspect(pid, f"Hello reply refused: {wrong.args[0]}")
+                    continue
                 membership.reported(pid, int(reply.step), training=reply.training)
-                missing.remove(pid)
             # the federation runs ahead of us by the agreed step of those that train (one member's word
             # that it trains does not end our wait: p2pgan.membership.steps)
             running = agreed_step(membership.step, membership.running().values(), self.size) > membership.step + 1
@@ -216,8 +228,13 @@ class GrpcMixer(Mixer):
                 detail = "; ".join(f"{p}: {last_error.get(p, '?')}" for p in missing)
                 raise PeerUnavailableError(f"peers not reachable within the timeout: {detail}")
             time.sleep(READY_RETRY_S)  # polling a remote peer, not synchronizing threads
+        if refused and len(refused) == self.size - 1 - len(missing):
+            # every member that answered was refused: the odd one out is this peer (its config, its model)
+            raise next(iter(refused.values()))
         for pid in missing:
             membership.mark_absent(pid, "did not answer at start-up")
+        for pid, exc in refused.items():
+            membership.mark_absent(pid, f"its Hello reply was refused: {exc.args[0]}")
         self.health.set_serving(True)
 
     def _require_joined(self) -> Membership:
