@@ -12,14 +12,15 @@ everything a step needs, so ``--resume`` continues bit-for-bit.
 
 Elastic membership (gRPC backend; DESIGN.md section 5, :mod:`p2pgan.membership`):
 
-- start-up: when a member that answers Hello already trains, the federation is running and this peer
-  (restarted, or a late joiner) fetches the current state from the furthest such member (FetchState;
-  its own checkpoint is the fallback when none answers) and continues at that step. When nobody trains
-  yet (a fresh start, or every peer restarted with ``--resume``) all start at the furthest checkpoint
-  step among the members, so the federation continues from one consistent step;
+- start-up: when the members that answer Hello agree (:mod:`p2pgan.membership.steps`: an order statistic
+  no single member can move) that the federation trains ahead of us, this peer (restarted, or a late
+  joiner) fetches the state from several of them and adopts what enough of them agree on
+  (:mod:`p2pgan.daemon.transfer`; its own checkpoint is the fallback) at the agreed step. When nobody
+  trains yet (a fresh start, or every peer restarted with ``--resume``) all start at the agreed step of
+  the members' checkpoints, so the federation continues from one consistent step;
 - every step boundary: pending FetchState requests of other members are answered with a snapshot; if
   the last step found this peer out of sync (a neighbour had moved past a round without it), it skips
-  ahead to the federation's step, fetching the state first when it is more than
+  ahead to the federation's agreed step, fetching the state first when it is more than
   :data:`p2pgan.membership.view.TRANSFER_LAG_STEPS` behind.
 
 SIGTERM / SIGINT / SIGHUP: the current step finishes (a neighbour that is gone costs at most one round
