@@ -104,16 +104,31 @@ class ScriptedMember:
         return self.link(pid).hello(pb.HelloRequest(federation=self.net.federation, sender=self.pid), timeout=timeout)
 
     def fetch(self, pid: str, timeout: float = 30.0) -> tuple[int, torch.Tensor]:
-        """An honest member's state (its step and mixed vector), fetched over the real protocol."""
+        """An honest member's state (its step and mixed vector), fetched over the real protocol. Also reads
+        the full layout older versions hand out (x, z, previous direction, moments: tests/attack_table.py)."""
+        from p2pgan.errors import ProtocolError
         from p2pgan.wire.state import StateLayout, decode_state
 
         part = "x" if self.algorithm.split("/")[1] == "exact" else "z"
-        layout = StateLayout(self.algorithm, {part: self.dim}, frozenset({part}), frozenset({"step"}))
-        call = self.link(pid).fetch_state(pb.StateRequest(federation=self.net.federation, sender=self.pid),
-                                          timeout=timeout)
-        snap = decode_state(call, federation=self.net.federation, sender=pid, layout_digest=self.digest,
-                            expected=layout)
-        return snap.step, dict(snap.parts)[part].clone()
+        d = self.dim
+        layouts = [StateLayout(self.algorithm, {part: d}, frozenset({part}), frozenset({"step"})),
+                   StateLayout(self.algorithm, {"x": d, "z": d, "d_prev": d, "direction.exp_avg": d,
+                                                "direction.exp_avg_sq": d}, frozenset({"x", "z", "d_prev"}),
+                               frozenset({"step", "direction.step"}))]
+        for layout in layouts:
+            call = self.link(pid).fetch_state(pb.StateRequest(federation=self.net.federation, sender=self.pid),
+                                              timeout=timeout)
+            try:
+                snap = decode_state(call, federation=self.net.federation, sender=pid, layout_digest=self.digest,
+                                    expected=layout)
+            except ProtocolError:
+                if layout is layouts[-1]:
+                    raise
+                continue
+            finally:
+                call.cancel()
+            return snap.step, dict(snap.parts)[part].clone()
+        raise AssertionError("unreachable")
 
     def push(self, pid: str, step: int, vector: torch.Tensor) -> bool:
         """One Push message to ``pid`` whose header claims ``step`` (round 0), carrying ``vector``."""

@@ -68,9 +68,10 @@ def _outcome(fed: Federation, steps: int = STEPS) -> Outcome:
     return out
 
 
-def _run(fed: Federation, during: Callable[[PeerGroup, dict[str, MetricsTail]], None] | None = None) -> None:
+def _run(fed: Federation, during: Callable[[PeerGroup, dict[str, MetricsTail]], None] | None = None, *,
+         resume: bool = False) -> None:
     tails = {s.name: MetricsTail(s.metrics) for s in _specs(fed)}
-    group = PeerGroup(_specs(fed))
+    group = PeerGroup(_specs(fed, resume=resume))
     with group:
         if during is not None:
             during(group, tails)
@@ -216,7 +217,7 @@ def test_restarts_against_poisoned_states_then_federation_wide_resume(tmp_path: 
         assert max(stopped.values()) < LONG - 10, stopped  # the resume has work left
         assert liar.served >= 3  # every restart asked the liar too
         liar.hello_script = lambda: (10 ** 9, False)
-        _run(fed)  # a federation-wide --resume: continues from the honest checkpoints' agreed step
+        _run(fed, resume=True)  # a federation-wide --resume: continues from the honest checkpoints' agreed step
     logs = {n: (fed.out / "state" / n / "daemon.log").read_text() for n in ("peer1", "peer2")}
     assert logs["peer1"].count("refused the state of peer3") >= 2 and "refused the state of peer3" in logs["peer2"]
     out = _outcome(fed, LONG)

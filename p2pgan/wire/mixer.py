@@ -57,6 +57,9 @@ log = logging.getLogger(__name__)
 
 #: how often wait_ready retries a member that is not up yet
 READY_RETRY_S = 0.2
+#: once the federation is found running, the members that did not answer yet get this many more Hello
+#: polls (a second or two): a joiner checks the states of as many members as it can reach
+RUNNING_POLLS = 2
 #: how long a FetchState call waits for the serving peer's next step boundary (server side)
 STATE_SERVE_TIMEOUT_S = 10.0
 #: how long a joiner waits for one member's whole state reply: this much, plus the bytes at
@@ -200,6 +203,7 @@ class GrpcMixer(Mixer):
         missing = list(membership.others())
         last_error: dict[str, str] = {}
         refused: dict[str, ConfigError | SecurityError] = {}
+        polls = 0  # polls since the federation was found running
         while missing:
             wait = max(0.05, min(1.0, deadline - time.monotonic()))
             calls = {pid: self._link(pid).hello.future(
@@ -222,8 +226,9 @@ class GrpcMixer(Mixer):
             # the federation runs ahead of us by the agreed step of those that train (one member's word
             # that it trains does not end our wait: p2pgan.membership.steps)
             running = agreed_step(membership.step, membership.running().values(), self.size) > membership.step + 1
-            if not missing or running or self.size - len(missing) >= quorum:
+            if not missing or (running and polls >= RUNNING_POLLS) or self.size - len(missing) >= quorum:
                 break
+            polls = polls + 1 if running else 0
             if time.monotonic() >= deadline:
                 detail = "; ".join(f"{p}: {last_error.get(p, '?')}" for p in missing)
                 raise PeerUnavailableError(f"peers not reachable within the timeout: {detail}")
