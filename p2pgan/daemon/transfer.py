@@ -8,7 +8,7 @@ to poison a joiner (a huge element, a sign flip) or move its step. So a (re)join
    seconds and is outvoted rather than waited for;
 2. refuses a state whose step is not the agreed step (within the few steps the federation moved on
    while it was asked: :data:`STEP_SLACK`) or whose largest element is implausible
-   (:data:`MAGNITUDE_FACTOR` times the others');
+   (:data:`MAGNITUDE_FACTOR` times the others', ours included);
 3. adopts only where at least ``f + 1`` states agree: each within :data:`AGREE_RELATIVE` of the others
    (relative Euclidean distance; honest members differ by their consensus distance, a few percent at
    most), like a replica that needs ``f + 1`` matching answers. The adopted point is the
@@ -40,7 +40,10 @@ log = logging.getLogger(__name__)
 AGREE_RELATIVE = 0.05
 #: a state whose largest element exceeds this many times the median of the states' largest elements
 #: (ours included) is implausible
-MAGNITUDE_FACTOR = 100.0
+MAGNITUDE_FACTOR = 1000.0
+#: ... and the typical largest element is taken as at least this (network weights are of order one; a
+#: joiner's own fresh vector may be tiny)
+MAGNITUDE_FLOOR = 1.0
 #: a state may be this many steps past the agreed step (the federation moves on while it is asked) or
 #: this many steps behind it (a serving peer hands out a snapshot a few steps old)
 STEP_SLACK = 8
@@ -106,7 +109,7 @@ def agree(offers: Sequence[Offer], *, size: int, target: int, bound: int, own: t
             fit.append(o)
     if fit:
         scales = sorted([float(own.abs().max())] + [float(o.vector.abs().max()) for o in fit])
-        reference = max(scales[(len(scales) - 1) // 2], 1e-12)
+        reference = max(scales[(len(scales) - 1) // 2], MAGNITUDE_FLOOR)
         for o in list(fit):
             biggest = float(o.vector.abs().max())
             if biggest > MAGNITUDE_FACTOR * reference:
