@@ -121,7 +121,8 @@ def finish(group: PeerGroup, tails: dict[str, MetricsTail]) -> None:
 
 
 def run(kind: str, out: Path, layout: str) -> dict[str, Any]:
-    fed = federation(out / kind, 4, steps=STEPS, dataset="digits", round_timeout_s=2.0, checkpoint_interval=20)
+    fed = federation(out / kind, 4, steps=STEPS, dataset="digits", round_timeout_s=2.0, checkpoint_interval=20,
+                     topology="complete")
     specs = [s for s in fed.specs() if s.name in HONEST]
     tails = {s.name: MetricsTail(s.metrics) for s in specs}
     extra: dict[str, Any] = {}

@@ -101,7 +101,7 @@ def _transfer(cfg: Any, algo: Any, game: Any, mixer: Any, sources: list[str], ta
     ``(members that agreed, step)`` or None (then nothing changed here)."""
     membership = mixer.membership
     asked = sources[: min(transfer.MAX_SOURCES, 2 * tolerated(membership.size) + 1)]
-    offers, failures = transfer.fetch_all(mixer, asked, layout(cfg, algo))
+    offers, failures = transfer.fetch_all(mixer, asked, layout(cfg, algo), tolerated(membership.size) + 1)
     for pid, why in failures.items():
         log.warning("state transfer from %s failed: %s", pid, why)
     own = getattr(algo, algo.mixed_part).detach().reshape(-1).float().cpu()

@@ -4,8 +4,9 @@ A served state is a member's word like any other (DESIGN.md section 5c): one mem
 to poison a joiner (a huge element, a sign flip) or move its step. So a (re)joining peer
 
 1. asks up to ``2 f + 1`` members in parallel (``f``: the liars the federation tolerates,
-   :func:`p2pgan.membership.steps.tolerated`), each with a short deadline, so a hung member costs
-   seconds and is outvoted rather than waited for;
+   :func:`p2pgan.membership.steps.tolerated`), each with a short deadline; once ``f + 1`` states are
+   here the rest get :data:`STRAGGLER_GRACE_S`, so a hung member costs seconds and is outvoted rather
+   than waited for;
 2. refuses a state whose step is not the agreed step (within the few steps the federation moved on
    while it was asked: :data:`STEP_SLACK`) or whose largest element is implausible
    (:data:`MAGNITUDE_FACTOR` times the others', ours included);
@@ -24,6 +25,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import math
+import time
 from collections.abc import Sequence
 from concurrent import futures
 from typing import Any
@@ -49,6 +51,9 @@ MAGNITUDE_FLOOR = 1.0
 STEP_SLACK = 8
 #: members asked at once, at most
 MAX_SOURCES = 5
+#: once enough states are here, the members still to answer get this many more seconds (a hung member
+#: costs a joiner this, not the call's whole deadline)
+STRAGGLER_GRACE_S = 2.0
 
 
 @dataclasses.dataclass(frozen=True)
@@ -71,23 +76,40 @@ class Agreement:
     why_not: str  # why nothing is adopted (empty when ``point`` is set)
 
 
-def fetch_all(mixer: Any, sources: Sequence[str], expected: Any) -> tuple[list[Offer], dict[str, str]]:
-    """Ask ``sources`` in parallel; ``(offers, failures)`` where failures maps member -> one-line reason."""
-    name = expected.required and sorted(expected.required)[0]
+def fetch_all(mixer: Any, sources: Sequence[str], expected: Any, need: int = 1) -> tuple[list[Offer], dict[str, str]]:
+    """Ask ``sources`` in parallel; ``(offers, failures)`` where failures maps member -> one-line reason.
+
+    Each call has the mixer's deadline; once ``need`` states are here, the others get
+    :data:`STRAGGLER_GRACE_S` more, so that a hung member costs seconds, not its whole deadline."""
+    name = sorted(expected.required)[0]
     offers: list[Offer] = []
     failures: dict[str, str] = {}
     if not sources:
         return offers, failures
-    with futures.ThreadPoolExecutor(max_workers=len(sources), thread_name_prefix="p2pgan-fetch") as pool:
-        calls = {pid: pool.submit(mixer.fetch_state, pid, expected) for pid in sources}
-        for pid, call in calls.items():
-            try:
-                snap = call.result()
-            except P2PGANError as exc:
-                failures[pid] = str(exc)
-                continue
-            part = dict(snap.parts)[name]
-            offers.append(Offer(pid, snap.step, part.reshape(-1).to(torch.float32)))
+    pool = futures.ThreadPoolExecutor(max_workers=len(sources), thread_name_prefix="p2pgan-fetch")
+    try:
+        calls = {pool.submit(mixer.fetch_state, pid, expected): pid for pid in sources}
+        pending = set(calls)
+        grace_until: float | None = None
+        while pending:
+            wait = None if grace_until is None else max(0.0, grace_until - time.monotonic())
+            done, pending = futures.wait(pending, timeout=wait, return_when=futures.FIRST_COMPLETED)
+            if not done:
+                break
+            for call in done:
+                pid = calls[call]
+                try:
+                    snap = call.result()
+                except P2PGANError as exc:
+                    failures[pid] = str(exc)
+                    continue
+                offers.append(Offer(pid, snap.step, dict(snap.parts)[name].reshape(-1).to(torch.float32)))
+            if grace_until is None and len(offers) >= need:
+                grace_until = time.monotonic() + STRAGGLER_GRACE_S
+        for call in pending:
+            failures[calls[call]] = f"no state within {STRAGGLER_GRACE_S:g} s after {len(offers)} other member(s) answered"
+    finally:
+        pool.shutdown(wait=False, cancel_futures=True)  # a hung call ends at its own deadline, unwaited
     return offers, failures
 
 
