@@ -61,10 +61,10 @@ def _outcome(fed: Federation, steps: int = STEPS) -> Outcome:
     out = Outcome({}, {}, {}, {})
     for spec in _specs(fed):
         records = read_metrics(spec.metrics)
-        steps = [r for r in records if r["type"] == "step"]
-        out.computed[spec.name] = len({r["step"] for r in steps})
+        done = [r for r in records if r["type"] == "step"]
+        out.computed[spec.name] = len({r["step"] for r in done})
         out.final[spec.name] = [r for r in records if r["type"] == "end"][-1]["step"]
-        out.consensus[spec.name] = statistics.mean(r["consensus"] for r in steps[-10:])
+        out.consensus[spec.name] = statistics.mean(r["consensus"] for r in done[-10:])
         latest = load_checkpoint(sorted(spec.metrics.parent.glob("ckpt-*.pt"))[-1])
         x = latest["algorithm"]["x"]
         out.finite[spec.name] = bool(torch.isfinite(x).all()) and latest["step"] == steps
