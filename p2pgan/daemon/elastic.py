@@ -101,12 +101,12 @@ def _transfer(cfg: Any, algo: Any, game: Any, mixer: Any, sources: list[str], ta
     ``(members that agreed, step)`` or None (then nothing changed here)."""
     membership = mixer.membership
     asked = sources[: min(transfer.MAX_SOURCES, 2 * tolerated(membership.size) + 1)]
-    offers, failures = transfer.fetch_all(mixer, asked, layout(cfg, algo), tolerated(membership.size) + 1)
+    offers, malformed, failures = transfer.fetch_all(mixer, asked, layout(cfg, algo), tolerated(membership.size) + 1)
     for pid, why in failures.items():
         log.warning("state transfer from %s failed: %s", pid, why)
     own = getattr(algo, algo.mixed_part).detach().reshape(-1).float().cpu()
     verdict = transfer.agree(offers, size=membership.size, target=target, bound=limit, own=own)
-    for pid, why in verdict.refused.items():
+    for pid, why in {**malformed, **verdict.refused}.items():
         log.warning("refused the state of %s: %s", pid, why)
         membership.suspect(pid, f"its state was refused: {why}")
     if verdict.point is None:

@@ -32,7 +32,7 @@ from typing import Any
 
 import torch
 
-from p2pgan.errors import P2PGANError
+from p2pgan.errors import P2PGANError, ProtocolError
 from p2pgan.membership.steps import tolerated
 
 log = logging.getLogger(__name__)
@@ -76,16 +76,19 @@ class Agreement:
     why_not: str  # why nothing is adopted (empty when ``point`` is set)
 
 
-def fetch_all(mixer: Any, sources: Sequence[str], expected: Any, need: int = 1) -> tuple[list[Offer], dict[str, str]]:
-    """Ask ``sources`` in parallel; ``(offers, failures)`` where failures maps member -> one-line reason.
+def fetch_all(mixer: Any, sources: Sequence[str], expected: Any,
+              need: int = 1) -> tuple[list[Offer], dict[str, str], dict[str, str]]:
+    """Ask ``sources`` in parallel; ``(offers, refused, failures)``: the states, and member -> one-line reason
+    for the replies refused by the checks (malformed, another layout) and for those that did not come.
 
     Each call has the mixer's deadline; once ``need`` states are here, the others get
     :data:`STRAGGLER_GRACE_S` more, so that a hung member costs seconds, not its whole deadline."""
     name = sorted(expected.required)[0]
     offers: list[Offer] = []
+    refused: dict[str, str] = {}
     failures: dict[str, str] = {}
     if not sources:
-        return offers, failures
+        return offers, refused, failures
     pool = futures.ThreadPoolExecutor(max_workers=len(sources), thread_name_prefix="p2pgan-fetch")
     try:
         calls = {pool.submit(mixer.fetch_state, pid, expected): pid for pid in sources}
@@ -100,7 +103,10 @@ def fetch_all(mixer: Any, sources: Sequence[str], expected: Any, need: int = 1) 
                 pid = calls[call]
                 try:
                     snap = call.result()
-                except P2PGANError as exc:
+                except ProtocolError as exc:  # malformed, or not the state it must be: refused like a message
+                    refused[pid] = str(exc)
+                    continue
+                except P2PGANError as exc:  # not answering is no lie: just no state from it
                     failures[pid] = str(exc)
                     continue
                 offers.append(Offer(pid, snap.step, dict(snap.parts)[name].reshape(-1).to(torch.float32)))
@@ -110,7 +116,7 @@ def fetch_all(mixer: Any, sources: Sequence[str], expected: Any, need: int = 1) 
             failures[calls[call]] = f"no state within {STRAGGLER_GRACE_S:g} s after {len(offers)} other member(s) answered"
     finally:
         pool.shutdown(wait=False, cancel_futures=True)  # a hung call ends at its own deadline, unwaited
-    return offers, failures
+    return offers, refused, failures
 
 
 def _norm(v: torch.Tensor) -> float:
