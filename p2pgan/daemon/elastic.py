@@ -108,7 +108,7 @@ def _transfer(cfg: Any, algo: Any, game: Any, mixer: Any, sources: list[str], ta
     verdict = transfer.agree(offers, size=membership.size, target=target, bound=limit, own=own)
     for pid, why in {**malformed, **verdict.refused}.items():
         log.warning("refused the state of %s: %s", pid, why)
-        membership.suspect(pid, f"its state was refused: {why}")
+        membership.suspect(pid, f"its state was refused: {why}", kind="state refused")
     if verdict.point is None:
         if offers:
             log.warning("adopted no state: %s", verdict.why_not)

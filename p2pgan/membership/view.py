@@ -62,6 +62,7 @@ class MemberState:
     training: bool = False  # it said it is past start-up (Hello reply)
     claimed: tuple[int, float] | None = None  # (step, monotonic time) of its latest accepted message
     suspect: str = ""  # why its word is distrusted (empty: not a suspect)
+    suspect_kinds: set[str] = dataclasses.field(default_factory=set)  # kinds of lies already logged
 
 
 @dataclasses.dataclass(frozen=True)
@@ -173,15 +174,22 @@ class Membership:
             return st.heard is not None and st.heard > (step, round)
 
     # -- suspects ------------------------------------------------------------------------------------
-    def suspect(self, pid: str, reason: str) -> bool:
-        """``pid``'s word was refused (or robust mixing left it out) for ``reason``; True if that is news."""
+    def suspect(self, pid: str, reason: str, *, kind: str | None = None) -> bool:
+        """``pid``'s word was refused (or robust mixing left it out) for ``reason``; True if that is news.
+
+        Logged once per member and ``kind`` of lie (default: the reason itself), so that a liar repeating
+        itself with new numbers does not fill the log."""
+        kind = reason if kind is None else kind
         with self._lock:
             st = self._state.get(pid)
-            if st is None or st.suspect == reason:
+            if st is None:
                 return False
+            news = kind not in st.suspect_kinds
             st.suspect = reason
-        log.warning("member %s is a suspect: %s", pid, reason)
-        return True
+            st.suspect_kinds.add(kind)
+        if news:
+            log.warning("member %s is a suspect: %s", pid, reason)
+        return news
 
     def suspects(self) -> dict[str, str]:
         with self._lock:
@@ -215,7 +223,7 @@ class Membership:
         """The agreed step of ``own`` and ``reports`` (those beyond ``bound`` refused, their senders suspects)."""
         kept, refused = credible(reports, bound)
         for pid, step in refused.items():
-            self.suspect(pid, f"{what} step {step} is beyond the bound {bound}")
+            self.suspect(pid, f"{what} step {step} is beyond the bound {bound}", kind=f"{what} step beyond the bound")
         return agreed_step(own, kept.values(), self.size)
 
     def catch_up(self, our_step: int, *, out_of_sync: bool, bound: int | None = None) -> CatchUp | None:
