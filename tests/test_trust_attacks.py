@@ -145,9 +145,13 @@ def test_hello_lie_step_bomb_and_push_lies_at_start_up(tmp_path: Path, baseline:
     assert len(lies) > 4, lies  # the lies were delivered
     out = _outcome(fed)
     _check(out, baseline)
+    suspected = []
     for spec in _specs(fed):
-        rejoins = [r for r in read_metrics(spec.metrics) if r["type"] == "rejoin"]
+        records = read_metrics(spec.metrics)
+        rejoins = [r for r in records if r["type"] == "rejoin"]
         assert not rejoins, (spec.name, rejoins)  # nobody skipped or adopted anything
+        suspected += [r["suspects"] for r in records if r["type"] == "step"][-1]
+    assert LIAR in suspected  # its steps beyond train.steps named it (the one notion of a suspect)
 
 
 def _restart(group: PeerGroup, fed: Federation, name: str, tails: dict[str, MetricsTail], at: int) -> int:

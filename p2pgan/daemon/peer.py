@@ -398,12 +398,15 @@ def _one_step(run: _Run, device: torch.device) -> dict[str, Any]:
 
 def _robust_record(mixer: Any) -> dict[str, Any]:
     """Robust-mixing counters for the step record (gRPC mixer only): neighbour-rounds clipped or left out,
-    members' messages refused by the wire, and the members reported for doing either again and again."""
+    members' messages refused by the wire, and the membership's suspects (members reported by robust
+    mixing for doing either again and again, or whose steps or states were refused)."""
     robust = getattr(mixer, "robust", None)
     if robust is None:
         return {}
     st = robust.stats
-    return {"clipped": st.clipped, "rejected": st.rejected, "refused": st.refused, "suspects": list(st.reported)}
+    membership = getattr(mixer, "membership", None)  # one notion of a suspect: robust mixing reports there too
+    suspects = sorted(membership.suspects()) if membership is not None else list(st.reported)
+    return {"clipped": st.clipped, "rejected": st.rejected, "refused": st.refused, "suspects": suspects}
 
 
 def _self_weight(mixer: Any, step: int) -> float:
