@@ -11,10 +11,12 @@ torch.distributed backend) have a fixed world: every function here is then a no-
 
 from __future__ import annotations
 
+import functools
 import logging
 import threading
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 from p2pgan.daemon import transfer
@@ -55,12 +57,15 @@ def layout(cfg: Any, algo: Any) -> Any:
 def federation_start(mixer: Any) -> float | None:
     """When the federation began (seconds since the epoch): its CA certificate's start of validity."""
     tls = getattr(getattr(mixer, "net", None), "tls", None)
-    if tls is None:
-        return None
+    return None if tls is None else _ca_start(str(tls.ca))
+
+
+@functools.lru_cache(maxsize=4)
+def _ca_start(path: str) -> float | None:
     try:
         from cryptography import x509
 
-        return x509.load_pem_x509_certificate(tls.ca.read_bytes()).not_valid_before_utc.timestamp()
+        return x509.load_pem_x509_certificate(Path(path).read_bytes()).not_valid_before_utc.timestamp()
     except (OSError, ValueError):
         return None
 
