@@ -14,7 +14,6 @@ attack measures (Hello latency and memory during a flood, the time a restart too
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import signal
 import statistics
@@ -43,7 +42,8 @@ HONEST = ("peer0", "peer1", "peer2")
 WAIT_S = 240.0
 
 
-def full_state(liar: ScriptedMember, step: int, x: torch.Tensor, moment_sq: torch.Tensor | None = None) -> StateSnapshot:
+def full_state(liar: ScriptedMember, step: int, x: torch.Tensor,
+               moment_sq: torch.Tensor | None = None) -> StateSnapshot:
     """A state in main's full layout (x, z, previous direction, OAdam moments): what a liar serves there.
     On this branch such a state is refused for its layout; :func:`mixed_state` is the layout it accepts."""
     zeros = torch.zeros_like(x)
@@ -88,7 +88,8 @@ def outcome(fed: Any) -> dict[str, Any]:
             finite = bool(torch.isfinite(st["algorithm"]["x"]).all())
         out[spec.name] = {
             "computed": len({r["step"] for r in steps}), "final": ends[-1]["step"] if ends else None,
-            "finite": finite, "consensus": round(statistics.mean(r["consensus"] for r in steps[-10:]), 4) if steps else None,
+            "finite": finite,
+            "consensus": round(statistics.mean(r["consensus"] for r in steps[-10:]), 4) if steps else None,
             "rollbacks": max((r.get("rollbacks", 0) for r in steps), default=0),
         }
     return out

@@ -50,8 +50,9 @@ class ScriptedMember:
         self.dim, self.digest, self.algorithm = self._game_layout(cfg)
         inbox = Inbox()
         ids = frozenset(self.members)
-        inbox.configure(InboxContext(federation=self.net.federation, self_id=pid, members=ids, layout_digest=self.digest,
-                                     element_count=self.dim, in_neighbours=lambda s, r: ids - {pid}))
+        inbox.configure(InboxContext(federation=self.net.federation, self_id=pid, members=ids,
+                                     layout_digest=self.digest, element_count=self.dim,
+                                     in_neighbours=lambda s, r: ids - {pid}))
         self.served = 0
         service = GossipService(inbox, self._authenticate, self, federation=self.net.federation, peer_id=pid,
                                 layout_digest=self.digest, element_count=self.dim)

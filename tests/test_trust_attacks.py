@@ -10,12 +10,11 @@ attack (the fourth member silent), and its checkpoints are clean.
 from __future__ import annotations
 
 import dataclasses
-import math
 import signal
 import statistics
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -23,7 +22,7 @@ import grpc
 import pytest
 import torch
 from attacker import ScriptedMember, snapshot, timed_hello
-from daemon_helpers import federation, wait_for_text
+from daemon_helpers import federation
 
 from p2pgan.checkpoint import load_checkpoint
 from p2pgan.daemon.processes import MetricsTail, PeerGroup, PeerSpec, pid_alive, wait_for_record

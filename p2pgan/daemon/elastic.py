@@ -101,7 +101,8 @@ def _rejoined(emit: Emit, how: str, source: str | None, step: int, from_step: in
     emit({"type": "rejoin", "how": how, "source": source, "step": step, "from_step": from_step})
 
 
-def _transfer(cfg: Any, algo: Any, game: Any, mixer: Any, sources: list[str], target: int, limit: int) -> tuple[str, int] | None:
+def _transfer(cfg: Any, algo: Any, game: Any, mixer: Any, sources: list[str], target: int,
+              limit: int) -> tuple[str, int] | None:
     """Ask ``sources`` at once, adopt what enough of them agree on (:mod:`p2pgan.daemon.transfer`);
     ``(members that agreed, step)`` or None (then nothing changed here)."""
     membership = mixer.membership

@@ -113,7 +113,8 @@ def fetch_all(mixer: Any, sources: Sequence[str], expected: Any,
             if grace_until is None and len(offers) >= need:
                 grace_until = time.monotonic() + STRAGGLER_GRACE_S
         for call in pending:
-            failures[calls[call]] = f"no state within {STRAGGLER_GRACE_S:g} s after {len(offers)} other member(s) answered"
+            failures[calls[call]] = (f"no state within {STRAGGLER_GRACE_S:g} s after {len(offers)} other "
+                                     "member(s) answered")
     finally:
         pool.shutdown(wait=False, cancel_futures=True)  # a hung call ends at its own deadline, unwaited
     return offers, refused, failures
@@ -162,7 +163,8 @@ def agree(offers: Sequence[Offer], *, size: int, target: int, bound: int, own: t
             refused[o.member] = (f"its vector is further than {AGREE_RELATIVE:g} (relative) from the states "
                                  f"of {', '.join(fit[j].member for j in group)}")
     chosen = [fit[i] for i in group]
-    spread = max((_norm(a.vector - b.vector) / max(_norm(a.vector), 1e-12) for a in chosen for b in chosen), default=0.0)
+    spread = max((_norm(a.vector - b.vector) / max(_norm(a.vector), 1e-12) for a in chosen for b in chosen),
+                 default=0.0)
     log.info("states of %s agree (largest relative distance %.3g, allowed %g)",
              ", ".join(o.member for o in chosen), spread, AGREE_RELATIVE)
     stack = torch.stack([o.vector for o in chosen])

@@ -82,7 +82,8 @@ class _Handle(MixHandle):
 def _wrong_hello(reply: pb.HelloReply, pid: str, federation: str, dim: int) -> ConfigError | SecurityError | None:
     """What is wrong with member ``pid``'s Hello reply, if anything."""
     if reply.federation != federation or reply.peer_id != pid:
-        return SecurityError(f"peer {pid!r} answered as {printable(reply.peer_id)!r} of {printable(reply.federation)!r}")
+        return SecurityError(f"peer {pid!r} answered as {printable(reply.peer_id)!r} of "
+                             f"{printable(reply.federation)!r}")
     if reply.element_count != dim:
         return ConfigError(f"peer {pid!r} mixes vectors of {reply.element_count} elements, ours have {dim}")
     return None
