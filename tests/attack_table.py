@@ -127,10 +127,13 @@ def run(kind: str, out: Path, layout: str) -> dict[str, Any]:
     specs = [s for s in fed.specs() if s.name in HONEST]
     tails = {s.name: MetricsTail(s.metrics) for s in specs}
     extra: dict[str, Any] = {}
-    hello = (STEPS - 1, True) if kind in ("hello", "bomb", "huge", "sign", "moment") else (0, False)
-    with ScriptedMember(fed, "peer3", hello=lambda: hello) as liar, PeerGroup(specs) as group:
+    hello = [(STEPS - 1, True) if kind == "hello" else (0, False)]
+    with ScriptedMember(fed, "peer3", hello=lambda: hello[0]) as liar, PeerGroup(specs) as group:
         if kind in ("bomb", "huge", "sign", "moment"):
             liar.state_script = poisoned(liar, kind, layout)
+            for tail in tails.values():  # quiet at start-up; at the restart it claims the furthest step
+                wait_for_record(tail, lambda r: r["type"] == "step" and r["step"] >= 15, WAIT_S)
+            hello[0] = (STEPS - 1, True)
             extra["rejoin_s"] = restart(group, fed, "peer1", tails, 20)
         elif kind == "push":
             for tail in tails.values():
