@@ -200,7 +200,7 @@ def run(kind: str, out: Path, layout: str) -> dict[str, Any]:
             extra["fetch_codes"] = codes
         elif kind == "hung":
             liar.hang = True
-            liar.hello_script = lambda: (int(liar.hello("peer0").step), True)
+            liar.hello_script = lambda: (int(liar.hello("peer0").step) + 1, True)  # the furthest: asked first
             extra["rejoin_s"] = restart(group, fed, "peer1", tails, 20)
         finish(group, tails)
         try:
