@@ -135,6 +135,11 @@ def run(kind: str, out: Path, layout: str) -> dict[str, Any]:
                 wait_for_record(tail, lambda r: r["type"] == "step" and r["step"] >= 15, WAIT_S)
             hello[0] = (STEPS - 1, True)
             extra["rejoin_s"] = restart(group, fed, "peer1", tails, 20)
+            if kind == "bomb":  # stop everyone mid-run: the whole federation restarts below
+                for name in ("peer0", "peer2"):
+                    wait_for_record(tails[name], lambda r: r["type"] == "step" and r["step"] >= 50, WAIT_S)
+                for proc in group.running():
+                    proc.signal(signal.SIGTERM)
         elif kind == "push":
             for tail in tails.values():
                 wait_for_record(tail, lambda r: r["type"] == "step" and r["step"] >= 3, WAIT_S)
@@ -210,8 +215,10 @@ def run(kind: str, out: Path, layout: str) -> dict[str, Any]:
     if kind == "bomb":  # then the whole federation restarts with --resume, the liar still lying
         with ScriptedMember(fed, "peer3", hello=lambda: (10 ** 9, False)), PeerGroup(
                 [s for s in fed.specs(resume=True) if s.name in HONEST]) as group:
-            finish(group, tails)
-            group.wait(WAIT_S, tolerate=HONEST)
+            try:
+                group.wait(WAIT_S, tolerate=HONEST)  # they end by themselves (done, or a lie ended them)
+            except Exception as exc:
+                extra["resume"] = f"{type(exc).__name__}: {exc}"[:300]
     return {"attack": kind, **extra, "peers": outcome(fed)}
 
 
