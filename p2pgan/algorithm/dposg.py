@@ -309,12 +309,13 @@ class DPOSG(DecentralizedAlgorithm):
             raise ValueError(f"{self.name}: cannot adopt negative step {step}")
         self._rows = point.detach().reshape(self._rows.shape).to(device=self._rows.device, dtype=self._rows.dtype)
         self._rows = self._rows.clone()
+        self._d_prev = torch.zeros_like(self._rows)
         if self.first_step == "gradient":
             g = _field_fn(field)(self._rows)
             self._check_grad(g, self._rows)
-            self._d_prev = self.direction(g)
-        else:
-            self._d_prev = torch.zeros_like(self._rows)
+            d = self.direction(g)
+            if bool(torch.isfinite(d).all()):  # else start from zero: a non-finite direction is never kept
+                self._d_prev = d
         self._step = step
 
     @property
