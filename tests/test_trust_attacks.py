@@ -53,7 +53,7 @@ class Outcome:
     computed: dict[str, int]  # step records written (steps this peer computed)
     final: dict[str, int]  # its end record's step
     consensus: dict[str, float]  # mean consensus distance of its last 10 steps
-    finite: dict[str, bool]  # its last checkpoint holds finite parameters at the final step
+    finite: dict[str, bool]  # its last checkpoint holds finite parameters at the final step, none is past it
 
 
 def _outcome(fed: Federation, steps: int = STEPS) -> Outcome:
@@ -64,9 +64,11 @@ def _outcome(fed: Federation, steps: int = STEPS) -> Outcome:
         out.computed[spec.name] = len({r["step"] for r in done})
         out.final[spec.name] = [r for r in records if r["type"] == "end"][-1]["step"]
         out.consensus[spec.name] = statistics.mean(r["consensus"] for r in done[-10:])
-        latest = load_checkpoint(sorted(spec.metrics.parent.glob("ckpt-*.pt"))[-1])
+        ckpts = sorted(spec.metrics.parent.glob("ckpt-*.pt"))
+        latest = load_checkpoint(ckpts[-1])
         x = latest["algorithm"]["x"]
-        out.finite[spec.name] = bool(torch.isfinite(x).all()) and latest["step"] == steps
+        clean = all(int(c.stem.split("-")[1]) <= steps for c in ckpts)  # no checkpoint past the run (a step bomb)
+        out.finite[spec.name] = bool(torch.isfinite(x).all()) and latest["step"] == steps and clean
     return out
 
 
