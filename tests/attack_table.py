@@ -89,10 +89,17 @@ def outcome(fed: Any) -> dict[str, Any]:
         out[spec.name] = {
             "computed": len({r["step"] for r in steps}), "final": ends[-1]["step"] if ends else None,
             "finite": finite,
-            "consensus": round(statistics.mean(r["consensus"] for r in steps[-10:]), 4) if steps else None,
+            "consensus": _mean([r["consensus"] for r in steps[-10:]]),
+            "non_finite_steps": sum(1 for r in steps if r["consensus"] is None),
             "rollbacks": max((r.get("rollbacks", 0) for r in steps), default=0),
         }
     return out
+
+
+def _mean(values: list[Any]) -> float | None:
+    """Mean of the finite values (a non-finite metric is written as null); None when there are none."""
+    kept = [v for v in values if v is not None]
+    return round(statistics.mean(kept), 4) if kept else None
 
 
 def restart(group: PeerGroup, fed: Any, name: str, tails: dict[str, MetricsTail], at: int) -> float:
