@@ -36,6 +36,7 @@ from contextlib import contextmanager
 from typing import Any
 
 import torch
+from google.protobuf.message import DecodeError
 
 from p2pgan.errors import PeerUnavailableError, ProtocolError, ResourceLimitError
 from p2pgan.wire import codec
@@ -160,7 +161,7 @@ def decode_state(frames: Iterable[bytes], *, federation: str, sender: str, layou
         first = pb.Frame.FromString(next(it))
     except StopIteration:
         raise ProtocolError(f"{who}: the reply was empty") from None
-    except Exception as exc:  # DecodeError
+    except DecodeError as exc:  # a call that failed (grpc.RpcError) is the caller's to report, not a bad manifest
         raise ProtocolError(f"{who}: undecodable manifest: {exc}") from None
     if first.WhichOneof("kind") != "manifest":
         raise ProtocolError(f"{who}: the reply must start with a state manifest")
