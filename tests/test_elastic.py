@@ -66,17 +66,45 @@ def test_liveness_follows_what_is_heard() -> None:
     assert m.awaited("p1", 7, 0) and not m.passed("p1", 7, 0)
 
 
-def test_catch_up_only_when_a_member_runs_ahead() -> None:
+def test_catch_up_goes_to_the_agreed_step_never_the_furthest_claim() -> None:
+    """Issue 16 item 1: the target is the (f+1)-th highest report (f = 1 of 4 members), never the maximum."""
+    from p2pgan.membership.view import REPORT_TTL_S
+
     m = _members()
     m.heard("p1", 10, 0, useful=True)
     m.heard("p2", 12, 0, useful=True)
     assert m.catch_up(12, out_of_sync=True) is None  # nobody is beyond our step
     assert m.catch_up(11, out_of_sync=False) is None  # we were not passed by anyone
+    assert m.catch_up(11, out_of_sync=True) is None  # one member ahead is outvoted by us and p1
+    m.heard("p1", 13, 0, useful=True)
     plan = m.catch_up(11, out_of_sync=True)
     assert plan is not None and (plan.target, plan.lag, plan.sources) == (12, 1, ())
-    m.heard("p3", 40, 0, useful=True)
-    far = m.catch_up(11, out_of_sync=True)
-    assert far is not None and far.target == 40 and far.sources == ("p3", "p2", "p1")  # furthest first
+    m.heard("p3", 10 ** 4, 0, useful=True)  # a liar's message: it moves the target by no more than one rank
+    plan = m.catch_up(11, out_of_sync=True)
+    assert plan is not None and plan.target == 13
+    m.heard("p1", 40, 0, useful=True)
+    m.heard("p2", 41, 0, useful=True)
+    far = m.catch_up(11, out_of_sync=True, bound=100)  # the liar's step is beyond train.steps: refused
+    assert far is not None and far.target == 40 and far.sources == ("p1", "p2")  # closest to the target first
+    assert "beyond the bound 100" in m.suspects()["p3"]
+    assert m.recent_steps(now=time.monotonic() + REPORT_TTL_S + 1) == {}  # reports expire
+
+
+@pytest.mark.parametrize(("size", "reports", "own", "agreed"), [
+    (2, [50], 0, 50),  # two members: no majority, the other decides (documented: tolerates no liar)
+    (3, [10 ** 9, 40], 40, 40),  # three: one liar is outvoted
+    (3, [10 ** 9], 40, 40),  # ... also when the third is absent: fewer than f + 1 others never move us
+    (4, [1999, 0, 0], 0, 0),  # the Hello lie at start-up
+    (4, [60, 60, 1999], 0, 60),  # a late joiner follows the honest majority, not the liar
+    (5, [100, 100, 10 ** 6, 10 ** 6], 90, 100),  # f = 2 of 5
+])
+def test_agreed_step_is_an_order_statistic_no_minority_moves(size: int, reports: list[int], own: int,
+                                                             agreed: int) -> None:
+    from p2pgan.membership.steps import agreed_step, step_bound
+
+    assert agreed_step(own, reports, size) == agreed
+    assert step_bound(500, time.time() - 0.1, time.time()) <= 500 and step_bound(500, None, 0.0) == 500
+    assert step_bound(10 ** 9, time.time() - 10, time.time()) < 10 ** 6  # the wall clock bounds it too
 
 
 def test_round_deadline_adapts_within_its_bounds() -> None:
@@ -350,7 +378,7 @@ def test_repeated_random_kills_do_not_deadlock(tmp_path: Path) -> None:
 
 @pytest.mark.timeout(300)
 def test_whole_federation_restart_continues_from_one_step_and_sighup_is_a_clean_stop(tmp_path: Path) -> None:
-    """Peers stopped at different steps and all restarted with --resume continue from one step."""
+    """Peers stopped at different steps and all restarted with --resume continue from one agreed step."""
     fed = federation(tmp_path, 3, steps=100000, dataset="digits", checkpoint_interval=10 ** 6)
     tails = {s.name: MetricsTail(s.metrics) for s in fed.specs()}
     with running(fed) as group:
@@ -372,9 +400,9 @@ def test_whole_federation_restart_continues_from_one_step_and_sighup_is_a_clean_
         for tail in tails.values():
             wait_for_record(tail, lambda r: r["type"] == "step" and r["step"] >= end0["step"] + 5, 120, group=group)
     first = {n: s["step"] for n, s in starts.items()}
-    # nobody restarts behind the furthest checkpoint; a peer that comes up a moment after the others
-    # started may find them a step on and take the state of one of them
-    assert min(first.values()) == end0["step"] and max(first.values()) <= end0["step"] + 1, (first, end0["step"])
-    for name in ("peer1", "peer2"):  # they moved up from their own, earlier checkpoint step
-        rejoin = [r for r in read_metrics(tails[name].path) if r["type"] == "rejoin"]
-        assert rejoin[-1]["how"] in ("checkpoint", "state-transfer") and rejoin[-1]["from_step"] < end0["step"]
+    # the members agree on a step no single one of them can move (issue 16): of three checkpoint steps the
+    # second highest, here ``early`` (peer0 alone trained further); a peer that comes up a moment after
+    # the others started may find them a step on and take their agreed state
+    assert min(first.values()) == early and max(first.values()) <= early + 1, (first, early, end0["step"])
+    rejoin = [r for r in read_metrics(tails["peer0"].path) if r["type"] == "rejoin"]
+    assert rejoin[-1]["how"] == "checkpoint" and rejoin[-1]["from_step"] == end0["step"] > rejoin[-1]["step"]

@@ -189,13 +189,14 @@ class DecentralizedAlgorithm(abc.ABC):
                 f"for a point of shape {tuple(z.shape)}; it must return one gradient row per row"
             )
 
-    def skip_to(self, step: int) -> None:
+    def skip_to(self, step: int, *, back: bool = False) -> None:
         """Continue at iteration ``step`` (>= the current one) without taking the iterations in between.
 
         What a network peer does when it finds the federation ahead of it (elastic membership): it keeps
-        its rows and direction state and rejoins the mixing at the federation's step.
+        its rows and direction state and rejoins the mixing at the federation's step. ``back``: the
+        federation agreed on an earlier step than ours (a federation-wide restart): count from there.
         """
-        if step < self._step:
+        if step < 0 or (step < self._step and not back):
             raise ValueError(f"{self.name}: cannot skip back from step {self._step} to {step}")
         self._step = step
 
@@ -288,6 +289,31 @@ class DPOSG(DecentralizedAlgorithm):
         self.name = "dposg" if schedule == "exact" else "dposg-overlap"
         super().__init__(x0, mixer, direction, lr, **direction_kwargs)
         self._primary = "x" if schedule == "exact" else "z"
+
+    @property
+    def mixed_part(self) -> str:
+        """The name of the sequence this algorithm mixes (what its gossip messages carry): ``x`` or ``z``."""
+        return self._primary
+
+    def adopt(self, point: torch.Tensor, step: int, field: Field) -> None:
+        """Continue at ``step`` from ``point``, a value of the mixed sequence agreed with other members
+        (state transfer): the previous direction is seeded as at Algorithm 1's start, with one gradient at
+        ``point`` (``first_step="gradient"``; zero otherwise). The direction's moments stay this peer's own
+        (from its checkpoint, or fresh): no member hands out its optimizer state."""
+        if point.numel() != self._rows.numel():
+            raise ValueError(f"{self.name}: adopted point has {point.numel()} elements, ours {self._rows.numel()}")
+        if step < 0:
+            raise ValueError(f"{self.name}: cannot adopt negative step {step}")
+        self._rows = point.detach().reshape(self._rows.shape).to(device=self._rows.device, dtype=self._rows.dtype)
+        self._rows = self._rows.clone()
+        self._d_prev = torch.zeros_like(self._rows)
+        if self.first_step == "gradient":
+            g = _field_fn(field)(self._rows)
+            self._check_grad(g, self._rows)
+            d = self.direction(g)
+            if bool(torch.isfinite(d).all()):  # else start from zero: a non-finite direction is never kept
+                self._d_prev = d
+        self._step = step
 
     @property
     def x(self) -> torch.Tensor:

@@ -14,14 +14,15 @@ is retried with backoff while training goes on, and ``--resume`` skips a damaged
 
 Elastic membership (gRPC backend; DESIGN.md section 5, :mod:`p2pgan.membership`):
 
-- start-up: when a member that answers Hello already trains, the federation is running and this peer
-  (restarted, or a late joiner) fetches the current state from the furthest such member (FetchState;
-  its own checkpoint is the fallback when none answers) and continues at that step. When nobody trains
-  yet (a fresh start, or every peer restarted with ``--resume``) all start at the furthest checkpoint
-  step among the members, so the federation continues from one consistent step;
+- start-up: when the members that answer Hello agree (:mod:`p2pgan.membership.steps`: an order statistic
+  no single member can move) that the federation trains ahead of us, this peer (restarted, or a late
+  joiner) fetches the state from several of them and adopts what enough of them agree on
+  (:mod:`p2pgan.daemon.transfer`; its own checkpoint is the fallback) at the agreed step. When nobody
+  trains yet (a fresh start, or every peer restarted with ``--resume``) all start at the agreed step of
+  the members' checkpoints, so the federation continues from one consistent step;
 - every step boundary: pending FetchState requests of other members are answered with a snapshot; if
   the last step found this peer out of sync (a neighbour had moved past a round without it), it skips
-  ahead to the federation's step, fetching the state first when it is more than
+  ahead to the federation's agreed step, fetching the state first when it is more than
   :data:`p2pgan.membership.view.TRANSFER_LAG_STEPS` behind.
 
 SIGTERM / SIGINT / SIGHUP: the current step finishes (a neighbour that is gone costs at most one round
@@ -267,7 +268,7 @@ def _run_peer(cfg: PeerConfig, resume: bool, stop: StopSignals) -> int:
         membership = getattr(mixer, "membership", None)
         board = getattr(mixer, "board", None)
         events = elastic.MemberEvents(mixer)
-        elastic.start_position(cfg, algo, mixer, loaded is not None, metrics.write)
+        elastic.start_position(cfg, algo, game, mixer, loaded is not None, steps_total, metrics.write)
         if membership is not None:
             membership.step, membership.training = algo.steps, True
         stop.training = True  # from here on a signal finishes the step and checkpoints
@@ -294,7 +295,7 @@ def _run_peer(cfg: PeerConfig, resume: bool, stop: StopSignals) -> int:
                     reason = f"signal {stop.received}"
                     break
                 if board is not None:
-                    board.serve(lambda: elastic.snapshot(cfg, algo))
+                    board.serve(lambda: elastic.snapshot(cfg, algo), algo.steps)
                 record = _one_step(run, device)
                 for event in events.drain():
                     metrics.write(event)
@@ -309,7 +310,7 @@ def _run_peer(cfg: PeerConfig, resume: bool, stop: StopSignals) -> int:
                 if cfg.evaluation.interval and algo.steps % cfg.evaluation.interval == 0:
                     status.notes = metrics.evaluation(**_evaluate(run, evaluator))["scores"]  # on later status lines
                     evaluated_at = algo.steps
-                elastic.catch_up(cfg, algo, mixer, steps_total, metrics.write)
+                elastic.catch_up(cfg, algo, game, mixer, steps_total, metrics.write)
         finally:
             if hasattr(mixer, "leave"):
                 mixer.leave(reason)  # before the checkpoint: nobody waits a deadline for us meanwhile
@@ -368,12 +369,15 @@ def _one_step(run: _Run, device: torch.device) -> dict[str, Any]:
 
 def _robust_record(mixer: Any) -> dict[str, Any]:
     """Robust-mixing counters for the step record (gRPC mixer only): neighbour-rounds clipped or left out,
-    members' messages refused by the wire, and the members reported for doing either again and again."""
+    members' messages refused by the wire, and the membership's suspects (members reported by robust
+    mixing for doing either again and again, or whose steps or states were refused)."""
     robust = getattr(mixer, "robust", None)
     if robust is None:
         return {}
     st = robust.stats
-    return {"clipped": st.clipped, "rejected": st.rejected, "refused": st.refused, "suspects": list(st.reported)}
+    membership = getattr(mixer, "membership", None)  # one notion of a suspect: robust mixing reports there too
+    suspects = sorted(membership.suspects()) if membership is not None else list(st.reported)
+    return {"clipped": st.clipped, "rejected": st.rejected, "refused": st.refused, "suspects": suspects}
 
 
 def _self_weight(mixer: Any, step: int) -> float:

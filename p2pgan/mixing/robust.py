@@ -38,7 +38,7 @@ import dataclasses
 import logging
 import math
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Literal, Protocol
 
 import torch
@@ -167,6 +167,9 @@ class RobustMixing:
         self._streak: dict[str, int] = collections.defaultdict(int)
         self._lock = threading.Lock()  # refusals are reported from server threads, rounds run in the mixer's
         self.stats = RobustStats()
+        #: (sender, reason) -> None, called when a sender is reported: the membership's suspects
+        #: (p2pgan.membership.Membership.suspect), so that there is one notion of a suspect member
+        self.on_suspect: Callable[[str, str], None] | None = None
 
     def begin(self, x: torch.Tensor, round_index: int = 0, label: str = "") -> Round:
         """Start combining neighbours into round ``round_index`` of a step; ``x`` is our own (pre-mixing) row."""
@@ -272,6 +275,8 @@ class RobustMixing:
                 "as absent (its weight goes to ourselves) until it sends one within the radius",
                 label, printable(sender), streak,
             )
+            if self.on_suspect is not None:
+                self.on_suspect(sender, "robust mixing left its vectors out")
         return streak >= self.cfg.suspect_after
 
 

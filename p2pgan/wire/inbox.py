@@ -6,8 +6,11 @@ vector length) and keeps its checked shards where they arrived. The mixer calls 
 when it enters a round and :meth:`Inbox.take` to wait (with a deadline) for the neighbours' vectors of
 that round.
 
-Every header is reported to the :class:`~p2pgan.membership.Membership` (who was heard at which step),
-which is how an absent member comes back and how a peer notices that it fell behind. A message for a
+Every message that passed every check (complete, sizes, checksums, finite values; also one that is
+then dropped as late or too far ahead) is reported to the :class:`~p2pgan.membership.Membership` (who
+was heard at which step), which is how an absent member comes back and how a peer notices that it fell
+behind. A header alone counts for nothing: a step is reported only once its whole message was accepted,
+and the membership lets the report expire (it decides steps by agreement, not by the furthest claim). A message for a
 round we have passed is dropped (its sender is behind: not an error); so is one more than
 :data:`MAX_STEP_SKEW` steps ahead (we are behind, and the daemon catches up; holding it would only cost
 memory). Look-ahead is bounded: a sender may have at most :data:`LOOKAHEAD_MESSAGES` messages held
@@ -136,7 +139,6 @@ class Inbox:
                             f"{frame._who}: new header after {writer._next} of {writer.header.shard_count} shards"
                         )
                     self._check_header(ctx, frame, identity)
-                    self._heard(ctx, frame)
                     slot = self._reserve(frame, cancelled)
                     # a late message (slot None) is still checked, then dropped; over mutual TLS (an identity)
                     # the records are authenticated, so shard checksums are not verified again
@@ -153,7 +155,9 @@ class Inbox:
                         accepted += 1
                     elif ctx.on_stale is not None:
                         ctx.on_stale(writer.header.sender, item)
-                    slot = writer = None
+                    slot = None
+                    self._heard(ctx, writer.header)  # its step counts only now: the message passed every check
+                    writer = None
             if writer is not None:
                 writer.vector()  # raises: the stream ended inside a message
         finally:

@@ -41,6 +41,7 @@ from p2pgan.errors import ConfigError, PeerUnavailableError, SecurityError
 from p2pgan.logsafe import printable
 from p2pgan.membership import Membership, live_weights
 from p2pgan.membership.deadline import RoundDeadline
+from p2pgan.membership.steps import agreed_step
 from p2pgan.mixing.base import MixHandle, Mixer
 from p2pgan.mixing.robust import RobustMixing
 from p2pgan.security.certs import normalize_fingerprint
@@ -59,8 +60,16 @@ log = logging.getLogger(__name__)
 
 #: how often wait_ready retries a member that is not up yet
 READY_RETRY_S = 0.2
-#: how long a FetchState call waits for the serving peer's next step boundary
-STATE_SERVE_TIMEOUT_S = 60.0
+#: once the federation is found running, the members that did not answer yet get this many more Hello
+#: polls (a second or two): a joiner checks the states of as many members as it can reach
+RUNNING_POLLS = 2
+#: how long a FetchState call waits for the serving peer's next step boundary (server side)
+STATE_SERVE_TIMEOUT_S = 10.0
+#: how long a joiner waits for one member's whole state reply: this much, plus the bytes at
+#: STATE_FETCH_MIN_RATE; a hung or unreachable member costs seconds, and the others are asked meanwhile
+STATE_FETCH_BASE_S = 15.0
+#: the slowest transfer rate (bytes per second) a state reply is given time for
+STATE_FETCH_MIN_RATE = 20e6
 #: how long a leaving peer waits for its Leave notices to be delivered
 LEAVE_TIMEOUT_S = 1.0
 #: characters of a member's gRPC status details shown in a log line (it is the member's text)
@@ -73,6 +82,20 @@ class _Handle(MixHandle):
 
     def wait(self) -> torch.Tensor:
         return self._future.result()
+
+
+def _wrong_hello(reply: pb.HelloReply, pid: str, federation: str, dim: int,
+                 compression: str = "none") -> ConfigError | SecurityError | None:
+    """What is wrong with member ``pid``'s Hello reply, if anything."""
+    if reply.federation != federation or reply.peer_id != pid:
+        return SecurityError(f"peer {pid!r} answered as {printable(reply.peer_id)!r} of "
+                             f"{printable(reply.federation)!r}")
+    if reply.element_count != dim:
+        return ConfigError(f"peer {pid!r} mixes vectors of {reply.element_count} elements, ours have {dim}")
+    if (reply.compression or "none") != compression:
+        return ConfigError(f"peer {pid!r} gossips with mixing.compression {printable(reply.compression or 'none')!r}, "
+                           f"ours is {compression!r}; every member needs the same")
+    return None
 
 
 class GrpcMixer(Mixer):
@@ -160,6 +183,7 @@ class GrpcMixer(Mixer):
         self.ranks = (self.rank,)
         self.topology = make_topology(net.topology, self.size, seed=net.seed, members=self.members, rounds=net.rounds)
         membership.add_listener(self._on_member_change)
+        self.robust.on_suspect = membership.suspect  # one notion of a suspect member
         self._inbox.configure(
             InboxContext(
                 federation=net.federation, self_id=net.peer_id, members=frozenset(self.members),
@@ -186,8 +210,9 @@ class GrpcMixer(Mixer):
     def wait_ready(self, timeout: float | None = None) -> None:
         """Wait for the other members to answer Hello as the right peers, then fix who is live.
 
-        Returns when every member answered, or when one of them already trains (the federation is
-        running: this peer joins it; see :meth:`Membership.running`), or when ``net.start_quorum``
+        Returns when every member answered, or when the members that already train agree on a step
+        ahead of ours (the federation is running: this peer joins it; see :meth:`Membership.running`
+        and :mod:`p2pgan.membership.steps`), or when ``net.start_quorum``
         members (self included) answered. Members that did not answer start as absent. Raises
         :class:`PeerUnavailableError` if none of that happens within ``timeout``. Also checks pinned
         fingerprints of the members with a TLS probe. Call once before step 0.
@@ -198,6 +223,8 @@ class GrpcMixer(Mixer):
         quorum = min(net.start_quorum or self.size, self.size)
         missing = list(membership.others())
         last_error: dict[str, str] = {}
+        refused: dict[str, ConfigError | SecurityError] = {}
+        polls = 0  # polls since the federation was found running
         while missing:
             wait = max(0.05, min(1.0, deadline - time.monotonic()))
             calls = {pid: self._link(pid).hello.future(
@@ -208,26 +235,32 @@ class GrpcMixer(Mixer):
                 except grpc.RpcError as exc:  # not up yet
                     last_error[pid] = str(exc.details() if isinstance(exc, grpc.Call) else exc)
                     continue
-                if reply.federation != net.federation or reply.peer_id != pid:
-                    raise SecurityError(f"peer {pid!r} answered as {reply.peer_id!r} of {reply.federation!r}")
-                if reply.element_count != self.dim:
-                    raise ConfigError(f"peer {pid!r} mixes vectors of {reply.element_count} elements, ours have {self.dim}")
-                if (reply.compression or "none") != self.compression:
-                    raise ConfigError(f"peer {pid!r} gossips with mixing.compression {reply.compression or 'none'!r}, "
-                                      f"ours is {self.compression!r}; every member needs the same")
+                missing.remove(pid)
                 if self._tls is not None and self._peers[pid].fingerprint:
                     transport.check_pin(self._peers[pid], self._tls, net.federation)
+                wrong = _wrong_hello(reply, pid, net.federation, self.dim, self.compression)
+                if wrong is not None:  # one member's odd reply must not stop us: it counts as absent
+                    refused[pid] = wrong
+                    membership.suspect(pid, f"Hello reply refused: {wrong.args[0]}")
+                    continue
                 membership.reported(pid, int(reply.step), training=reply.training)
-                missing.remove(pid)
-            running = membership.running()
-            if not missing or running or self.size - len(missing) >= quorum:
+            # the federation runs ahead of us by the agreed step of those that train (one member's word
+            # that it trains does not end our wait: p2pgan.membership.steps)
+            running = agreed_step(membership.step, membership.running().values(), self.size) > membership.step + 1
+            if not missing or (running and polls >= RUNNING_POLLS) or self.size - len(missing) >= quorum:
                 break
+            polls = polls + 1 if running else 0
             if time.monotonic() >= deadline:
                 detail = "; ".join(f"{p}: {last_error.get(p, '?')}" for p in missing)
                 raise PeerUnavailableError(f"peers not reachable within the timeout: {detail}")
             time.sleep(READY_RETRY_S)  # polling a remote peer, not synchronizing threads
+        if refused and len(refused) == self.size - 1 - len(missing):
+            # every member that answered was refused: the odd one out is this peer (its config, its model)
+            raise next(iter(refused.values()))
         for pid in missing:
             membership.mark_absent(pid, "did not answer at start-up")
+        for pid, exc in refused.items():
+            membership.mark_absent(pid, f"its Hello reply was refused: {exc.args[0]}")
         self.health.set_serving(True)
 
     def _require_joined(self) -> Membership:
@@ -281,13 +314,15 @@ class GrpcMixer(Mixer):
             self.membership.mark_absent(caller, f"left at step {step} ({reason or 'no reason given'})", announced=True)
 
     # -- state transfer and leave (the client side) ------------------------------------------------------
-    def fetch_state(self, pid: str, expected: StateLayout, timeout: float = STATE_SERVE_TIMEOUT_S) -> StateSnapshot:
+    def fetch_state(self, pid: str, expected: StateLayout, timeout: float | None = None) -> StateSnapshot:
         """The current state of member ``pid``, checked against ``expected`` (our own state's layout).
 
         Raises :class:`PeerUnavailableError` when ``pid`` does not answer and :class:`ProtocolError`
         when its reply is malformed or its layout differs from ours.
         """
         self._require_joined()
+        if timeout is None:
+            timeout = STATE_FETCH_BASE_S + 4 * sum(expected.parts.values()) / STATE_FETCH_MIN_RATE
         call = self._link(pid).fetch_state(pb.StateRequest(federation=self.net.federation, sender=self.net.peer_id),
                                            timeout=timeout)
         try:

@@ -7,7 +7,9 @@ the generated classes. FetchState streams the frames :mod:`p2pgan.wire.state` en
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import threading
 from collections.abc import Callable, Iterable, Iterator
 from typing import Protocol
 
@@ -16,6 +18,7 @@ import grpc
 from p2pgan.errors import SecurityError
 from p2pgan.logsafe import RefusalLog
 from p2pgan.wire.codec import PROTOCOL_VERSION
+from p2pgan.wire import state as state_wire
 from p2pgan.wire.inbox import Inbox
 from p2pgan.wire.status import grpc_status
 from p2pgan.wire.streams import StreamGate
@@ -52,6 +55,7 @@ class GossipService:
         self._hooks = hooks
         self._federation = federation
         self.streams = StreamGate()  # per-member and total bounds on Push streams, idle timeout
+        self.serves = state_wire.ServeGate()  # per-member, total and rate bounds on FetchState calls
         self.refusals = RefusalLog(logging.getLogger("p2pgan.wire.status"))  # rate-limited refusal lines
         self._hello = pb.HelloReply(
             federation=federation, peer_id=peer_id, protocol_version=PROTOCOL_VERSION,
@@ -91,12 +95,18 @@ class GossipService:
         return pb.HelloReply()
 
     def fetch_state(self, request: pb.StateRequest, context: grpc.ServicerContext) -> Iterator[bytes]:
-        frames: Iterable[bytes] = ()
-        with grpc_status(context, "FetchState", self.refusals):
-            caller = self._caller(context, request.federation, request.sender)
-            self._hooks.contact(caller)
-            frames = self._hooks.state_frames(caller)
-        yield from frames
+        with contextlib.ExitStack() as held:
+            frames: Iterable[bytes] = ()
+            with grpc_status(context, "FetchState", self.refusals):
+                caller = self._caller(context, request.federation, request.sender)
+                held.enter_context(self.serves.admit(caller))  # or RESOURCE_EXHAUSTED at once
+                timer = threading.Timer(state_wire.SERVE_DEADLINE_S, context.cancel)  # a stalled reader
+                timer.daemon = True
+                timer.start()
+                held.callback(timer.cancel)
+                self._hooks.contact(caller)
+                frames = self._hooks.state_frames(caller)
+            yield from frames
 
     def leave(self, request: pb.LeaveNotice, context: grpc.ServicerContext) -> pb.LeaveAck:
         with grpc_status(context, "Leave", self.refusals):
