@@ -88,12 +88,12 @@ def _wrong_hello(reply: pb.HelloReply, pid: str, federation: str, dim: int,
                  compression: str = "none") -> ConfigError | SecurityError | None:
     """What is wrong with member ``pid``'s Hello reply, if anything."""
     if reply.federation != federation or reply.peer_id != pid:
-        return SecurityError(f"peer {pid!r} answered as {printable(reply.peer_id)!r} of "
-                             f"{printable(reply.federation)!r}")
+        return SecurityError(f"peer {pid!r} answered as {printable(reply.peer_id)} of "
+                             f"{printable(reply.federation)}")
     if reply.element_count != dim:
         return ConfigError(f"peer {pid!r} mixes vectors of {reply.element_count} elements, ours have {dim}")
     if (reply.compression or "none") != compression:
-        return ConfigError(f"peer {pid!r} gossips with mixing.compression {printable(reply.compression or 'none')!r}, "
+        return ConfigError(f"peer {pid!r} gossips with mixing.compression {printable(reply.compression or 'none')}, "
                            f"ours is {compression!r}; every member needs the same")
     return None
 
