@@ -24,7 +24,8 @@ def main(argv: list[str]) -> int:
 
     cfg = json.loads(Path(argv[0]).read_text())
     net = NetworkConfig(
-        federation=cfg["federation"], peer_id=cfg["peer_id"], tls=TLSFiles(**{k: Path(v) for k, v in cfg["tls"].items()}),
+        federation=cfg["federation"], peer_id=cfg["peer_id"],
+        tls=TLSFiles(**{k: Path(v) for k, v in cfg["tls"].items()}),
         listen_port=cfg.get("listen_port", 0), round_timeout_s=cfg["round_timeout_s"], shard_bytes=cfg["shard_bytes"],
         compression=cfg["compression"], key_interval=cfg["key_interval"], connections=cfg["connections"],
         connect_timeout_s=60.0,

@@ -106,7 +106,7 @@ def test_hello_refuses_a_member_with_another_connection_count(tmp_path: Path) ->
         roster = (PeerEntry("a", "127.0.0.1", a.port), PeerEntry("b", "127.0.0.1", b.port))
         a.join(roster)
         b.join(roster)
-        with pytest.raises(ConfigError, match="peer 'b' keeps mixing.connections 3, ours is 2; every member needs the same"):
+        with pytest.raises(ConfigError, match="peer 'b' keeps mixing.connections 3, ours is 2; every member needs"):
             a.wait_ready(30)
         # the slow-loris bound follows the setting: a member keeps one stream per connection, plus one
         assert (a.service.streams.per_member, b.service.streams.per_member) == (3, 4)
@@ -156,7 +156,6 @@ def test_malformed_parts_are_refused_and_good_parts_assemble(env: Env) -> None: 
         (_parts(env, vec, 17)[0][:1], "parts up to 16"),
         ([p0[0], p1[1]], "shard 1 arrived on part 0 of 2 where shard 0 was due"),  # a shard of another stride
         ([p0[0], p0[1], p0[1]], "shard 0 arrived on part 0 of 2 where shard 2 was due"),  # repeated
-        ([*p0, p0[1]], "where no further shard was due"),  # one too many
         (p0[:-1], "stream ended inside part 0 of 2"),
     ]
     for frames, words in cases:
@@ -165,8 +164,10 @@ def test_malformed_parts_are_refused_and_good_parts_assemble(env: Env) -> None: 
     refused(env, [*p0, *p0], grpc.StatusCode.INVALID_ARGUMENT, "part 0 of 2 arrived twice")
     refused(env, [*_parts(env, vec, 2, step=1)[0], *_parts(env, vec, 2, step=1, copy_version=3)[1]],
             grpc.StatusCode.INVALID_ARGUMENT, "part 1 has a header that differs from its other parts'")
-    # the two good parts on two streams make the message the mixer takes
-    assert env.push(p0).messages == 0 and env.push(p1).messages == 1
+    # a stream that goes wrong after its part was done leaves that (good) part in place ...
+    refused(env, [*p0, p0[1]], grpc.StatusCode.INVALID_ARGUMENT, "shard 0 arrived before any header")
+    # ... and the other good part, on another stream, completes the message the mixer takes
+    assert env.push(p1).messages == 1
     x = torch.randn(1, SEC_DIM)
     torch.testing.assert_close(env.mixer.mix(x, 0)[0], x[0] * (2 / 3) + vec / 3, rtol=1e-5, atol=1e-5)
     assert_still_serving(env, step=2)
@@ -241,7 +242,8 @@ def test_a_peer_killed_and_restarted_is_resynchronised_by_keys(tmp_path: Path, c
         old_pid = old.proc.pid
         old.kill()  # SIGKILL: no leave, no flush; its neighbours find broken streams
         survivors = {pid: peers[pid] for pid in ("p0", "p2")}
-        _step(survivors, 3)
+        alone = _step(survivors, 3)
+        assert all(r["dropped"] > replies[pid]["dropped"] for pid, r in alone.items()), alone  # p1 was gone
         cfg = json.loads(configs["p1"].read_text())
         configs["p1"].write_text(json.dumps({**cfg, "listen_port": old.port}))  # the roster's address
         peers["p1"] = reborn = _Peer(configs["p1"])

@@ -67,7 +67,8 @@ class CompressedGossip:
         self.digests: list[tuple[int, int, tuple[int, str], dict[str, tuple[int, str]]]] = []
 
     # -- sending ---------------------------------------------------------------------------------------
-    def send(self, cur: torch.Tensor, step: int, r: int, outs: Sequence[str], link: Callable[[str], transport.Link | StripedLink],
+    def send(self, cur: torch.Tensor, step: int, r: int, outs: Sequence[str],
+             link: Callable[[str], transport.Link | StripedLink],
              header: Callable[[Encoded, int], codec.MessageHeader], shard_bytes: int) -> int:
         """Advance the own copy toward ``cur`` and send each of ``outs`` its delta or a key; returns bytes sent."""
         for message in self._key_messages:  # the copy changes now: what a slow link has not sent is built first

@@ -37,7 +37,8 @@ class StripedLink:
         self.peer = peer
         self.links = [Link(peer, federation, tls, on_gone=on_gone, connection=c) for c in range(connections)]
         first = self.links[0]
-        self.channel, self.hello, self.fetch_state, self.leave = first.channel, first.hello, first.fetch_state, first.leave
+        self.channel, self.hello = first.channel, first.hello
+        self.fetch_state, self.leave = first.fetch_state, first.leave
 
     def send_message(self, message: OutgoingMessage) -> int:
         """Queue part c of ``message`` on connection c; the bytes queued, 0 if it was skipped.

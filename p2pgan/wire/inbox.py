@@ -136,13 +136,15 @@ class Inbox:
                 self.bytes_received += len(msg)
                 if isinstance(frame, MessageHeader):
                     if isinstance(writer, PartWriter):
-                        raise ProtocolError(f"{frame._who}: new header inside part {writer.part} of the previous message")
+                        raise ProtocolError(f"{frame._who}: new header inside part {writer.part} of the last message")
                     if writer is not None:
                         raise ProtocolError(
                             f"{frame._who}: new header after {writer._next} of {writer.header.shard_count} shards"
                         )
                     self._check_header(ctx, frame, identity)
-                    self._heard(ctx, frame)
+                    if frame.part == 0:  # only part 0: every message's first part takes the first connection, so
+                        # a sender heard at a later round has its earlier messages here, whole or filling (take)
+                        self._heard(ctx, frame)
                     # a late message (slot None) is still checked, then dropped; over mutual TLS (an identity)
                     # the records are authenticated, so shard checksums are not verified again
                     slot = self._reserve(frame, cancelled, verify_checksums=identity is None)
@@ -358,8 +360,8 @@ class Inbox:
         membership = self._ctx.membership if self._ctx is not None else None
         with self._cond:
             while not self._closed:
-                if all(self._ready((step, round, s)) or (membership is not None and not membership.awaited(s, step, round)
-                                                         and not self._filling((step, round, s)))
+                if all(self._ready((step, round, s)) or (membership is not None and not self._filling((step, round, s))
+                                                         and not membership.awaited(s, step, round))
                        for s in senders):
                     break
                 remaining = deadline - time.monotonic()

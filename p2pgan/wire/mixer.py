@@ -54,7 +54,8 @@ from p2pgan.wire.inbox import Inbox, InboxContext
 from p2pgan.wire.limits import MAX_CONNECTIONS
 from p2pgan.wire.service import GossipService
 from p2pgan.wire.state import StateBoard, StateLayout, StateSnapshot, decode_state, encode_state
-from p2pgan.wire.streams import SERVER_WORKERS  # threads: bounded Push streams + reserved for Hello
+# threads: bounded Push streams (one set per connection, mixing.connections) + reserved for Hello
+from p2pgan.wire.streams import MAX_PUSH_STREAMS, RESERVED_WORKERS
 from p2pgan.wire.v1 import gossip_pb2 as pb
 
 log = logging.getLogger(__name__)
@@ -143,12 +144,13 @@ class GrpcMixer(Mixer):
         service = GossipService(
             self._inbox, self._authenticate, self, federation=net.federation, peer_id=net.peer_id,
             layout_digest=layout_digest, element_count=dim, compression=self.compression, connections=net.connections,
+            max_streams=MAX_PUSH_STREAMS * net.connections,
         )
         self.service = service
         self.health = HealthReporter()  # grpc.health.v1 on the same port: SERVING once wait_ready succeeds
         self._server, self.port = transport.open_server(
             net.listen_host, net.listen_port, [service.handler(), *self.health.handlers()], self._tls,
-            max_workers=SERVER_WORKERS,
+            max_workers=MAX_PUSH_STREAMS * net.connections + RESERVED_WORKERS,
         )
 
     # -- membership ------------------------------------------------------------------------------------

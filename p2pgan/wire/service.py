@@ -18,7 +18,7 @@ from p2pgan.logsafe import RefusalLog
 from p2pgan.wire.codec import PROTOCOL_VERSION
 from p2pgan.wire.inbox import Inbox
 from p2pgan.wire.status import grpc_status
-from p2pgan.wire.streams import MAX_STREAMS_PER_MEMBER, StreamGate
+from p2pgan.wire.streams import MAX_PUSH_STREAMS, MAX_STREAMS_PER_MEMBER, StreamGate
 from p2pgan.wire.transport import INSTANCE_ID, INSTANCE_METADATA_KEY, SERVICE
 from p2pgan.wire.v1 import gossip_pb2 as pb
 
@@ -46,14 +46,15 @@ class GossipService:
     """Serves Push (parameter streams into the inbox), Hello (identity/readiness/step), FetchState and Leave."""
 
     def __init__(self, inbox: Inbox, authenticate: Authenticator, hooks: PeerHooks, *, federation: str, peer_id: str,
-                 layout_digest: str, element_count: int, compression: str = "none", connections: int = 1) -> None:
+                 layout_digest: str, element_count: int, compression: str = "none", connections: int = 1,
+                 max_streams: int = MAX_PUSH_STREAMS) -> None:
         self._inbox = inbox
         self._authenticate = authenticate
         self._hooks = hooks
         self._federation = federation
         # per-member and total bounds on Push streams, idle timeout; a member keeps one stream per connection
         # (mixing.connections, the same for every member) and one more covers a reconnect
-        self.streams = StreamGate(per_member=connections + MAX_STREAMS_PER_MEMBER - 1)
+        self.streams = StreamGate(max_streams=max_streams, per_member=connections + MAX_STREAMS_PER_MEMBER - 1)
         self.refusals = RefusalLog(logging.getLogger("p2pgan.wire.status"))  # rate-limited refusal lines
         self._hello = pb.HelloReply(
             federation=federation, peer_id=peer_id, protocol_version=PROTOCOL_VERSION,

@@ -89,7 +89,8 @@ class PartWriter:
             raise ProtocolError(f"{h._who}: shard {shard.index} arrived on part {self.part} of {h.parts} where {due} "
                                 "was due")
         if len(shard.data) > MAX_SHARD_BYTES:
-            raise ProtocolError(f"{h._who}: shard {shard.index} has {len(shard.data)} bytes, more than {MAX_SHARD_BYTES}")
+            raise ProtocolError(f"{h._who}: shard {shard.index} has {len(shard.data)} bytes, more than "
+                                f"{MAX_SHARD_BYTES}")
         self.message._add(shard)
         self._next += h.parts
         return self.done and self.message._finish(self.part)
