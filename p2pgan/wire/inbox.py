@@ -15,6 +15,12 @@ here (the one for our current round and one ahead); a further message blocks its
 backpressure through gRPC flow control, until the mixer catches up or :data:`LOOKAHEAD_WAIT_S` passes.
 :meth:`Inbox.take` waits only for senders the membership says are *awaited* (live, and not already
 heard at a later round), and wakes whenever the membership changes.
+
+A message striped over several connections (``mixing.connections``; :mod:`p2pgan.wire.striping`) arrives
+as parts on several streams of one sender: the first part's header reserves the slot as above, the
+others join it, and the stream that completes the last part delivers the message. Only part 0 tells the
+membership what is heard, and a sender whose message is still filling is awaited even when it was heard
+at a later round (a faster connection's part of the next message may come first).
 """
 
 from __future__ import annotations
