@@ -13,6 +13,7 @@ import secrets
 import signal
 import subprocess
 import sys
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -25,10 +26,11 @@ from p2pgan.daemon.config import load_config, network_config
 from p2pgan.errors import ConfigError
 from p2pgan.security.certs import make_federation
 from p2pgan.spawn import SPAWN_OPTIONS
-from p2pgan.wire import codec
+from p2pgan.wire import codec, transport
 from p2pgan.wire.config import NetworkConfig, PeerEntry
 from p2pgan.wire.mixer import GrpcMixer
 from p2pgan.wire.selftest import run_selftest
+from p2pgan.wire.v1 import gossip_pb2 as pb
 from tests.test_daemon_config import base_doc, folder, write  # noqa: F401
 from tests.test_wire_security import DIGEST, DIM as SEC_DIM, Env, assert_still_serving, env, refused  # noqa: F401
 
@@ -262,3 +264,42 @@ def test_a_peer_killed_and_restarted_is_resynchronised_by_keys(tmp_path: Path, c
     finally:
         for p in peers.values():
             p.kill()
+
+
+@pytest.mark.timeout(120)
+def test_a_member_keeps_at_most_connections_plus_one_streams(tmp_path: Path) -> None:
+    """The slow-loris bound with mixing.connections 3: 20 silent Push streams with b's certificate, and
+    each one beyond 3 + 1 replaces b's oldest (cancelled by the server)."""
+    fed = "conn-loris"
+    tls = make_federation(tmp_path, fed, ["a", "b", "c"])
+    a = GrpcMixer(NetworkConfig(federation=fed, peer_id="a", tls=tls["a"], connections=3), dim=10)
+    release = threading.Event()
+
+    def silent() -> Iterator[bytes]:
+        release.wait(60)
+        return
+        yield  # a generator that sends nothing until released
+
+    try:
+        a.join(tuple(PeerEntry(p, "127.0.0.1", a.port if p == "a" else 1) for p in "abc"))
+        ch = transport.open_channel(PeerEntry("a", "127.0.0.1", a.port), fed, tls["b"])
+        push = ch.stream_unary(transport.PUSH_METHOD, request_serializer=None,
+                               response_deserializer=pb.PushSummary.FromString)
+        done = threading.Semaphore(0)
+        calls = [push.future(silent(), timeout=60) for _ in range(20)]
+        for call in calls:
+            call.add_done_callback(lambda _call: done.release())
+        try:
+            for _ in range(16):
+                assert done.acquire(timeout=30)
+            ended = [c for c in calls if c.done()]
+            assert len(ended) == 16 and all(c.code() == grpc.StatusCode.CANCELLED for c in ended)
+            assert not done.acquire(timeout=0.5)  # the newest four stay open
+            assert len(a.service.streams.addresses("b")) == 4
+        finally:
+            release.set()
+            for call in calls:
+                call.cancel()
+            ch.close()
+    finally:
+        a.close()
