@@ -132,7 +132,7 @@ class GrpcMixer(Mixer):
         self.wire_fallbacks = 0
         self._peers: dict[str, PeerEntry] = {}
         self._pins: dict[str, str] = {}
-        self._links: dict[str, transport.Link] = {}
+        self._links: dict[str, transport.Link | StripedLink] = {}
         self._links_lock = threading.Lock()
         self._inbox = Inbox()
         self._worker = futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="p2pgan-mix")
