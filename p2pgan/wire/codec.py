@@ -33,7 +33,7 @@ from google.protobuf.message import DecodeError
 
 from p2pgan.errors import ProtocolError
 from p2pgan.logsafe import printable
-from p2pgan.wire.limits import FRAME_OVERHEAD_BYTES, MAX_SHARD_BYTES
+from p2pgan.wire.limits import FRAME_OVERHEAD_BYTES, MAX_CONNECTIONS, MAX_SHARD_BYTES
 from p2pgan.wire.v1 import gossip_pb2 as pb
 
 PROTOCOL_VERSION = 1
@@ -88,6 +88,9 @@ class MessageHeader:
     copy_version: int = 0  # compressed gossip: the sender's public copy version once this message is applied
     block_elements: int = 0  # int8: elements per scale
     value_count: int = 0  # topk: (index, value) pairs
+    #: striping (p2pgan.wire.striping): this stream carries shards part, part + parts, ...; parts <= 1: all
+    part: int = 0
+    parts: int = 0
 
     @property
     def torch_dtype(self) -> torch.dtype:
@@ -115,6 +118,11 @@ class MessageHeader:
         if self.encoding == "topk" and not 1 <= self.value_count <= self.element_count:
             raise ProtocolError(f"{self._who}: value_count {self.value_count} is outside 1..{self.element_count} "
                                 "(the element count)")
+        if self.parts > 1 and not (self.parts <= min(MAX_CONNECTIONS, self.shard_count) and self.part < self.parts):
+            raise ProtocolError(f"{self._who}: part {self.part} of {self.parts} (allowed: parts up to "
+                                f"{MAX_CONNECTIONS} and the shard count {self.shard_count}, part below parts)")
+        if self.parts <= 1 and self.part != 0:
+            raise ProtocolError(f"{self._who}: part {self.part} of a message that is not striped")
         lo = math.ceil(self.nbytes / MAX_SHARD_BYTES)
         hi = max(1, math.ceil(self.nbytes / MIN_WIRE_SHARD_BYTES))
         if not lo <= self.shard_count <= hi:
@@ -139,6 +147,7 @@ class MessageHeader:
                 element_count=self.element_count, shard_count=self.shard_count,
                 encoding=ENCODINGS[self.encoding], copy_version=self.copy_version,
                 block_elements=self.block_elements, value_count=self.value_count,
+                part=self.part, parts=self.parts,
             )
         ).SerializeToString()
 
@@ -207,16 +216,25 @@ class OutgoingMessage:
         self._shard_bytes = shard_bytes
         self._lock = threading.Lock()
         self._frames: dict[int, bytes] = {}  # built and still due to some subscriber
-        self._next: dict[object, int] = {}  # subscriber -> index of the next shard it takes
-        self.nbytes = len(self.header_frame) + sum(
+        self._next: dict[_Subscription, int] = {}  # subscriber -> index of the next shard it takes
+        self._shard_sizes = [
             _shard_frame_size(i, min(shard_bytes, len(payload) - i * shard_bytes)) for i in range(header.shard_count)
-        )
+        ]
+        self.nbytes = len(self.header_frame) + sum(self._shard_sizes)
 
-    def subscribe(self) -> _Subscription:
-        """The frames (header first) for one link; :meth:`_Subscription.close` it if the link does not send them."""
-        sub = _Subscription(self)
+    def subscribe(self, part: int = 0, parts: int = 1) -> _Subscription:
+        """The frames (header first) for one link; :meth:`_Subscription.close` it if the link does not send them.
+
+        With ``parts`` > 1 (striping, :mod:`p2pgan.wire.striping`): part ``part``'s header, then the shards
+        ``part, part + parts, ...``; :attr:`_Subscription.nbytes` is what it sends."""
+        if parts > 1:
+            header = dataclasses.replace(self.header, part=part, parts=parts).to_frame()
+            nbytes = len(header) + sum(self._shard_sizes[part::parts])
+        else:
+            header, nbytes = self.header_frame, self.nbytes
+        sub = _Subscription(self, header, nbytes, part, max(1, parts))
         with self._lock:
-            self._next[sub] = 0
+            self._next[sub] = part
         return sub
 
     def _leave(self, token: object) -> None:
@@ -224,13 +242,13 @@ class OutgoingMessage:
             self._next.pop(token, None)
             self._forget_taken()
 
-    def _take(self, token: object, i: int) -> bytes:
+    def _take(self, token: _Subscription, i: int) -> bytes:
         with self._lock:
             frame = self._frames.get(i)
             if frame is None:
                 frame = self._build(i)
-                if len(self._next) > 1:  # someone else still needs it
-                    self._frames[i] = frame
+                if any(s is not token and n <= i and i % s.parts == s.part for s, n in self._next.items()):
+                    self._frames[i] = frame  # someone else still needs it
             self._next[token] = i + 1
             self._forget_taken()
             return frame
@@ -252,7 +270,7 @@ class OutgoingMessage:
                 return
             low = min(self._next.values(), default=self.header.shard_count)
             for i in range(low, self.header.shard_count):
-                if i not in self._frames:
+                if i not in self._frames and any(n <= i and i % s.parts == s.part for s, n in self._next.items()):
                     self._frames[i] = self._build(i)
             self._payload = None
 
@@ -260,8 +278,12 @@ class OutgoingMessage:
 class _Subscription(Iterator[bytes]):
     """One link's pass over an :class:`OutgoingMessage`: the header frame, then the shard frames in order."""
 
-    def __init__(self, message: OutgoingMessage) -> None:
+    def __init__(self, message: OutgoingMessage, header_frame: bytes, nbytes: int, part: int, parts: int) -> None:
         self._message = message
+        self._header_frame = header_frame
+        self.nbytes = nbytes
+        self.part = part
+        self.parts = parts
         self._next = -1  # -1: the header is due
         self._closed = False
 
@@ -270,8 +292,11 @@ class _Subscription(Iterator[bytes]):
         if self._closed or self._next >= message.header.shard_count:
             self.close()
             raise StopIteration
-        i, self._next = self._next, self._next + 1
-        return message.header_frame if i < 0 else message._take(self, i)
+        if self._next < 0:
+            self._next = self.part
+            return self._header_frame
+        i, self._next = self._next, self._next + self.parts
+        return message._take(self, i)
 
     def close(self) -> None:
         """This link takes nothing more: frames are no longer kept for it (also at the end, or if never read)."""
@@ -355,7 +380,7 @@ def decode_frame(msg: bytes) -> MessageHeader | ShardView:
             layout_digest=h.layout_digest, dtype=_NAME_OF_ENUM[h.dtype],
             element_count=h.element_count, shard_count=h.shard_count,
             encoding=_ENCODING_OF_ENUM[h.encoding], copy_version=h.copy_version,
-            block_elements=h.block_elements, value_count=h.value_count,
+            block_elements=h.block_elements, value_count=h.value_count, part=h.part, parts=h.parts,
         )
     if kind == "manifest":
         raise ProtocolError("a state manifest frame is only valid at the start of a FetchState reply")

@@ -30,6 +30,7 @@ from p2pgan.compression.copies import NeighbourCopies, OwnCopy, digest
 from p2pgan.errors import ProtocolError
 from p2pgan.mixing.robust import RobustMixing
 from p2pgan.wire import codec, transport
+from p2pgan.wire.connections import StripedLink
 
 log = logging.getLogger(__name__)
 
@@ -66,7 +67,8 @@ class CompressedGossip:
         self.digests: list[tuple[int, int, tuple[int, str], dict[str, tuple[int, str]]]] = []
 
     # -- sending ---------------------------------------------------------------------------------------
-    def send(self, cur: torch.Tensor, step: int, r: int, outs: Sequence[str], link: Callable[[str], transport.Link],
+    def send(self, cur: torch.Tensor, step: int, r: int, outs: Sequence[str],
+             link: Callable[[str], transport.Link | StripedLink],
              header: Callable[[Encoded, int], codec.MessageHeader], shard_bytes: int) -> int:
         """Advance the own copy toward ``cur`` and send each of ``outs`` its delta or a key; returns bytes sent."""
         for message in self._key_messages:  # the copy changes now: what a slow link has not sent is built first
@@ -93,9 +95,9 @@ class CompressedGossip:
             ln = link(pid)
             wants_key = delta is None or pid in self._needs_key or ln.fresh or self._sent_on.get(pid) != ln.generation
             msg = message(key if wants_key else delta)  # type: ignore[arg-type]
-            frames = msg.subscribe()
-            if ln.send(frames, msg.nbytes):
-                sent += msg.nbytes
+            nbytes = ln.send_message(msg)
+            if nbytes:
+                sent += nbytes
                 self._sent_on[pid] = ln.generation
                 self._needs_key.discard(pid)
                 if wants_key:
@@ -103,7 +105,6 @@ class CompressedGossip:
                 else:
                     self.deltas_sent += 1
             else:
-                frames.close()
                 self._needs_key.add(pid)  # its copy misses this version: a key next time
         return sent
 

@@ -18,6 +18,12 @@ here (the one for our current round and one ahead); a further message blocks its
 backpressure through gRPC flow control, until the mixer catches up or :data:`LOOKAHEAD_WAIT_S` passes.
 :meth:`Inbox.take` waits only for senders the membership says are *awaited* (live, and not already
 heard at a later round), and wakes whenever the membership changes.
+
+A message striped over several connections (``mixing.connections``; :mod:`p2pgan.wire.striping`) arrives
+as parts on several streams of one sender: the first part's header reserves the slot as above, the
+others join it, and the stream that completes the last part delivers the message. Only part 0 tells the
+membership what is heard, and a sender whose message is still filling is awaited even when it was heard
+at a later round (a faster connection's part of the next message may come first).
 """
 
 from __future__ import annotations
@@ -34,6 +40,7 @@ from p2pgan.errors import PeerUnavailableError, ProtocolError, SecurityError, St
 from p2pgan.membership import Membership
 from p2pgan.logsafe import printable
 from p2pgan.wire.codec import MessageHeader, ReceivedVector, ShardAssembler, decode_frame
+from p2pgan.wire.striping import PartWriter, StripedMessage
 
 log = logging.getLogger(__name__)
 
@@ -52,6 +59,7 @@ class _Slot:
     key: Key
     vec: Any = None  # set when complete: a ReceivedVector, or what InboxContext.accept made of it
     dead: bool = False  # purged while still filling: the writer does not commit it
+    striped: StripedMessage | None = None  # the parts of a message striped over several connections
 
 
 @dataclasses.dataclass(frozen=True)
@@ -83,6 +91,8 @@ class Inbox:
         self._slots: dict[Key, _Slot] = {}
         self._held: dict[str, int] = defaultdict(int)
         self._position: tuple[int, int] | None = None
+        #: striped messages that arrive (or still fill) after their round: kept whole for on_stale, a few per sender
+        self._late: dict[Key, StripedMessage] = {}
         self._closed = False
         self.bytes_received = 0
         #: called with (member id, reason) when a member's message is refused (robust mixing counts them)
@@ -127,43 +137,86 @@ class Inbox:
     def _receive(self, ctx: InboxContext, identity: str | None, messages: Iterable[bytes],
                  cancelled: Callable[[], bool]) -> int:
         accepted = 0
-        writer: ShardAssembler | None = None
+        writer: ShardAssembler | PartWriter | None = None
         slot: _Slot | None = None
         try:
             for msg in messages:
                 frame = decode_frame(msg)
                 self.bytes_received += len(msg)
                 if isinstance(frame, MessageHeader):
+                    if isinstance(writer, PartWriter):
+                        raise ProtocolError(f"{frame._who}: new header inside part {writer.part} of the last message")
                     if writer is not None:
                         raise ProtocolError(
                             f"{frame._who}: new header after {writer._next} of {writer.header.shard_count} shards"
                         )
                     self._check_header(ctx, frame, identity)
-                    slot = self._reserve(frame, cancelled)
                     # a late message (slot None) is still checked, then dropped; over mutual TLS (an identity)
                     # the records are authenticated, so shard checksums are not verified again
-                    writer = ShardAssembler(frame, verify_checksums=identity is None)
+                    slot = self._reserve(frame, cancelled, verify_checksums=identity is None)
+                    if frame.parts > 1:  # one part of a message striped over several connections
+                        message = slot.striped if slot is not None else self._late_message(frame, identity is None)
+                        assert message is not None
+                        writer = message.join(frame)
+                    else:
+                        writer = ShardAssembler(frame, verify_checksums=identity is None)
                     continue
                 if writer is None:
                     raise ProtocolError(f"shard {frame.index} arrived before any header")
+                if isinstance(writer, PartWriter):
+                    if writer.add(frame):  # the last part of the message: check it whole, then deliver it
+                        self._forget_late(writer.message)
+                        accepted += self._deliver(ctx, slot, writer.header, writer.message.vector())
+                        self._heard(ctx, writer.header)  # its step counts only now: the message passed every check
+                    if writer.done:
+                        slot = writer = None
+                    continue
                 writer.add(frame)
                 if writer.complete:
-                    vec = writer.vector()
-                    item = vec if ctx.accept is None else ctx.accept(writer.header, vec)
-                    if slot is not None:
-                        self._commit(slot, item, ctx)
-                        accepted += 1
-                    elif ctx.on_stale is not None:
-                        ctx.on_stale(writer.header.sender, item)
-                    slot = None
+                    accepted += self._deliver(ctx, slot, writer.header, writer.vector())
                     self._heard(ctx, writer.header)  # its step counts only now: the message passed every check
-                    writer = None
-            if writer is not None:
+                    slot = writer = None
+            if isinstance(writer, PartWriter):
+                writer.check_ended()  # raises: the stream ended inside its part
+            elif writer is not None:
                 writer.vector()  # raises: the stream ended inside a message
         finally:
             if slot is not None:
                 self._abandon(slot)
         return accepted
+
+    def _deliver(self, ctx: InboxContext, slot: _Slot | None, header: MessageHeader, vec: ReceivedVector) -> int:
+        """Hand a complete message to its slot (1) or, late, to ``on_stale`` (0)."""
+        item = vec if ctx.accept is None else ctx.accept(header, vec)
+        if slot is not None:
+            self._commit(slot, item, ctx)
+            return 1
+        if ctx.on_stale is not None:
+            ctx.on_stale(header.sender, item)
+        return 0
+
+    def _late_message(self, h: MessageHeader, verify_checksums: bool) -> StripedMessage:
+        """The striped message that late part ``h`` belongs to (its other parts may have arrived in time)."""
+        key = (h.step, h.round, h.sender)
+        with self._cond:
+            message = self._late.get(key)
+            if message is None:
+                message = self._late[key] = StripedMessage(h, verify_checksums=verify_checksums)
+                self._trim_late(h.sender)
+            return message
+
+    def _trim_late(self, sender: str) -> None:
+        """At most LOOKAHEAD_MESSAGES late striped messages of ``sender`` are kept (the oldest go; caller locks)."""
+        keys = sorted(k for k in self._late if k[2] == sender)
+        for k in keys[:-LOOKAHEAD_MESSAGES]:
+            del self._late[k]
+
+    def _forget_late(self, message: StripedMessage) -> None:
+        h = message.header
+        key = (h.step, h.round, h.sender)
+        with self._cond:
+            if self._late.get(key) is message:
+                del self._late[key]
 
     def check_caller(self, identity: str | None) -> None:
         """Hello's check: the membership is known (else :class:`PeerUnavailableError`) and holds the caller."""
@@ -226,7 +279,8 @@ class Inbox:
         ctx.membership.heard(h.sender, h.step, h.round, useful=useful)
         self.wake()
 
-    def _reserve(self, h: MessageHeader, cancelled: Callable[[], bool] = bool) -> _Slot | None:
+    def _reserve(self, h: MessageHeader, cancelled: Callable[[], bool] = bool, *,
+                 verify_checksums: bool = True) -> _Slot | None:
         key = (h.step, h.round, h.sender)
         deadline = time.monotonic() + LOOKAHEAD_WAIT_S
         with self._cond:
@@ -243,7 +297,10 @@ class Inbox:
                     if (h.step, h.round) < pos:
                         log.debug("dropping late message %s (we are at %s)", key, pos)
                         return None
-                if key in self._slots:
+                existing = self._slots.get(key)
+                if existing is not None:
+                    if h.parts > 1 and existing.striped is not None and not existing.dead and existing.vec is None:
+                        return existing  # another part of a striped message (StripedMessage.join checks it)
                     raise ProtocolError(f"{h._who}: duplicate message")
                 if self._held[h.sender] < LOOKAHEAD_MESSAGES:
                     break
@@ -255,6 +312,8 @@ class Inbox:
                     )
                 self._cond.wait(remaining)
             slot = _Slot(key)
+            if h.parts > 1:
+                slot.striped = StripedMessage(h, verify_checksums=verify_checksums)
             self._slots[key] = slot
             self._held[h.sender] += 1
             return slot
@@ -272,6 +331,7 @@ class Inbox:
         with self._cond:
             if not slot.dead:
                 self._drop(slot)
+                slot.dead = True  # a striped message's other parts may still hold it: they see it dropped
 
     def _drop(self, slot: _Slot) -> None:
         del self._slots[slot.key]
@@ -291,6 +351,9 @@ class Inbox:
                     slot.dead = True  # if still being written, the writer will not commit it
                     if slot.vec is not None:
                         stale.append((key, slot.vec))
+                    elif slot.striped is not None:  # parts still to come: they join it as a late message
+                        self._late[key] = slot.striped
+                        self._trim_late(key[2])
             # under the lock: a later message of the same sender found stale after this point is handed over
             # only after these (a sender's messages reach on_stale in the order it sent them)
             for key, vec in sorted(stale, key=lambda kv: kv[0]) if on_stale is not None else ():
@@ -305,7 +368,8 @@ class Inbox:
         membership = self._ctx.membership if self._ctx is not None else None
         with self._cond:
             while not self._closed:
-                if all(self._ready((step, round, s)) or (membership is not None and not membership.awaited(s, step, round))
+                if all(self._ready((step, round, s)) or (membership is not None and not self._filling((step, round, s))
+                                                         and not membership.awaited(s, step, round))
                        for s in senders):
                     break
                 remaining = deadline - time.monotonic()
@@ -319,6 +383,12 @@ class Inbox:
                     out[s] = slot.vec
                     self._drop(slot)
             return out
+
+    def _filling(self, key: Key) -> bool:
+        """Parts of a striped message are here and more are coming: its sender may already be heard at a later
+        round (on a faster connection), yet this message is on its way."""
+        slot = self._slots.get(key)
+        return slot is not None and slot.striped is not None and slot.vec is None and not slot.dead
 
     def _ready(self, key: Key) -> bool:
         slot = self._slots.get(key)

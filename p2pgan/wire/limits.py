@@ -6,3 +6,5 @@ from __future__ import annotations
 MAX_SHARD_BYTES = 4 * 1024 * 1024
 #: room for the frame tags and varints around a shard's data
 FRAME_OVERHEAD_BYTES = 64
+#: most gRPC connections per neighbour (mixing.connections), hence most parts a message is striped into
+MAX_CONNECTIONS = 16

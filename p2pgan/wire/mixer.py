@@ -48,12 +48,15 @@ from p2pgan.security.certs import normalize_fingerprint
 from p2pgan.topology import Topology, make_topology
 from p2pgan.wire import codec, transport
 from p2pgan.wire.compressed import CompressedGossip
+from p2pgan.wire.connections import StripedLink, open_link
 from p2pgan.wire.config import NetworkConfig, PeerEntry
 from p2pgan.wire.health import HealthReporter
 from p2pgan.wire.inbox import Inbox, InboxContext
+from p2pgan.wire.limits import MAX_CONNECTIONS
 from p2pgan.wire.service import GossipService
 from p2pgan.wire.state import StateBoard, StateLayout, StateSnapshot, decode_state, encode_state
-from p2pgan.wire.streams import SERVER_WORKERS  # threads: bounded Push streams + reserved for Hello
+# threads: bounded Push streams (one set per connection, mixing.connections) + reserved for Hello
+from p2pgan.wire.streams import MAX_PUSH_STREAMS, RESERVED_WORKERS
 from p2pgan.wire.v1 import gossip_pb2 as pb
 
 log = logging.getLogger(__name__)
@@ -84,8 +87,8 @@ class _Handle(MixHandle):
         return self._future.result()
 
 
-def _wrong_hello(reply: pb.HelloReply, pid: str, federation: str, dim: int,
-                 compression: str = "none") -> ConfigError | SecurityError | None:
+def _wrong_hello(reply: pb.HelloReply, pid: str, federation: str, dim: int, compression: str = "none",
+                 connections: int = 1) -> ConfigError | SecurityError | None:
     """What is wrong with member ``pid``'s Hello reply, if anything."""
     if reply.federation != federation or reply.peer_id != pid:
         return SecurityError(f"peer {pid!r} answered as {printable(reply.peer_id)} of "
@@ -95,6 +98,9 @@ def _wrong_hello(reply: pb.HelloReply, pid: str, federation: str, dim: int,
     if (reply.compression or "none") != compression:
         return ConfigError(f"peer {pid!r} gossips with mixing.compression {printable(reply.compression or 'none')}, "
                            f"ours is {compression!r}; every member needs the same")
+    if (reply.connections or 1) != connections:  # an older peer says 0: one connection
+        return ConfigError(f"peer {pid!r} keeps mixing.connections {reply.connections or 1}, ours is "
+                           f"{connections}; every member needs the same")
     return None
 
 
@@ -120,6 +126,8 @@ class GrpcMixer(Mixer):
         compressor = make_compressor(net.compression, "network.compression")
         if compressor is not None and not 0 < net.consensus_step <= 1:
             raise ConfigError(f"network.consensus_step: {net.consensus_step} is outside (0, 1]")
+        if not 1 <= net.connections <= MAX_CONNECTIONS:
+            raise ConfigError(f"network.connections: {net.connections} is outside 1..{MAX_CONNECTIONS}")
         if net.key_interval < 0:
             raise ConfigError(f"network.key_interval: {net.key_interval} must be >= 0 (0: keys only on (re)connects)")
         self.net = net
@@ -150,7 +158,7 @@ class GrpcMixer(Mixer):
         self.wire_fallbacks = 0
         self._peers: dict[str, PeerEntry] = {}
         self._pins: dict[str, str] = {}
-        self._links: dict[str, transport.Link] = {}
+        self._links: dict[str, transport.Link | StripedLink] = {}
         self._links_lock = threading.Lock()
         self._inbox = Inbox()
         self._worker = futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="p2pgan-mix")
@@ -161,12 +169,14 @@ class GrpcMixer(Mixer):
         self.round_seconds: list[float] = []  # duration of every round so far (benchmarks, selftest)
         service = GossipService(
             self._inbox, self._authenticate, self, federation=net.federation, peer_id=net.peer_id,
-            layout_digest=layout_digest, element_count=dim, compression=self.compression,
+            layout_digest=layout_digest, element_count=dim, compression=self.compression, connections=net.connections,
+            max_streams=MAX_PUSH_STREAMS * net.connections,
         )
+        self.service = service
         self.health = HealthReporter()  # grpc.health.v1 on the same port: SERVING once wait_ready succeeds
         self._server, self.port = transport.open_server(
             net.listen_host, net.listen_port, [service.handler(), *self.health.handlers()], self._tls,
-            max_workers=SERVER_WORKERS,
+            max_workers=MAX_PUSH_STREAMS * net.connections + RESERVED_WORKERS,
         )
 
     # -- membership ------------------------------------------------------------------------------------
@@ -238,7 +248,7 @@ class GrpcMixer(Mixer):
                 missing.remove(pid)
                 if self._tls is not None and self._peers[pid].fingerprint:
                     transport.check_pin(self._peers[pid], self._tls, net.federation)
-                wrong = _wrong_hello(reply, pid, net.federation, self.dim, self.compression)
+                wrong = _wrong_hello(reply, pid, net.federation, self.dim, self.compression, net.connections)
                 if wrong is not None:  # one member's odd reply must not stop us: it counts as absent
                     refused[pid] = wrong
                     membership.suspect(pid, f"Hello reply refused: {wrong.args[0]}")
@@ -268,12 +278,12 @@ class GrpcMixer(Mixer):
             raise PeerUnavailableError("the mixer has no membership yet: call join() (open_mixer does)")
         return self.membership
 
-    def _link(self, pid: str) -> transport.Link:
+    def _link(self, pid: str) -> transport.Link | StripedLink:
         with self._links_lock:
             link = self._links.get(pid)
             if link is None:
-                link = self._links[pid] = transport.Link(self._peers[pid], self.net.federation, self._tls,
-                                                          on_gone=self._on_gone)
+                link = self._links[pid] = open_link(self._peers[pid], self.net.federation, self._tls,
+                                                               on_gone=self._on_gone, connections=self.net.connections)
             return link
 
     def _refresh_link(self, pid: str) -> None:
@@ -412,11 +422,7 @@ class GrpcMixer(Mixer):
             # frames made on demand and shared by the links: a few shards alive, not a copy of the vector
             message = codec.OutgoingMessage(header, codec.le_bytes(wire), self.net.shard_bytes)
             for j in outs:
-                frames = message.subscribe()
-                if self._link(self.members[j]).send(frames, message.nbytes):
-                    self.stats.bytes_sent += message.nbytes
-                else:
-                    frames.close()
+                self.stats.bytes_sent += self._link(self.members[j]).send_message(message)
             if wire.data_ptr() == cur.data_ptr():
                 reading = message
         senders = [self.members[j] for j in weights if j != self.rank]

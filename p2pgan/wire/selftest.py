@@ -42,13 +42,16 @@ def run_selftest(
     insecure: bool = False,
     discovery: str = "roster",
     compression: str = "none",
+    connections: int = 1,
 ) -> dict[str, Any]:
     """Run the federation; return a report (``max_abs_error``, ``round_ms``, per-peer summaries).
 
     ``crash=(peer_id, step)`` makes that peer SIGKILL itself at the start of ``step`` (failure tests);
     steps from then on are not checked against the matrix product. With ``compression`` (mixing.compression)
     each peer's summary also holds ``copy_digests``: per round, its own public copy's (version, digest) and
-    those of its copies of its in-neighbours (:class:`p2pgan.wire.compressed.CompressedGossip`).
+    those of its copies of its in-neighbours (:class:`p2pgan.wire.compressed.CompressedGossip`). Every summary
+    holds ``result_sha256`` (of its results, all steps) and ``push_addresses`` (per in-neighbour, the client
+    addresses of its open Push streams after step 0: one per connection, ``connections``).
     """
     if peers < 1 or rounds < 0 or steps < 1:
         raise ConfigError(f"selftest needs peers >= 1, rounds >= 0, steps >= 1 (got {peers}, {rounds}, {steps})")
@@ -68,6 +71,7 @@ def run_selftest(
                 "wire_dtype": wire_dtype, "shard_bytes": shard_bytes, "dim": dim, "steps": steps,
                 "out": str(out), "connect_timeout_s": STARTUP_TIMEOUT_S,
                 "crash_at_step": crash[1] if crash and crash[0] == pid else None, "compression": compression,
+                "connections": connections,
             }
             for pid in ids
         }

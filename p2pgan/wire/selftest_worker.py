@@ -9,6 +9,7 @@ peer ignores the roster and finds the others by mDNS on 127.0.0.1.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import signal
@@ -39,7 +40,7 @@ def main(argv: list[str]) -> int:
         wire_dtype=cfg["wire_dtype"], shard_bytes=cfg["shard_bytes"],
         discovery=cfg["discovery"], expected_peers=cfg["peers"], connect_timeout_s=cfg["connect_timeout_s"],
         allowed_members=tuple(cfg["members"]),
-        compression=cfg.get("compression", "none"),
+        compression=cfg.get("compression", "none"), connections=cfg.get("connections", 1),
     )
     out = Path(cfg["out"])
     with GrpcMixer(net, dim=cfg["dim"]) as mixer:
@@ -53,6 +54,8 @@ def main(argv: list[str]) -> int:
             mixer.join(tuple(PeerEntry(i, h, p) for i, h, p in roster))
         mixer.wait_ready(cfg["connect_timeout_s"])
         step_seconds = []
+        results = hashlib.sha256()
+        addresses: dict[str, list[str]] = {}
         for k in range(cfg["steps"]):
             if k == cfg.get("crash_at_step"):
                 os.kill(os.getpid(), signal.SIGKILL)  # the killed-neighbour test: die without goodbye
@@ -60,11 +63,16 @@ def main(argv: list[str]) -> int:
             t0 = time.perf_counter()
             y = mixer.mix(x, k)
             step_seconds.append(time.perf_counter() - t0)
-            (out / f"{net.peer_id}.step{k}.f32").write_bytes(y[0].to(torch.float32).numpy().astype("<f4").tobytes())
+            if k == 0:  # every in-neighbour's streams are open now: it cannot finish step 1 without our message
+                addresses = {m: sorted(mixer.service.streams.addresses(m)) for m in mixer.members}
+            result = y[0].to(torch.float32).numpy().astype("<f4").tobytes()
+            results.update(result)
+            (out / f"{net.peer_id}.step{k}.f32").write_bytes(result)
         summary = {
             "id": net.peer_id, "members": list(mixer.members), "rank": mixer.rank, "step_seconds": step_seconds,
             "round_seconds": mixer.round_seconds, "dropped": mixer.stats.dropped,
             "bytes_sent": mixer.stats.bytes_sent, "bytes_received": mixer.stats.bytes_received,
+            "result_sha256": results.hexdigest(), "push_addresses": addresses,
         }
         if mixer.compressed is not None:
             summary["copy_digests"] = mixer.compressed.digests

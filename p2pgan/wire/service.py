@@ -21,7 +21,7 @@ from p2pgan.wire.codec import PROTOCOL_VERSION
 from p2pgan.wire import state as state_wire
 from p2pgan.wire.inbox import Inbox
 from p2pgan.wire.status import grpc_status
-from p2pgan.wire.streams import StreamGate
+from p2pgan.wire.streams import MAX_PUSH_STREAMS, MAX_STREAMS_PER_MEMBER, StreamGate
 from p2pgan.wire.transport import INSTANCE_ID, INSTANCE_METADATA_KEY, SERVICE
 from p2pgan.wire.v1 import gossip_pb2 as pb
 
@@ -49,23 +49,28 @@ class GossipService:
     """Serves Push (parameter streams into the inbox), Hello (identity/readiness/step), FetchState and Leave."""
 
     def __init__(self, inbox: Inbox, authenticate: Authenticator, hooks: PeerHooks, *, federation: str, peer_id: str,
-                 layout_digest: str, element_count: int, compression: str = "none") -> None:
+                 layout_digest: str, element_count: int, compression: str = "none", connections: int = 1,
+                 max_streams: int = MAX_PUSH_STREAMS) -> None:
         self._inbox = inbox
         self._authenticate = authenticate
         self._hooks = hooks
         self._federation = federation
-        self.streams = StreamGate()  # per-member and total bounds on Push streams, idle timeout
+        # per-member and total bounds on Push streams, idle timeout; a member keeps one stream per connection
+        # (mixing.connections, the same for every member) and one more covers a reconnect
+        self.streams = StreamGate(max_streams=max_streams, per_member=connections + MAX_STREAMS_PER_MEMBER - 1)
         self.serves = state_wire.ServeGate()  # per-member, total and rate bounds on FetchState calls
         self.refusals = RefusalLog(logging.getLogger("p2pgan.wire.status"))  # rate-limited refusal lines
         self._hello = pb.HelloReply(
             federation=federation, peer_id=peer_id, protocol_version=PROTOCOL_VERSION,
             layout_digest=layout_digest, element_count=element_count, compression=compression,
+            connections=connections,
         )
 
     def push(self, requests: Iterator[bytes], context: grpc.ServicerContext) -> pb.PushSummary:
         with grpc_status(context, "Push", self.refusals):
             identity = self._authenticate(context)
-            with self.streams.stream(identity, lambda: (context.cancel(), self._inbox.wake()), requests) as stream:
+            with self.streams.stream(identity, lambda: (context.cancel(), self._inbox.wake()), requests,
+                                     address=context.peer()) as stream:
                 return pb.PushSummary(messages=self._inbox.receive(identity, stream, lambda: bool(stream.cancelled)))
         return pb.PushSummary()  # only reached when the caller went away
 

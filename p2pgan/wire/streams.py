@@ -32,7 +32,8 @@ SERVER_WORKERS = 64
 #: threads a Push stream can never take: Hello (and future unary RPCs) always find one
 RESERVED_WORKERS = 16
 MAX_PUSH_STREAMS = SERVER_WORKERS - RESERVED_WORKERS
-#: concurrent Push streams of one member (an honest neighbour keeps one; one more covers a reconnect)
+#: concurrent Push streams of one member (an honest neighbour keeps one; one more covers a reconnect); with
+#: mixing.connections = N the server allows N - 1 more (p2pgan.wire.service)
 MAX_STREAMS_PER_MEMBER = 2
 #: a stream silent this long is cancelled; well above a step's compute time plus an evaluation
 IDLE_TIMEOUT_S = 120.0
@@ -41,8 +42,9 @@ WATCH_INTERVAL_S = 1.0
 
 
 class _Ticket:
-    def __init__(self, key: str | None, cancel: Callable[[], None], now: float) -> None:
+    def __init__(self, key: str | None, cancel: Callable[[], None], now: float, address: str = "") -> None:
         self.key = key
+        self.address = address
         self.cancel = cancel
         self.last = now
         self.cancelled = ""
@@ -65,8 +67,10 @@ class StreamGate:
         self.idle_closed = 0
         self.refused = 0
 
-    def stream(self, member: str | None, cancel: Callable[[], None], messages: Iterable[bytes]) -> _Admitted:
-        """Admit one stream of ``member`` (None: unauthenticated, insecure mode: only the total bound).
+    def stream(self, member: str | None, cancel: Callable[[], None], messages: Iterable[bytes],
+               address: str = "") -> _Admitted:
+        """Admit one stream of ``member`` (None: unauthenticated, insecure mode: only the total bound) that
+        comes from ``address`` (gRPC's peer string, e.g. ``ipv4:127.0.0.1:40312``: one per connection).
 
         Raises :class:`ResourceLimitError` when the server already carries its maximum of streams.
         """
@@ -86,7 +90,7 @@ class StreamGate:
                     self._open = {i: t for i, t in self._open.items() if t is not victim}
                     self.replaced += 1
             ident = next(self._ids)
-            ticket = self._open[ident] = _Ticket(member, cancel, now)
+            ticket = self._open[ident] = _Ticket(member, cancel, now, address)
             if not self._watching:
                 self._watching = True
                 threading.Thread(target=self._watch, name="p2pgan-stream-watch", daemon=True).start()
@@ -100,6 +104,11 @@ class StreamGate:
         with self._cond:
             self._open.pop(ident, None)
             self._cond.notify_all()
+
+    def addresses(self, member: str | None) -> list[str]:
+        """The addresses of ``member``'s open streams (distinct ones: distinct TCP connections)."""
+        with self._cond:
+            return [t.address for t in self._open.values() if t.key == member]
 
     @property
     def open_streams(self) -> int:

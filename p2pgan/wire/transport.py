@@ -25,6 +25,7 @@ import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent import futures
 from functools import lru_cache
+from typing import TYPE_CHECKING
 
 import grpc
 
@@ -34,6 +35,9 @@ from p2pgan.security.certs import fingerprint, identity_dns, normalize_fingerpri
 from p2pgan.wire.limits import FRAME_OVERHEAD_BYTES, MAX_SHARD_BYTES
 from p2pgan.wire.config import PeerEntry, TLSFiles
 from p2pgan.wire.v1 import gossip_pb2 as pb
+
+if TYPE_CHECKING:  # the codec needs torch; the light commands import this module without it
+    from p2pgan.wire.codec import OutgoingMessage
 
 log = logging.getLogger(__name__)
 
@@ -64,6 +68,8 @@ PROBE_TIMEOUT_S = 5.0
 #: that holds the same identity
 INSTANCE_METADATA_KEY = "p2pgan-instance"
 INSTANCE_ID = secrets.token_hex(8)
+#: channel argument that tells the connections to one neighbour apart (mixing.connections > 1)
+CONNECTION_ARG = "p2pgan.connection"
 
 _CHANNEL_OPTIONS = [
     ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
@@ -113,11 +119,14 @@ def open_server(
     return server, bound
 
 
-def open_channel(peer: PeerEntry, federation: str, tls: TLSFiles | None) -> grpc.Channel:
+def open_channel(peer: PeerEntry, federation: str, tls: TLSFiles | None, connection: int | None = None) -> grpc.Channel:
+    """A channel to ``peer``; ``connection`` (one of several to it) becomes a channel argument of its own, so
+    that gRPC never shares one TCP + TLS session between them (besides the local subchannel pool)."""
     target = f"{peer.host}:{peer.port}"
+    base = _CHANNEL_OPTIONS if connection is None else [*_CHANNEL_OPTIONS, (CONNECTION_ARG, connection)]
     if tls is None:
-        return grpc.insecure_channel(target, options=_CHANNEL_OPTIONS)
-    options = [*_CHANNEL_OPTIONS, ("grpc.ssl_target_name_override", identity_dns(federation, peer.id))]
+        return grpc.insecure_channel(target, options=base)
+    options = [*base, ("grpc.ssl_target_name_override", identity_dns(federation, peer.id))]
     return grpc.secure_channel(target, channel_credentials(tls), options=options)
 
 
@@ -238,10 +247,10 @@ class Link:
     """
 
     def __init__(self, peer: PeerEntry, federation: str, tls: TLSFiles | None,
-                 on_gone: Callable[[str, str], None] | None = None) -> None:
+                 on_gone: Callable[[str, str], None] | None = None, connection: int | None = None) -> None:
         self.peer = peer
         self._on_gone = on_gone  # (peer id, reason): the stream ended because the neighbour is gone
-        self.channel = open_channel(peer, federation, tls)
+        self.channel = open_channel(peer, federation, tls, connection)
         self._push = self.channel.stream_unary(PUSH_METHOD, request_serializer=None, response_deserializer=pb.PushSummary.FromString)
         self.hello = self.channel.unary_unary(
             HELLO_METHOD, request_serializer=pb.HelloRequest.SerializeToString, response_deserializer=pb.HelloReply.FromString
@@ -293,6 +302,25 @@ class Link:
             opened.call.add_done_callback(lambda call: self._on_done(opened, call))
         self.bytes_sent += sum(len(f) for f in frames) if nbytes is None else nbytes  # type: ignore[arg-type]
         return True
+
+    def send_message(self, message: OutgoingMessage) -> int:
+        """Queue all of ``message`` (see :meth:`send`); the bytes queued, 0 if it was skipped."""
+        frames = message.subscribe()
+        if self.send(frames, message.nbytes):
+            return message.nbytes
+        frames.close()
+        return 0
+
+    @property
+    def ready(self) -> bool:
+        """:meth:`send` would queue a message now (not closed, not backing off, not congested)."""
+        with self._lock:
+            if self._closed:
+                return False
+            stream = self._stream
+            if stream is None or stream.call.done():
+                return time.monotonic() >= self._retry_at
+            return stream.pending < MAX_QUEUED_MESSAGES
 
     def _on_taken(self, stream: _Stream) -> None:
         with self._lock:

@@ -131,6 +131,9 @@ def parse_config(data: object, source: str | Path, base_dir: Path | None = None)
         if mixing.compression != "none":
             raise config_error(str(source), "mixing.compression", f"{mixing.compression!r} is the gRPC backend's; "
                                "backend 'torch' sends float32 vectors (remove the field or set it to none)")
+        if mixing.connections != 1:
+            raise config_error(str(source), "mixing.connections", f"{mixing.connections} is the gRPC backend's; "
+                               "backend 'torch' has its own connections (remove the field or set it to 1)")
         if mixing.wire_dtype != "float32":  # it would be ignored silently: the torch mixer sends float32 tensors
             raise config_error(str(source), "mixing.wire_dtype", f"{mixing.wire_dtype!r} is the gRPC backend's; "
                                "backend 'torch' sends float32 (remove the field or set it to float32)")
@@ -241,4 +244,5 @@ def network_config(cfg: PeerConfig, roster: tuple[PeerEntry, ...] = ()) -> Netwo
         compression=cfg.mixing.compression,
         consensus_step=cfg.mixing.consensus_step,
         key_interval=cfg.mixing.key_interval,
+        connections=cfg.mixing.connections,
     )

@@ -101,6 +101,7 @@ class MixingConfig:
     compression: str = "none"  # compressed gossip (p2pgan.compression): none | identity | bf16-delta | int8 | topk:F
     consensus_step: float = 1.0  # CHOCO's gamma (compressed gossip only)
     key_interval: int = 100  # steps between full public copies on every link (compressed gossip only)
+    connections: int = 1  # gRPC connections (TCP + TLS sessions) per neighbour; a message's shards striped over them
 
 
 @dataclasses.dataclass(frozen=True)

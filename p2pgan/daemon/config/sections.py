@@ -33,6 +33,7 @@ from p2pgan.mixing.robust_config import ROBUST_KINDS, RobustConfig
 from p2pgan.topology import TOPOLOGY_NAMES
 from p2pgan.trainer.catalog import DATASET_FORMATS, LOSS_NAMES, MODEL_DEFAULTS, MODEL_NAMES
 from p2pgan.wire.config import TLSFiles
+from p2pgan.wire.limits import MAX_CONNECTIONS
 
 
 def _identity(sec: _Section) -> IdentityConfig:
@@ -140,6 +141,7 @@ def _mixing(sec: _Section) -> MixingConfig:
         compression=_compression(sec),
         consensus_step=sec.number("consensus_step", 1.0, positive=True),
         key_interval=sec.integer("key_interval", 100, minimum=0),
+        connections=sec.integer("connections", 1, minimum=1, maximum=MAX_CONNECTIONS),
     )
     if cfg.consensus_step > 1:
         raise sec.error("consensus_step", f"must be in (0, 1], got {cfg.consensus_step}")

@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1bp2pgan/wire/v1/gossip.proto\x12\x0ep2pgan.wire.v1\"\xa1\x02\n\x06Header\x12\x12\n\nfederation\x18\x01 \x01(\t\x12\x0e\n\x06sender\x18\x02 \x01(\t\x12\x0c\n\x04step\x18\x03 \x01(\x03\x12\r\n\x05round\x18\x04 \x01(\r\x12\x15\n\rlayout_digest\x18\x05 \x01(\t\x12$\n\x05\x64type\x18\x06 \x01(\x0e\x32\x15.p2pgan.wire.v1.DType\x12\x15\n\relement_count\x18\x07 \x01(\x04\x12\x13\n\x0bshard_count\x18\x08 \x01(\r\x12*\n\x08\x65ncoding\x18\x14 \x01(\x0e\x32\x18.p2pgan.wire.v1.Encoding\x12\x14\n\x0c\x63opy_version\x18\x15 \x01(\x04\x12\x16\n\x0e\x62lock_elements\x18\x16 \x01(\r\x12\x13\n\x0bvalue_count\x18\x17 \x01(\x04\"6\n\x05Shard\x12\r\n\x05index\x18\x01 \x01(\r\x12\x10\n\x08\x63hecksum\x18\x02 \x01(\x06\x12\x0c\n\x04\x64\x61ta\x18\x03 \x01(\x0c\"\x94\x01\n\x05\x46rame\x12(\n\x06header\x18\x01 \x01(\x0b\x32\x16.p2pgan.wire.v1.HeaderH\x00\x12&\n\x05shard\x18\x02 \x01(\x0b\x32\x15.p2pgan.wire.v1.ShardH\x00\x12\x31\n\x08manifest\x18\x03 \x01(\x0b\x32\x1d.p2pgan.wire.v1.StateManifestH\x00\x42\x06\n\x04kind\"\x1f\n\x0bPushSummary\x12\x10\n\x08messages\x18\x01 \x01(\x04\"2\n\x0cHelloRequest\x12\x12\n\nfederation\x18\x01 \x01(\t\x12\x0e\n\x06sender\x18\x02 \x01(\t\"\xae\x01\n\nHelloReply\x12\x12\n\nfederation\x18\x01 \x01(\t\x12\x0f\n\x07peer_id\x18\x02 \x01(\t\x12\x18\n\x10protocol_version\x18\x03 \x01(\r\x12\x15\n\rlayout_digest\x18\x04 \x01(\t\x12\x15\n\relement_count\x18\x05 \x01(\x04\x12\x0c\n\x04step\x18\x06 \x01(\x03\x12\x10\n\x08training\x18\x07 \x01(\x08\x12\x13\n\x0b\x63ompression\x18\x14 \x01(\t\"2\n\x0cStateRequest\x12\x12\n\nfederation\x18\x01 \x01(\t\x12\x0e\n\x06sender\x18\x02 \x01(\t\"0\n\tStatePart\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x15\n\relement_count\x18\x02 \x01(\x04\"\x85\x02\n\rStateManifest\x12\x12\n\nfederation\x18\x01 \x01(\t\x12\x0e\n\x06sender\x18\x02 \x01(\t\x12\x0c\n\x04step\x18\x03 \x01(\x03\x12\x15\n\rlayout_digest\x18\x04 \x01(\t\x12\x11\n\talgorithm\x18\x05 \x01(\t\x12(\n\x05parts\x18\x06 \x03(\x0b\x32\x19.p2pgan.wire.v1.StatePart\x12=\n\x08\x63ounters\x18\x07 \x03(\x0b\x32+.p2pgan.wire.v1.StateManifest.CountersEntry\x1a/\n\rCountersEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x03:\x02\x38\x01\"O\n\x0bLeaveNotice\x12\x12\n\nfederation\x18\x01 \x01(\t\x12\x0e\n\x06sender\x18\x02 \x01(\t\x12\x0c\n\x04step\x18\x03 \x01(\x03\x12\x0e\n\x06reason\x18\x04 \x01(\t\"\n\n\x08LeaveAck*F\n\x05\x44Type\x12\x15\n\x11\x44TYPE_UNSPECIFIED\x10\x00\x12\x0b\n\x07\x46LOAT32\x10\x01\x12\x0c\n\x08\x42\x46LOAT16\x10\x02\x12\x0b\n\x07\x46LOAT16\x10\x03*m\n\x08\x45ncoding\x12\x10\n\x0c\x45NCODING_RAW\x10\x00\x12\x10\n\x0c\x45NCODING_KEY\x10\x01\x12\x17\n\x13\x45NCODING_BF16_DELTA\x10\x02\x12\x11\n\rENCODING_INT8\x10\x03\x12\x11\n\rENCODING_TOPK\x10\x04\x32\x8e\x02\n\x06Gossip\x12<\n\x04Push\x12\x15.p2pgan.wire.v1.Frame\x1a\x1b.p2pgan.wire.v1.PushSummary(\x01\x12\x41\n\x05Hello\x12\x1c.p2pgan.wire.v1.HelloRequest\x1a\x1a.p2pgan.wire.v1.HelloReply\x12\x43\n\nFetchState\x12\x1c.p2pgan.wire.v1.StateRequest\x1a\x15.p2pgan.wire.v1.Frame0\x01\x12>\n\x05Leave\x12\x1b.p2pgan.wire.v1.LeaveNotice\x1a\x18.p2pgan.wire.v1.LeaveAckb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1bp2pgan/wire/v1/gossip.proto\x12\x0ep2pgan.wire.v1\"\xbe\x02\n\x06Header\x12\x12\n\nfederation\x18\x01 \x01(\t\x12\x0e\n\x06sender\x18\x02 \x01(\t\x12\x0c\n\x04step\x18\x03 \x01(\x03\x12\r\n\x05round\x18\x04 \x01(\r\x12\x15\n\rlayout_digest\x18\x05 \x01(\t\x12$\n\x05\x64type\x18\x06 \x01(\x0e\x32\x15.p2pgan.wire.v1.DType\x12\x15\n\relement_count\x18\x07 \x01(\x04\x12\x13\n\x0bshard_count\x18\x08 \x01(\r\x12*\n\x08\x65ncoding\x18\x14 \x01(\x0e\x32\x18.p2pgan.wire.v1.Encoding\x12\x14\n\x0c\x63opy_version\x18\x15 \x01(\x04\x12\x16\n\x0e\x62lock_elements\x18\x16 \x01(\r\x12\x13\n\x0bvalue_count\x18\x17 \x01(\x04\x12\x0c\n\x04part\x18\x18 \x01(\r\x12\r\n\x05parts\x18\x19 \x01(\r\"6\n\x05Shard\x12\r\n\x05index\x18\x01 \x01(\r\x12\x10\n\x08\x63hecksum\x18\x02 \x01(\x06\x12\x0c\n\x04\x64\x61ta\x18\x03 \x01(\x0c\"\x94\x01\n\x05\x46rame\x12(\n\x06header\x18\x01 \x01(\x0b\x32\x16.p2pgan.wire.v1.HeaderH\x00\x12&\n\x05shard\x18\x02 \x01(\x0b\x32\x15.p2pgan.wire.v1.ShardH\x00\x12\x31\n\x08manifest\x18\x03 \x01(\x0b\x32\x1d.p2pgan.wire.v1.StateManifestH\x00\x42\x06\n\x04kind\"\x1f\n\x0bPushSummary\x12\x10\n\x08messages\x18\x01 \x01(\x04\"2\n\x0cHelloRequest\x12\x12\n\nfederation\x18\x01 \x01(\t\x12\x0e\n\x06sender\x18\x02 \x01(\t\"\xc3\x01\n\nHelloReply\x12\x12\n\nfederation\x18\x01 \x01(\t\x12\x0f\n\x07peer_id\x18\x02 \x01(\t\x12\x18\n\x10protocol_version\x18\x03 \x01(\r\x12\x15\n\rlayout_digest\x18\x04 \x01(\t\x12\x15\n\relement_count\x18\x05 \x01(\x04\x12\x0c\n\x04step\x18\x06 \x01(\x03\x12\x10\n\x08training\x18\x07 \x01(\x08\x12\x13\n\x0b\x63ompression\x18\x14 \x01(\t\x12\x13\n\x0b\x63onnections\x18\x15 \x01(\r\"2\n\x0cStateRequest\x12\x12\n\nfederation\x18\x01 \x01(\t\x12\x0e\n\x06sender\x18\x02 \x01(\t\"0\n\tStatePart\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x15\n\relement_count\x18\x02 \x01(\x04\"\x85\x02\n\rStateManifest\x12\x12\n\nfederation\x18\x01 \x01(\t\x12\x0e\n\x06sender\x18\x02 \x01(\t\x12\x0c\n\x04step\x18\x03 \x01(\x03\x12\x15\n\rlayout_digest\x18\x04 \x01(\t\x12\x11\n\talgorithm\x18\x05 \x01(\t\x12(\n\x05parts\x18\x06 \x03(\x0b\x32\x19.p2pgan.wire.v1.StatePart\x12=\n\x08\x63ounters\x18\x07 \x03(\x0b\x32+.p2pgan.wire.v1.StateManifest.CountersEntry\x1a/\n\rCountersEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x03:\x02\x38\x01\"O\n\x0bLeaveNotice\x12\x12\n\nfederation\x18\x01 \x01(\t\x12\x0e\n\x06sender\x18\x02 \x01(\t\x12\x0c\n\x04step\x18\x03 \x01(\x03\x12\x0e\n\x06reason\x18\x04 \x01(\t\"\n\n\x08LeaveAck*F\n\x05\x44Type\x12\x15\n\x11\x44TYPE_UNSPECIFIED\x10\x00\x12\x0b\n\x07\x46LOAT32\x10\x01\x12\x0c\n\x08\x42\x46LOAT16\x10\x02\x12\x0b\n\x07\x46LOAT16\x10\x03*m\n\x08\x45ncoding\x12\x10\n\x0c\x45NCODING_RAW\x10\x00\x12\x10\n\x0c\x45NCODING_KEY\x10\x01\x12\x17\n\x13\x45NCODING_BF16_DELTA\x10\x02\x12\x11\n\rENCODING_INT8\x10\x03\x12\x11\n\rENCODING_TOPK\x10\x04\x32\x8e\x02\n\x06Gossip\x12<\n\x04Push\x12\x15.p2pgan.wire.v1.Frame\x1a\x1b.p2pgan.wire.v1.PushSummary(\x01\x12\x41\n\x05Hello\x12\x1c.p2pgan.wire.v1.HelloRequest\x1a\x1a.p2pgan.wire.v1.HelloReply\x12\x43\n\nFetchState\x12\x1c.p2pgan.wire.v1.StateRequest\x1a\x15.p2pgan.wire.v1.Frame0\x01\x12>\n\x05Leave\x12\x1b.p2pgan.wire.v1.LeaveNotice\x1a\x18.p2pgan.wire.v1.LeaveAckb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -33,34 +33,34 @@ if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_STATEMANIFEST_COUNTERSENTRY']._loaded_options = None
   _globals['_STATEMANIFEST_COUNTERSENTRY']._serialized_options = b'8\001'
-  _globals['_DTYPE']._serialized_start=1267
-  _globals['_DTYPE']._serialized_end=1337
-  _globals['_ENCODING']._serialized_start=1339
-  _globals['_ENCODING']._serialized_end=1448
+  _globals['_DTYPE']._serialized_start=1317
+  _globals['_DTYPE']._serialized_end=1387
+  _globals['_ENCODING']._serialized_start=1389
+  _globals['_ENCODING']._serialized_end=1498
   _globals['_HEADER']._serialized_start=48
-  _globals['_HEADER']._serialized_end=337
-  _globals['_SHARD']._serialized_start=339
-  _globals['_SHARD']._serialized_end=393
-  _globals['_FRAME']._serialized_start=396
-  _globals['_FRAME']._serialized_end=544
-  _globals['_PUSHSUMMARY']._serialized_start=546
-  _globals['_PUSHSUMMARY']._serialized_end=577
-  _globals['_HELLOREQUEST']._serialized_start=579
-  _globals['_HELLOREQUEST']._serialized_end=629
-  _globals['_HELLOREPLY']._serialized_start=632
-  _globals['_HELLOREPLY']._serialized_end=806
-  _globals['_STATEREQUEST']._serialized_start=808
-  _globals['_STATEREQUEST']._serialized_end=858
-  _globals['_STATEPART']._serialized_start=860
-  _globals['_STATEPART']._serialized_end=908
-  _globals['_STATEMANIFEST']._serialized_start=911
-  _globals['_STATEMANIFEST']._serialized_end=1172
-  _globals['_STATEMANIFEST_COUNTERSENTRY']._serialized_start=1125
-  _globals['_STATEMANIFEST_COUNTERSENTRY']._serialized_end=1172
-  _globals['_LEAVENOTICE']._serialized_start=1174
-  _globals['_LEAVENOTICE']._serialized_end=1253
-  _globals['_LEAVEACK']._serialized_start=1255
-  _globals['_LEAVEACK']._serialized_end=1265
-  _globals['_GOSSIP']._serialized_start=1451
-  _globals['_GOSSIP']._serialized_end=1721
+  _globals['_HEADER']._serialized_end=366
+  _globals['_SHARD']._serialized_start=368
+  _globals['_SHARD']._serialized_end=422
+  _globals['_FRAME']._serialized_start=425
+  _globals['_FRAME']._serialized_end=573
+  _globals['_PUSHSUMMARY']._serialized_start=575
+  _globals['_PUSHSUMMARY']._serialized_end=606
+  _globals['_HELLOREQUEST']._serialized_start=608
+  _globals['_HELLOREQUEST']._serialized_end=658
+  _globals['_HELLOREPLY']._serialized_start=661
+  _globals['_HELLOREPLY']._serialized_end=856
+  _globals['_STATEREQUEST']._serialized_start=858
+  _globals['_STATEREQUEST']._serialized_end=908
+  _globals['_STATEPART']._serialized_start=910
+  _globals['_STATEPART']._serialized_end=958
+  _globals['_STATEMANIFEST']._serialized_start=961
+  _globals['_STATEMANIFEST']._serialized_end=1222
+  _globals['_STATEMANIFEST_COUNTERSENTRY']._serialized_start=1175
+  _globals['_STATEMANIFEST_COUNTERSENTRY']._serialized_end=1222
+  _globals['_LEAVENOTICE']._serialized_start=1224
+  _globals['_LEAVENOTICE']._serialized_end=1303
+  _globals['_LEAVEACK']._serialized_start=1305
+  _globals['_LEAVEACK']._serialized_end=1315
+  _globals['_GOSSIP']._serialized_start=1501
+  _globals['_GOSSIP']._serialized_end=1771
 # @@protoc_insertion_point(module_scope)

@@ -32,7 +32,7 @@ ENCODING_INT8: Encoding
 ENCODING_TOPK: Encoding
 
 class Header(_message.Message):
-    __slots__ = ("federation", "sender", "step", "round", "layout_digest", "dtype", "element_count", "shard_count", "encoding", "copy_version", "block_elements", "value_count")
+    __slots__ = ("federation", "sender", "step", "round", "layout_digest", "dtype", "element_count", "shard_count", "encoding", "copy_version", "block_elements", "value_count", "part", "parts")
     FEDERATION_FIELD_NUMBER: _ClassVar[int]
     SENDER_FIELD_NUMBER: _ClassVar[int]
     STEP_FIELD_NUMBER: _ClassVar[int]
@@ -45,6 +45,8 @@ class Header(_message.Message):
     COPY_VERSION_FIELD_NUMBER: _ClassVar[int]
     BLOCK_ELEMENTS_FIELD_NUMBER: _ClassVar[int]
     VALUE_COUNT_FIELD_NUMBER: _ClassVar[int]
+    PART_FIELD_NUMBER: _ClassVar[int]
+    PARTS_FIELD_NUMBER: _ClassVar[int]
     federation: str
     sender: str
     step: int
@@ -57,7 +59,9 @@ class Header(_message.Message):
     copy_version: int
     block_elements: int
     value_count: int
-    def __init__(self, federation: _Optional[str] = ..., sender: _Optional[str] = ..., step: _Optional[int] = ..., round: _Optional[int] = ..., layout_digest: _Optional[str] = ..., dtype: _Optional[_Union[DType, str]] = ..., element_count: _Optional[int] = ..., shard_count: _Optional[int] = ..., encoding: _Optional[_Union[Encoding, str]] = ..., copy_version: _Optional[int] = ..., block_elements: _Optional[int] = ..., value_count: _Optional[int] = ...) -> None: ...
+    part: int
+    parts: int
+    def __init__(self, federation: _Optional[str] = ..., sender: _Optional[str] = ..., step: _Optional[int] = ..., round: _Optional[int] = ..., layout_digest: _Optional[str] = ..., dtype: _Optional[_Union[DType, str]] = ..., element_count: _Optional[int] = ..., shard_count: _Optional[int] = ..., encoding: _Optional[_Union[Encoding, str]] = ..., copy_version: _Optional[int] = ..., block_elements: _Optional[int] = ..., value_count: _Optional[int] = ..., part: _Optional[int] = ..., parts: _Optional[int] = ...) -> None: ...
 
 class Shard(_message.Message):
     __slots__ = ("index", "checksum", "data")
@@ -94,7 +98,7 @@ class HelloRequest(_message.Message):
     def __init__(self, federation: _Optional[str] = ..., sender: _Optional[str] = ...) -> None: ...
 
 class HelloReply(_message.Message):
-    __slots__ = ("federation", "peer_id", "protocol_version", "layout_digest", "element_count", "step", "training", "compression")
+    __slots__ = ("federation", "peer_id", "protocol_version", "layout_digest", "element_count", "step", "training", "compression", "connections")
     FEDERATION_FIELD_NUMBER: _ClassVar[int]
     PEER_ID_FIELD_NUMBER: _ClassVar[int]
     PROTOCOL_VERSION_FIELD_NUMBER: _ClassVar[int]
@@ -103,6 +107,7 @@ class HelloReply(_message.Message):
     STEP_FIELD_NUMBER: _ClassVar[int]
     TRAINING_FIELD_NUMBER: _ClassVar[int]
     COMPRESSION_FIELD_NUMBER: _ClassVar[int]
+    CONNECTIONS_FIELD_NUMBER: _ClassVar[int]
     federation: str
     peer_id: str
     protocol_version: int
@@ -111,7 +116,8 @@ class HelloReply(_message.Message):
     step: int
     training: bool
     compression: str
-    def __init__(self, federation: _Optional[str] = ..., peer_id: _Optional[str] = ..., protocol_version: _Optional[int] = ..., layout_digest: _Optional[str] = ..., element_count: _Optional[int] = ..., step: _Optional[int] = ..., training: _Optional[bool] = ..., compression: _Optional[str] = ...) -> None: ...
+    connections: int
+    def __init__(self, federation: _Optional[str] = ..., peer_id: _Optional[str] = ..., protocol_version: _Optional[int] = ..., layout_digest: _Optional[str] = ..., element_count: _Optional[int] = ..., step: _Optional[int] = ..., training: _Optional[bool] = ..., compression: _Optional[str] = ..., connections: _Optional[int] = ...) -> None: ...
 
 class StateRequest(_message.Message):
     __slots__ = ("federation", "sender")
