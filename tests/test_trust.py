@@ -116,6 +116,24 @@ def test_a_state_whose_steps_disagree_is_refused() -> None:
     assert decode_state(ok, federation="f", sender="p1", layout_digest="L", expected=layout).step == 5
 
 
+def test_a_state_from_another_gossip_compression_is_refused() -> None:
+    layout = StateLayout("A", {"x": DIM}, frozenset({"x"}), frozenset({"step"}))
+    snap = StateSnapshot(5, "A", (("x", torch.randn(DIM)),), {"step": 5})
+
+    def frames(compression: str) -> list[bytes]:
+        return list(encode_state(snap, federation="f", sender="p1", layout_digest="L", shard_bytes=4096,
+                                 compression=compression))
+
+    with pytest.raises(ProtocolError, match="mixing.compression 'int8' differs from ours 'none'"):
+        decode_state(frames("int8"), federation="f", sender="p1", layout_digest="L", expected=layout)
+    with pytest.raises(ProtocolError, match="mixing.compression 'none' differs from ours 'topk:0.01'"):
+        decode_state(frames("none"), federation="f", sender="p1", layout_digest="L", expected=layout,
+                     compression="topk:0.01")
+    got = decode_state(frames("int8"), federation="f", sender="p1", layout_digest="L", expected=layout,
+                       compression="int8")
+    assert got.step == 5
+
+
 def test_adopting_a_point_seeds_the_direction_with_one_gradient_and_keeps_our_moments() -> None:
     from p2pgan.algorithm import DPOSG
     from p2pgan.mixing import IdentityMixer

@@ -317,7 +317,8 @@ class GrpcMixer(Mixer):
         snap = self.board.request(STATE_SERVE_TIMEOUT_S)
         log.info("handing our state at step %d to %s", snap.step, caller)
         return encode_state(snap, federation=self.net.federation, sender=self.net.peer_id,
-                            layout_digest=self.layout_digest, shard_bytes=self.net.shard_bytes)
+                            layout_digest=self.layout_digest, shard_bytes=self.net.shard_bytes,
+                            compression=self.compression)
 
     def left(self, caller: str, step: int, reason: str) -> None:
         if self.membership is not None:
@@ -337,7 +338,7 @@ class GrpcMixer(Mixer):
                                            timeout=timeout)
         try:
             return decode_state(call, federation=self.net.federation, sender=pid,
-                                layout_digest=self.layout_digest, expected=expected)
+                                layout_digest=self.layout_digest, expected=expected, compression=self.compression)
         except grpc.RpcError as exc:  # one line: the status code and the peer's details, nothing else
             detail = (f"{exc.code().name}: {printable(exc.details(), STATUS_DETAIL_CHARS)}"
                       if isinstance(exc, grpc.Call) else printable(exc, STATUS_DETAIL_CHARS))

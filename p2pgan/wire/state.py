@@ -39,6 +39,7 @@ import torch
 from google.protobuf.message import DecodeError
 
 from p2pgan.errors import PeerUnavailableError, ProtocolError, ResourceLimitError
+from p2pgan.logsafe import printable
 from p2pgan.wire import codec
 from p2pgan.wire.codec import MessageHeader, ShardAssembler
 from p2pgan.wire.v1 import gossip_pb2 as pb
@@ -130,13 +131,13 @@ class StateSnapshot:
 
 
 def encode_state(snap: StateSnapshot, *, federation: str, sender: str, layout_digest: str,
-                 shard_bytes: int) -> Iterator[bytes]:
+                 shard_bytes: int, compression: str = "none") -> Iterator[bytes]:
     """The frames of one FetchState reply (see the module docstring), made as gRPC sends them: a state is
     several copies of the model, and encoding it all at once would hold one more (issue 11 item 3)."""
     manifest = pb.StateManifest(
         federation=federation, sender=sender, step=snap.step, layout_digest=layout_digest,
         algorithm=snap.algorithm, parts=[pb.StatePart(name=n, element_count=t.numel()) for n, t in snap.parts],
-        counters=dict(snap.counters),
+        counters=dict(snap.counters), compression="" if compression == "none" else compression,
     )
     # one part (the default: the mixed vector) is streamed from the snapshot itself, without a copy
     flat = snap.parts[0][1] if len(snap.parts) == 1 else torch.cat([t for _, t in snap.parts])
@@ -150,7 +151,7 @@ def encode_state(snap: StateSnapshot, *, federation: str, sender: str, layout_di
 
 
 def decode_state(frames: Iterable[bytes], *, federation: str, sender: str, layout_digest: str,
-                 expected: StateLayout) -> StateSnapshot:
+                 expected: StateLayout, compression: str = "none") -> StateSnapshot:
     """Read and check one FetchState reply from ``sender`` against the ``expected`` layout (our own).
 
     Raises :class:`ProtocolError` naming what did not match; nothing is returned half-checked.
@@ -170,6 +171,9 @@ def decode_state(frames: Iterable[bytes], *, federation: str, sender: str, layou
         raise ProtocolError(f"{who}: manifest names {m.sender!r} of {m.federation!r}")
     if layout_digest and m.layout_digest != layout_digest:
         raise ProtocolError(f"{who}: model layout {m.layout_digest!r} differs from ours {layout_digest!r}")
+    if (m.compression or "none") != compression:  # a state from another gossip scheme is not one of ours
+        raise ProtocolError(f"{who}: mixing.compression {printable(m.compression or 'none')} differs from ours "
+                            f"{compression!r}")
     parts = tuple((p.name, int(p.element_count)) for p in m.parts)
     expected.check(who, m.algorithm, parts, m.counters)
     if m.step < 0 or any(v < 0 for v in m.counters.values()):

@@ -136,7 +136,7 @@ class StatePart(_message.Message):
     def __init__(self, name: _Optional[str] = ..., element_count: _Optional[int] = ...) -> None: ...
 
 class StateManifest(_message.Message):
-    __slots__ = ("federation", "sender", "step", "layout_digest", "algorithm", "parts", "counters")
+    __slots__ = ("federation", "sender", "step", "layout_digest", "algorithm", "parts", "counters", "compression")
     class CountersEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -151,6 +151,7 @@ class StateManifest(_message.Message):
     ALGORITHM_FIELD_NUMBER: _ClassVar[int]
     PARTS_FIELD_NUMBER: _ClassVar[int]
     COUNTERS_FIELD_NUMBER: _ClassVar[int]
+    COMPRESSION_FIELD_NUMBER: _ClassVar[int]
     federation: str
     sender: str
     step: int
@@ -158,7 +159,8 @@ class StateManifest(_message.Message):
     algorithm: str
     parts: _containers.RepeatedCompositeFieldContainer[StatePart]
     counters: _containers.ScalarMap[str, int]
-    def __init__(self, federation: _Optional[str] = ..., sender: _Optional[str] = ..., step: _Optional[int] = ..., layout_digest: _Optional[str] = ..., algorithm: _Optional[str] = ..., parts: _Optional[_Iterable[_Union[StatePart, _Mapping]]] = ..., counters: _Optional[_Mapping[str, int]] = ...) -> None: ...
+    compression: str
+    def __init__(self, federation: _Optional[str] = ..., sender: _Optional[str] = ..., step: _Optional[int] = ..., layout_digest: _Optional[str] = ..., algorithm: _Optional[str] = ..., parts: _Optional[_Iterable[_Union[StatePart, _Mapping]]] = ..., counters: _Optional[_Mapping[str, int]] = ..., compression: _Optional[str] = ...) -> None: ...
 
 class LeaveNotice(_message.Message):
     __slots__ = ("federation", "sender", "step", "reason")
