@@ -61,6 +61,11 @@ def daemon_status(config: Path, timeout: float = STATUS_TIMEOUT_S) -> dict[str, 
                    dropped_rounds=step.get("dropped"), last_step_age_s=round(time.time() - float(step["time"]), 1))
     if ev:
         out["scores"] = ev.get("scores")
+    spent = next((r for r in reversed(records) if r.get("epsilon") is not None), None)
+    if start and (start.get("privacy") or {}).get("mode") == "off":
+        out["privacy"] = {"mode": "off"}
+    elif spent:
+        out["privacy"] = {"mode": "dp", **{k: spent.get(k) for k in ("epsilon", "epsilon_budget", "delta", "dp_steps")}}
     return out
 
 
@@ -78,6 +83,12 @@ def run(args: argparse.Namespace) -> int:
                      f"(mixing {st['comm_s'] or 0:.3f} s), dropped rounds {st['dropped_rounds']}")
         if st.get("members"):
             line += f"; members {', '.join(st['members'])}"
+        priv = st.get("privacy")
+        if priv and priv["mode"] == "off":
+            line += "; privacy: none (no formal guarantee)"
+        elif priv:
+            budget = f" of {priv['epsilon_budget']:.4g}" if priv.get("epsilon_budget") else ""
+            line += f"; privacy: epsilon {priv['epsilon']:.4g}{budget} at delta {priv['delta']:g}"
         if st.get("scores"):
             line += "; scores " + ", ".join(f"{k} {v:.4g}" for k, v in st["scores"].items() if isinstance(v, float))
         print(line)

@@ -126,13 +126,13 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
-def load_private_data(cfg: PeerConfig) -> Any:
-    """This peer's own dataset, from ``data.path`` only (or the built-in digits / Gaussians)."""
+def load_private_data(cfg: PeerConfig, seed: int) -> Any:
+    """This peer's own dataset, from ``data.path`` only (or the built-in digits / Gaussians drawn with ``seed``)."""
     from p2pgan.trainer.data import load_dataset
 
     d = cfg.data
     return load_dataset(d.format, d.path, image_size=d.image_size, channels=d.channels, n=GAUSSIANS_SAMPLES,
-                        seed=cfg.train.seed)
+                        seed=seed)
 
 
 def make_peer_evaluator(cfg: PeerConfig, data: Any, device: torch.device) -> Any | None:
@@ -174,6 +174,7 @@ class _Run:
     digest: str
     checkpoints: CheckpointManager
     last_saved: Path | None = None
+    secret_seed: int | None = None  # the private seed drawn from the OS (None when train.seed is set)
 
     def __post_init__(self) -> None:
         self.guard = FiniteGuard(self.algo)  # a non-finite step is rolled back (p2pgan.algorithm.guard)
@@ -193,6 +194,7 @@ class _Run:
             "game": self.game.state_dict(),
             "rng": capture_rng_state(),
             "membership": list(getattr(self.mixer, "members", ())),
+            **({"secret_seed": self.secret_seed} if self.secret_seed is not None else {}),
         }
 
     def save(self) -> Path | None:
@@ -214,6 +216,10 @@ class _Run:
                     f"{where}: written for {key} = {st.get(key)!r}, this run has {want!r}; "
                     f"resume with the config that wrote it, or start in a new checkpoint.dir"
                 )
+        dp_written, dp_now = "accountant" in (st.get("game") or {}), self.cfg.privacy.enabled
+        if dp_written and not dp_now:
+            raise CheckpointError(f"{where}: written with privacy.mode: dp, this run has privacy off; resume with "
+                                  "the privacy section that wrote it, or start in a new checkpoint.dir")
         try:
             self.algo.load_state_dict(st["algorithm"])
             self.game.load_state_dict(st["game"])
@@ -276,19 +282,18 @@ def _run_peer(cfg: PeerConfig, resume: bool, stop: StopSignals) -> int:
     from p2pgan.algorithm import DPOSG
     from p2pgan.daemon.mixer import make_mixer
     from p2pgan.metrics import MetricsWriter, StatusLine
-    from p2pgan.trainer.game import build_game
+    from p2pgan.privacy.randomness import site_seed
 
     if cfg.train.threads:
         torch.set_num_threads(cfg.train.threads)
     device = resolve_device(cfg.train.device)
     checkpoints, loaded = open_checkpoints(cfg, resume)
-    data = load_private_data(cfg)
-    game = build_game(cfg.train.model, cfg.train.loss, data, batch_size=cfg.train.batch_size,
-                      init_seed=cfg.train.init_seed, seed=cfg.train.seed, device=device,
-                      latent_dim=cfg.train.latent_dim, width=cfg.train.width)
+    seed, seed_source = site_seed(cfg.train.seed, loaded.state if loaded is not None else None)
+    data = load_private_data(cfg, seed)
     shard_size = len(data)
-    evaluator = make_peer_evaluator(cfg, data, device)
     steps_total = total_steps(cfg, shard_size)
+    game, privacy = _site_game(cfg, data, seed, steps_total, device)
+    evaluator = make_peer_evaluator(cfg, data, device)
     digest = game.layout_digest()
     lr = game.lr_vector(cfg.train.lr_generator, cfg.train.lr_discriminator).to(device)
     direction_kwargs = {"betas": cfg.train.betas} if cfg.train.optimizer == "oadam" else {}
@@ -302,7 +307,8 @@ def _run_peer(cfg: PeerConfig, resume: bool, stop: StopSignals) -> int:
     ) as metrics:
         algo = DPOSG(game.point().to(device), mixer, cfg.train.optimizer, lr, schedule=cfg.mixing.schedule,
                      first_step=cfg.mixing.first_step, **direction_kwargs)
-        run = _Run(cfg, game, algo, mixer, digest, checkpoints)
+        run = _Run(cfg, game, algo, mixer, digest, checkpoints,
+                   secret_seed=seed if seed_source != "config" else None)
         if loaded is not None:
             run.restore(loaded)
             log.warning("resumed from %s at step %d", loaded.path, algo.steps)
@@ -321,6 +327,7 @@ def _run_peer(cfg: PeerConfig, resume: bool, stop: StopSignals) -> int:
             "variant": cfg.mixing.variant, "topology": cfg.mixing.topology, "rounds": cfg.mixing.rounds,
             "resumed_from": str(loaded.path) if loaded is not None else None,
             "absent": sorted(membership.absent()) if membership is not None else [],
+            "privacy": privacy, "seed_source": seed_source,
         })
         status.logger.info(
             "peer %s: rank %s of %s %s, port %s, %s over %s with t=%d; %d parameters, %d private samples; "
@@ -335,9 +342,12 @@ def _run_peer(cfg: PeerConfig, resume: bool, stop: StopSignals) -> int:
                 if stop.is_set():
                     reason = f"signal {stop.received}"
                     break
+                if _budget_spent(game):
+                    reason = "privacy budget"
+                    break
                 if board is not None:
                     board.serve(lambda: elastic.snapshot(cfg, algo))
-                record = _one_step(run, device)
+                record = {**_one_step(run, device), **_privacy_record(game, algo.steps, steps_total)}
                 for event in events.drain():
                     metrics.write(event)
                 if membership is not None:
@@ -355,13 +365,59 @@ def _run_peer(cfg: PeerConfig, resume: bool, stop: StopSignals) -> int:
         finally:
             if hasattr(mixer, "leave"):
                 mixer.leave(reason)  # before the checkpoint: nobody waits a deadline for us meanwhile
-        if reason == "done" and evaluated_at != algo.steps:
+        if reason in ("done", "privacy budget") and evaluated_at != algo.steps:
             metrics.evaluation(**_evaluate(run, evaluator))
         path = run.save()
         status.update(algo.steps, force=True, end=reason)
+        final = _privacy_record(game, algo.steps, algo.steps)
         metrics.write({"type": "end", "step": algo.steps, "epoch": game.epoch, "reason": reason,
-                       "checkpoint": str(path)})
+                       "checkpoint": str(path), **final})
+        if reason == "privacy budget":
+            log.warning("peer %s: privacy budget reached at step %d (epsilon %.4g of %.4g at delta %g after %d "
+                        "private steps): left the federation, checkpoint %s", cfg.peer.id, algo.steps,
+                        final["epsilon"], final["epsilon_budget"], final["delta"], final["dp_steps"], path)
     return 0
+
+
+#: steps between two epsilon figures in the step records (a PLD evaluation costs ~0.05-0.3 s)
+PRIVACY_RECORD_INTERVAL = 10
+
+
+def _site_game(cfg: PeerConfig, data: Any, seed: int, steps_total: int, device: torch.device) -> tuple[Any, dict]:
+    """The game on this site's data: differentially private when ``privacy.mode`` is dp; and what to report."""
+    from p2pgan.privacy.site import NO_PRIVACY, plan
+
+    kwargs = {"batch_size": cfg.train.batch_size, "init_seed": cfg.train.init_seed, "seed": seed, "device": device,
+              "latent_dim": cfg.train.latent_dim, "width": cfg.train.width}
+    if not cfg.privacy.enabled:
+        from p2pgan.trainer.game import build_game
+
+        log.warning("peer %s: %s", cfg.peer.id, NO_PRIVACY)
+        return build_game(cfg.train.model, cfg.train.loss, data, **kwargs), {"mode": "off", "notice": NO_PRIVACY}
+    from p2pgan.privacy.game import build_private_game
+
+    # one mechanism per gradient: the steps, plus Algorithm 1's first gradient (or a rejoin's seed gradient)
+    p = plan(cfg.privacy, len(data), cfg.train.batch_size, steps_total + 1)
+    log.warning("peer %s: %s", cfg.peer.id, p.describe())
+    game = build_private_game(cfg.train.model, cfg.train.loss, data, clip=p.clip, noise_multiplier=p.sigma,
+                              delta=p.delta, target_epsilon=p.target_epsilon, **kwargs)
+    return game, {"mode": "dp", **p.as_dict()}
+
+
+def _budget_spent(game: Any) -> bool:
+    """True when one more private gradient would take this site past its privacy budget."""
+    accountant = getattr(game, "accountant", None)
+    return accountant is not None and accountant.exhausted(1)
+
+
+def _privacy_record(game: Any, step: int, last: int) -> dict[str, Any]:
+    """Epsilon so far and the budget, every :data:`PRIVACY_RECORD_INTERVAL` steps and at ``last``."""
+    accountant = getattr(game, "accountant", None)
+    if accountant is None:
+        return {}
+    if step % PRIVACY_RECORD_INTERVAL and step != last and step > 1:
+        return {"dp_steps": accountant.steps}
+    return accountant.record()
 
 
 def _one_step(run: _Run, device: torch.device) -> dict[str, Any]:

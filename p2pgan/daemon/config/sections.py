@@ -26,6 +26,9 @@ from p2pgan.daemon.config.schema import (
     IdentityConfig,
     MetricsConfig,
     MixingConfig,
+    PRIVACY_MODES,
+    PRIVACY_UNITS,
+    PrivacyConfig,
     SecurityConfig,
     TrainConfig,
 )
@@ -144,11 +147,15 @@ def _mixing(sec: _Section) -> MixingConfig:
 
 
 def default_seed(peer_id: str) -> int:
-    """A peer's default private seed: stable, and different for different peer ids."""
+    """A PUBLIC seed derived from a peer id: stable, different per id, and known to every member.
+
+    Not a private seed (anyone can replay it): a peer whose ``train.seed`` is unset draws a secret one
+    (:mod:`p2pgan.privacy.secrets`). Kept for tools that want a reproducible per-peer stream.
+    """
     return int.from_bytes(hashlib.sha256(peer_id.encode()).digest()[:4], "little") & 0x7FFFFFFF
 
 
-def _train(sec: _Section, peer_id: str) -> TrainConfig:
+def _train(sec: _Section) -> TrainConfig:
     model = sec.choice("model", MODEL_NAMES)
     defaults = MODEL_DEFAULTS[model]  # the learning rates default per model (sagan128: the paper's own)
     loss = sec.choice("loss", LOSS_NAMES, "wgan-gp")
@@ -176,7 +183,7 @@ def _train(sec: _Section, peer_id: str) -> TrainConfig:
         steps=sec.integer("steps", None, minimum=1),
         epochs=sec.number("epochs", None, positive=True),
         init_seed=sec.integer("init_seed", 0, minimum=0),
-        seed=sec.integer("seed", default_seed(peer_id), minimum=0),
+        seed=sec.integer("seed", None, minimum=0),
         device=sec.choice("device", DEVICES, "auto"),
         threads=sec.integer("threads", 0, minimum=0),
         width=sec.integer("width", None, minimum=1),
@@ -238,6 +245,35 @@ def _metrics(sec: _Section, checkpoint_dir: Path) -> MetricsConfig:
         prometheus_port=sec.integer("prometheus_port", None, minimum=0, maximum=65535),
         prometheus_addr=sec.string("prometheus_addr", "127.0.0.1"),
         status_interval_s=sec.number("status_interval_s", 10.0, positive=True),
+    )
+    sec.done()
+    return cfg
+
+
+def _privacy(sec: _Section) -> PrivacyConfig:
+    mode = sec.choice("mode", PRIVACY_MODES, "off")
+    unit = sec.choice("unit", PRIVACY_UNITS, "example")
+    if mode == "off":
+        for key in ("target_epsilon", "delta", "noise_multiplier", "clip"):
+            if sec.has(key):
+                raise sec.error(key, "has no effect with `mode: off`; set `privacy.mode: dp` or remove the field")
+        sec.done()
+        return PrivacyConfig(mode="off", unit=unit)
+    has_eps, has_sigma = sec.has("target_epsilon"), sec.has("noise_multiplier")
+    if has_eps == has_sigma:
+        raise sec.error("target_epsilon" if not has_eps else "noise_multiplier",
+                        "`mode: dp` needs exactly one of `target_epsilon` (the noise is calibrated to it for the "
+                        "planned steps) or `noise_multiplier` (sigma, given)")
+    delta = sec.number("delta", None, positive=True)
+    if delta is not None and delta >= 1:
+        raise sec.error("delta", f"must be in (0, 1), well below 1/n for the site's n examples; got {delta}")
+    cfg = PrivacyConfig(
+        mode=mode,
+        target_epsilon=sec.number("target_epsilon", None, positive=True),
+        delta=delta,
+        noise_multiplier=sec.number("noise_multiplier", None, minimum=0.0),
+        clip=sec.number("clip", 1.0, positive=True),
+        unit=unit,
     )
     sec.done()
     return cfg
