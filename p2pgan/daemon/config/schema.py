@@ -170,7 +170,8 @@ class PrivacyConfig:
 
     ``mode: dp`` privatises the discriminator's real-data term (Poisson sampling, per-example clipping to
     ``clip``, Gaussian noise); the noise multiplier is either given (``noise_multiplier``) or calibrated at
-    start from ``target_epsilon`` and ``delta`` for the planned steps. ``delta`` None = the default for the
+    start from ``target_epsilon`` and ``delta`` for the planned steps; with both, sigma is given and
+    ``target_epsilon`` is the budget the site stops at. ``delta`` None = the default for the
     site's n examples (:func:`p2pgan.privacy.accountant.default_delta`).
     """
 

@@ -259,11 +259,9 @@ def _privacy(sec: _Section) -> PrivacyConfig:
                 raise sec.error(key, "has no effect with `mode: off`; set `privacy.mode: dp` or remove the field")
         sec.done()
         return PrivacyConfig(mode="off", unit=unit)
-    has_eps, has_sigma = sec.has("target_epsilon"), sec.has("noise_multiplier")
-    if has_eps == has_sigma:
-        raise sec.error("target_epsilon" if not has_eps else "noise_multiplier",
-                        "`mode: dp` needs exactly one of `target_epsilon` (the noise is calibrated to it for the "
-                        "planned steps) or `noise_multiplier` (sigma, given)")
+    if not sec.has("target_epsilon") and not sec.has("noise_multiplier"):
+        raise sec.error("target_epsilon", "`mode: dp` needs `target_epsilon` (the noise is calibrated to it for the "
+                        "planned steps), `noise_multiplier` (sigma, given), or both (sigma given, epsilon the budget)")
     delta = sec.number("delta", None, positive=True)
     if delta is not None and delta >= 1:
         raise sec.error("delta", f"must be in (0, 1), well below 1/n for the site's n examples; got {delta}")
