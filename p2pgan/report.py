@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from p2pgan.metrics import run_totals
+from p2pgan.privacy.report import privacy_markdown, privacy_summary
 
 #: seconds before a fault and after its end whose steps make the "before" and "after" medians
 FAULT_WINDOW_S = 10.0
@@ -164,6 +165,7 @@ def peer_summary(name: str, records: Sequence[Mapping[str, Any]]) -> dict[str, A
     }
     if steps:
         summary["wall_s"] = float(steps[-1]["time"]) - float((starts[-1] if starts else steps[0])["time"])
+    summary["privacy"] = privacy_summary(records)
     return summary
 
 
@@ -283,6 +285,7 @@ def write_markdown(out: Path, report: Mapping[str, Any]) -> Path:
               "evaluator as the real-data row. s/step is wall time inside a step (mixing and gradient); "
               "MB are 10^6 bytes of parameters sent to neighbours.", ""]
     lines += _churn_markdown(report)
+    lines += privacy_markdown(report)
     pictures = sorted(report.get("pictures") or [], key=lambda p: (p != "score.png", p))  # the scores first
     if pictures:
         lines += ["## Curves", ""]
