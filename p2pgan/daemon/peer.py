@@ -53,6 +53,7 @@ from p2pgan.checkpoint import (
     restore_rng_state,
 )
 from p2pgan.daemon import elastic
+from p2pgan.daemon.privacy import audit_recorder, budget_spent, privacy_record, site_game
 from p2pgan.daemon.config import PeerConfig
 from p2pgan.errors import CheckpointError, ConfigError
 
@@ -175,6 +176,7 @@ class _Run:
     checkpoints: CheckpointManager
     last_saved: Path | None = None
     secret_seed: int | None = None  # the private seed drawn from the OS (None when train.seed is set)
+    recorder: Any = None  # the audit record (privacy.audit_dir), off by default
 
     def __post_init__(self) -> None:
         self.guard = FiniteGuard(self.algo)  # a non-finite step is rolled back (p2pgan.algorithm.guard)
@@ -292,7 +294,7 @@ def _run_peer(cfg: PeerConfig, resume: bool, stop: StopSignals) -> int:
     data = load_private_data(cfg, seed)
     shard_size = len(data)
     steps_total = total_steps(cfg, shard_size)
-    game, privacy = _site_game(cfg, data, seed, steps_total, device)
+    game, privacy = site_game(cfg, data, seed, steps_total, device)
     evaluator = make_peer_evaluator(cfg, data, device)
     digest = game.layout_digest()
     lr = game.lr_vector(cfg.train.lr_generator, cfg.train.lr_discriminator).to(device)
@@ -312,6 +314,7 @@ def _run_peer(cfg: PeerConfig, resume: bool, stop: StopSignals) -> int:
         if loaded is not None:
             run.restore(loaded)
             log.warning("resumed from %s at step %d", loaded.path, algo.steps)
+        run.recorder = audit_recorder(cfg, game, resume=loaded is not None)
         membership = getattr(mixer, "membership", None)
         board = getattr(mixer, "board", None)
         events = elastic.MemberEvents(mixer)
@@ -342,12 +345,12 @@ def _run_peer(cfg: PeerConfig, resume: bool, stop: StopSignals) -> int:
                 if stop.is_set():
                     reason = f"signal {stop.received}"
                     break
-                if _budget_spent(game):
+                if budget_spent(game):
                     reason = "privacy budget"
                     break
                 if board is not None:
                     board.serve(lambda: elastic.snapshot(cfg, algo))
-                record = {**_one_step(run, device), **_privacy_record(game, algo.steps, steps_total)}
+                record = {**_one_step(run, device), **privacy_record(game, algo.steps, steps_total)}
                 for event in events.drain():
                     metrics.write(event)
                 if membership is not None:
@@ -363,13 +366,15 @@ def _run_peer(cfg: PeerConfig, resume: bool, stop: StopSignals) -> int:
                     evaluated_at = algo.steps
                 elastic.catch_up(cfg, algo, mixer, steps_total, metrics.write)
         finally:
+            if run.recorder is not None:
+                run.recorder.close()
             if hasattr(mixer, "leave"):
                 mixer.leave(reason)  # before the checkpoint: nobody waits a deadline for us meanwhile
         if reason in ("done", "privacy budget") and evaluated_at != algo.steps:
             metrics.evaluation(**_evaluate(run, evaluator))
         path = run.save()
         status.update(algo.steps, force=True, end=reason)
-        final = _privacy_record(game, algo.steps, algo.steps)
+        final = privacy_record(game, algo.steps, algo.steps)
         metrics.write({"type": "end", "step": algo.steps, "epoch": game.epoch, "reason": reason,
                        "checkpoint": str(path), **final})
         if reason == "privacy budget":
@@ -377,47 +382,6 @@ def _run_peer(cfg: PeerConfig, resume: bool, stop: StopSignals) -> int:
                         "private steps): left the federation, checkpoint %s", cfg.peer.id, algo.steps,
                         final["epsilon"], final["epsilon_budget"], final["delta"], final["dp_steps"], path)
     return 0
-
-
-#: steps between two epsilon figures in the step records (a PLD evaluation costs ~0.05-0.3 s)
-PRIVACY_RECORD_INTERVAL = 10
-
-
-def _site_game(cfg: PeerConfig, data: Any, seed: int, steps_total: int, device: torch.device) -> tuple[Any, dict]:
-    """The game on this site's data: differentially private when ``privacy.mode`` is dp; and what to report."""
-    from p2pgan.privacy.site import NO_PRIVACY, plan
-
-    kwargs = {"batch_size": cfg.train.batch_size, "init_seed": cfg.train.init_seed, "seed": seed, "device": device,
-              "latent_dim": cfg.train.latent_dim, "width": cfg.train.width}
-    if not cfg.privacy.enabled:
-        from p2pgan.trainer.game import build_game
-
-        log.warning("peer %s: %s", cfg.peer.id, NO_PRIVACY)
-        return build_game(cfg.train.model, cfg.train.loss, data, **kwargs), {"mode": "off", "notice": NO_PRIVACY}
-    from p2pgan.privacy.game import build_private_game
-
-    # one mechanism per gradient: the steps, plus Algorithm 1's first gradient (or a rejoin's seed gradient)
-    p = plan(cfg.privacy, len(data), cfg.train.batch_size, steps_total + 1)
-    log.warning("peer %s: %s", cfg.peer.id, p.describe())
-    game = build_private_game(cfg.train.model, cfg.train.loss, data, clip=p.clip, noise_multiplier=p.sigma,
-                              delta=p.delta, target_epsilon=p.target_epsilon, **kwargs)
-    return game, {"mode": "dp", **p.as_dict()}
-
-
-def _budget_spent(game: Any) -> bool:
-    """True when one more private gradient would take this site past its privacy budget."""
-    accountant = getattr(game, "accountant", None)
-    return accountant is not None and accountant.exhausted(1)
-
-
-def _privacy_record(game: Any, step: int, last: int) -> dict[str, Any]:
-    """Epsilon so far and the budget, every :data:`PRIVACY_RECORD_INTERVAL` steps and at ``last``."""
-    accountant = getattr(game, "accountant", None)
-    if accountant is None:
-        return {}
-    if step % PRIVACY_RECORD_INTERVAL and step != last and step > 1:
-        return {"dp_steps": accountant.steps}
-    return accountant.record()
 
 
 def _one_step(run: _Run, device: torch.device) -> dict[str, Any]:
@@ -437,6 +401,8 @@ def _one_step(run: _Run, device: torch.device) -> dict[str, Any]:
         mixed = algo.x + algo.lr * info.direction
     else:
         mixed = algo.z + algo.lr * (2 * info.direction - d_before)
+    if run.recorder is not None:
+        run.recorder.write(algo.steps, before, mixed, game.sampler.last_indices, getattr(game, "last_canary", None))
     w_self = _self_weight(mixer, algo.steps - 1)
     moved = float((before - mixed).double().norm())
     consensus = moved / (1.0 - w_self) if w_self < 1.0 else 0.0

@@ -57,8 +57,15 @@ class DPGANGame(GANGame):
         self.sampler = PoissonSampler(self.sampler.data, self.q, seed)  # type: ignore[assignment]
         self.mechanism = GaussianMechanism(clip, noise_multiplier, self.q * n, noise)
         self.accountant = PrivacyAccountant(self.q, noise_multiplier, delta, target_epsilon)
+        self.canary: torch.Tensor | None = None  # the canary audit's public canary (p2pgan.privacy.audit.canary)
+        self.last_canary: bool | None = None  # whether the last mechanism carried it (the audit's ground truth)
 
     def discriminator_gradient(self, real: torch.Tensor, fake: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        if self.canary is not None:
+            from p2pgan.privacy.audit.canary import coin
+
+            self.last_canary = coin()
+            self.mechanism.canary = self.canary if self.last_canary else None
         g_real = self.mechanism(self.D, self.loss.real_term, real)
         self.accountant.compose()
         fake_loss = self.loss.fake_term(self.D, fake, self._noise)

@@ -22,6 +22,7 @@ class PoissonSampler:
         self._rng = torch.Generator().manual_seed(int(seed))
         self.samples_drawn = 0
         self.last_size = 0
+        self.last_indices = torch.zeros(0, dtype=torch.long)  # local: the privacy audit's ground truth
 
     @property
     def epoch(self) -> float:
@@ -32,6 +33,7 @@ class PoissonSampler:
         mask = torch.rand(len(self.data), generator=self._rng) < self.rate
         idx = mask.nonzero().view(-1).to(self.data.device)
         self.last_size = int(idx.numel())
+        self.last_indices = idx
         self.samples_drawn += self.last_size
         return self.data.index_select(0, idx)
 

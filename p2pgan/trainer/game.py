@@ -61,6 +61,7 @@ class MinibatchSampler:
         self._perm = torch.randperm(len(data), generator=self._rng)
         self._cursor = 0
         self.samples_drawn = 0
+        self.last_indices = torch.zeros(0, dtype=torch.long)
 
     @property
     def epoch(self) -> float:
@@ -79,6 +80,7 @@ class MinibatchSampler:
             parts.append(take)
         self.samples_drawn += self.batch_size
         idx = torch.cat(parts).to(self.data.device)
+        self.last_indices = idx  # which rows the last minibatch holds (local: the privacy audit's ground truth)
         return self.data.index_select(0, idx)
 
     def state_dict(self) -> dict[str, Any]:

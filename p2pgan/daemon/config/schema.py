@@ -181,6 +181,12 @@ class PrivacyConfig:
     noise_multiplier: float | None = None
     clip: float = 1.0
     unit: str = "example"
+    #: audit recording (off by default; a debugging aid for `p2pgan audit privacy`): each step, the
+    #: discriminator part of the vectors this peer sent and mixed, and its minibatch's indices (private:
+    #: the folder must stay on the site)
+    audit_dir: Path | None = None
+    #: the canary audit: a public gradient canary enters the clipped sum with probability 1/2 per step (dp only)
+    audit_canary: bool = False
 
     @property
     def enabled(self) -> bool:

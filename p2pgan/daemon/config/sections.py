@@ -253,12 +253,16 @@ def _metrics(sec: _Section, checkpoint_dir: Path) -> MetricsConfig:
 def _privacy(sec: _Section) -> PrivacyConfig:
     mode = sec.choice("mode", PRIVACY_MODES, "off")
     unit = sec.choice("unit", PRIVACY_UNITS, "example")
+    audit_dir = sec.path("audit_dir", None)
+    audit_canary = sec.boolean("audit_canary", False)
+    if audit_canary and audit_dir is None:
+        raise sec.error("audit_canary", "needs `audit_dir` (where the audit record goes)")
     if mode == "off":
-        for key in ("target_epsilon", "delta", "noise_multiplier", "clip"):
+        for key in ("target_epsilon", "delta", "noise_multiplier", "clip", "audit_canary"):
             if sec.has(key):
                 raise sec.error(key, "has no effect with `mode: off`; set `privacy.mode: dp` or remove the field")
         sec.done()
-        return PrivacyConfig(mode="off", unit=unit)
+        return PrivacyConfig(mode="off", unit=unit, audit_dir=audit_dir)
     if not sec.has("target_epsilon") and not sec.has("noise_multiplier"):
         raise sec.error("target_epsilon", "`mode: dp` needs `target_epsilon` (the noise is calibrated to it for the "
                         "planned steps), `noise_multiplier` (sigma, given), or both (sigma given, epsilon the budget)")
@@ -272,6 +276,8 @@ def _privacy(sec: _Section) -> PrivacyConfig:
         noise_multiplier=sec.number("noise_multiplier", None, minimum=0.0),
         clip=sec.number("clip", 1.0, positive=True),
         unit=unit,
+        audit_dir=audit_dir,
+        audit_canary=audit_canary,
     )
     sec.done()
     return cfg
