@@ -49,7 +49,7 @@ def _claimed(metrics: Path) -> tuple[float | None, float | None]:
     starts = [r for r in records if r.get("type") == "start"]
     plan = (starts[-1].get("privacy") or {}) if starts else {}
     if plan.get("mode") != "dp":
-        return math.inf, None
+        return None, None  # no DP: no claim (epsilon unbounded)
     spent = next((r for r in reversed(records) if r.get("epsilon") is not None), None)
     return (float(spent["epsilon"]) if spent else math.inf), float(plan["delta"])
 
@@ -94,7 +94,7 @@ def audit(run_dir: Path, peer: str, *, last_k: int = 10, max_steps: int = 200) -
     lm, ln = attacks.logit_attack(d, rec, members, holdout, last_k)
     logit = {**attack_figures(lm, ln), "last_k": min(last_k, len(rec.sent))}
     claimed, delta = _claimed(cfg.metrics.path)
-    out: dict[str, Any] = {"peer": peer, "members": int(len(members)), "non_members": int(len(holdout)),
+    out: dict[str, Any] = {"peer": peer, "dp": delta is not None, "members": int(len(members)), "non_members": int(len(holdout)),
                            "epsilon_claimed": claimed, "delta": delta, "attacks": {"update": update, "logit": logit}}
     inserted = [c for c in rec.canary[: len(e)]]
     if any(c is not None for c in inserted):
