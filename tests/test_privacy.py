@@ -226,6 +226,7 @@ def test_privacy_section_errors_name_the_field(tmp_path: Path, privacy: dict, me
 def test_privacy_section_defaults_and_seed(tmp_path: Path) -> None:
     cfg = load_config(_write(tmp_path, None))
     assert cfg.privacy.mode == "off" and not cfg.privacy.enabled and cfg.train.seed is None
+    assert load_config(_write(tmp_path, {"mode": False}), ["privacy.mode=off"]).privacy.mode == "off"  # YAML's off
     cfg = load_config(_write(tmp_path, {"mode": "dp", "target_epsilon": 2}), ["privacy.clip=0.5"])
     assert (cfg.privacy.target_epsilon, cfg.privacy.clip, cfg.privacy.delta) == (2.0, 0.5, None)
     both = load_config(_write(tmp_path, {"mode": "dp", "target_epsilon": 2, "noise_multiplier": 1.0}))

@@ -251,7 +251,8 @@ def _metrics(sec: _Section, checkpoint_dir: Path) -> MetricsConfig:
 
 
 def _privacy(sec: _Section) -> PrivacyConfig:
-    mode = sec.choice("mode", PRIVACY_MODES, "off")
+    # YAML 1.1 reads a bare `off` as the boolean false: take it as the mode the user wrote
+    mode = "off" if sec.raw("mode", "off") is False else sec.choice("mode", PRIVACY_MODES, "off")
     unit = sec.choice("unit", PRIVACY_UNITS, "example")
     audit_dir = sec.path("audit_dir", None)
     audit_canary = sec.boolean("audit_canary", False)
