@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from p2pgan.privacy.audit.stats import attack_figures, clopper_pearson, epsilon_lower_bound
+from p2pgan.privacy.audit.stats import attack_figures, auc_bound, clopper_pearson, epsilon_lower_bound
 
 TIMEOUT_S = 240.0
 SMALL = ["--peers", "2", "--dataset", "digits", "--width", "16", "--eval-interval", "0", "--round-timeout", "5",
@@ -56,6 +56,7 @@ def test_canary_audit_lower_bound_stays_under_the_claim(tmp_path: Path) -> None:
     result = json.loads(_run("audit", "privacy", "--run", str(out), "--peer", "peer1", "--json").stdout)
     canary = result["attacks"]["canary"]
     assert canary["trials"] == 15 and 0 <= result["epsilon_lower"] <= result["epsilon_claimed"] <= 1.0
+    assert result["auc_bound"] == pytest.approx(auc_bound(result["epsilon_claimed"], 1e-5))
     assert result["dp"] is True and result["delta"] == 1e-5
 
 
@@ -73,3 +74,7 @@ def test_figures_and_epsilon_bound_on_known_scores() -> None:
     strong = epsilon_lower_bound(inserted.astype(float) + rng.normal(0, 0.01, 400), inserted, 1e-5)
     weak = epsilon_lower_bound(rng.normal(0, 1, 400), inserted, 1e-5)
     assert strong["epsilon_lower"] > 2 and weak["epsilon_lower"] < 0.5
+    # the AUC no test can pass under (epsilon, delta)-DP: 1/2 at epsilon 0, e/(e+1)-like growth, 1 at large epsilon
+    assert auc_bound(0.0, 0.0) == pytest.approx(0.5, abs=1e-6)
+    assert auc_bound(1.0, 1e-5) == pytest.approx(0.731, abs=2e-3)
+    assert auc_bound(0.5, 1e-5) < auc_bound(1.0, 1e-5) < auc_bound(10.0, 1e-5) <= 1.0

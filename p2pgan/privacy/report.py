@@ -69,7 +69,8 @@ def privacy_markdown(report: Mapping[str, Any]) -> list[str]:
                              f"{r['non_members']} |")
         lines.append("")
         for name, a in audits.items():
-            lines.append(f"- {name}: claimed epsilon {_f(a.get('epsilon_claimed'), '.4g')}, empirical lower bound "
-                         f"(canary, Clopper-Pearson 95%) {_f(a.get('epsilon_lower'), '.4g')}")
+            bound = f", so no attack's AUC may exceed {_f(a['auc_bound'])}" if a.get("auc_bound") else ""
+            lines.append(f"- {name}: claimed epsilon {_f(a.get('epsilon_claimed'), '.4g')}{bound}; empirical lower "
+                         f"bound (canary, Clopper-Pearson 95%) {_f(a.get('epsilon_lower'), '.4g')}")
         lines.append("")
     return lines

@@ -61,7 +61,7 @@ def audit(run_dir: Path, peer: str, *, last_k: int = 10, max_steps: int = 200) -
     from p2pgan.daemon.config import load_config
     from p2pgan.privacy.audit import attacks
     from p2pgan.privacy.audit.canary import canary_vector
-    from p2pgan.privacy.audit.stats import attack_figures, epsilon_lower_bound
+    from p2pgan.privacy.audit.stats import attack_figures, auc_bound, epsilon_lower_bound
     from p2pgan.trainer.data import load_shard
     from p2pgan.trainer.losses import make_loss
     from p2pgan.trainer.models import make_models
@@ -105,6 +105,8 @@ def audit(run_dir: Path, peer: str, *, last_k: int = 10, max_steps: int = 200) -
         out["epsilon_lower"] = out["attacks"]["canary"]["epsilon_lower"]
     else:
         out["epsilon_lower"] = None
+    if claimed is not None and math.isfinite(claimed) and delta is not None:
+        out["auc_bound"] = auc_bound(claimed, delta)  # no attack may exceed it (up to its sampling error)
     strongest = max(("update", "logit"), key=lambda a: out["attacks"][a]["auc"])
     out.update(strongest=strongest, auc=out["attacks"][strongest]["auc"],
                tpr_at_1pct_fpr=out["attacks"][strongest]["tpr_at_1pct_fpr"])

@@ -97,3 +97,12 @@ def epsilon_lower_bound(scores: np.ndarray, inserted: np.ndarray, delta: float) 
     return {"epsilon_lower": _bound(tp, int(y.sum()), fp, int((~y).sum()), delta), "trials": int(len(scores)),
             "with_canary": int(inserted.sum()), "test_trials": int(len(s)), "test_tp": tp, "test_fp": fp,
             "threshold": float(best_t), "auc": auc(scores[inserted], scores[~inserted])}
+
+
+def auc_bound(epsilon: float, delta: float, grid: int = 20_000) -> float:
+    """The largest ROC AUC any membership test can reach against an (epsilon, delta)-DP mechanism:
+    the area under ``TPR <= min(1, e^eps FPR + delta, 1 - e^-eps (1 - delta - FPR))``."""
+    x = np.linspace(0.0, 1.0, grid + 1)
+    tpr = np.minimum.reduce([np.ones_like(x), math.exp(epsilon) * x + delta,
+                             1 - math.exp(-epsilon) * (1 - delta - x)])
+    return float(np.trapezoid(np.clip(tpr, 0, 1), x))
