@@ -73,3 +73,25 @@ def test_without_dp_the_report_says_there_is_no_formal_privacy() -> None:
     summary = privacy_summary([{"type": "start", "step": 0, "privacy": {"mode": "off"}}])
     assert summary == {"mode": "off", "notice": NONE_LINE}
     assert "no formal privacy" in NONE_LINE and "discriminator every step" in NONE_LINE
+
+
+def test_harness_holdout_is_withheld_from_every_peer_and_audit_record_is_opt_in(tmp_path: Path) -> None:
+    import torch
+
+    from p2pgan.daemon.config import load_config
+    from p2pgan.errors import ConfigError
+    from p2pgan.harness import HarnessOptions, prepare
+
+    fed = prepare(HarnessOptions(peers=2, out=tmp_path / "a", steps=4, holdout=0.2, audit_record=True))
+    held = load_shard(fed.out / "holdout").tensor().flatten(1)
+    shards = [load_shard(fed.out / "data" / pid).tensor().flatten(1) for pid in fed.ids]
+    assert len(held) == round(0.2 * 1797) and len(held) + sum(len(s) for s in shards) == 1797
+    for shard in shards:  # no withheld image is in any peer's shard
+        assert not bool((torch.cdist(held, shard) == 0).any())
+    assert {load_config(p).privacy.audit_dir for p in fed.configs.values()} == {
+        fed.out / "audit" / pid for pid in fed.ids}
+    plain = prepare(HarnessOptions(peers=2, out=tmp_path / "b", steps=4))
+    assert not (plain.out / "holdout").exists()
+    assert {load_config(p).privacy.audit_dir for p in plain.configs.values()} == {None}
+    with pytest.raises(ConfigError, match="--holdout: must be a fraction in"):
+        prepare(HarnessOptions(peers=2, out=tmp_path / "c", steps=4, holdout=1.5))
