@@ -296,3 +296,15 @@ def test_bytes_sent_depend_on_private_data_only_through_the_noisy_gradient() -> 
     # and the test can fail: data swapped one gradient earlier change what is sent next
     early, _ = _world(2, data_a, data_b, 3)
     assert early[:3] == kept[:3] and early[3] != kept[3]
+
+
+@pytest.mark.parametrize(("schedule", "mechanisms"), [("overlap", 3), ("exact", 4)])
+def test_one_mechanism_per_step_the_optimistic_reuse_takes_the_noisy_direction(schedule: str, mechanisms: int) -> None:
+    # the stored noisy direction is reused: 3 steps run 3 mechanisms (exact: + Algorithm 1's first gradient,
+    # which the daemon's plan counts), never a second noiseless evaluation
+    game = _dp_game(_images(64, 8), sigma=1.0, noise_seed=3)
+    algo = DPOSG(game.point(), InProcessMixer(make_topology("complete", 1), 0), "oadam",
+                 game.lr_vector(1e-3, 1e-3), schedule=schedule)
+    for _ in range(3):
+        algo.step(game)
+    assert game.accountant.steps == mechanisms
