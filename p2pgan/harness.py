@@ -40,6 +40,10 @@ DATASET_MODELS = {"digits": "digits", "gaussians": "mlp2d", "cifar10": "dcgan32"
 GAUSSIANS_TOTAL = 10_000
 #: seconds between looks at the peers' progress (faults fire at most this late after their step)
 FAULT_TICK_S = 0.1
+#: folders of a run: the withheld data (--holdout) and the peers' audit records (--audit-record)
+HOLDOUT_DIR, AUDIT_DIR = "holdout", "audit"
+#: the holdout split's seed is the run's --seed plus this (the split differs from the shards' own)
+HOLDOUT_SEED_OFFSET = 17
 #: seconds between two status lines when the output is not a terminal (CI, nohup, a pipe)
 STATUS_INTERVAL_S = 15.0
 
@@ -77,6 +81,8 @@ class HarnessOptions:
     faults: tuple[str, ...] = ()  # --fault specs (p2pgan.faults)
     overrides: tuple[str, ...] = ()  # --set SECTION.FIELD=VALUE, applied to every peer's config
     link: str | None = None  # --link RATE:DELAY: every pair of peers on its own emulated link (p2pgan.netem)
+    holdout: float = 0.0  # fraction of the dataset withheld from every peer (OUT/holdout: the audit's non-members)
+    audit_record: bool = False  # each peer writes privacy.audit_dir = OUT/audit/<peer> (p2pgan audit privacy)
     timeout_s: float = 24 * 3600.0
 
     def validate(self) -> None:
@@ -96,6 +102,8 @@ class HarnessOptions:
             raise bad("peers", f"must be >= 1, got {self.peers}")
         if self.steps < 1:
             raise bad("steps", f"must be >= 1, got {self.steps}")
+        if not 0 <= self.holdout < 1:
+            raise bad("holdout", f"must be a fraction in [0, 1), got {self.holdout}")
         if self.rounds < 0:
             raise bad("rounds", f"must be >= 0, got {self.rounds}")
         if self.variant in RETIRED_VARIANTS:
@@ -254,6 +262,11 @@ def _prepare(opts: HarnessOptions) -> Federation:
     defaults = MODEL_DEFAULTS[model]
     # an image folder is resized to the side the model makes (sagan128: 128), as a peer's own imagefolder is
     dataset, fmt = load_source_dataset(opts.dataset, seed=opts.seed, image_size=defaults.image_size)
+    if opts.holdout:  # withheld from every peer: the privacy audit's non-members
+        from p2pgan.trainer.data import holdout_split, save_shard
+
+        dataset, held = holdout_split(dataset, opts.holdout, seed=opts.seed + HOLDOUT_SEED_OFFSET)
+        save_shard(held, out / HOLDOUT_DIR)
     if len(dataset) < opts.peers:
         raise ConfigError(f"--peers: {opts.peers} peers cannot share {len(dataset)} samples")
     shape, side = tuple(dataset.x.shape[1:]), defaults.image_size
@@ -302,6 +315,8 @@ def _prepare(opts: HarnessOptions) -> Federation:
             "evaluation": {"interval": eval_interval},
             "metrics": {"path": str(state / "metrics.jsonl")},
         }
+        if opts.audit_record:
+            doc["privacy"] = {"audit_dir": str(out / AUDIT_DIR / pid)}
         if torch_init is not None:
             doc["mixing"].update(backend="torch", torch_init=torch_init)
         if opts.schedule is not None:

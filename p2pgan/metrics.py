@@ -71,6 +71,8 @@ STEP_GAUGES = {
     "grad_norm": ("gradient_norm", "latest norm of the game's gradient field"),
     "consensus": ("consensus_distance", "latest distance of the parameters to the neighbours' average"),
     "epoch": ("epoch", "epochs over this peer's private shard"),
+    "epsilon": ("privacy_epsilon", "differential privacy spent so far (PLD epsilon at privacy delta; DP sites only)"),
+    "epsilon_budget": ("privacy_epsilon_budget", "this site's privacy budget (target epsilon; DP sites only)"),
 }
 
 

@@ -13,7 +13,6 @@ from PIL import Image
 
 from deadlines import scaled
 from p2pgan import __version__
-from p2pgan.report import sections
 
 RUN_TIMEOUT_S = scaled(120.0)  # bounds a hang
 
@@ -73,12 +72,14 @@ def test_site_report_mistakes_are_one_line_errors(site: Path, tmp_path: Path) ->
 
 
 def test_privacy_line_reads_the_budget_a_site_reports() -> None:
+    from p2pgan.privacy.report import privacy_statement, privacy_summary
+
     plain = [{"type": "start", "time": 0.0}, {"type": "step", "step": 1, "time": 1.0}]
-    assert sections.privacy({"alice": plain})["statement"].startswith("No formal privacy")
-    private = [*plain, {"type": "step", "step": 2, "time": 2.0, "epsilon": 0.5, "delta": 1e-5},
-               {"type": "step", "step": 3, "time": 3.0, "privacy": {"epsilon": 0.75, "delta": 1e-5}}]
-    result = sections.privacy({"alice": private, "bob": plain})
-    assert result["budgets"]["alice"] == {"epsilon": 0.75, "delta": 1e-5, "step": 3}  # the last one spent
-    assert result["budgets"]["bob"] is None
-    assert "alice: epsilon = 0.75, delta = 1e-05 by step 3" in result["statement"]
-    assert "Peers without a reported budget have no formal privacy" in result["statement"]
+    assert privacy_statement({"alice": privacy_summary(plain)})["statement"].startswith("No formal privacy")
+    private = [{"type": "start", "time": 0.0, "privacy": {"mode": "dp", "target_epsilon": 1.0, "delta": 1e-5}},
+               {"type": "step", "step": 2, "time": 2.0, "epsilon": 0.5, "dp_steps": 2},
+               {"type": "step", "step": 3, "time": 3.0, "epsilon": 0.75, "dp_steps": 3}]
+    result = privacy_statement({"alice": privacy_summary(private), "bob": privacy_summary(plain)})
+    assert "alice: epsilon 0.75 of 1 at delta 1e-05 after 3 private steps" in result["statement"]  # the last spent
+    assert "bob" not in result["statement"].split(".")[0]
+    assert "Sites without differential privacy have no formal privacy" in result["statement"]

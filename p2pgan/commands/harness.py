@@ -65,6 +65,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--set", action="append", default=[], metavar="SECTION.FIELD=VALUE", dest="overrides",
                         help="override one field of every peer's config (repeatable), validated as `p2pgan peer "
                              "--set` does: --set train.init_seed=3 --set mixing.round_timeout_s=5")
+    parser.add_argument("--holdout", type=float, default=d.holdout, metavar="FRACTION",
+                        help="withhold this fraction of the dataset from every peer (OUT/holdout): the non-members "
+                             "of `p2pgan audit privacy`")
+    parser.add_argument("--audit-record", action="store_true",
+                        help="each peer records what it sent and mixed and its minibatches (OUT/audit/<peer>) for "
+                             "`p2pgan audit privacy` (off by default; large: dim_v floats per step and peer)")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -79,7 +85,7 @@ def run(args: argparse.Namespace) -> int:
         lr_discriminator=args.lr_d, width=args.width, eval_interval=args.eval_interval,
         round_timeout_s=args.round_timeout, wire_dtype=args.wire_dtype, seed=args.seed, threads=args.threads, device=args.device,
         insecure=args.insecure, backend=args.backend, faults=tuple(args.faults),
-        overrides=tuple(args.overrides), link=args.link,
+        overrides=tuple(args.overrides), link=args.link, holdout=args.holdout, audit_record=args.audit_record,
     )
 
     def _terminate(signum: int, frame: object) -> None:

@@ -76,6 +76,11 @@ def daemon_status(config: Path, timeout: float = STATUS_TIMEOUT_S) -> dict[str, 
         out["checkpoint_failing"] = out["checkpoint_health"] != "SERVING"
     elif ckpt:
         out["checkpoint_failing"] = not ckpt.get("ok")
+    spent = next((r for r in reversed(records) if r.get("epsilon") is not None), None)
+    if start and (start.get("privacy") or {}).get("mode") == "off":
+        out["privacy"] = {"mode": "off"}
+    elif spent:
+        out["privacy"] = {"mode": "dp", **{k: spent.get(k) for k in ("epsilon", "epsilon_budget", "delta", "dp_steps")}}
     return out
 
 
@@ -99,6 +104,12 @@ def run(args: argparse.Namespace) -> int:
             line += f", last good at step {good}" if good is not None else ", none written yet"
         if st.get("members"):
             line += f"; members {', '.join(st['members'])}"
+        priv = st.get("privacy")
+        if priv and priv["mode"] == "off":
+            line += "; privacy: none (no formal guarantee)"
+        elif priv:
+            budget = f" of {priv['epsilon_budget']:.4g}" if priv.get("epsilon_budget") else ""
+            line += f"; privacy: epsilon {priv['epsilon']:.4g}{budget} at delta {priv['delta']:g}"
         if st.get("scores"):
             line += "; scores " + ", ".join(f"{k} {v:.4g}" for k, v in st["scores"].items() if isinstance(v, float))
         print(line)

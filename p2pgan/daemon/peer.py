@@ -50,6 +50,7 @@ from p2pgan.algorithm.guard import FiniteGuard
 from p2pgan.checkpoint import FolderClaim, LoadedCheckpoint, capture_rng_state, restore_rng_state
 from p2pgan.daemon import elastic
 from p2pgan.daemon.checkpoints import CheckpointKeeper, open_checkpoints
+from p2pgan.daemon.privacy import audit_recorder, budget_spent, privacy_record, site_game
 from p2pgan.daemon.config import PeerConfig
 from p2pgan.errors import CheckpointError, ConfigError
 
@@ -123,13 +124,13 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
-def load_private_data(cfg: PeerConfig) -> Any:
-    """This peer's own dataset, from ``data.path`` only (or the built-in digits / Gaussians)."""
+def load_private_data(cfg: PeerConfig, seed: int) -> Any:
+    """This peer's own dataset, from ``data.path`` only (or the built-in digits / Gaussians drawn with ``seed``)."""
     from p2pgan.trainer.data import load_dataset
 
     d = cfg.data
     return load_dataset(d.format, d.path, image_size=d.image_size, channels=d.channels, n=GAUSSIANS_SAMPLES,
-                        seed=cfg.train.seed)
+                        seed=seed)
 
 
 def make_peer_evaluator(cfg: PeerConfig, data: Any, device: torch.device) -> Any | None:
@@ -170,6 +171,8 @@ class _Run:
     mixer: Any
     digest: str
     keeper: CheckpointKeeper
+    secret_seed: int | None = None  # the private seed drawn from the OS (None when train.seed is set)
+    recorder: Any = None  # the audit record (privacy.audit_dir), off by default
 
     def __post_init__(self) -> None:
         self.guard = FiniteGuard(self.algo)  # a non-finite step is rolled back (p2pgan.algorithm.guard)
@@ -190,6 +193,7 @@ class _Run:
             "game": self.game.state_dict(),
             "rng": capture_rng_state(),
             "membership": list(getattr(self.mixer, "members", ())),
+            **({"secret_seed": self.secret_seed} if self.secret_seed is not None else {}),
         }
 
     def save(self) -> Path | None:
@@ -208,6 +212,10 @@ class _Run:
                     f"{where}: written for {key} = {st.get(key)!r}, this run has {want!r}; "
                     f"resume with the config that wrote it, or start in a new checkpoint.dir"
                 )
+        dp_written, dp_now = "accountant" in (st.get("game") or {}), self.cfg.privacy.enabled
+        if dp_written and not dp_now:
+            raise CheckpointError(f"{where}: written with privacy.mode: dp, this run has privacy off; resume with "
+                                  "the privacy section that wrote it, or start in a new checkpoint.dir")
         try:
             self.algo.load_state_dict(st["algorithm"])
             self.game.load_state_dict(st["game"])
@@ -233,19 +241,18 @@ def _run_peer(cfg: PeerConfig, resume: bool, stop: StopSignals) -> int:
     from p2pgan.algorithm import DPOSG
     from p2pgan.daemon.mixer import make_mixer
     from p2pgan.metrics import MetricsWriter, StatusLine
-    from p2pgan.trainer.game import build_game
+    from p2pgan.privacy.randomness import site_seed
 
     if cfg.train.threads:
         torch.set_num_threads(cfg.train.threads)
     device = resolve_device(cfg.train.device)
     checkpoints, loaded = open_checkpoints(cfg, resume)
-    data = load_private_data(cfg)
-    game = build_game(cfg.train.model, cfg.train.loss, data, batch_size=cfg.train.batch_size,
-                      init_seed=cfg.train.init_seed, seed=cfg.train.seed, device=device,
-                      latent_dim=cfg.train.latent_dim, width=cfg.train.width)
+    seed, seed_source = site_seed(cfg.train.seed, loaded.state if loaded is not None else None)
+    data = load_private_data(cfg, seed)
     shard_size = len(data)
-    evaluator = make_peer_evaluator(cfg, data, device)
     steps_total = total_steps(cfg, shard_size)
+    game, privacy = site_game(cfg, data, seed, steps_total, device)
+    evaluator = make_peer_evaluator(cfg, data, device)
     digest = game.layout_digest()
     lr = game.lr_vector(cfg.train.lr_generator, cfg.train.lr_discriminator).to(device)
     direction_kwargs = {"betas": cfg.train.betas} if cfg.train.optimizer == "oadam" else {}
@@ -260,11 +267,12 @@ def _run_peer(cfg: PeerConfig, resume: bool, stop: StopSignals) -> int:
         algo = DPOSG(game.point().to(device), mixer, cfg.train.optimizer, lr, schedule=cfg.mixing.schedule,
                      first_step=cfg.mixing.first_step, **direction_kwargs)
         keeper = CheckpointKeeper(checkpoints, emit=metrics.write, on_change=_health_reporter(mixer))
-        run = _Run(cfg, game, algo, mixer, digest, keeper)
+        run = _Run(cfg, game, algo, mixer, digest, keeper, secret_seed=seed if seed_source != "config" else None)
         if loaded is not None:
             run.restore(loaded)
             keeper.last_good, keeper.last_good_step = loaded.path, loaded.step
             log.warning("resumed from %s at step %d", loaded.path, algo.steps)
+        run.recorder = audit_recorder(cfg, game, resume=loaded is not None)
         membership = getattr(mixer, "membership", None)
         board = getattr(mixer, "board", None)
         events = elastic.MemberEvents(mixer)
@@ -280,6 +288,7 @@ def _run_peer(cfg: PeerConfig, resume: bool, stop: StopSignals) -> int:
             "variant": cfg.mixing.variant, "topology": cfg.mixing.topology, "rounds": cfg.mixing.rounds,
             "resumed_from": str(loaded.path) if loaded is not None else None,
             "absent": sorted(membership.absent()) if membership is not None else [],
+            "privacy": privacy, "seed_source": seed_source,
         })
         status.logger.info(
             "peer %s: rank %s of %s %s, port %s, %s over %s with t=%d; %d parameters, %d private samples; "
@@ -294,9 +303,12 @@ def _run_peer(cfg: PeerConfig, resume: bool, stop: StopSignals) -> int:
                 if stop.is_set():
                     reason = f"signal {stop.received}"
                     break
+                if budget_spent(game):
+                    reason = "privacy budget"
+                    break
                 if board is not None:
                     board.serve(lambda: elastic.snapshot(cfg, algo), algo.steps)
-                record = _one_step(run, device)
+                record = {**_one_step(run, device), **privacy_record(game, algo.steps, steps_total)}
                 for event in events.drain():
                     metrics.write(event)
                 if membership is not None:
@@ -312,17 +324,24 @@ def _run_peer(cfg: PeerConfig, resume: bool, stop: StopSignals) -> int:
                     evaluated_at = algo.steps
                 elastic.catch_up(cfg, algo, game, mixer, steps_total, metrics.write)
         finally:
+            if run.recorder is not None:
+                run.recorder.close()
             if hasattr(mixer, "leave"):
                 mixer.leave(reason)  # before the checkpoint: nobody waits a deadline for us meanwhile
-        if reason == "done" and evaluated_at != algo.steps:
+        if reason in ("done", "privacy budget") and evaluated_at != algo.steps:
             metrics.evaluation(**_evaluate(run, evaluator))
         path = run.save()
         if keeper.failing:
             log.warning("exiting with the last good checkpoint %s: checkpoints since step %s could not be written (%s)",
                         path, keeper.failing_since, keeper.error)
         status.update(algo.steps, force=True, end=reason)
+        final = privacy_record(game, algo.steps, algo.steps)
         metrics.write({"type": "end", "step": algo.steps, "epoch": game.epoch, "reason": reason,
-                       "checkpoint": str(path) if path else None, "checkpoint_failing": keeper.failing})
+                       "checkpoint": str(path) if path else None, "checkpoint_failing": keeper.failing, **final})
+        if reason == "privacy budget":
+            log.warning("peer %s: privacy budget reached at step %d (epsilon %.4g of %.4g at delta %g after %d "
+                        "private steps): left the federation, checkpoint %s", cfg.peer.id, algo.steps,
+                        final["epsilon"], final["epsilon_budget"], final["delta"], final["dp_steps"], path)
     return 0
 
 
@@ -353,6 +372,8 @@ def _one_step(run: _Run, device: torch.device) -> dict[str, Any]:
         mixed = algo.x + algo.lr * info.direction
     else:
         mixed = algo.z + algo.lr * (2 * info.direction - d_before)
+    if run.recorder is not None:
+        run.recorder.write(algo.steps, before, mixed, game.sampler.last_indices, getattr(game, "last_canary", None))
     w_self = _self_weight(mixer, algo.steps - 1)
     moved = float((before - mixed).double().norm())
     consensus = moved / (1.0 - w_self) if w_self < 1.0 else 0.0

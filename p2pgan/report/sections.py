@@ -1,5 +1,5 @@
 """Parts every report states, for the harness's federation and for one site alike: the version that
-wrote it, the privacy a peer's records show, and a peer's membership history (who was live when).
+wrote it and a peer's membership history (who was live when).
 
 All of it is read from the metrics records a daemon writes (:mod:`p2pgan.metrics`); nothing here imports
 torch.
@@ -12,48 +12,9 @@ from typing import Any
 
 from p2pgan import __version__
 
-#: the record fields a daemon with differential privacy reports its spent budget in (DESIGN.md section 6)
-PRIVACY_FIELDS = ("epsilon", "delta")
-
-NO_PRIVACY = ("No formal privacy: no privacy budget is reported in the metrics (no `epsilon` field), so this "
-              "run adds no differential privacy. Every neighbour saw this peer's parameter vector each round, "
-              "and the difference of two consecutive vectors is this peer's update.")
-
-
 def version() -> str:
     """``p2pgan <version>``, as the report names what wrote it."""
     return f"p2pgan {__version__}"
-
-
-def _budget(record: Mapping[str, Any]) -> Mapping[str, Any] | None:
-    """The record's privacy fields: top level (``epsilon``, ``delta``) or a ``privacy`` object holding them."""
-    for holder in (record, record.get("privacy")):
-        if isinstance(holder, Mapping) and isinstance(holder.get("epsilon"), (int, float)):
-            return holder
-    return None
-
-
-def privacy(records_by_peer: Mapping[str, Sequence[Mapping[str, Any]]]) -> dict[str, Any]:
-    """Per peer the last privacy budget its records report (``None``: none), and one sentence saying it."""
-    budgets: dict[str, Any] = {}
-    for name, records in sorted(records_by_peer.items()):
-        last = None
-        for r in records:
-            found = _budget(r)
-            if found is not None:
-                last = {"epsilon": float(found["epsilon"]), "step": r.get("step"),
-                        **({"delta": float(found["delta"])} if isinstance(found.get("delta"), (int, float)) else {})}
-        budgets[name] = last
-    reported = {k: v for k, v in budgets.items() if v is not None}
-    if not reported:
-        statement = NO_PRIVACY
-    else:
-        parts = [f"{name}: epsilon = {b['epsilon']:.4g}" + (f", delta = {b['delta']:.3g}" if "delta" in b else "")
-                 + (f" by step {b['step']}" if b.get("step") is not None else "") for name, b in reported.items()]
-        statement = ("Differential privacy, as each site's accountant reports its spent budget: " + "; ".join(parts)
-                     + "." + ("" if len(reported) == len(budgets) else
-                              " Peers without a reported budget have no formal privacy."))
-    return {"budgets": budgets, "statement": statement}
 
 
 #: metrics record types that say something about membership, and how the history names them

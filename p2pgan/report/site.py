@@ -21,7 +21,8 @@ from typing import Any
 
 from p2pgan.errors import ConfigError
 from p2pgan.report import sections
-from p2pgan.report.summary import SCORE_NAMES, UNITS, _duration, _fmt, peer_summary, privacy_markdown
+from p2pgan.privacy.report import privacy_markdown, privacy_statement
+from p2pgan.report.summary import SCORE_NAMES, UNITS, _duration, _fmt, peer_summary
 
 #: samples drawn from the checkpoint's generator for the grid
 GRID_SAMPLES = 64
@@ -92,7 +93,7 @@ def write_site_markdown(out: Path, report: Mapping[str, Any]) -> Path:
               "| " + " | ".join(cells) + " |", "",
               "Scores are this daemon's last evaluation of its published parameters X (its own evaluator). "
               "s/step is wall time inside a step; bytes are parameters sent to / received from neighbours.", ""]
-    lines += privacy_markdown(report)
+    lines += privacy_markdown({"peers": {report["setup"]["peer"]: report["peer"]}})
     lines += sections.membership_markdown(report["membership"])
     if report.get("pictures"):
         lines += ["## Curves", ""] + [f"![{Path(p).stem}]({p})" for p in report["pictures"]] + [""]
@@ -133,7 +134,7 @@ def write_site_report(config: Path, out: Path | None = None) -> Path:
         "setup": _setup(cfg),
         "peer": peer,
         "membership": sections.membership_history(records),
-        "privacy": sections.privacy({cfg.peer.id: records}),
+        "privacy": privacy_statement({cfg.peer.id: peer["privacy"]}),
         "samples": _site_samples(cfg, out),
         "units": UNITS,
         "pictures": sorted(p.name for p in pictures),

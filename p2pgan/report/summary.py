@@ -34,6 +34,7 @@ from pathlib import Path
 from typing import Any
 
 from p2pgan.metrics import run_totals
+from p2pgan.privacy.report import privacy_markdown, privacy_statement, privacy_summary
 from p2pgan.report import sections
 
 #: seconds before a fault and after its end whose steps make the "before" and "after" medians
@@ -169,6 +170,7 @@ def peer_summary(name: str, records: Sequence[Mapping[str, Any]]) -> dict[str, A
     }
     if steps:
         summary["wall_s"] = float(steps[-1]["time"]) - float((starts[-1] if starts else steps[0])["time"])
+    summary["privacy"] = privacy_summary(records)
     return summary
 
 
@@ -244,12 +246,6 @@ def _churn_markdown(report: Mapping[str, Any]) -> list[str]:
             lines.append("| " + " | ".join([*lead, f"`{f.get('fault', '-')}`",
                                              *[_fmt(f.get(k), ".3f") for k in ("before_s", "during_s", "after_s")]]) + " |")
     return [*lines, ""]
-
-
-def privacy_markdown(report: Mapping[str, Any]) -> list[str]:
-    """The privacy section: the budget each peer's accountant reports, or that there is no formal privacy."""
-    statement = (report.get("privacy") or {}).get("statement") or sections.NO_PRIVACY
-    return ["## Privacy", "", statement, ""]
 
 
 def write_markdown(out: Path, report: Mapping[str, Any]) -> Path:
@@ -343,7 +339,7 @@ def write_report(out: Path, metrics: Mapping[str, Sequence[Mapping[str, Any]]], 
             summary["samples_png"] = dst.name
     report = {**dict(extra or {}), "p2pgan_version": sections.version(), "summary": summarize(peers),
               "reference": dict(reference) if reference else None, "peers": peers, "units": UNITS,
-              "privacy": sections.privacy(metrics), "pictures": sorted(p.name for p in pictures)}
+              "privacy": privacy_statement({name: p["privacy"] for name, p in peers.items()}), "pictures": sorted(p.name for p in pictures)}
     report["reached"] = headline(report)
     path = out / "report.json"
     path.write_text(json.dumps(report, indent=2, default=str) + "\n")

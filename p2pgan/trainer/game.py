@@ -61,6 +61,7 @@ class MinibatchSampler:
         self._perm = torch.randperm(len(data), generator=self._rng)
         self._cursor = 0
         self.samples_drawn = 0
+        self.last_indices = torch.zeros(0, dtype=torch.long)
 
     @property
     def epoch(self) -> float:
@@ -79,6 +80,7 @@ class MinibatchSampler:
             parts.append(take)
         self.samples_drawn += self.batch_size
         idx = torch.cat(parts).to(self.data.device)
+        self.last_indices = idx  # which rows the last minibatch holds (local: the privacy audit's ground truth)
         return self.data.index_select(0, idx)
 
     def state_dict(self) -> dict[str, Any]:
@@ -195,8 +197,7 @@ class GANGame:
         self.load_point(z.to(self.device, torch.float32))
         real = self.sampler.next()
         fake = self.G(self._latent(self.batch_size, self._noise))
-        loss_d = self.loss.discriminator(self.D, real, fake.detach(), self._noise)
-        grad_v = _flat(torch.autograd.grad(loss_d, self._params_v))
+        grad_v, loss_d = self.discriminator_gradient(real, fake.detach())
         loss_g = self.loss.generator(self.D, fake)
         grad_u = _flat(torch.autograd.grad(loss_g, self._params_u))
         g = torch.cat([grad_u, grad_v])
@@ -204,6 +205,12 @@ class GANGame:
         self.last = FieldStats(loss_g.item(), loss_d.item(), (nu * nu + nv * nv) ** 0.5, nu, nv,
                                time.perf_counter() - start)
         return g[None].to(z.device, z.dtype)
+
+    def discriminator_gradient(self, real: torch.Tensor, fake: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(grad_v L_D, L_D)`` on a real and a (detached) fake minibatch: the one place private data enter
+        the field (:class:`p2pgan.privacy.game.DPGANGame` replaces it with a differentially private one)."""
+        loss_d = self.loss.discriminator(self.D, real, fake, self._noise)
+        return _flat(torch.autograd.grad(loss_d, self._params_v)), loss_d
 
     @torch.no_grad()
     def sample(self, n: int, seed: int = 0) -> torch.Tensor:

@@ -35,6 +35,16 @@ class GANLoss(abc.ABC):
     def generator(self, d: nn.Module, fake: torch.Tensor) -> torch.Tensor:
         """Scalar loss the generator minimises."""
 
+    # -- the split differential privacy needs (p2pgan.privacy) ---------------------------------------
+    @abc.abstractmethod
+    def real_term(self, scores: torch.Tensor) -> torch.Tensor:
+        """Per-example discriminator loss on real examples' scores ``[n] -> [n]``: the only term that touches
+        private data."""
+
+    @abc.abstractmethod
+    def fake_term(self, d: nn.Module, fake: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+        """The rest of the discriminator loss, computed from generated samples alone (scalar)."""
+
 
 class WGANGPLoss(GANLoss):
     """Wasserstein loss with a gradient penalty on random interpolates (critic gradient norm pushed to 1)."""
@@ -67,6 +77,22 @@ class WGANGPLoss(GANLoss):
     def generator(self, d: nn.Module, fake: torch.Tensor) -> torch.Tensor:
         return -d(fake).mean()
 
+    def real_term(self, scores: torch.Tensor) -> torch.Tensor:
+        return -scores
+
+    def fake_term(self, d: nn.Module, fake: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+        """``E[D(fake)]`` plus the gradient penalty on interpolates between two halves of the fake batch.
+
+        Under differential privacy the penalty is taken on generated samples only: it then touches no
+        private data, stays exact (no clipping bends it) and costs no privacy; real samples would have
+        to enter each example's clipped unit, where the penalty's large weight eats the clipping budget.
+        """
+        loss = d(fake).mean()
+        if self.gp_weight and len(fake) > 1:
+            other = fake.roll(1, dims=0)
+            loss = loss + self.gp_weight * self.gradient_penalty(d, other, fake, generator)
+        return loss
+
 
 class NonSaturatingLoss(GANLoss):
     """Logistic discriminator loss; the generator maximises ``log D(G(z))`` instead of minimising ``log(1 - D)``."""
@@ -80,6 +106,12 @@ class NonSaturatingLoss(GANLoss):
 
     def generator(self, d: nn.Module, fake: torch.Tensor) -> torch.Tensor:
         return F.softplus(-d(fake)).mean()
+
+    def real_term(self, scores: torch.Tensor) -> torch.Tensor:
+        return F.softplus(-scores)
+
+    def fake_term(self, d: nn.Module, fake: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+        return F.softplus(d(fake)).mean()
 
 
 def make_loss(name: str, *, gp_weight: float = 10.0) -> GANLoss:

@@ -50,6 +50,7 @@ from p2pgan.daemon.config.schema import (
     MetricsConfig,
     MixingConfig,
     PeerConfig,
+    PrivacyConfig,
     SecurityConfig,
     TrainConfig,
 )
@@ -61,6 +62,7 @@ from p2pgan.daemon.config.sections import (
     _identity,
     _metrics,
     _mixing,
+    _privacy,
     _security,
     _train,
     default_seed,
@@ -86,6 +88,7 @@ __all__ = [
     "MetricsConfig",
     "MixingConfig",
     "PeerConfig",
+    "PrivacyConfig",
     "SecurityConfig",
     "TrainConfig",
     "apply_overrides",
@@ -113,11 +116,12 @@ def parse_config(data: object, source: str | Path, base_dir: Path | None = None)
     security = _security(top.section("security"))
     discovery = _discovery(top.section("discovery"))
     mixing = _mixing(top.section("mixing"))
-    train = _train(top.section("train"), ident.id)
+    train = _train(top.section("train"))
     data_cfg = _data(top.section("data"), train.model)
     checkpoint = _checkpoint(top.section("checkpoint"), ident.id)
     evaluation = _evaluation(top.section("evaluation"), checkpoint.dir)
     metrics = _metrics(top.section("metrics"), checkpoint.dir)
+    privacy = _privacy(top.section("privacy"))
     top.done()
     _check_identity_against_discovery(str(source), ident, discovery)
     if mixing.backend == "torch":
@@ -137,7 +141,12 @@ def parse_config(data: object, source: str | Path, base_dir: Path | None = None)
         if mixing.wire_dtype != "float32":  # it would be ignored silently: the torch mixer sends float32 tensors
             raise config_error(str(source), "mixing.wire_dtype", f"{mixing.wire_dtype!r} is the gRPC backend's; "
                                "backend 'torch' sends float32 (remove the field or set it to float32)")
-    return PeerConfig(source_path, ident, security, discovery, mixing, train, data_cfg, checkpoint, evaluation, metrics)
+    if privacy.enabled and train.seed is not None:
+        log.warning("%s: train.seed is set with privacy.mode: dp: this site's minibatch order and latent noise "
+                    "are replayable by whoever knows the seed (fine for experiments; leave it unset for a real "
+                    "site); the DP noise itself always comes from the OS", source)
+    return PeerConfig(source_path, ident, security, discovery, mixing, train, data_cfg, checkpoint, evaluation, metrics,
+                      privacy)
 
 
 def _check_identity_against_discovery(source: str, ident: IdentityConfig, discovery: DiscoveryConfig) -> None:

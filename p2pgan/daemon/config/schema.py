@@ -44,7 +44,12 @@ TORCH_INIT_SCHEMES = ("tcp://", "file://", "env://")
 EVALUATIONS = ("auto", "digits", "gaussians", "inception", "none")
 DEFAULT_TOPOLOGY = "ring"
 #: the top-level sections of a peer's YAML file, in the order they are read
-SECTIONS = ("peer", "security", "discovery", "mixing", "train", "data", "checkpoint", "evaluation", "metrics")
+SECTIONS = ("peer", "security", "discovery", "mixing", "train", "data", "checkpoint", "evaluation", "metrics",
+            "privacy")
+#: ``privacy.mode``: ``off`` (no formal privacy) or ``dp`` (differentially private discriminator updates)
+PRIVACY_MODES = ("off", "dp")
+#: ``privacy.unit``: what one neighbouring dataset differs by (only single examples are built)
+PRIVACY_UNITS = ("example",)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -118,7 +123,9 @@ class TrainConfig:
     steps: int | None
     epochs: float | None
     init_seed: int  # model initialisation: the SAME on every peer of a federation
-    seed: int  # this peer's private stream of minibatches and noise
+    #: this peer's private stream of minibatches and noise; None (the default) = a secret seed drawn from
+    #: the OS at first start and kept in the checkpoint (p2pgan.privacy.secrets)
+    seed: int | None
     device: str
     threads: int  # torch intra-op threads (0 = torch's default)
     width: int | None  # model size override (channels / hidden units)
@@ -162,6 +169,35 @@ class MetricsConfig:
 
 
 @dataclasses.dataclass(frozen=True)
+class PrivacyConfig:
+    """Differential privacy of this site's data (``privacy:`` section; :mod:`p2pgan.privacy`).
+
+    ``mode: dp`` privatises the discriminator's real-data term (Poisson sampling, per-example clipping to
+    ``clip``, Gaussian noise); the noise multiplier is either given (``noise_multiplier``) or calibrated at
+    start from ``target_epsilon`` and ``delta`` for the planned steps; with both, sigma is given and
+    ``target_epsilon`` is the budget the site stops at. ``delta`` None = the default for the
+    site's n examples (:func:`p2pgan.privacy.accountant.default_delta`).
+    """
+
+    mode: str = "off"
+    target_epsilon: float | None = None
+    delta: float | None = None
+    noise_multiplier: float | None = None
+    clip: float = 1.0
+    unit: str = "example"
+    #: audit recording (off by default; a debugging aid for `p2pgan audit privacy`): each step, the
+    #: discriminator part of the vectors this peer sent and mixed, and its minibatch's indices (private:
+    #: the folder must stay on the site)
+    audit_dir: Path | None = None
+    #: the canary audit: a public gradient canary enters the clipped sum with probability 1/2 per step (dp only)
+    audit_canary: bool = False
+
+    @property
+    def enabled(self) -> bool:
+        return self.mode == "dp"
+
+
+@dataclasses.dataclass(frozen=True)
 class PeerConfig:
     """The whole, validated configuration of one peer daemon."""
 
@@ -175,3 +211,4 @@ class PeerConfig:
     checkpoint: CheckpointConfig
     evaluation: EvaluationConfig
     metrics: MetricsConfig
+    privacy: PrivacyConfig = PrivacyConfig()

@@ -25,6 +25,9 @@ from p2pgan.daemon.config.schema import (
     IdentityConfig,
     MetricsConfig,
     MixingConfig,
+    PRIVACY_MODES,
+    PRIVACY_UNITS,
+    PrivacyConfig,
     SecurityConfig,
     TrainConfig,
 )
@@ -163,11 +166,15 @@ def _compression(sec: _Section) -> str:
 
 
 def default_seed(peer_id: str) -> int:
-    """A peer's default private seed: stable, and different for different peer ids."""
+    """A PUBLIC seed derived from a peer id: stable, different per id, and known to every member.
+
+    Not a private seed (anyone can replay it): a peer whose ``train.seed`` is unset draws a secret one
+    (:mod:`p2pgan.privacy.secrets`). Kept for tools that want a reproducible per-peer stream.
+    """
     return int.from_bytes(hashlib.sha256(peer_id.encode()).digest()[:4], "little") & 0x7FFFFFFF
 
 
-def _train(sec: _Section, peer_id: str) -> TrainConfig:
+def _train(sec: _Section) -> TrainConfig:
     model = sec.choice("model", MODEL_NAMES)
     defaults = MODEL_DEFAULTS[model]  # the learning rates default per model (sagan128: the paper's own)
     loss = sec.choice("loss", LOSS_NAMES, "wgan-gp")
@@ -195,7 +202,7 @@ def _train(sec: _Section, peer_id: str) -> TrainConfig:
         steps=sec.integer("steps", None, minimum=1),
         epochs=sec.number("epochs", None, positive=True),
         init_seed=sec.integer("init_seed", 0, minimum=0),
-        seed=sec.integer("seed", default_seed(peer_id), minimum=0),
+        seed=sec.integer("seed", None, minimum=0),
         device=sec.choice("device", DEVICES, "auto"),
         threads=sec.integer("threads", 0, minimum=0),
         width=sec.integer("width", None, minimum=1),
@@ -257,6 +264,40 @@ def _metrics(sec: _Section, checkpoint_dir: Path) -> MetricsConfig:
         prometheus_port=sec.integer("prometheus_port", None, minimum=0, maximum=65535),
         prometheus_addr=sec.string("prometheus_addr", "127.0.0.1"),
         status_interval_s=sec.number("status_interval_s", 10.0, positive=True),
+    )
+    sec.done()
+    return cfg
+
+
+def _privacy(sec: _Section) -> PrivacyConfig:
+    # YAML 1.1 reads a bare `off` as the boolean false: take it as the mode the user wrote
+    mode = "off" if sec.raw("mode", "off") is False else sec.choice("mode", PRIVACY_MODES, "off")
+    unit = sec.choice("unit", PRIVACY_UNITS, "example")
+    audit_dir = sec.path("audit_dir", None)
+    audit_canary = sec.boolean("audit_canary", False)
+    if audit_canary and audit_dir is None:
+        raise sec.error("audit_canary", "needs `audit_dir` (where the audit record goes)")
+    if mode == "off":
+        for key in ("target_epsilon", "delta", "noise_multiplier", "clip", "audit_canary"):
+            if sec.has(key):
+                raise sec.error(key, "has no effect with `mode: off`; set `privacy.mode: dp` or remove the field")
+        sec.done()
+        return PrivacyConfig(mode="off", unit=unit, audit_dir=audit_dir)
+    if not sec.has("target_epsilon") and not sec.has("noise_multiplier"):
+        raise sec.error("target_epsilon", "`mode: dp` needs `target_epsilon` (the noise is calibrated to it for the "
+                        "planned steps), `noise_multiplier` (sigma, given), or both (sigma given, epsilon the budget)")
+    delta = sec.number("delta", None, positive=True)
+    if delta is not None and delta >= 1:
+        raise sec.error("delta", f"must be in (0, 1), well below 1/n for the site's n examples; got {delta}")
+    cfg = PrivacyConfig(
+        mode=mode,
+        target_epsilon=sec.number("target_epsilon", None, positive=True),
+        delta=delta,
+        noise_multiplier=sec.number("noise_multiplier", None, minimum=0.0),
+        clip=sec.number("clip", 1.0, positive=True),
+        unit=unit,
+        audit_dir=audit_dir,
+        audit_canary=audit_canary,
     )
     sec.done()
     return cfg
