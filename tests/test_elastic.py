@@ -214,11 +214,12 @@ def _serve_in_background(mixer: GrpcMixer, snap: StateSnapshot) -> Iterator[None
 def test_state_reply_is_framed_as_it_is_sent(monkeypatch: pytest.MonkeyPatch) -> None:
     """A state is several copies of the model: its FetchState frames are built one by one as gRPC takes
     them (issue 11 item 3), and read back to the same state."""
-    from p2pgan.wire import codec, state as state_module
+    from p2pgan.wire import outgoing, state as state_module
 
     built: list[int] = []
-    real = codec.shard_frame
-    monkeypatch.setattr(codec, "shard_frame", lambda i, data: (built.append(i), real(i, data))[1])
+    real = outgoing.shard_frame
+    # OutgoingMessage (p2pgan.wire.outgoing, re-exported by p2pgan.wire.codec) builds each frame with this
+    monkeypatch.setattr(outgoing, "shard_frame", lambda i, data: (built.append(i), real(i, data))[1])
     state = {"x": torch.randn(1, DIM), "z": torch.randn(1, DIM), "d_prev": torch.randn(1, DIM), "step": 3}
     snap = StateSnapshot.from_state_dict(state, "DPOSG/exact/osg")
     frames = state_module.encode_state(snap, federation="f", sender="p0", layout_digest="d", shard_bytes=4096)
