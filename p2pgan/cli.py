@@ -48,7 +48,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "report": ("p2pgan.commands.report", "write one site's report (curves, samples, membership) from its metrics"),
     "simulate": ("p2pgan.commands.simulate", "run DPOSG and its baselines on M virtual peers (toy games)"),
     "topology": ("p2pgan.commands.topology", "print a topology's spectral gap rho, degree and suggested rounds"),
-    "audit": ("p2pgan.commands.audit", "audit a site's privacy from a curious neighbour's seat (harness runs)"),
+    "audit": ("p2pgan.commands.audit", "audit a site's privacy from a curious neighbour's seat"),
 }
 
 EPILOG = """examples:

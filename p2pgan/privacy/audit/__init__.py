@@ -4,5 +4,6 @@
 - :mod:`.canary`: the public gradient canary.
 - :mod:`.stats`: ROC AUC, TPR at low FPR with counts and confidence intervals, Clopper-Pearson epsilon bounds.
 - :mod:`.attacks`: the update attack, the discriminator-logit attack and the canary test.
-- :mod:`.run`: ``p2pgan audit privacy --run RUN_DIR --peer ID`` on a harness folder.
+- :mod:`.run`: ``p2pgan audit privacy``, ``--run RUN_DIR --peer ID`` on a harness folder or
+  ``--config PEER.yaml --non-members PATH`` on a daemon.
 """
