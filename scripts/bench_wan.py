@@ -63,6 +63,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--warmup", type=int, default=2, help="untimed steps first (the first one sends keys)")
     p.add_argument("--drift", type=float, default=1e-3, help="relative change of each vector per step")
     p.add_argument("--skip-digits", action="store_true", help="leave out part 2 (the digits harness runs)")
+    p.add_argument("--skip-rounds", action="store_true", help="leave out part 1 (the ring rounds)")
     p.add_argument("--digits-link", default="10mbit:20ms", help="the link of the digits runs")
     p.add_argument("--digits-steps", type=int, default=None, help="steps of each digits run (default 600; --quick 20)")
     p.add_argument("--digits-peers", type=int, default=None, help="peers of each digits run (default 4; --quick 2)")
@@ -227,23 +228,29 @@ def table(rows: list[dict[str, Any]]) -> str:
 
 
 def digits_table(rows: list[dict[str, Any]]) -> str:
-    lines = [f"{'compression':>11} {'link':>13} {'IS target':>9} {'reached at':>14} {'last IS':>8} {'sent/step':>10}"]
+    """Part 2's table; the ratios are against the ``none`` run (wall time of the whole run, IS at its last step)."""
+    base = next((r for r in rows if r["compression"] == "none"), None)
+    lines = [f"{'compression':>11} {'link':>13} {'IS target':>9} {'reached at':>14} {'last IS':>8} {'IS/none':>7} "
+             f"{'wall':>7} {'wall/none':>9} {'sent/step':>10}"]
     for r in rows:
         at = f"{r['reached']['seconds']:.0f}s (k={r['reached']['step']})" if r["reached"] else "not reached"
+        is_ratio = f"{r['last_is'] / base['last_is']:>7.3f}" if base else f"{'-':>7}"
+        wall_ratio = f"{r['wall_s'] / base['wall_s']:>8.3f}x" if base else f"{'-':>9}"
         lines.append(f"{r['compression']:>11} {r['link']:>13} {r['target_is']:>9.2f} {at:>14} {r['last_is']:>8.2f} "
-                     f"{r['bytes_per_step_per_peer'] / 1e6:>8.3f}MB")
+                     f"{is_ratio} {r['wall_s']:>6.0f}s {wall_ratio} {r['bytes_per_step_per_peer'] / 1e6:>8.3f}MB")
     return "\n".join(lines)
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     rows = []
-    for mb in args.payloads:
+    for mb in [] if args.skip_rounds else args.payloads:
         for link in args.links:
             for compression in args.compressions:
                 rows.append(run_row(args, mb, link, compression))
                 print(table(rows[-1:]).splitlines()[-1], flush=True)
-    print("\n" + table(rows))
+    if rows:
+        print("\n" + table(rows))
     digits = [] if args.skip_digits else [run_digits(args, c) for c in args.compressions]
     if digits:
         print("\n" + digits_table(digits))
