@@ -252,3 +252,14 @@ def test_example_peer_files_list_what_the_repository_ships() -> None:
     if tracked.returncode != 0:
         pytest.skip("git cannot read this checkout")
     assert sorted(Path(p).name for p in tracked.stdout.split()) == sorted(EXAMPLE_PEER_FILES)
+
+
+@pytest.mark.parametrize(("compression", "given", "expected"),
+                         [("none", None, 1.0), ("int8", None, 1.0), ("topk:0.01", None, 0.1), ("topk:0.01", 0.3, 0.3),
+                          ("int8", 0.5, 0.5)])
+def test_consensus_step_defaults_to_what_the_compression_converges_with(
+        folder: Path, compression: str, given: float | None, expected: float) -> None:
+    doc = _set(base_doc(), "mixing.compression", compression)
+    if given is not None:
+        doc = _set(doc, "mixing.consensus_step", given)
+    assert load_config(write(folder, doc)).mixing.consensus_step == expected

@@ -141,8 +141,10 @@ def _mixing(sec: _Section) -> MixingConfig:
             scale=sec.number("robust_scale", RobustConfig.scale, minimum=1.0),
             suspect_after=sec.integer("robust_suspect_after", RobustConfig.suspect_after, minimum=1),
         ),
-        compression=_compression(sec),
-        consensus_step=sec.number("consensus_step", 1.0, positive=True),
+        compression=(compression := _compression(sec)),
+        # CHOCO's gamma: 1 keeps uncompressed mixing bit for bit; top-k diverges at 1 (docs/results.md)
+        consensus_step=sec.number("consensus_step", TOPK_CONSENSUS_STEP if compression.startswith("topk")
+                                  else 1.0, positive=True),
         key_interval=sec.integer("key_interval", 100, minimum=0),
         connections=sec.integer("connections", 1, minimum=1, maximum=MAX_CONNECTIONS),
     )
@@ -152,6 +154,10 @@ def _mixing(sec: _Section) -> MixingConfig:
         raise sec.error("torch_init", f"{cfg.torch_init!r} must start with one of {', '.join(TORCH_INIT_SCHEMES)}")
     sec.done()
     return cfg
+
+
+#: mixing.consensus_step when a topk compression does not set it (the simulator and digits runs: 0.05-0.3 work)
+TOPK_CONSENSUS_STEP = 0.1
 
 
 def _compression(sec: _Section) -> str:
