@@ -14,9 +14,9 @@ which applies the wire path's own operators (:mod:`p2pgan.compression.compressor
 out) and the same :func:`~p2pgan.compression.choco.consensus_step`. Identity compression with step 1
 equals InProcessMixer bit for bit (tests/test_compression.py), the network mixer with identity
 compression equals raw network gossip bit for bit (tests/test_wire_compressed.py), and the network mixer
-with int8 equals ChocoMixer with int8 (tests/test_wire_compressed.py). In process no message is lost, so
-ChocoMixer sends no keys after the first round (a network peer re-sends its copy every
-``mixing.key_interval`` steps, which can only bring the copies closer).
+with int8 equals ChocoMixer with int8 to float32 rounding (tests/test_wire_compressed.py). In process no
+message is lost, so ChocoMixer sends no keys after the first round (a network peer re-sends its copy
+every ``mixing.key_interval`` steps, which can only bring the copies closer).
 
 Per run: the peers' mean IS and FID at the end and over the evaluations of the last 20 % of steps
 ("tail"), the consensus distance ``mean_i ||x_i - mean_j x_j||`` every step (its maximum over the run,
@@ -161,9 +161,8 @@ def summarize(runs: Sequence[Mapping[str, Any]]) -> tuple[list[dict[str, Any]], 
         for comp in dict.fromkeys(r["compression"] for r in at_m):
             seeds = sorted(seed for c, seed in numbers if c == comp)
             vals = [numbers[(comp, s)] for s in seeds]
-            row: dict[str, Any] = {"peers": peers, "compression": comp,
-                                   "consensus_step": next(r["consensus_step"] for r in at_m if r["compression"] == comp),
-                                   "seeds": len(seeds)}
+            gamma = next(r["consensus_step"] for r in at_m if r["compression"] == comp)
+            row: dict[str, Any] = {"peers": peers, "compression": comp, "consensus_step": gamma, "seeds": len(seeds)}
             for key in [k for k, _ in SCORES] + ["consensus_max", "consensus_rel_max", "consensus_max_last_half",
                                                  "bytes_vs_none"]:
                 m, se = mean_se([v[key] for v in vals])
@@ -239,7 +238,8 @@ def plot(path: Path, runs: Sequence[Mapping[str, Any]], peers: int, args: argpar
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[1], formatter_class=argparse.RawDescriptionHelpFormatter,
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[1],
+                                formatter_class=argparse.RawDescriptionHelpFormatter,
                                 epilog="\n".join(__doc__.splitlines()[2:]))
     p.add_argument("--peers", type=int, nargs="+", default=[4, 8], help="M values (default 4 8)")
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
@@ -285,9 +285,9 @@ def main(argv: list[str] | None = None) -> int:
                     else:
                         run = run_one(comp, COMPRESSIONS[comp], peers, seed, args, data, evaluator)
                         write_json(path, run)
-                        print(f"M={peers} {comp} seed {seed}: {run['seconds']:.0f} s, IS "
-                              f"{sum(run['scores']['is'][-1]) / peers:.3f}, FID {sum(run['scores']['fid'][-1]) / peers:.2f}",
-                              flush=True)
+                        final = {k: sum(v[-1]) / peers for k, v in run["scores"].items()}
+                        print(f"M={peers} {comp} seed {seed}: {run['seconds']:.0f} s, IS {final['is']:.3f}, "
+                              f"FID {final['fid']:.2f}", flush=True)
                     runs.append(run)
     except P2PGANError as exc:
         print(f"exp_compression: error: {exc}", file=sys.stderr)
