@@ -194,7 +194,7 @@ def markdown(rows: Sequence[Mapping[str, Any]], tests: Sequence[Mapping[str, Any
 
     def ratio(r: Mapping[str, Any], key: str) -> str:
         if f"{key}_ratio" not in r:
-            return "1"
+            return "1" if r["compression"] == "none" else "-"
         return f"{r[key + '_ratio']:.3f}" + ("" if r[f"{key}_within_5pct"] else " **(>5 %)**")
 
     lines = ["| M | compression | gamma | seeds | IS | FID | IS tail | FID tail | IS / none | FID / none | "
@@ -252,6 +252,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--threads", type=int, default=1, help="torch threads (more only on an otherwise idle machine)")
     p.add_argument("--runs", type=Path, default=ROOT / "runs" / "compression", help="one JSON per run")
     p.add_argument("--out", type=Path, default=ROOT / "runs" / "compression", help="compression.json and PNGs")
+    p.add_argument("--no-run", action="store_true",
+                   help="only summarise the runs already under --runs (an experiment cut short)")
     p.add_argument("--quick", action="store_true", help="short form: M = 4, 2 seeds, 6 steps, none and int8")
     args = p.parse_args(argv)
     if args.quick:
@@ -282,6 +284,8 @@ def main(argv: list[str] | None = None) -> int:
                     path = args.runs / f"M{peers}-{canonical(comp).replace(':', '')}-s{seed}-{args.steps}.json"
                     if path.is_file():
                         run = json.loads(path.read_text())
+                    elif args.no_run:
+                        continue
                     else:
                         run = run_one(comp, COMPRESSIONS[comp], peers, seed, args, data, evaluator)
                         write_json(path, run)
@@ -292,9 +296,13 @@ def main(argv: list[str] | None = None) -> int:
     except P2PGANError as exc:
         print(f"exp_compression: error: {exc}", file=sys.stderr)
         return 2
+    if not runs:
+        print(f"exp_compression: error: no runs under {args.runs}", file=sys.stderr)
+        return 2
     rows, tests = summarize(runs)
     table = markdown(rows, tests)
-    figures = [str(plot(args.out / f"compression_M{m}.png", runs, m, args)) for m in args.peers]
+    figures = [str(plot(args.out / f"compression_M{m}.png", runs, m, args))
+               for m in dict.fromkeys(r["peers"] for r in runs)]
     write_json(args.out / "compression.json", {
         "config": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
         "job": {"model": MODEL, "loss": LOSS, "topology": TOPOLOGY, "schedule": SCHEDULE, "betas": BETAS,
