@@ -71,3 +71,34 @@ def test_speed_smoke_with_relay(tmp_path: Path) -> None:
     assert settings == {("single", "-", 1), ("DP", "grpc+1ms", 2)}
     assert all(row["dropped"] == 0 for row in report["rows"] if row["peers"] > 1)
     assert (tmp_path / "speed.png").read_bytes()[:4] == b"\x89PNG"
+
+
+@pytest.mark.timeout(150)
+def test_compression_short_form_compares_int8_with_none_seed_by_seed(tmp_path: Path) -> None:
+    """exp_compression --quick: none and int8 (CHOCO, the wire path's compressor) at M = 4, 2 seeds; the
+    rows carry mean +- s.e., the ratio to none and the 5 % verdict, the paired tests carry Holm's p, and
+    int8's bytes are its encoding's (1 + 4/256 bytes per element against float32's 4)."""
+    r = _script("exp_compression.py", "--quick", "--runs", str(tmp_path / "runs"), "--out", str(tmp_path), timeout=140)
+    assert r.returncode == 0, r.stderr[-3000:]
+    report = json.loads((tmp_path / "compression.json").read_text())
+    rows = {row["compression"]: row for row in report["rows"]}
+    assert set(rows) == {"none", "int8"} and all(row["seeds"] == 2 and row["peers"] == 4 for row in rows.values())
+    assert rows["none"]["bytes_vs_none_mean"] == 1.0
+    assert abs(rows["int8"]["bytes_vs_none_mean"] - (1 + 4 / 256) / 4) < 1e-3
+    for key in ("is", "fid", "is_tail", "fid_tail"):
+        assert rows["int8"][f"{key}_within_5pct"] == (abs(rows["int8"][f"{key}_ratio"] - 1) <= 0.05)
+        assert rows["none"][f"{key}_se"] > 0  # the seeds differ: two runs are not copies
+    runs = {(run["compression"], run["seed"]): run for run in report["runs"]}
+    assert runs[("int8", 0)]["consensus_max"] != runs[("none", 0)]["consensus_max"]  # int8 is not a no-op
+    assert all(0 < run["consensus_max"] < 10 for run in runs.values())
+    assert len(report["tests"]) == 4 and all(t["n"] == 2 and 0 <= t["p_holm"] <= 1 for t in report["tests"])
+    assert (tmp_path / "compression_M4.png").read_bytes()[:4] == b"\x89PNG"
+    # an interrupted experiment continues: the runs already written are read, not run again
+    before = sorted(p.stat().st_mtime_ns for p in (tmp_path / "runs").iterdir())
+    r = _script("exp_compression.py", "--quick", "--runs", str(tmp_path / "runs"), "--out", str(tmp_path), timeout=60)
+    assert r.returncode == 0 and sorted(p.stat().st_mtime_ns for p in (tmp_path / "runs").iterdir()) == before
+
+
+def test_compression_refuses_an_unknown_compression(tmp_path: Path) -> None:
+    r = _script("exp_compression.py", "--compressions", "none", "zip", "--out", str(tmp_path), timeout=60)
+    assert r.returncode == 2 and "allowed: none, bf16-delta, int8, topk:0.01" in r.stderr

@@ -233,3 +233,23 @@ def test_a_federation_of_one_compressing_peer_keeps_its_vector(federation) -> No
     (alone,) = _ready(federation(1, 2, compression="int8"))
     x = torch.randn(1, DIM)
     assert torch.equal(alone.mix(x, 0), x) and torch.equal(alone.mix(x, 1), x)
+
+
+@pytest.mark.timeout(120)
+def test_int8_gossip_on_the_wire_is_the_in_process_choco_mixer(federation) -> None:
+    """scripts/exp_compression.py measures quality with peers in one process (ChocoMixer); that stands for
+    the network only if the network's compressed rounds compute the same numbers: the same operators, the
+    same copies, the same consensus step. Between keys (key_interval) they agree to float32 rounding."""
+    from p2pgan.compression.choco import ChocoMixer
+    from p2pgan.topology import make_topology
+
+    wire = _ready(federation(3, 2, compression="int8", consensus_step=0.5, key_interval=1000))
+    local = ChocoMixer(make_topology("ring", 3, rounds=2), 2, Int8Blocks(), gamma=0.5)
+    g = torch.Generator().manual_seed(3)
+    x = torch.randn(3, DIM, generator=g)
+    for step in range(4):
+        x = x + 0.1 * torch.randn(3, DIM, generator=g)  # a training step moves every vector
+        a, b = mix_all(wire, x, step), local.mix(x, step)
+        assert torch.allclose(a, b, rtol=0, atol=1e-5), (step, float((a - b).abs().max()))
+        assert not torch.equal(b, x)
+    assert all(m.compressed is not None and m.compressed.deltas_sent > 0 for m in wire)
