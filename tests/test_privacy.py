@@ -196,7 +196,7 @@ def _write(tmp_path: Path, privacy: dict | None, train: dict | None = None) -> P
     doc = {
         "peer": {"id": "alice", "federation": "demo"},
         "security": {"insecure": True},
-        "discovery": {"zeroconf_peers": 1},
+        "discovery": {"zeroconf_peers": 1, "zeroconf_members": ["alice"]},
         "train": {"model": "mlp2d", "steps": 10, **(train or {})},
         "data": {"format": "gaussians"},
     }
