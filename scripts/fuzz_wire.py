@@ -218,9 +218,10 @@ def run(out: Path, messages: int, seed: int, *, progress: bool = True) -> dict[s
     honest, leaked = specs[:2], "peer2"
     cfg = load_config(fed.configs[leaked])
     net = network_config(cfg, load_roster(cfg.discovery.roster).peers)  # type: ignore[arg-type]
-    data = load_private_data(cfg)
+    own_seed = cfg.train.seed if cfg.train.seed is not None else 0  # the leaked member's own data: any seed
+    data = load_private_data(cfg, own_seed)
     game = build_game(cfg.train.model, cfg.train.loss, data, batch_size=cfg.train.batch_size,
-                      init_seed=cfg.train.init_seed, seed=cfg.train.seed, device=torch.device("cpu"),
+                      init_seed=cfg.train.init_seed, seed=own_seed, device=torch.device("cpu"),
                       latent_dim=cfg.train.latent_dim, width=cfg.train.width)
     dim, digest = game.dim, game.layout_digest()
     rng = random.Random(seed)

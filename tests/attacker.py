@@ -65,8 +65,9 @@ class ScriptedMember:
         from p2pgan.daemon.peer import load_private_data
         from p2pgan.trainer.game import build_game
 
-        game = build_game(cfg.train.model, cfg.train.loss, load_private_data(cfg), batch_size=cfg.train.batch_size,
-                          init_seed=cfg.train.init_seed, seed=cfg.train.seed, latent_dim=cfg.train.latent_dim,
+        seed = cfg.train.seed if cfg.train.seed is not None else 0  # the liar's own data: any seed will do
+        game = build_game(cfg.train.model, cfg.train.loss, load_private_data(cfg, seed), batch_size=cfg.train.batch_size,
+                          init_seed=cfg.train.init_seed, seed=seed, latent_dim=cfg.train.latent_dim,
                           width=cfg.train.width)
         schedule = cfg.mixing.schedule
         return game.dim, game.layout_digest(), f"DPOSG/{schedule}/{cfg.train.optimizer}"

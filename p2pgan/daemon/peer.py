@@ -290,6 +290,8 @@ def _run_peer(cfg: PeerConfig, resume: bool, stop: StopSignals) -> int:
             "absent": sorted(membership.absent()) if membership is not None else [],
             "privacy": privacy, "seed_source": seed_source,
         })
+        if privacy.get("mode") == "off":  # said once the federation formed (a config mistake stays one line)
+            log.warning("peer %s: %s", cfg.peer.id, privacy["notice"])
         status.logger.info(
             "peer %s: rank %s of %s %s, port %s, %s over %s with t=%d; %d parameters, %d private samples; "
             "metrics %s, checkpoints %s", cfg.peer.id, getattr(mixer, "rank", "?"), mixer.size,

@@ -26,7 +26,6 @@ def site_game(cfg: PeerConfig, data: Any, seed: int, steps_total: int, device: t
     if not cfg.privacy.enabled:
         from p2pgan.trainer.game import build_game
 
-        log.warning("peer %s: %s", cfg.peer.id, NO_PRIVACY)
         return build_game(cfg.train.model, cfg.train.loss, data, **kwargs), {"mode": "off", "notice": NO_PRIVACY}
     from p2pgan.privacy.game import build_private_game
 
