@@ -6,7 +6,11 @@ pair on its own emulated link (``python -m p2pgan.netem pair``: a process per pa
 for each payload (MB of float32: 8.36 is resnet32's vector), link and ``mixing.compression``. Reported per
 row: the median step time of the slowest peer, the bytes one peer sends per step, and the link floor beside
 it: (bytes one peer sends to one neighbour per round) * 8 / rate + one-way delay, the least time a round
-can take on that link; ``vs floor`` is step / floor. Bytes are what the mixer framed (header and shards;
+can take on that link; ``vs link`` is step / floor. Beside it the machine's floor: the same ring and
+compression with the peers connected directly over loopback (no relay, no pacing), which is what this
+machine's CPUs take for the round's encoding, TLS, framing and mixing; ``vs max`` is step / the larger of
+the two floors (no round can beat either). On a machine shared by all M peers and their relays, the
+machine's floor can exceed a fast link's. Bytes are what the mixer framed (header and shards;
 TLS and HTTP/2 framing add well under 1 %). Between steps each vector moves by ``--drift`` of its scale,
 as an optimizer step would, so compressed differences have realistic content.
 
@@ -62,6 +66,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--steps", type=int, default=None, help="timed steps per row (default 10; --quick 4)")
     p.add_argument("--warmup", type=int, default=2, help="untimed steps first (the first one sends keys)")
     p.add_argument("--drift", type=float, default=1e-3, help="relative change of each vector per step")
+    p.add_argument("--no-machine-floor", action="store_true",
+                   help="leave out the direct-loopback run of each payload and compression (the machine's floor)")
     p.add_argument("--skip-digits", action="store_true", help="leave out part 2 (the digits harness runs)")
     p.add_argument("--skip-rounds", action="store_true", help="leave out part 1 (the ring rounds)")
     p.add_argument("--digits-link", default="10mbit:20ms", help="the link of the digits runs")
@@ -124,12 +130,12 @@ def ring_links(ports: dict[str, int], link: str) -> Iterator[dict[str, list[list
             proc.wait()
 
 
-def run_row(args: argparse.Namespace, mb: float, link: str, compression: str) -> dict[str, Any]:
-    """One (payload, link, compression): M ring peers, their step times and bytes."""
+def run_row(args: argparse.Namespace, mb: float, link: str | None, compression: str) -> dict[str, Any]:
+    """One (payload, link, compression): M ring peers, their step times and bytes. ``link`` None: the peers
+    connect directly over loopback, no relay and no pacing (the machine's own floor for that row)."""
     from p2pgan.security.certs import make_federation
     from p2pgan.wire.workers import exchange_ports, worker_processes
 
-    spec = args.link_specs[link]
     dim = max(1, int(mb * 1e6 / 4))
     ids = [f"peer{i}" for i in range(args.peers)]
     with tempfile.TemporaryDirectory(prefix="p2pgan-bench-wan-") as tmp, contextlib.ExitStack() as stack:
@@ -145,6 +151,8 @@ def run_row(args: argparse.Namespace, mb: float, link: str, compression: str) ->
         rosters: dict[str, Any] = {}
 
         def route(ports: dict[str, int | None]) -> dict[str, list[list[Any]]]:
+            if link is None:
+                return {a: [[b, "127.0.0.1", int(ports[b] or 0)] for b in ids] for a in ids}
             rosters.update(stack.enter_context(ring_links({p: int(v or 0) for p, v in ports.items()}, link)))
             return rosters
 
@@ -161,11 +169,11 @@ def run_row(args: argparse.Namespace, mb: float, link: str, compression: str) ->
     step_s = max(statistics.median(r["step_s"]) for r in results)
     sent = statistics.mean(statistics.mean(r["bytes_sent"]) for r in results)
     per_link = sent / 2  # a ring peer sends the same message to its two neighbours, each over its own link
-    floor = spec.floor_s(per_link)
+    floor = args.link_specs[link].floor_s(per_link) if link is not None else None
     return {
-        "payload_mb": mb, "link": link, "compression": compression, "peers": args.peers, "dim": dim,
+        "payload_mb": mb, "link": link or "direct", "compression": compression, "peers": args.peers, "dim": dim,
         "step_s": step_s, "bytes_per_step": sent, "bytes_per_link_round": per_link, "floor_s": floor,
-        "vs_floor": step_s / floor, "dropped": sum(r["dropped"] for r in results),
+        "vs_floor": step_s / floor if floor else None, "dropped": sum(r["dropped"] for r in results),
         "keys": sum(r["keys"] or 0 for r in results), "per_peer": results,
     }
 
@@ -215,14 +223,34 @@ def run_digits(args: argparse.Namespace, compression: str) -> dict[str, Any]:
             / args.digits_steps, **result}
 
 
+def with_machine_floor(row: dict[str, Any], machine: dict[str, Any] | None) -> dict[str, Any]:
+    """``row`` with the machine's floor beside the link's: the same ring and compression over direct loopback
+    (``machine``), and the step against the larger of the two (a round can beat neither)."""
+    if machine is not None and row["floor_s"] is not None:
+        row["machine_s"] = machine["step_s"]
+        row["vs_bound"] = row["step_s"] / max(row["floor_s"], machine["step_s"])
+    return row
+
+
+def _ms(value: float | None) -> str:
+    return f"{value * 1e3:>7.0f}ms" if value is not None else f"{'-':>9}"
+
+
+def _times(value: float | None) -> str:
+    return f"{value:>7.2f}x" if value is not None else f"{'-':>8}"
+
+
 def table(rows: list[dict[str, Any]]) -> str:
-    lines = [f"{'MB':>7} {'link':>13} {'compression':>11} {'step':>9} {'floor':>9} {'vs floor':>8} "
-             f"{'sent/step':>10} {'vs none':>7}"]
+    """One line per row: the step, the link's floor and step / floor, the machine's floor (the same row without
+    the link) and step / the larger floor, the bytes one peer sends per step and their ratio to ``none``."""
+    lines = [f"{'MB':>7} {'link':>13} {'compression':>11} {'step':>9} {'link floor':>10} {'vs link':>8} "
+             f"{'machine':>9} {'vs max':>8} {'sent/step':>10} {'vs none':>7}"]
     base = {(r["payload_mb"], r["link"]): r["bytes_per_step"] for r in rows if r["compression"] == "none"}
     for r in rows:
         ratio = r["bytes_per_step"] / base[r["payload_mb"], r["link"]] if (r["payload_mb"], r["link"]) in base else None
-        lines.append(f"{r['payload_mb']:>7.2f} {r['link']:>13} {r['compression']:>11} {r['step_s'] * 1e3:>7.0f}ms "
-                     f"{r['floor_s'] * 1e3:>7.0f}ms {r['vs_floor']:>7.2f}x {r['bytes_per_step'] / 1e6:>8.3f}MB "
+        lines.append(f"{r['payload_mb']:>7.2f} {r['link']:>13} {r['compression']:>11} {_ms(r['step_s'])} "
+                     f"{_ms(r['floor_s']):>10} {_times(r['vs_floor'])} {_ms(r.get('machine_s'))} "
+                     f"{_times(r.get('vs_bound'))} {r['bytes_per_step'] / 1e6:>8.3f}MB "
                      + (f"{ratio:>6.3f}x" if ratio is not None else f"{'-':>7}"))
     return "\n".join(lines)
 
@@ -243,19 +271,26 @@ def digits_table(rows: list[dict[str, Any]]) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    rows = []
+    rows: list[dict[str, Any]] = []
+    machine: list[dict[str, Any]] = []
     for mb in [] if args.skip_rounds else args.payloads:
-        for link in args.links:
-            for compression in args.compressions:
-                rows.append(run_row(args, mb, link, compression))
+        for compression in args.compressions:
+            floor = None
+            if not args.no_machine_floor:
+                floor = run_row(args, mb, None, compression)
+                machine.append(floor)
+                print(table([floor]).splitlines()[-1], flush=True)
+            for link in args.links:
+                rows.append(with_machine_floor(run_row(args, mb, link, compression), floor))
                 print(table(rows[-1:]).splitlines()[-1], flush=True)
+    rows.sort(key=lambda r: (r["payload_mb"], args.links.index(r["link"]), args.compressions.index(r["compression"])))
     if rows:
         print("\n" + table(rows))
     digits = [] if args.skip_digits else [run_digits(args, c) for c in args.compressions]
     if digits:
         print("\n" + digits_table(digits))
     if args.json_out:
-        args.json_out.write_text(json.dumps({"rows": rows, "digits": digits,
+        args.json_out.write_text(json.dumps({"rows": rows, "machine": machine, "digits": digits,
                                              "options": {k: v for k, v in vars(args).items() if k != "link_specs"}},
                                             indent=1, default=str))
     return 0

@@ -10,7 +10,7 @@ import torch
 
 from p2pgan.compression.choco import ChocoMixer, consensus_step
 from p2pgan.compression.compressors import (
-    INT8_BLOCK, BF16Delta, Compressor, Int8Blocks, TopK, apply, decode, make_compressor, self_decode,
+    CHUNK, INT8_BLOCK, BF16Delta, Compressor, Int8Blocks, TopK, apply, decode, make_compressor, self_decode,
 )
 from p2pgan.compression.copies import NeighbourCopies, OwnCopy, digest
 from p2pgan.compression.spec import canonical
@@ -69,6 +69,36 @@ def test_topk_keeps_exactly_the_largest_differences() -> None:
     for i in keep:
         ref[i] = d[i]
     assert torch.equal(_reconstruct(c, d), ref)
+
+
+def test_large_vectors_take_the_chunked_and_sampled_paths_with_the_same_result() -> None:
+    """Past CHUNK elements int8 runs chunk by chunk (a short last block at the end) and top-k picks its
+    candidates by a sampled threshold: the result is still the plain blockwise reference, exactly
+    torch.topk's selection, and the int8 update applies to a float64 copy (the simulator's) the same numbers."""
+    n = 3 * CHUNK + 77
+    g = torch.Generator().manual_seed(5)
+    d = torch.randn(n, generator=g) * torch.logspace(-2, 2, n)
+    d[CHUNK : CHUNK + 2 * INT8_BLOCK] = 0.0
+    enc = Int8Blocks().encode(d)
+    nb = math.ceil(n / INT8_BLOCK)
+    padded = torch.cat([d, torch.zeros(nb * INT8_BLOCK - n)]).view(nb, INT8_BLOCK)
+    scale = padded.abs().amax(dim=1) / 127
+    inv = torch.where(scale > 0, 1.0 / scale, torch.zeros_like(scale))
+    codes = (padded * inv.unsqueeze(1)).round().clamp(-127, 127)
+    ref = (codes * scale.unsqueeze(1)).reshape(-1)[:n]
+    got = torch.zeros(n)
+    apply(got, self_decode(enc, n))
+    assert torch.equal(got, ref)
+    wide = torch.zeros(n, dtype=torch.float64)
+    apply(wide, self_decode(enc, n))
+    assert torch.equal(wide, ref.to(torch.float64))
+    for fraction in (0.01, 0.001):
+        c = TopK(fraction)
+        k = c.count(n)
+        enc = c.encode(d)
+        indices = enc.payload[: 4 * k].view(torch.int32).to(torch.int64)
+        assert torch.equal(indices, torch.topk(d.abs(), k).indices.sort().values)
+        assert torch.equal(enc.payload[4 * k :].view(torch.float32), d[indices])
 
 
 def test_identity_sends_the_vector_itself() -> None:

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import torch
 
-from p2pgan.compression.compressors import Compressor, apply, self_decode
+from p2pgan.compression.compressors import CHUNK, Compressor, apply, self_decode
 from p2pgan.mixing.base import DoneHandle, MixHandle, Mixer
 from p2pgan.mixing.inprocess import InProcessMixer
 from p2pgan.topology import Topology
@@ -25,10 +25,16 @@ from p2pgan.topology import Topology
 
 def consensus_step(x: torch.Tensor, own_copy: torch.Tensor, mixed_copies: torch.Tensor, gamma: float) -> torch.Tensor:
     """``x + gamma * (mixed_copies - own_copy)``, written so that gamma = 1 with ``own_copy == x`` returns
-    ``mixed_copies`` exactly."""
-    if gamma == 1.0:
-        return mixed_copies.add_(x - own_copy)
-    return x + gamma * (mixed_copies - own_copy)
+    ``mixed_copies`` exactly. Computed in place in ``mixed_copies`` (contiguous, the caller's to give), a
+    cache-sized chunk at a time: no temporary vector."""
+    out, xs, own = mixed_copies.view(-1), x.reshape(-1), own_copy.reshape(-1)
+    for lo in range(0, out.numel(), CHUNK):
+        hi = lo + CHUNK
+        if gamma == 1.0:
+            out[lo:hi].add_(xs[lo:hi] - own[lo:hi])
+        else:
+            out[lo:hi].sub_(own[lo:hi]).mul_(gamma).add_(xs[lo:hi])
+    return mixed_copies
 
 
 class ChocoMixer(Mixer):

@@ -22,6 +22,7 @@ from __future__ import annotations
 import dataclasses
 import math
 
+import numpy as np
 import torch
 
 from p2pgan.compression.spec import parse_compression
@@ -33,6 +34,9 @@ INT8_BLOCK = 256
 MAX_SCALE = 1e30
 #: the int8 codes used (-128 is never sent: the code range is symmetric)
 INT8_MAX = 127
+#: elements per pass of the chunked loops (1 MiB of float32: a pass stays in cache instead of going through
+#: a fresh vector-sized temporary; a multiple of INT8_BLOCK)
+CHUNK = 1 << 18
 
 
 @dataclasses.dataclass(frozen=True)
@@ -93,22 +97,42 @@ class Int8Blocks(Compressor):
         self.bytes_per_element = 1.0 + 4.0 / block
 
     def encode(self, delta: torch.Tensor) -> Encoded:
+        """Scales and codes are written straight into the payload, a cache-sized chunk at a time (see
+        :data:`CHUNK`): per block ``scale = absmax / 127`` and ``code = round(x / scale)`` (0 where the block
+        is all zeros)."""
         n, b = delta.numel(), self.block
-        nb, full = math.ceil(n / b), (n // b) * b
+        nb = math.ceil(n / b)
         delta = delta.detach().to(torch.float32).reshape(-1)
-        scales = torch.empty(nb, dtype=torch.float32)
-        codes = torch.empty(n, dtype=torch.float32)
-        parts = [(delta[:full].view(-1, b), scales[: full // b], codes[:full].view(-1, b))] if full else []
-        if full < n:
-            parts.append((delta[full:].view(1, -1), scales[full // b :], codes[full:].view(1, -1)))
-        for blocks, scale, out in parts:
-            torch.amax(blocks.abs(), dim=1, out=scale)
-            scale.div_(INT8_MAX)
-            inverse = torch.where(scale > 0, 1.0 / scale, torch.zeros_like(scale))
-            torch.mul(blocks, inverse.unsqueeze(1), out=out)
-        codes.round_().clamp_(-INT8_MAX, INT8_MAX)
-        payload = torch.cat([scales.view(torch.uint8), codes.to(torch.int8).view(torch.uint8)])
+        payload = torch.empty(4 * nb + n, dtype=torch.uint8)
+        scales, codes = payload[: 4 * nb].view(torch.float32), payload[4 * nb :].view(torch.int8)
+        step = max(1, CHUNK // b) * b
+        work = torch.empty(min(n, step), dtype=torch.float32)
+        inverse = torch.empty(step // b, dtype=torch.float32)
+        for lo, hi, full in _chunks(n, step, b):
+            if full > lo:
+                _quantize(delta[lo:full].view(-1, b), work[: full - lo].view(-1, b), scales[lo // b : full // b], inverse)
+            if full < hi:  # the short last block
+                _quantize(delta[full:hi].view(1, -1), work[full - lo : hi - lo].view(1, -1), scales[full // b :], inverse)
+            tmp = work[: hi - lo]
+            tmp.round_().clamp_(-INT8_MAX, INT8_MAX)
+            codes[lo:hi].copy_(tmp)
         return Encoded("int8", payload, block_elements=b)
+
+
+def _chunks(n: int, step: int, block: int) -> list[tuple[int, int, int]]:
+    """``[lo, hi)`` spans of ``step`` elements (a multiple of ``block``) and where their full blocks end."""
+    return [(lo, min(n, lo + step), lo + (min(n, lo + step) - lo) // block * block) for lo in range(0, n, step)]
+
+
+def _quantize(rows: torch.Tensor, out: torch.Tensor, scale: torch.Tensor, inverse: torch.Tensor) -> None:
+    """``out = rows / scale`` per row with ``scale = absmax / 127`` written to ``scale`` (0 stays 0)."""
+    torch.abs(rows, out=out)
+    torch.amax(out, dim=1, out=scale)
+    scale.div_(INT8_MAX)
+    inv = inverse[: scale.numel()]
+    torch.reciprocal(scale, out=inv)
+    inv.nan_to_num_(posinf=0.0)
+    torch.mul(rows, inv.unsqueeze(1), out=out)
 
 
 class TopK(Compressor):
@@ -126,9 +150,12 @@ class TopK(Compressor):
     def encode(self, delta: torch.Tensor) -> Encoded:
         n = delta.numel()
         k = self.count(n)
-        idx = _largest(delta.detach().abs(), k).sort().values
+        delta = delta.detach().reshape(-1)
+        idx = _largest(delta, k)  # ascending
         values = delta[idx].to(torch.float32)
-        payload = torch.cat([idx.to(torch.int32).view(torch.uint8), values.view(torch.uint8)])
+        payload = torch.empty(8 * k, dtype=torch.uint8)
+        payload[: 4 * k].view(torch.int32).copy_(idx)
+        payload[4 * k :].view(torch.float32).copy_(values)
         return Encoded("topk", payload, value_count=k)
 
 
@@ -136,25 +163,35 @@ class TopK(Compressor):
 TOPK_SAMPLE = 65536
 
 
-def _largest(magnitude: torch.Tensor, k: int) -> torch.Tensor:
-    """Indices of the ``k`` largest entries of ``magnitude`` (exactly those of ``torch.topk``, ties aside).
+def _largest(delta: torch.Tensor, k: int) -> torch.Tensor:
+    """Ascending indices of the ``k`` largest ``|delta|`` (exactly those of ``torch.topk``, ties aside).
 
     ``torch.topk`` over the whole vector costs ~80 ns per element on one core; here a strided sample
-    estimates a threshold a little below the k-th largest value, a single comparison pass keeps the
-    candidates above it, and ``topk`` runs on those only. A threshold that keeps fewer than ``k``
-    candidates (a skewed sample) falls back to the full ``topk``.
+    estimates a threshold a little below the k-th largest magnitude, one chunked pass marks the candidates
+    at or above it (about 2k), and the k-th largest among those is found exactly. A threshold that keeps
+    fewer than ``k`` candidates (a skewed sample), or ties at the k-th value, fall back to ``torch.topk``.
     """
-    n = magnitude.numel()
+    n = delta.numel()
     if n <= 4 * TOPK_SAMPLE or k * 4 > n:
-        return torch.topk(magnitude, k, sorted=False).indices
-    stride = n // TOPK_SAMPLE
-    sample = magnitude[::stride]
+        return torch.topk(delta.abs(), k, sorted=False).indices.sort().values
+    sample = delta[:: n // TOPK_SAMPLE].abs()
     q = max(0, sample.numel() - 1 - int(2 * k / n * sample.numel()) - 16)  # ~2k candidates expected
-    threshold = sample.kthvalue(q + 1).values
-    candidates = torch.nonzero(magnitude >= threshold).squeeze(1)
+    threshold = float(sample.kthvalue(q + 1).values)
+    marks = torch.empty(n, dtype=torch.bool)
+    work = torch.empty(min(n, CHUNK), dtype=delta.dtype)
+    for lo in range(0, n, CHUNK):
+        hi = min(n, lo + CHUNK)
+        torch.abs(delta[lo:hi], out=work[: hi - lo])
+        torch.ge(work[: hi - lo], threshold, out=marks[lo:hi])
+    candidates = torch.from_numpy(np.flatnonzero(marks.numpy()))  # ascending; numpy's is ~3x torch.nonzero
     if candidates.numel() < k:
-        return torch.topk(magnitude, k, sorted=False).indices
-    return candidates[torch.topk(magnitude[candidates], k, sorted=False).indices]
+        return torch.topk(delta.abs(), k, sorted=False).indices.sort().values
+    magnitude = delta[candidates].abs()
+    kth = magnitude.kthvalue(candidates.numel() - k + 1).values
+    keep = candidates[magnitude >= kth]
+    if keep.numel() != k:  # ties at the k-th value: let topk choose among them
+        keep = candidates[torch.topk(magnitude, k, sorted=False).indices].sort().values
+    return keep
 
 
 def make_compressor(spec: str, field: str = "mixing.compression") -> Compressor | None:
@@ -195,7 +232,7 @@ def decode(encoding: str, payload: torch.Tensor, n: int, *, block_elements: int 
         codes = raw[4 * nb :].view(torch.int8)
         if not bool(torch.isfinite(scales).all()) or bool((scales < 0).any()) or bool((scales > MAX_SCALE).any()):
             raise ProtocolError(f"{who}: an int8 scale is negative, non-finite or above {MAX_SCALE:g}")
-        if bool((codes == -128).any()):
+        if codes.numel() and int(codes.min()) == -128:
             raise ProtocolError(f"{who}: int8 code -128 is outside -{INT8_MAX}..{INT8_MAX}")
         return Delta("int8", codes, scales=scales, block=block_elements)
     if encoding == "topk":
@@ -222,17 +259,24 @@ def apply(copy: torch.Tensor, delta: Delta) -> None:
     if delta.encoding == "key":
         copy.copy_(delta.values)
     elif delta.encoding == "bf16-delta":
-        copy.add_(delta.values.to(copy.dtype))
+        work = torch.empty(min(copy.numel(), CHUNK), dtype=copy.dtype)
+        for lo in range(0, copy.numel(), CHUNK):  # a chunk at a time: no vector-sized temporary
+            tmp = work[: min(copy.numel(), lo + CHUNK) - lo]
+            tmp.copy_(delta.values[lo : lo + CHUNK])
+            copy[lo : lo + CHUNK].add_(tmp)
     elif delta.encoding == "int8":
         assert delta.scales is not None
         n, b = copy.numel(), delta.block
-        full = (n // b) * b
-        codes = delta.values.to(torch.float32)
-        if full:
-            update = codes[:full].view(-1, b) * delta.scales[: full // b].unsqueeze(1)
-            copy[:full].view(-1, b).add_(update.to(copy.dtype))
-        if full < n:
-            copy[full:].add_((codes[full:] * delta.scales[-1]).to(copy.dtype))
+        step = max(1, CHUNK // b) * b
+        work = torch.empty(min(n, step), dtype=torch.float32)
+        for lo, hi, full in _chunks(n, step, b):  # code * scale in float32, a chunk at a time
+            tmp = work[: hi - lo]
+            tmp.copy_(delta.values[lo:hi])
+            if full > lo:
+                tmp[: full - lo].view(-1, b).mul_(delta.scales[lo // b : full // b].unsqueeze(1))
+            if full < hi:
+                tmp[full - lo :].mul_(delta.scales[-1])
+            copy[lo:hi].add_(tmp)
     elif delta.encoding == "topk":
         assert delta.indices is not None
         copy.index_add_(0, delta.indices, delta.values.to(copy.dtype))

@@ -35,6 +35,7 @@ class OwnCopy:
         self.compressor = compressor
         self.dim = dim
         self.copy: torch.Tensor | None = None  # none yet: the first round sends keys
+        self._difference: torch.Tensor | None = None  # x - copy, reused every round (no fresh vector)
         self.version = secrets.randbits(48)
 
     def reset(self) -> None:
@@ -53,7 +54,9 @@ class OwnCopy:
             self.copy = x.clone()
             self.version += 1
             return None, Encoded("key", self.copy)
-        enc = self.compressor.encode(x - self.copy)
+        if self._difference is None or self._difference.shape != x.shape:
+            self._difference = torch.empty_like(x)
+        enc = self.compressor.encode(torch.sub(x, self.copy, out=self._difference))
         apply(self.copy, self_decode(enc, self.dim))
         self.version += 1
         return enc, Encoded("key", self.copy)
