@@ -9,6 +9,7 @@ steps and print one JSON line with the times and bytes. Between steps the vector
 
 from __future__ import annotations
 
+import gc
 import json
 import sys
 import time
@@ -40,6 +41,7 @@ def main(argv: list[str]) -> int:
         print(json.dumps({"port": mixer.port}), flush=True)
         roster = json.loads(sys.stdin.readline())
         mixer.join(tuple(PeerEntry(i, h, p) for i, h, p in roster))
+        gc.freeze()  # the imports and the vector outlive the run: keep the collector off them (daemon/peer.py)
         mixer.wait_ready(cfg["connect_timeout_s"])
         step_s, sent = [], []
         for k in range(cfg["warmup"] + cfg["steps"]):

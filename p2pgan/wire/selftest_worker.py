@@ -9,6 +9,7 @@ peer ignores the roster and finds the others by mDNS on 127.0.0.1.
 
 from __future__ import annotations
 
+import gc
 import hashlib
 import json
 import os
@@ -52,6 +53,7 @@ def main(argv: list[str]) -> int:
             mixer.join(member_finder(net)(mixer))  # find the others by mDNS; the parent's roster is not used
         else:
             mixer.join(tuple(PeerEntry(i, h, p) for i, h, p in roster))
+        gc.freeze()  # the imports and the vector outlive the run: keep the collector off them (daemon/peer.py)
         mixer.wait_ready(cfg["connect_timeout_s"])
         step_seconds = []
         results = hashlib.sha256()
