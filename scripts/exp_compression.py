@@ -55,7 +55,7 @@ from p2pgan.compression.choco import ChocoMixer  # noqa: E402
 from p2pgan.compression.compressors import make_compressor  # noqa: E402
 from p2pgan.compression.spec import canonical  # noqa: E402
 from p2pgan.errors import P2PGANError  # noqa: E402
-from p2pgan.experiments.report import format_table, plot_seed_bands, write_json  # noqa: E402
+from p2pgan.experiments.report import plot_seed_bands, write_json  # noqa: E402
 from p2pgan.experiments.statistics import ALPHA, holm, mean_se, paired_test  # noqa: E402
 from p2pgan.metrics import Progress  # noqa: E402
 from p2pgan.mixing import InProcessMixer, Mixer  # noqa: E402

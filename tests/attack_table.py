@@ -199,7 +199,7 @@ def run(kind: str, out: Path, layout: str) -> dict[str, Any]:
             while time.monotonic() < t_end:
                 try:
                     hellos.append(round(timed_hello(liar, "peer0"), 3))
-                except grpc.RpcError as exc:
+                except grpc.RpcError:
                     hellos.append(float("inf"))
                 stop.wait(0.5)
             extra["rss_growth_mb"] = round((_rss(target.pid) - rss0) / 2 ** 20, 1)

@@ -80,7 +80,6 @@ def test_malicious_server_replies_are_refused_cleanly(tmp_path: Path) -> None:
     """A member that answers Hello, FetchState and Push with lies or garbage: the honest client raises only
     the project's errors (or marks the member absent or a suspect), never crashes, adopts nothing unchecked,
     and a lying step never becomes the agreed step."""
-    import grpc
     import torch
 
     from p2pgan.errors import P2PGANError
