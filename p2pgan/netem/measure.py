@@ -10,7 +10,7 @@ import socket
 import statistics
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 from p2pgan.netem.pacer import CHUNK_BYTES
 from p2pgan.netem.relay import CONNECT_TIMEOUT_S, JOIN_TIMEOUT_S, LatencyRelay, close_listener, set_nodelay
@@ -18,12 +18,41 @@ from p2pgan.netem.spec import LinkSpec
 
 
 @contextlib.contextmanager
+def _tcp_server(serve_one: Callable[[socket.socket], None], *, nodelay: bool = False) -> Iterator[int]:
+    """A TCP server on 127.0.0.1 (port yielded) running ``serve_one`` on each accepted connection in a thread
+    of its own; on the way out it closes the listener and every connection and joins the acceptor."""
+    server = socket.create_server(("127.0.0.1", 0))
+    conns: list[socket.socket] = []
+
+    def accept() -> None:
+        while True:
+            try:
+                conn, _ = server.accept()
+            except OSError:
+                return
+            if nodelay:
+                set_nodelay(conn)
+            conns.append(conn)
+            threading.Thread(target=serve_one, args=(conn,), daemon=True).start()
+
+    acceptor = threading.Thread(target=accept, daemon=True)
+    acceptor.start()
+    try:
+        yield server.getsockname()[1]
+    finally:
+        close_listener(server)
+        for c in conns:
+            with contextlib.suppress(OSError):
+                c.shutdown(socket.SHUT_RDWR)
+            c.close()
+        acceptor.join(JOIN_TIMEOUT_S)
+
+
+@contextlib.contextmanager
 def sink_server() -> Iterator[tuple[int, list[float]]]:
     """A TCP server on 127.0.0.1 that reads every byte and, per connection, replies with one byte once the
     sender half-closes; yields (port, times): the monotonic time each connection's last byte arrived."""
-    server = socket.create_server(("127.0.0.1", 0))
     done: list[float] = []
-    conns: list[socket.socket] = []
 
     def serve_one(conn: socket.socket) -> None:
         with contextlib.suppress(OSError):
@@ -33,26 +62,8 @@ def sink_server() -> Iterator[tuple[int, list[float]]]:
             conn.sendall(b"k")
             conn.shutdown(socket.SHUT_WR)
 
-    def accept() -> None:
-        while True:
-            try:
-                conn, _ = server.accept()
-            except OSError:
-                return
-            conns.append(conn)
-            threading.Thread(target=serve_one, args=(conn,), daemon=True).start()
-
-    acceptor = threading.Thread(target=accept, daemon=True)
-    acceptor.start()
-    try:
-        yield server.getsockname()[1], done
-    finally:
-        close_listener(server)
-        for c in conns:
-            with contextlib.suppress(OSError):
-                c.shutdown(socket.SHUT_RDWR)
-            c.close()
-        acceptor.join(JOIN_TIMEOUT_S)
+    with _tcp_server(serve_one) as port:
+        yield port, done
 
 
 def measure_rate(spec: LinkSpec, nbytes: int) -> dict[str, float]:
@@ -85,8 +96,6 @@ def measure_rate(spec: LinkSpec, nbytes: int) -> dict[str, float]:
 @contextlib.contextmanager
 def echo_server() -> Iterator[int]:
     """A TCP server on 127.0.0.1 (port yielded) that echoes every byte back; for RTT measurements."""
-    server = socket.create_server(("127.0.0.1", 0))
-    conns: list[socket.socket] = []
 
     def serve_one(conn: socket.socket) -> None:
         with contextlib.suppress(OSError):
@@ -94,27 +103,8 @@ def echo_server() -> Iterator[int]:
                 conn.sendall(data)
             conn.shutdown(socket.SHUT_WR)
 
-    def accept() -> None:
-        while True:
-            try:
-                conn, _ = server.accept()
-            except OSError:
-                return
-            set_nodelay(conn)
-            conns.append(conn)
-            threading.Thread(target=serve_one, args=(conn,), daemon=True).start()
-
-    acceptor = threading.Thread(target=accept, daemon=True)
-    acceptor.start()
-    try:
-        yield server.getsockname()[1]
-    finally:
-        close_listener(server)
-        for c in conns:
-            with contextlib.suppress(OSError):
-                c.shutdown(socket.SHUT_RDWR)
-            c.close()
-        acceptor.join(JOIN_TIMEOUT_S)
+    with _tcp_server(serve_one, nodelay=True) as port:
+        yield port
 
 
 def ping_pong_ms(port: int, samples: int, payload: int = 64) -> list[float]:
