@@ -38,11 +38,8 @@ import gc
 import logging
 import math
 import os
-import signal
-import threading
 import time
 from pathlib import Path
-from types import FrameType, TracebackType
 from typing import Any
 
 import torch
@@ -53,6 +50,7 @@ from p2pgan.daemon import elastic
 from p2pgan.daemon.checkpoints import CheckpointKeeper, open_checkpoints
 from p2pgan.daemon.privacy import audit_recorder, budget_spent, privacy_record, site_game
 from p2pgan.daemon.config import PeerConfig
+from p2pgan.daemon.signals import StopBeforeTraining, StopSignals
 from p2pgan.errors import CheckpointError, ConfigError
 
 log = logging.getLogger(__name__)
@@ -63,57 +61,6 @@ CHECKPOINT_FORMAT = 1
 SAMPLE_SEED = 1234
 #: number of Gaussians samples drawn by a peer whose private data is the synthetic 8-Gaussians set
 GAUSSIANS_SAMPLES = 10_000
-
-
-class StopBeforeTraining(BaseException):
-    """Raised by the signal handler while the daemon is still starting (loading data, waiting for peers).
-
-    A BaseException, like KeyboardInterrupt, so that no ``except Exception`` on the way swallows it.
-    """
-
-
-class StopSignals:
-    """SIGTERM / SIGINT / SIGHUP -> a flag the loop checks between steps; a second signal abandons the step.
-
-    Until :attr:`training` is set (start-up: loading data, waiting for the other peers) a signal stops
-    at once by raising :class:`StopBeforeTraining`: there is nothing new to checkpoint yet. Installs
-    handlers on entry (main thread only) and restores the previous ones on exit.
-    """
-
-    SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)  # SIGHUP: the SSH session that started us closed
-
-    def __init__(self) -> None:
-        self.event = threading.Event()
-        self.received: str | None = None
-        self.training = False
-        self._previous: dict[int, Any] = {}
-
-    def __enter__(self) -> StopSignals:
-        if threading.current_thread() is threading.main_thread():
-            for sig in self.SIGNALS:
-                self._previous[sig] = signal.signal(sig, self._handle)
-        return self
-
-    def _handle(self, signum: int, frame: FrameType | None) -> None:
-        name = signal.Signals(signum).name
-        if not self.training:
-            self.received = name
-            self.event.set()
-            raise StopBeforeTraining(name)
-        if self.event.is_set():
-            log.warning("second %s: abandoning the current step (the last checkpoint is kept)", name)
-            raise KeyboardInterrupt
-        self.received = name
-        self.event.set()
-        log.warning("%s received: finishing the current step, then checkpoint and exit", name)
-
-    def is_set(self) -> bool:
-        return self.event.is_set()
-
-    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None) -> None:
-        for sig, handler in self._previous.items():
-            signal.signal(sig, handler)
-        self._previous.clear()
 
 
 def resolve_device(name: str) -> torch.device:
