@@ -254,6 +254,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--out", type=Path, default=ROOT / "runs" / "compression", help="compression.json and PNGs")
     p.add_argument("--no-run", action="store_true",
                    help="only summarise the runs already under --runs (an experiment cut short)")
+    p.add_argument("--topk-gamma", type=float, default=COMPRESSIONS["topk:0.01"],
+                   help="consensus step of topk:0.01 (default 0.1; documented range 0.05-0.3); runs with another "
+                        "value are filed apart (-g<value> in their name)")
     p.add_argument("--quick", action="store_true", help="short form: M = 4, 2 seeds, 6 steps, none and int8")
     args = p.parse_args(argv)
     if args.quick:
@@ -266,6 +269,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         p.error(f"--peers: every M must be >= 2, got {args.peers}")
     if args.steps < 1 or args.eval_every < 1 or args.eval_samples < 16 or args.batch < 1:
         p.error("--steps, --eval-every, --batch must be >= 1 and --eval-samples >= 16")
+    if not 0 < args.topk_gamma <= 1:
+        p.error(f"--topk-gamma: must be in (0, 1], got {args.topk_gamma}")
+    args.gammas = {**COMPRESSIONS, "topk:0.01": args.topk_gamma}
     return args
 
 
@@ -281,13 +287,15 @@ def main(argv: list[str] | None = None) -> int:
         for peers in args.peers:  # seed by seed, so that a cut-short experiment still has its pairs
             for seed in args.seeds:
                 for comp in args.compressions:
-                    path = args.runs / f"M{peers}-{canonical(comp).replace(':', '')}-s{seed}-{args.steps}.json"
+                    gamma = args.gammas[comp]
+                    tag = "" if gamma == COMPRESSIONS[comp] else f"-g{gamma:g}"
+                    path = args.runs / f"M{peers}-{canonical(comp).replace(':', '')}{tag}-s{seed}-{args.steps}.json"
                     if path.is_file():
                         run = json.loads(path.read_text())
                     elif args.no_run:
                         continue
                     else:
-                        run = run_one(comp, COMPRESSIONS[comp], peers, seed, args, data, evaluator)
+                        run = run_one(comp, gamma, peers, seed, args, data, evaluator)
                         write_json(path, run)
                         final = {k: sum(v[-1]) / peers for k, v in run["scores"].items()}
                         print(f"M={peers} {comp} seed {seed}: {run['seconds']:.0f} s, IS {final['is']:.3f}, "
@@ -306,7 +314,7 @@ def main(argv: list[str] | None = None) -> int:
     write_json(args.out / "compression.json", {
         "config": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
         "job": {"model": MODEL, "loss": LOSS, "topology": TOPOLOGY, "schedule": SCHEDULE, "betas": BETAS,
-                "consensus_steps": {c: COMPRESSIONS[c] for c in args.compressions}},
+                "consensus_steps": {c: args.gammas[c] for c in args.compressions}},
         "note": "peers in one process: none = InProcessMixer, others = ChocoMixer (the wire path's compressors)",
         "rows": rows, "tests": tests, "table": table, "figures": figures,
         "runs": [{**per_run(r), "peers": r["peers"], "compression": r["compression"], "seed": r["seed"],
