@@ -143,6 +143,18 @@ def test_cli_simulate_json_prints_one_object(tmp_path: Path) -> None:
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
+def test_cli_simulate_takes_the_daemons_consensus_step_for_top_k() -> None:
+    """Without --consensus-step, top-k gets mixing.consensus_step's default (at 1 it diverges), the others 1."""
+    def step(*flags: str) -> float:
+        out = _cli("simulate", "--problem", "bilinear", "--peers", "4", "--steps", "3", "--dim", "4", "--json", *flags)
+        assert out.returncode == 0, out.stderr
+        return json.loads(out.stdout)["consensus_step"]
+
+    assert step("--compression", "topk:0.5") == 0.05
+    assert step("--compression", "topk:0.5", "--consensus-step", "0.2") == 0.2
+    assert step("--compression", "int8") == 1.0
+
+
 def test_cli_topology_json_and_errors_without_traceback(tmp_path: Path) -> None:
     out = _cli("topology", "ring", "--peers", "16", "--json", "--sigma", "0.1", "--batch-size", "16")
     assert out.returncode == 0, out.stderr

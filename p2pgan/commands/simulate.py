@@ -51,7 +51,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--eval-every", type=int, default=None, metavar="N", help="metrics every N steps (default: steps/20)")
     p.add_argument("--compression", default="none",
                    help="compressed gossip with CHOCO public copies: none, identity, bf16-delta, int8, topk:FRACTION")
-    p.add_argument("--consensus-step", type=float, default=1.0, help="CHOCO's gamma with --compression (default 1)")
+    p.add_argument("--consensus-step", type=float, default=None,
+                   help="CHOCO's gamma with --compression (default: 1, or 0.05 for topk as mixing.consensus_step)")
     p.add_argument("--device", default="cpu", help="torch device of the [M, d] rows (default: cpu)")
     add_threads_argument(p)
     p.add_argument("--plot", type=Path, default=None, metavar="PNG", help="write curves (and samples) to this PNG")
@@ -59,6 +60,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from p2pgan.compression.spec import default_consensus_step
     from p2pgan.sim.runner import SimConfig, simulate
 
     apply_threads(args)
@@ -82,7 +84,8 @@ def run(args: argparse.Namespace) -> int:
         eval_every=args.eval_every,
         device=args.device,
         compression=args.compression,
-        consensus_step=args.consensus_step,
+        consensus_step=args.consensus_step if args.consensus_step is not None
+        else default_consensus_step(args.compression, "--compression"),
     )
     result = simulate(config, show_progress=not args.json, plot=args.plot)
     if args.json:

@@ -8,6 +8,9 @@ from p2pgan.errors import ConfigError
 
 #: mixing.compression values (topk takes a fraction: ``topk:0.01``)
 COMPRESSIONS = ("none", "identity", "bf16-delta", "int8", "topk:FRACTION")
+#: CHOCO's consensus step when a topk compression does not set one: on digits (OAdam, 4 peers, 800 steps) top-k
+#: 1 % kept its consensus distance bounded at 0.05, let it creep up at 0.1 and diverged at 0.3 (docs/results.md)
+TOPK_CONSENSUS_STEP = 0.05
 
 
 def parse_compression(spec: str, field: str = "mixing.compression") -> tuple[str, float | None]:
@@ -30,3 +33,9 @@ def canonical(spec: str, field: str = "mixing.compression") -> str:
     """The name peers compare at Hello (``topk:0.010`` and ``topk:0.01`` are the same setting)."""
     kind, fraction = parse_compression(spec, field)
     return kind if fraction is None else f"topk:{fraction:g}"
+
+
+def default_consensus_step(spec: str, field: str = "mixing.compression") -> float:
+    """CHOCO's step size when none is given: 1 (uncompressed mixing bit for bit with exact copies) except for
+    top-k, which diverges at 1 (:data:`TOPK_CONSENSUS_STEP`)."""
+    return TOPK_CONSENSUS_STEP if parse_compression(spec, field)[0] == "topk" else 1.0

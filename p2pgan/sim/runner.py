@@ -215,6 +215,8 @@ class Simulation:
             "topology": self.topology_name,
             "peers": cfg.peers,
             "rounds": self.mixer.rounds,
+            "compression": cfg.compression,
+            "consensus_step": cfg.consensus_step if cfg.compression != "none" else None,
             "dim": self.problem.dim,
             "lr_u": lr_u,
             "lr_v": lr_v,

@@ -143,8 +143,7 @@ def _mixing(sec: _Section) -> MixingConfig:
         ),
         compression=(compression := _compression(sec)),
         # CHOCO's gamma: 1 keeps uncompressed mixing bit for bit; top-k diverges at 1 (docs/results.md)
-        consensus_step=sec.number("consensus_step", TOPK_CONSENSUS_STEP if compression.startswith("topk")
-                                  else 1.0, positive=True),
+        consensus_step=sec.number("consensus_step", _default_consensus_step(compression), positive=True),
         key_interval=sec.integer("key_interval", 100, minimum=0),
         connections=sec.integer("connections", 1, minimum=1, maximum=MAX_CONNECTIONS),
     )
@@ -156,11 +155,6 @@ def _mixing(sec: _Section) -> MixingConfig:
     return cfg
 
 
-#: mixing.consensus_step when a topk compression does not set it: on digits (OAdam, 4 peers, 800 steps) top-k 1 %
-#: kept its consensus distance bounded at 0.05, let it creep up at 0.1 and diverged at 0.3 (docs/results.md)
-TOPK_CONSENSUS_STEP = 0.05
-
-
 def _compression(sec: _Section) -> str:
     """``mixing.compression``, in the form peers compare at Hello (p2pgan.compression.spec)."""
     from p2pgan.compression.spec import canonical
@@ -170,6 +164,12 @@ def _compression(sec: _Section) -> str:
         return canonical(value, "compression")
     except ConfigError as exc:
         raise sec.error("compression", str(exc).split(": ", 1)[1]) from None
+
+
+def _default_consensus_step(compression: str) -> float:
+    from p2pgan.compression.spec import default_consensus_step
+
+    return default_consensus_step(compression)
 
 
 def default_seed(peer_id: str) -> int:
