@@ -1,13 +1,7 @@
 """User-space link emulation: a TCP relay that paces every chunk to a rate and holds it for a one-way delay.
 
-Command line (one process hosting several relays; prints the bound ports as one JSON line, then serves
-until stdin closes or SIGTERM)::
-
-    python -m p2pgan.netem relay --delay-ms 1 --target 127.0.0.1:7001 --target 127.0.0.1:7002
-    python -m p2pgan.netem relay --link 100mbit:20ms --target 127.0.0.1:7001
-    python -m p2pgan.netem pair --link 100mbit:20ms --target 127.0.0.1:7001 --target 127.0.0.1:7002
-    python -m p2pgan.netem measure --delay-ms 1 --samples 200
-    python -m p2pgan.netem measure --link 10mbit:5ms --bytes 2000000
+The command line of :mod:`p2pgan.netem` (``relay``, ``pair``, ``measure``); its usage is in the package's
+docstring.
 """
 
 from __future__ import annotations
