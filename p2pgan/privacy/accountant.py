@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import functools
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from p2pgan.errors import CheckpointError, ConfigError
@@ -54,30 +54,30 @@ def _events(segments: Sequence[Segment]) -> Any:
     return dp_event.ComposedDpEvent(parts)
 
 
-@functools.lru_cache(maxsize=4096)
-def _pld_epsilon(segments: tuple[Segment, ...], delta: float) -> float:
-    from dp_accounting import pld
-
+def _epsilon(segments: tuple[Segment, ...], delta: float, accountant: Callable[[], Any]) -> float:
+    """Epsilon at ``delta`` of ``segments`` composed by a fresh ``accountant()`` (inf with a noiseless
+    segment, 0 with no step)."""
     if any(s == 0 and k > 0 for _, s, k in segments):
         return math.inf
     if not any(k > 0 for _, _, k in segments):
         return 0.0
-    acc = pld.PLDAccountant(value_discretization_interval=PLD_DISCRETIZATION)
+    acc = accountant()
     acc.compose(_events(segments))
     return float(acc.get_epsilon(delta))
+
+
+@functools.lru_cache(maxsize=4096)
+def _pld_epsilon(segments: tuple[Segment, ...], delta: float) -> float:
+    from dp_accounting import pld
+
+    return _epsilon(segments, delta, lambda: pld.PLDAccountant(value_discretization_interval=PLD_DISCRETIZATION))
 
 
 @functools.lru_cache(maxsize=4096)
 def _rdp_epsilon(segments: tuple[Segment, ...], delta: float) -> float:
     from dp_accounting import rdp
 
-    if any(s == 0 and k > 0 for _, s, k in segments):
-        return math.inf
-    if not any(k > 0 for _, _, k in segments):
-        return 0.0
-    acc = rdp.RdpAccountant(list(RDP_ORDERS))
-    acc.compose(_events(segments))
-    return float(acc.get_epsilon(delta))
+    return _epsilon(segments, delta, lambda: rdp.RdpAccountant(list(RDP_ORDERS)))
 
 
 def pld_epsilon(q: float, sigma: float, steps: int, delta: float) -> float:
