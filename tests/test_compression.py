@@ -74,7 +74,8 @@ def test_topk_keeps_exactly_the_largest_differences() -> None:
 def test_large_vectors_take_the_chunked_and_sampled_paths_with_the_same_result() -> None:
     """Past CHUNK elements int8 runs chunk by chunk (a short last block at the end) and top-k picks its
     candidates by a sampled threshold: the result is still the plain blockwise reference, exactly
-    torch.topk's selection, and the int8 update applies to a float64 copy (the simulator's) the same numbers."""
+    torch.topk's selection, and the int8 update applies to a float64 copy (the simulator's) the same numbers;
+    the CHOCO step, also chunked, is its one-line formula."""
     n = 3 * CHUNK + 77
     g = torch.Generator().manual_seed(5)
     d = torch.randn(n, generator=g) * torch.logspace(-2, 2, n)
@@ -99,6 +100,9 @@ def test_large_vectors_take_the_chunked_and_sampled_paths_with_the_same_result()
         indices = enc.payload[: 4 * k].view(torch.int32).to(torch.int64)
         assert torch.equal(indices, torch.topk(d.abs(), k).indices.sort().values)
         assert torch.equal(enc.payload[4 * k :].view(torch.float32), d[indices])
+    own, mixed = d.flip(0), torch.randn(n, generator=g)  # the CHOCO step, chunk by chunk
+    assert torch.equal(consensus_step(d, own, mixed.clone(), 0.5), d + 0.5 * (mixed - own))
+    assert torch.equal(consensus_step(d, own, mixed.clone(), 1.0), mixed + (d - own))
 
 
 def test_identity_sends_the_vector_itself() -> None:
