@@ -7,6 +7,9 @@ time anything.
 
 from __future__ import annotations
 
+import logging
+from collections.abc import Iterator
+
 import pytest
 
 from deadlines import SCALE, SCALE_ENV
@@ -25,3 +28,17 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
         if seconds > 0:
             kwargs = {k: v for k, v in (marker.kwargs.items() if marker is not None else ()) if k != "timeout"}
             item.add_marker(pytest.mark.timeout(seconds * SCALE, **kwargs), append=False)
+
+
+@pytest.fixture(autouse=True)
+def _root_log_handlers_do_not_outlive_the_test() -> Iterator[None]:
+    """An in-process CLI call (``p2pgan.logs.configure``) points the root logger at the ``sys.stderr`` of its
+    test, which pytest closes afterwards: a warning a later test's thread logs would then fail on the closed
+    stream ("--- Logging error ---" between tests). The root logger's own handlers and level are put back."""
+    root = logging.getLogger()
+    before, level = set(root.handlers), root.level
+    yield
+    for handler in list(root.handlers):
+        if type(handler) is logging.StreamHandler and handler not in before:  # pytest's own are subclasses
+            root.removeHandler(handler)
+    root.setLevel(level)
