@@ -16,7 +16,10 @@ from p2pgan.compression.copies import NeighbourCopies, OwnCopy, digest
 from p2pgan.compression.spec import canonical
 from p2pgan.errors import ConfigError, ProtocolError
 from p2pgan.mixing.inprocess import InProcessMixer
+from p2pgan.mixing.robust import BLOCK_ELEMENTS, RobustConfig, RobustMixing
 from p2pgan.topology import make_topology
+from p2pgan.wire import codec
+from p2pgan.wire.compressed import CompressedGossip, Incoming
 
 pytestmark = pytest.mark.timeout(60)
 N = 1000  # not a multiple of the int8 block: the last block is short
@@ -127,6 +130,72 @@ def test_copies_agree_on_both_ends_and_error_feedback_drives_them_to_the_vector(
         x = x + 0.01 * torch.sin(torch.arange(N) + r) if r < 30 else x  # x moves, then stays
         errors.append(float((own.copy - x).norm() / x.norm()))
     assert errors[-1] < 1e-3 or (spec == "bf16-delta" and errors[-1] < 4e-3)
+
+
+@pytest.mark.parametrize("spec", ["int8", "bf16-delta", "topk:0.1", "identity"])
+def test_the_senders_one_pass_step_is_encode_then_apply(spec: str) -> None:
+    """Compressor.encode_step (difference, encoding and the copy's update a chunk at a time) sends the bytes
+    encode() makes of x - copy and leaves the copy exactly where apply(self_decode(...)) does, -0.0 included."""
+    c = make_compressor(spec)
+    for n in (N, 2 * CHUNK + 300):
+        g = torch.Generator().manual_seed(n)
+        x = torch.randn(n, generator=g)
+        copy = x + 0.01 * torch.randn(n, generator=g)
+        copy[::7], x[::11] = -0.0, 0.0
+        reference = copy.clone()
+        enc = c.encode(x - reference)
+        apply(reference, self_decode(enc, n))
+        mine = c.encode_step(x, copy, torch.empty(n))
+        assert torch.equal(mine.payload, enc.payload) and mine.block_elements == enc.block_elements
+        assert torch.equal(copy.view(torch.int32), reference.view(torch.int32))
+
+
+def _message(own: OwnCopy, x: torch.Tensor, key: bool) -> Incoming:
+    delta, full = own.advance(x, key_round=key)
+    enc = full if delta is None else delta
+    return Incoming(own.version, decode(enc.encoding, enc.payload, own.dim, block_elements=enc.block_elements,
+                                        value_count=enc.value_count))
+
+
+@pytest.mark.parametrize("spec", ["int8", "bf16-delta", "topk:0.1", "identity"])
+@pytest.mark.parametrize("case", ["honest", "clipped", "trim", "unmixed"])
+def test_the_one_pass_combine_is_apply_then_mix_then_consensus(spec: str, case: str) -> None:
+    """CompressedGossip.combine completes the neighbours' copies, mixes them and takes the consensus step a
+    span at a time; the result and the copies are bit for bit those of the three whole-vector passes, also
+    when a clipped neighbour makes the pass start over, with trimming, and for a copy that is not mixed."""
+    n = 3 * BLOCK_ELEMENTS + 1000  # spans of the pass and a short one; int8 blocks tile the spans
+    g = torch.Generator().manual_seed(7)
+    cfg = RobustConfig(kind="trim" if case == "trim" else "clip", warmup_scale=1.0)
+    x = torch.randn(n, generator=g)
+    me = CompressedGossip(make_compressor(spec), n, gamma=0.3, key_interval=0)
+    me.own.advance(x - 0.01, key_round=True)
+    me.own.advance(x, key_round=False)
+    senders = {pid: OwnCopy(make_compressor(spec), n) for pid in ("a", "b")}
+    far = {"a": 0.05, "b": 1e3 if case == "clipped" else 0.05}  # 1e3: far outside the radius ||x_hat||
+    got = {}
+    for pid, own in senders.items():
+        start = x + far[pid] * torch.randn(n, generator=g)
+        me.copies.apply(pid, *vars(_message(own, start, key=True)).values())
+        got[pid] = _message(own, start + 0.01 * torch.randn(n, generator=g), key=False)
+    before = {pid: me.copies.get(pid).clone() for pid in senders}  # type: ignore[union-attr]
+    row = {"me": 1 / 3, "a": 1 / 3, "b": 1 / 3} if case != "unmixed" else {"me": 1.0}
+
+    result, out_of_step = me.combine(x, RobustMixing(cfg), "me", row, got, step=1, r=0)
+
+    copies = {pid: before[pid].clone() for pid in senders}
+    for pid, item in got.items():
+        apply(copies[pid], item.delta)
+        assert torch.equal(me.copies.get(pid), copies[pid]), pid  # type: ignore[arg-type]
+    shares = [(pid, codec.ReceivedVector((copies[pid],)), w) for pid, w in row.items() if pid != "me"]
+    if shares:
+        mixed = RobustMixing(cfg).combine(me.own.copy, row["me"], shares, 0, "reference")
+        reference = consensus_step(x, me.own.copy, mixed, 0.3)
+    else:
+        reference = x
+    assert not out_of_step and torch.equal(result, reference)
+    if case == "clipped":
+        assert not torch.equal(result, consensus_step(x, me.own.copy, me.own.copy / 3 + sum(
+            copies[p] / 3 for p in senders), 0.3))  # b's pull was bounded: the pass did start over
 
 
 def test_out_of_step_delta_is_ignored_and_a_key_repairs_the_copy() -> None:

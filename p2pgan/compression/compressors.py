@@ -75,6 +75,17 @@ class Compressor:
     def encode(self, delta: torch.Tensor) -> Encoded:
         return Encoded("key", delta.detach().to(torch.float32).contiguous())
 
+    def encode_step(self, x: torch.Tensor, copy: torch.Tensor, scratch: torch.Tensor) -> Encoded:
+        """The sender's round: ``enc = encode(x - copy)``, then ``copy`` += what receivers decode from ``enc``
+        (exactly :func:`apply` of :func:`self_decode`); ``scratch`` is a float32 vector like ``x`` to work in.
+
+        Dense operators override this with one chunked pass (the difference, its encoding and the copy's update
+        while a chunk is in cache: half the memory traffic of the three passes); the numbers are the same.
+        """
+        enc = self.encode(torch.sub(x, copy, out=scratch))
+        apply(copy, self_decode(enc, copy.numel()))
+        return enc
+
     @property
     def exact(self) -> bool:
         """Sends whole public copies (keys) only: the copy always equals the vector."""
@@ -87,6 +98,17 @@ class BF16Delta(Compressor):
 
     def encode(self, delta: torch.Tensor) -> Encoded:
         return Encoded("bf16-delta", delta.detach().to(torch.bfloat16).contiguous())
+
+    def encode_step(self, x: torch.Tensor, copy: torch.Tensor, scratch: torch.Tensor) -> Encoded:
+        n = x.numel()
+        payload = torch.empty(n, dtype=torch.bfloat16)
+        for lo in range(0, n, CHUNK):
+            hi = min(n, lo + CHUNK)
+            work = torch.sub(x[lo:hi], copy[lo:hi], out=scratch[lo:hi])
+            payload[lo:hi].copy_(work)
+            work.copy_(payload[lo:hi])  # what apply() adds: the bfloat16 value in float32
+            copy[lo:hi].add_(work)
+        return Encoded("bf16-delta", payload)
 
 
 class Int8Blocks(Compressor):
@@ -116,6 +138,27 @@ class Int8Blocks(Compressor):
             tmp = work[: hi - lo]
             tmp.round_().clamp_(-INT8_MAX, INT8_MAX)
             codes[lo:hi].copy_(tmp)
+        return Encoded("int8", payload, block_elements=b)
+
+    def encode_step(self, x: torch.Tensor, copy: torch.Tensor, scratch: torch.Tensor) -> Encoded:
+        """:meth:`encode` of ``x - copy`` and :func:`apply` of it to ``copy``, a chunk at a time (same numbers)."""
+        n, b = x.numel(), self.block
+        nb = math.ceil(n / b)
+        payload = torch.empty(4 * nb + n, dtype=torch.uint8)
+        scales, codes = payload[: 4 * nb].view(torch.float32), payload[4 * nb :].view(torch.int8)
+        step = max(1, CHUNK // b) * b
+        work = torch.empty(min(n, step), dtype=torch.float32)
+        inverse = torch.empty(step // b, dtype=torch.float32)
+        for lo, hi, full in _chunks(n, step, b):
+            diff = torch.sub(x[lo:hi], copy[lo:hi], out=scratch[lo:hi])
+            if full > lo:
+                _quantize(diff[: full - lo].view(-1, b), work[: full - lo].view(-1, b), scales[lo // b : full // b], inverse)
+            if full < hi:
+                _quantize(diff[full - lo :].view(1, -1), work[full - lo : hi - lo].view(1, -1), scales[full // b :], inverse)
+            tmp = work[: hi - lo]
+            tmp.round_().clamp_(-INT8_MAX, INT8_MAX)
+            codes[lo:hi].copy_(tmp)
+            _add_int8(copy, codes, scales, b, lo, hi, full, tmp)  # apply()'s arithmetic on the codes just made
         return Encoded("int8", payload, block_elements=b)
 
 
@@ -270,18 +313,45 @@ def apply(copy: torch.Tensor, delta: Delta) -> None:
         step = max(1, CHUNK // b) * b
         work = torch.empty(min(n, step), dtype=torch.float32)
         for lo, hi, full in _chunks(n, step, b):  # code * scale in float32, a chunk at a time
-            tmp = work[: hi - lo]
-            tmp.copy_(delta.values[lo:hi])
-            if full > lo:
-                tmp[: full - lo].view(-1, b).mul_(delta.scales[lo // b : full // b].unsqueeze(1))
-            if full < hi:
-                tmp[full - lo :].mul_(delta.scales[-1])
-            copy[lo:hi].add_(tmp)
+            _add_int8(copy, delta.values, delta.scales, b, lo, hi, full, work[: hi - lo])
     elif delta.encoding == "topk":
         assert delta.indices is not None
         copy.index_add_(0, delta.indices, delta.values.to(copy.dtype))
     else:
         raise ValueError(f"no update of encoding {delta.encoding!r}")
+
+
+def applies_by_span(delta: Delta, span: int) -> bool:
+    """Whether :func:`apply_span` can apply ``delta`` in spans of ``span`` elements (dense updates whose int8
+    blocks, if any, tile the spans; top-k is sparse: :func:`apply` it whole)."""
+    return delta.encoding in ("key", "bf16-delta") or (delta.encoding == "int8" and span % delta.block == 0)
+
+
+def apply_span(copy: torch.Tensor, delta: Delta, lo: int, hi: int, work: torch.Tensor) -> None:
+    """:func:`apply` on ``copy[lo:hi]`` only (``delta`` as :func:`applies_by_span` allows, ``lo`` a multiple of the
+    span and ``hi`` too or the vector's end; ``work``: float32 scratch of at least ``hi - lo`` elements)."""
+    if delta.encoding == "key":
+        copy[lo:hi].copy_(delta.values[lo:hi])
+    elif delta.encoding == "bf16-delta":
+        tmp = work[: hi - lo]
+        tmp.copy_(delta.values[lo:hi])
+        copy[lo:hi].add_(tmp)
+    else:
+        assert delta.encoding == "int8" and delta.scales is not None and lo % delta.block == 0
+        b = delta.block
+        _add_int8(copy, delta.values, delta.scales, b, lo, hi, lo + (hi - lo) // b * b, work[: hi - lo])
+
+
+def _add_int8(copy: torch.Tensor, codes: torch.Tensor, scales: torch.Tensor, b: int, lo: int, hi: int, full: int,
+              tmp: torch.Tensor) -> None:
+    """``copy[lo:hi] += code * scale`` (float32, in ``tmp``), ``lo`` on a block start and ``full`` where the
+    span's whole blocks of ``b`` end (the rest, if any, is the vector's short last block)."""
+    tmp.copy_(codes[lo:hi])
+    if full > lo:
+        tmp[: full - lo].view(-1, b).mul_(scales[lo // b : full // b].unsqueeze(1))
+    if full < hi:
+        tmp[full - lo :].mul_(scales[-1])
+    copy[lo:hi].add_(tmp)
 
 
 def self_decode(enc: Encoded, n: int) -> Delta:

@@ -20,7 +20,7 @@ import threading
 import torch
 import xxhash
 
-from p2pgan.compression.compressors import Compressor, Delta, Encoded, apply, self_decode
+from p2pgan.compression.compressors import Compressor, Delta, Encoded, apply
 
 
 def digest(copy: torch.Tensor) -> str:
@@ -56,8 +56,7 @@ class OwnCopy:
             return None, Encoded("key", self.copy)
         if self._difference is None or self._difference.shape != x.shape:
             self._difference = torch.empty_like(x)
-        enc = self.compressor.encode(torch.sub(x, self.copy, out=self._difference))
-        apply(self.copy, self_decode(enc, self.dim))
+        enc = self.compressor.encode_step(x.reshape(-1), self.copy, self._difference)
         self.version += 1
         return enc, Encoded("key", self.copy)
 
@@ -78,18 +77,24 @@ class NeighbourCopies:
     def apply(self, sender: str, version: int, delta: Delta) -> bool:
         """Apply ``delta`` (moving the copy to ``version``); False if it does not fit the copy held."""
         with self.lock:
-            held = self._copies.get(sender)
-            if delta.is_key:
-                copy = held[1] if held is not None else torch.empty(delta.values.numel(), dtype=torch.float32)
+            copy = self.admit(sender, version, delta)
+            if copy is not None:
                 apply(copy, delta)
-                self._copies[sender] = (version, copy)
-                return True
-            if held is None or held[0] != version - 1:
-                self.out_of_step += 1
-                return False
-            apply(held[1], delta)
-            self._copies[sender] = (version, held[1])
-            return True
+            return copy is not None
+
+    def admit(self, sender: str, version: int, delta: Delta) -> torch.Tensor | None:
+        """The copy ``delta`` moves to ``version`` (now marked at it), for the caller to :func:`apply` ``delta``
+        to before it lets go of :attr:`lock`, which it must hold; None if ``delta`` does not fit the copy held."""
+        held = self._copies.get(sender)
+        if delta.is_key:
+            copy = held[1] if held is not None else torch.empty(delta.values.numel(), dtype=torch.float32)
+        elif held is None or held[0] != version - 1:
+            self.out_of_step += 1
+            return None
+        else:
+            copy = held[1]
+        self._copies[sender] = (version, copy)
+        return copy
 
     def get(self, sender: str) -> torch.Tensor | None:
         with self.lock:

@@ -140,6 +140,12 @@ class RadiusTracker:
             self._recent.append(d)
 
 
+#: ``before(lo, hi)``: called on each span of the vector before :meth:`RobustMixing.combine` reads it
+BlockHook = Callable[[int, int], None]
+#: ``after(lo, hi, out)``: rewrites the result's span ``out = result[lo:hi]`` in place into its final form
+ResultHook = Callable[[int, int, torch.Tensor], object]
+
+
 class VectorLike(Protocol):
     """A received vector: consecutive 1-D chunks (``p2pgan.wire.codec.ReceivedVector``)."""
 
@@ -189,9 +195,16 @@ class RobustMixing:
         return Round(self, x, tracker.radius(own), label, tracker)
 
     def combine(self, x: torch.Tensor, self_weight: float, shares: Sequence[tuple[str, VectorLike, float]],
-                round_index: int = 0, label: str = "") -> torch.Tensor:
+                round_index: int = 0, label: str = "", *, before: BlockHook | None = None,
+                after: ResultHook | None = None) -> torch.Tensor:
         """The round's result ``w_ii x + sum_j w_ij x_j``, each neighbour bounded as :meth:`begin` /
         :meth:`Round.add` do; ``shares`` are ``(sender, vector, w_ij)`` in the order they are added.
+
+        ``before(lo, hi)`` runs once for each span ``[lo, hi)`` of :data:`BLOCK_ELEMENTS` (the last one shorter), in
+        order, before anything reads
+        it (compressed gossip completes its copies there, while the span is in cache), and ``after(lo, hi,
+        out[lo:hi])`` rewrites each span of the result in place (compressed gossip's consensus step), span by
+        span in the one pass, or on the whole vector when a bounded neighbour makes the pass start over.
 
         ``clip`` and ``off`` make ONE pass over the vectors in cache-sized blocks: per block the self
         share, each neighbour's distance (``clip``) and each neighbour's share, so every vector is read
@@ -201,18 +214,24 @@ class RobustMixing:
         A round with a clipped or suspect neighbour is recomputed by :class:`Round` with the measured
         distances. ``trim`` always takes the :class:`Round` path.
         """
-        if not shares:
-            return x * self_weight
-        if self.cfg.kind == "trim":
-            return self._combine_by_round(x, self_weight, shares, self.begin(x, round_index, label), None)
-        clip = self.cfg.kind == "clip"
         n = x.numel()
+        if not shares or self.cfg.kind == "trim":
+            for lo in range(0, n, BLOCK_ELEMENTS) if before is not None else ():
+                before(lo, min(n, lo + BLOCK_ELEMENTS))
+            out = x * self_weight if not shares else \
+                self._combine_by_round(x, self_weight, shares, self.begin(x, round_index, label), None)
+            if after is not None:
+                after(0, n, out)
+            return out
+        clip = self.cfg.kind == "clip"
         out = torch.empty_like(x)
         scratch = torch.empty(min(BLOCK_ELEMENTS, n), dtype=x.dtype) if clip else None
         pieces = [_Pieces(vec.chunks) for _, vec, _ in shares]
         squares, own = [0.0] * len(shares), 0.0
         for lo in range(0, n, BLOCK_ELEMENTS):
             hi = min(n, lo + BLOCK_ELEMENTS)
+            if before is not None:
+                before(lo, hi)
             xb, ob = x[lo:hi], out[lo:hi]
             torch.mul(xb, self_weight, out=ob)
             if clip:
@@ -224,13 +243,18 @@ class RobustMixing:
                         diff = torch.sub(piece, xb[at : at + m], out=scratch[:m])
                         squares[k] += float(torch.linalg.vector_norm(diff)) ** 2
                     ob[at : at + m].add_(piece, alpha=w)
+            if after is not None:  # on the span while it is in cache (a clipped round recomputes it below)
+                after(lo, hi, ob)
         if not clip:
             return out
         gate = self._round(x, math.sqrt(own), round_index, label)
         verdicts = [gate.judge(vec, sender, math.sqrt(sq)) for (sender, vec, _), sq in zip(shares, squares)]
         if not any(clipped or suspect for _, clipped, suspect in verdicts):
             return out
-        return self._combine_by_round(x, self_weight, shares, gate, verdicts)
+        out = self._combine_by_round(x, self_weight, shares, gate, verdicts)
+        if after is not None:
+            after(0, n, out)
+        return out
 
     @staticmethod
     def _combine_by_round(x: torch.Tensor, self_weight: float, shares: Sequence[tuple[str, VectorLike, float]],

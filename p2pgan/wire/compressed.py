@@ -25,10 +25,10 @@ from collections.abc import Callable, Sequence
 import torch
 
 from p2pgan.compression.choco import consensus_step
-from p2pgan.compression.compressors import Compressor, Delta, Encoded, decode
+from p2pgan.compression.compressors import Compressor, Delta, Encoded, applies_by_span, apply, apply_span, decode
 from p2pgan.compression.copies import NeighbourCopies, OwnCopy, digest
 from p2pgan.errors import ProtocolError
-from p2pgan.mixing.robust import RobustMixing
+from p2pgan.mixing.robust import BLOCK_ELEMENTS, RobustMixing
 from p2pgan.wire import codec, transport
 from p2pgan.wire.connections import StripedLink
 
@@ -131,10 +131,24 @@ class CompressedGossip:
         label = f"step {step} round {r}"
         out_of_step: set[str] = set()
         with self.copies.lock:
+            pending: list[tuple[torch.Tensor, Delta]] = []  # dense updates, made span by span in the mixing pass
             for pid, item in got.items():
-                if isinstance(item, Incoming) and not self.copies.apply(pid, item.version, item.delta):
+                if not isinstance(item, Incoming):
+                    continue
+                copy = self.copies.admit(pid, item.version, item.delta)
+                if copy is None:
                     out_of_step.add(pid)
                     log.debug("%s: the copy of %s is not at the base of its delta; awaiting a key", label, pid)
+                elif applies_by_span(item.delta, BLOCK_ELEMENTS):
+                    pending.append((copy, item.delta))
+                else:
+                    apply(copy, item.delta)
+            work = torch.empty(min(self.dim, BLOCK_ELEMENTS), dtype=torch.float32) if pending else None
+
+            def complete(lo: int, hi: int) -> None:  # the copies' span, just before the mixing pass reads it
+                for copy, delta in pending:
+                    apply_span(copy, delta, lo, hi, work)  # type: ignore[arg-type]
+
             own = self.own.copy
             assert own is not None
             weight = dict(row)
@@ -142,9 +156,13 @@ class CompressedGossip:
                 weight[self_id] += weight.pop(pid)
             shares = [(pid, codec.ReceivedVector((c,)), w) for pid, w in weight.items()
                       if pid != self_id and pid in got and (c := self.copies.get(pid)) is not None]
-            if shares:
-                result = consensus_step(cur, own, robust.combine(own, weight[self_id], shares, r, label), self.gamma)
+            if shares:  # one pass: copies completed, mixed and moved by the consensus step a span at a time
+                result = robust.combine(
+                    own, weight[self_id], shares, r, label, before=complete,
+                    after=lambda lo, hi, out: consensus_step(cur[lo:hi], own[lo:hi], out, self.gamma))
             else:  # nobody to mix with: x stays as it is (as raw gossip's x * 1.0)
+                for lo in range(0, self.dim, BLOCK_ELEMENTS):
+                    complete(lo, min(self.dim, lo + BLOCK_ELEMENTS))
                 result = cur.clone()
             if self.record_digests:
                 self.digests.append((step, r, (self.own.version, digest(own)), self.copies.digests()))
