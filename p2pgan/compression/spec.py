@@ -8,9 +8,12 @@ from p2pgan.errors import ConfigError
 
 #: mixing.compression values (topk takes a fraction: ``topk:0.01``)
 COMPRESSIONS = ("none", "identity", "bf16-delta", "int8", "topk:FRACTION")
-#: CHOCO's consensus step when a topk compression does not set one: on digits (OAdam, 4 peers, 800 steps) top-k
-#: 1 % kept its consensus distance bounded at 0.05, let it creep up at 0.1 and diverged at 0.3 (docs/results.md)
-TOPK_CONSENSUS_STEP = 0.05
+#: CHOCO's consensus step when a topk compression does not set one: this many times its fraction, and at most
+#: TOPK_MAX_CONSENSUS_STEP. CHOCO's step grows with the share of the difference a message carries (Koloskova et al.
+#: 2019, Theorem 2); on digits (OAdam, 800 steps) top-k 1 % kept its consensus distance bounded at 0.05, let it
+#: creep up at 0.1 and diverged at 0.3, and top-k 5 % stayed bounded at 0.1 and 0.25 (docs/results.md)
+TOPK_CONSENSUS_STEP_PER_FRACTION = 5.0
+TOPK_MAX_CONSENSUS_STEP = 0.25
 
 
 def parse_compression(spec: str, field: str = "mixing.compression") -> tuple[str, float | None]:
@@ -37,5 +40,10 @@ def canonical(spec: str, field: str = "mixing.compression") -> str:
 
 def default_consensus_step(spec: str, field: str = "mixing.compression") -> float:
     """CHOCO's step size when none is given: 1 (uncompressed mixing bit for bit with exact copies) except for
-    top-k, which diverges at 1 (:data:`TOPK_CONSENSUS_STEP`)."""
-    return TOPK_CONSENSUS_STEP if parse_compression(spec, field)[0] == "topk" else 1.0
+    top-k, which diverges at 1: 5 x its fraction, at most 0.25 (0.05 for topk:0.01, 0.25 for topk:0.05; see
+    :data:`TOPK_CONSENSUS_STEP_PER_FRACTION`)."""
+    kind, fraction = parse_compression(spec, field)
+    if kind != "topk":
+        return 1.0
+    assert fraction is not None
+    return min(TOPK_MAX_CONSENSUS_STEP, TOPK_CONSENSUS_STEP_PER_FRACTION * fraction)
