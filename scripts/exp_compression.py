@@ -6,7 +6,7 @@ WGAN-GP, batch 32 per peer, the digits model's default step sizes and betas, eac
 shard, every peer starting from the same point) at M = 4 and M = 8, 3 seeds, once per compression:
 ``none`` (today's mixing), ``bf16-delta``, ``int8`` and ``topk:0.01`` with CHOCO consensus step 0.05 (the
 default, 5 x the fraction; ``--topk-gamma`` for another: on digits 0.1 lets the peers drift apart slowly and 0.3
-diverges); other top-k fractions by ``--compressions``, e.g. ``topk:0.05`` (default step 0.25).
+diverges); other top-k fractions by ``--compressions``, e.g. ``topk:0.05`` (default step 0.1).
 
 The peers run IN ONE PROCESS: ``none`` with :class:`~p2pgan.mixing.inprocess.InProcessMixer` (the
 exact matrix form of the mixing), the compressions with :class:`~p2pgan.compression.choco.ChocoMixer`,

@@ -255,8 +255,8 @@ def test_example_peer_files_list_what_the_repository_ships() -> None:
 
 
 @pytest.mark.parametrize(("compression", "given", "expected"),
-                         [("none", None, 1.0), ("int8", None, 1.0), ("topk:0.01", None, 0.05), ("topk:0.05", None, 0.25),
-                          ("topk:0.5", None, 0.25), ("topk:0.01", 0.3, 0.3),
+                         [("none", None, 1.0), ("int8", None, 1.0), ("topk:0.01", None, 0.05), ("topk:0.02", None, 0.1),
+                          ("topk:0.5", None, 0.1), ("topk:0.01", 0.3, 0.3),
                           ("int8", 0.5, 0.5)])
 def test_consensus_step_defaults_to_what_the_compression_converges_with(
         folder: Path, compression: str, given: float | None, expected: float) -> None:

@@ -150,7 +150,7 @@ def test_cli_simulate_takes_the_daemons_consensus_step_for_top_k() -> None:
         assert out.returncode == 0, out.stderr
         return json.loads(out.stdout)["consensus_step"]
 
-    assert step("--compression", "topk:0.5") == 0.25 and step("--compression", "topk:0.01") == 0.05
+    assert step("--compression", "topk:0.5") == 0.1 and step("--compression", "topk:0.01") == 0.05
     assert step("--compression", "topk:0.5", "--consensus-step", "0.2") == 0.2
     assert step("--compression", "int8") == 1.0
 

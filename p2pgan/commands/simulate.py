@@ -52,7 +52,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--compression", default="none",
                    help="compressed gossip with CHOCO public copies: none, identity, bf16-delta, int8, topk:FRACTION")
     p.add_argument("--consensus-step", type=float, default=None,
-                   help="CHOCO's gamma with --compression (default: 1; for topk 5 x its fraction, at most 0.25, as mixing.consensus_step)")
+                   help="CHOCO's gamma with --compression (default: 1; for topk 5 x its fraction, at most 0.1, as mixing.consensus_step)")
     p.add_argument("--device", default="cpu", help="torch device of the [M, d] rows (default: cpu)")
     add_threads_argument(p)
     p.add_argument("--plot", type=Path, default=None, metavar="PNG", help="write curves (and samples) to this PNG")
