@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+from collections.abc import Callable
 
 import numpy as np
 import torch
@@ -122,27 +123,17 @@ class Int8Blocks(Compressor):
         """Scales and codes are written straight into the payload, a cache-sized chunk at a time (see
         :data:`CHUNK`): per block ``scale = absmax / 127`` and ``code = round(x / scale)`` (0 where the block
         is all zeros)."""
-        n, b = delta.numel(), self.block
-        nb = math.ceil(n / b)
         delta = delta.detach().to(torch.float32).reshape(-1)
-        payload = torch.empty(4 * nb + n, dtype=torch.uint8)
-        scales, codes = payload[: 4 * nb].view(torch.float32), payload[4 * nb :].view(torch.int8)
-        step = max(1, CHUNK // b) * b
-        work = torch.empty(min(n, step), dtype=torch.float32)
-        inverse = torch.empty(step // b, dtype=torch.float32)
-        for lo, hi, full in _chunks(n, step, b):
-            if full > lo:
-                _quantize(delta[lo:full].view(-1, b), work[: full - lo].view(-1, b), scales[lo // b : full // b], inverse)
-            if full < hi:  # the short last block
-                _quantize(delta[full:hi].view(1, -1), work[full - lo : hi - lo].view(1, -1), scales[full // b :], inverse)
-            tmp = work[: hi - lo]
-            tmp.round_().clamp_(-INT8_MAX, INT8_MAX)
-            codes[lo:hi].copy_(tmp)
-        return Encoded("int8", payload, block_elements=b)
+        return self._encode(delta.numel(), lambda lo, hi: delta[lo:hi], None)
 
     def encode_step(self, x: torch.Tensor, copy: torch.Tensor, scratch: torch.Tensor) -> Encoded:
         """:meth:`encode` of ``x - copy`` and :func:`apply` of it to ``copy``, a chunk at a time (same numbers)."""
-        n, b = x.numel(), self.block
+        return self._encode(x.numel(), lambda lo, hi: torch.sub(x[lo:hi], copy[lo:hi], out=scratch[lo:hi]), copy)
+
+    def _encode(self, n: int, difference: Callable[[int, int], torch.Tensor], copy: torch.Tensor | None) -> Encoded:
+        """The payload of the difference whose chunk ``[lo, hi)`` is ``difference(lo, hi)``; with ``copy``, each
+        chunk's update (:func:`apply`'s arithmetic on the codes just made) is added to it while in cache."""
+        b = self.block
         nb = math.ceil(n / b)
         payload = torch.empty(4 * nb + n, dtype=torch.uint8)
         scales, codes = payload[: 4 * nb].view(torch.float32), payload[4 * nb :].view(torch.int8)
@@ -150,15 +141,16 @@ class Int8Blocks(Compressor):
         work = torch.empty(min(n, step), dtype=torch.float32)
         inverse = torch.empty(step // b, dtype=torch.float32)
         for lo, hi, full in _chunks(n, step, b):
-            diff = torch.sub(x[lo:hi], copy[lo:hi], out=scratch[lo:hi])
+            diff = difference(lo, hi)
             if full > lo:
                 _quantize(diff[: full - lo].view(-1, b), work[: full - lo].view(-1, b), scales[lo // b : full // b], inverse)
-            if full < hi:
+            if full < hi:  # the short last block
                 _quantize(diff[full - lo :].view(1, -1), work[full - lo : hi - lo].view(1, -1), scales[full // b :], inverse)
             tmp = work[: hi - lo]
             tmp.round_().clamp_(-INT8_MAX, INT8_MAX)
             codes[lo:hi].copy_(tmp)
-            _add_int8(copy, codes, scales, b, lo, hi, full, tmp)  # apply()'s arithmetic on the codes just made
+            if copy is not None:
+                _add_int8(copy, codes, scales, b, lo, hi, full, tmp)
         return Encoded("int8", payload, block_elements=b)
 
 

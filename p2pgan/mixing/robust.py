@@ -200,11 +200,11 @@ class RobustMixing:
         """The round's result ``w_ii x + sum_j w_ij x_j``, each neighbour bounded as :meth:`begin` /
         :meth:`Round.add` do; ``shares`` are ``(sender, vector, w_ij)`` in the order they are added.
 
-        ``before(lo, hi)`` runs once for each span ``[lo, hi)`` of :data:`BLOCK_ELEMENTS` (the last one shorter), in
-        order, before anything reads
-        it (compressed gossip completes its copies there, while the span is in cache), and ``after(lo, hi,
-        out[lo:hi])`` rewrites each span of the result in place (compressed gossip's consensus step), span by
-        span in the one pass, or on the whole vector when a bounded neighbour makes the pass start over.
+        ``before(lo, hi)`` runs once for each span ``[lo, hi)`` of :data:`BLOCK_ELEMENTS` (the last one shorter),
+        in order, before anything reads it (compressed gossip completes its copies there, while the span is in
+        cache); ``after(lo, hi, out[lo:hi])`` rewrites each span of the result in place (compressed gossip's
+        consensus step), span by span in the one pass, or on the whole vector when a bounded neighbour makes
+        the pass start over.
 
         ``clip`` and ``off`` make ONE pass over the vectors in cache-sized blocks: per block the self
         share, each neighbour's distance (``clip``) and each neighbour's share, so every vector is read
@@ -216,10 +216,13 @@ class RobustMixing:
         """
         n = x.numel()
         if not shares or self.cfg.kind == "trim":
-            for lo in range(0, n, BLOCK_ELEMENTS) if before is not None else ():
-                before(lo, min(n, lo + BLOCK_ELEMENTS))
-            out = x * self_weight if not shares else \
-                self._combine_by_round(x, self_weight, shares, self.begin(x, round_index, label), None)
+            if before is not None:
+                for lo in range(0, n, BLOCK_ELEMENTS):
+                    before(lo, min(n, lo + BLOCK_ELEMENTS))
+            if shares:
+                out = self._combine_by_round(x, self_weight, shares, self.begin(x, round_index, label), None)
+            else:
+                out = x * self_weight
             if after is not None:
                 after(0, n, out)
             return out
