@@ -5,8 +5,7 @@ from __future__ import annotations
 
 import concurrent.futures
 import math
-import secrets
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import grpc
@@ -15,39 +14,23 @@ import torch
 
 from p2pgan.compression.compressors import INT8_BLOCK, Int8Blocks, TopK
 from p2pgan.errors import ConfigError
-from p2pgan.security.certs import make_federation
 from p2pgan.wire import codec
-from p2pgan.wire.config import NetworkConfig, PeerEntry
+from p2pgan.wire.config import NetworkConfig
 from p2pgan.wire.mixer import GrpcMixer
 from p2pgan.wire.selftest import run_selftest
+from tests.mixers import mixer_federations
 from tests.test_wire_security import Env, refused
 
 DIM = 3000
 
 
 @pytest.fixture
-def federation(tmp_path: Path) -> Iterator[callable]:
-    """Factory of M joined, ready mixers (ring) with the given network settings; closes them all at the end."""
-    opened: list[GrpcMixer] = []
-
-    def make(m: int, rounds: int, *, each: list[dict[str, object]] | None = None, **net: object) -> list[GrpcMixer]:
-        fed = f"cmp-{secrets.token_hex(3)}"
-        ids = [f"p{i}" for i in range(m)]
-        tls = make_federation(tmp_path / fed, fed, ids)
-        mixers = []
-        for i, pid in enumerate(ids):
-            extra = {**net, **(each[i] if each else {})}
-            mixers.append(GrpcMixer(NetworkConfig(federation=fed, peer_id=pid, tls=tls[pid], topology="ring",
-                                                  rounds=rounds, **extra), dim=DIM))  # type: ignore[arg-type]
-            opened.append(mixers[-1])
-        roster = tuple(PeerEntry(pid, "127.0.0.1", mx.port) for pid, mx in zip(ids, mixers))
-        for mx in mixers:
-            mx.join(roster)
-        return mixers
-
-    yield make
-    for mx in opened:
-        mx.close()
+def federation(tmp_path: Path) -> Iterator[Callable[..., list[GrpcMixer]]]:
+    """Factory of M joined mixers (ring) with the given network settings, not yet ready (:func:`_ready`);
+    closes them all at the end."""
+    with mixer_federations(tmp_path, "cmp", DIM) as make:
+        yield lambda m, rounds, *, each=None, **net: make(m, each=each, ready=False, topology="ring", rounds=rounds,
+                                                           **net)
 
 
 def _ready(mixers: list[GrpcMixer]) -> list[GrpcMixer]:

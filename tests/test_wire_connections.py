@@ -31,6 +31,7 @@ from p2pgan.wire.config import NetworkConfig, PeerEntry
 from p2pgan.wire.mixer import GrpcMixer
 from p2pgan.wire.selftest import run_selftest
 from p2pgan.wire.v1 import gossip_pb2 as pb
+from tests.mixers import mixer_federations
 from tests.test_daemon_config import base_doc, folder, write  # noqa: F401
 from tests.test_wire_security import DIGEST, DIM as SEC_DIM, Env, assert_still_serving, env, refused  # noqa: F401
 
@@ -42,27 +43,8 @@ WORKER = Path(__file__).with_name("gossip_worker.py")
 @pytest.fixture
 def federation(tmp_path: Path) -> Iterator[Any]:
     """Factory of 3 joined, ready mixers in a ring; closes them all at the end."""
-    opened: list[GrpcMixer] = []
-
-    def make(**net: Any) -> list[GrpcMixer]:
-        fed = f"conn-{secrets.token_hex(3)}"
-        ids = ["p0", "p1", "p2"]
-        tls = make_federation(tmp_path / fed, fed, ids)
-        mixers = []
-        for pid in ids:
-            mixers.append(GrpcMixer(NetworkConfig(federation=fed, peer_id=pid, tls=tls[pid], shard_bytes=SHARD,
-                                                  round_timeout_s=20.0, **net), dim=DIM))
-            opened.append(mixers[-1])
-        roster = tuple(PeerEntry(pid, "127.0.0.1", mx.port) for pid, mx in zip(ids, mixers))
-        for mx in mixers:
-            mx.join(roster)
-        for mx in mixers:
-            mx.wait_ready(30)
-        return mixers
-
-    yield make
-    for mx in opened:
-        mx.close()
+    with mixer_federations(tmp_path, "conn", DIM) as make:
+        yield lambda **net: make(3, shard_bytes=SHARD, round_timeout_s=20.0, **net)
 
 
 def _run(mixers: list[GrpcMixer], steps: int) -> list[torch.Tensor]:

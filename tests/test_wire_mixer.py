@@ -9,8 +9,7 @@ from __future__ import annotations
 import concurrent.futures
 
 import json
-import secrets
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -18,39 +17,19 @@ import torch
 
 from p2pgan import cli
 from p2pgan.mixing.robust import RobustConfig
-from p2pgan.security.certs import make_federation
 from p2pgan.wire import codec
-from p2pgan.wire.config import NetworkConfig, PeerEntry
 from p2pgan.wire.mixer import GrpcMixer
 from p2pgan.wire.selftest import run_selftest
+from tests.mixers import mixer_federations
 
 DIM = 5000
 
 
 @pytest.fixture
-def federation(tmp_path: Path) -> Iterator[callable]:
+def federation(tmp_path: Path) -> Iterator[Callable[..., list[GrpcMixer]]]:
     """Factory of M joined, ready mixers; closes them all at the end."""
-    opened: list[GrpcMixer] = []
-
-    def make(m: int, topology: str, rounds: int, **net: object) -> list[GrpcMixer]:
-        fed = f"mix-{secrets.token_hex(3)}"
-        ids = [f"p{i}" for i in range(m)]
-        tls = make_federation(tmp_path / fed, fed, ids)
-        mixers = []
-        for pid in ids:
-            mixers.append(GrpcMixer(NetworkConfig(federation=fed, peer_id=pid, tls=tls[pid], topology=topology,
-                                                  rounds=rounds, seed=7, **net), dim=DIM))  # type: ignore[arg-type]
-            opened.append(mixers[-1])
-        roster = tuple(PeerEntry(pid, "127.0.0.1", mx.port) for pid, mx in zip(ids, mixers))
-        for mx in mixers:
-            mx.join(roster)
-        for mx in mixers:
-            mx.wait_ready(30)
-        return mixers
-
-    yield make
-    for mx in opened:
-        mx.close()
+    with mixer_federations(tmp_path, "mix", DIM) as make:
+        yield lambda m, topology, rounds, **net: make(m, topology=topology, rounds=rounds, seed=7, **net)
 
 
 def mix_all(mixers: list[GrpcMixer], x: torch.Tensor, step: int) -> torch.Tensor:
