@@ -155,17 +155,39 @@ def test_hello_lie_step_bomb_and_push_lies_at_start_up(tmp_path: Path, baseline:
     assert LIAR in suspected  # its steps beyond train.steps named it (the one notion of a suspect)
 
 
+#: what a daemon logs once its server is up, just before it dials the members (p2pgan/daemon/mixer.py)
+LISTENING = "listening on port"
+
+
 def _restart(group: PeerGroup, fed: Federation, name: str, tails: dict[str, MetricsTail], at: int) -> int:
     """SIGKILL ``name`` once the others passed step ``at``, then start it again with --resume; returns the
-    step it rejoined at."""
+    step it rejoined at.
+
+    The others are paused (SIGSTOP, a long GC pause to them) from the kill until the new process is up and
+    about to dial them: on a loaded machine a fresh process takes many seconds to import torch, and three
+    such restarts once let the others finish the whole run first (CI, load ~5 on 2 cores)."""
     for tail in tails.values():
         wait_for_record(tail, lambda r: r["type"] == "step" and r["step"] >= at, RUN_S, group=group)
+    log_path = fed.out / "state" / name / "daemon.log"
+    started = log_path.read_text(errors="replace").count(LISTENING)
     proc = next(p for p in group.procs if p.spec.name == name and p.returncode is None)
+    others = [p for p in group.running() if p is not proc]
     proc.signal(signal.SIGKILL)
     proc.popen.wait(30)
     group.procs.remove(proc)  # reaped: killed on purpose, not a failure of the group
-    spec = next(s for s in _specs(fed, resume=True) if s.name == name)
-    group.start(spec)
+    for other in others:
+        other.signal(signal.SIGSTOP)
+    try:
+        spec = next(s for s in _specs(fed, resume=True) if s.name == name)
+        fresh = group.start(spec)
+        ticker, deadline = threading.Event(), time.monotonic() + RUN_S  # ticker: never set, paces the polling
+        while log_path.read_text(errors="replace").count(LISTENING) <= started:
+            assert fresh.popen.poll() is None, f"{name} exited during start-up (rc {fresh.popen.returncode})"
+            assert time.monotonic() < deadline, f"{name} did not start listening within {RUN_S} s"
+            ticker.wait(0.1)
+    finally:
+        for other in others:
+            other.signal(signal.SIGCONT)
     return int(wait_for_record(tails[name], lambda r: r["type"] == "rejoin" and r["step"] > at, RUN_S,
                                group=group)["step"])
 
@@ -227,7 +249,15 @@ def test_restarts_against_poisoned_states_then_federation_wide_resume(tmp_path: 
         liar.hello_script = lambda: (10 ** 9, False)
         _run(fed, resume=True)  # a federation-wide --resume: continues from the honest checkpoints' agreed step
     logs = {n: (fed.out / "state" / n / "daemon.log").read_text() for n in ("peer1", "peer2")}
-    assert logs["peer1"].count("refused the state of peer3") >= 2 and "refused the state of peer3" in logs["peer2"]
+    # every restart met the liar's state: refused, or still on its way when the transfer closed (the liar
+    # fetches an honest state first, so on a loaded machine its reply can miss the 2 s after the honest
+    # ones); at least one was refused outright, and none was ever adopted
+    refused = {n: log.count("refused the state of peer3") for n, log in logs.items()}
+    late = {n: log.count("state transfer from peer3 failed: no state within") for n, log in logs.items()}
+    assert refused["peer1"] + late["peer1"] >= 2 and refused["peer2"] + late["peer2"] >= 1, (refused, late)
+    assert sum(refused.values()) >= 1, (refused, late)
+    adopted = [line for log in logs.values() for line in log.splitlines() if "by state transfer from" in line]
+    assert not [line for line in adopted if "peer3" in line.split("by state transfer from")[1]], adopted
     out = _outcome(fed, LONG)
     _check(out, long_baseline, LONG, restarted=("peer1", "peer2"))
     agreed = sorted(stopped.values())[1]  # 3 honest reports (the liar's is beyond the bound): the second highest
@@ -290,7 +320,7 @@ def test_fetch_state_flood_and_a_hung_fetch_state(tmp_path: Path, long_baseline:
             _restart(group, fed, "peer1", tails, 40)
             group.wait(RUN_S, tolerate=HONEST)
     log = (fed.out / "state" / "peer1" / "daemon.log").read_text().splitlines()
-    listening = [_log_time(line) for line in log if "listening on port" in line][-1]
+    listening = [_log_time(line) for line in log if LISTENING in line][-1]
     joins = [_log_time(line) for line in log if "joined the running federation" in line]
     assert joins, "peer1 did not rejoin by state transfer:\n" + "\n".join(log[-15:])
     joined = joins[-1]
