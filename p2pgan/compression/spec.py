@@ -9,10 +9,11 @@ from p2pgan.errors import ConfigError
 #: mixing.compression values (topk takes a fraction: ``topk:0.01``)
 COMPRESSIONS = ("none", "identity", "bf16-delta", "int8", "topk:FRACTION")
 #: CHOCO's consensus step when a topk compression does not set one: this many times its fraction, and at most
-#: TOPK_MAX_CONSENSUS_STEP. CHOCO's step grows with the share of the difference a message carries (Koloskova et al.
-#: 2019, Theorem 2); on digits (OAdam, 800 steps) top-k 1 % kept its consensus distance bounded at 0.05, let it
-#: creep up at 0.1 and diverged at 0.3; top-k 5 % stayed bounded at 0.1 and 0.25, and at 8 peers 0.1 gave the
-#: better and steadier FID (17.3 +- 0.2 against 20.3 +- 3.3; docs/results.md)
+#: TOPK_MAX_CONSENSUS_STEP. CHOCO's admissible step grows with the share of the difference a message carries
+#: (Koloskova et al. 2019: about in proportion, for small shares); on digits (OAdam, 800 steps) top-k 1 % kept
+#: its consensus distance bounded at 0.05, let it creep up at 0.1 and diverged at 0.3; top-k 5 % stayed bounded
+#: at 0.1 and 0.25, and at 8 peers 0.1 gave the better and steadier FID (17.3 +- 0.2 against 20.3 +- 3.3;
+#: docs/results.md)
 TOPK_CONSENSUS_STEP_PER_FRACTION = 5.0
 TOPK_MAX_CONSENSUS_STEP = 0.1
 
