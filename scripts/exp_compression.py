@@ -23,8 +23,8 @@ Per run: the peers' mean IS and FID at the end and over the evaluations of the l
 ("tail"), the consensus distance ``mean_i ||x_i - mean_j x_j||`` every step (its maximum over the run,
 and the same relative to ``||mean_j x_j||``), the bytes one peer sends one neighbour per round relative
 to ``none`` (float32). Per compression and M: mean ± standard error over seeds, the ratio of the means to
-``none``, whether it is within 5 % of ``none`` and, if not, whether it is worse (the cost) or better, and a two-sided paired t-test against ``none`` seed by
-seed, Holm-corrected over all the comparisons of the run.
+``none``, whether it is within 5 % of ``none`` and, if not, whether it is worse (the cost) or better, and a
+two-sided paired t-test against ``none`` seed by seed, Holm-corrected over all the comparisons of the run.
 
     python scripts/exp_compression.py --out docs/results/compression     # full form: M = 4, 8; 3 seeds; 800 steps
     python scripts/exp_compression.py --peers 4 --steps 400              # shorter

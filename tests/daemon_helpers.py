@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import socket
+import subprocess
 import threading
 import time
 from collections.abc import Iterator
@@ -29,13 +30,18 @@ def running(fed: Federation, *, resume: bool = False) -> Iterator[PeerGroup]:
     assert not [pid for pid in group.pids if pid_alive(pid)], "a peer process was left behind"
 
 
-def wait_for_text(path: Path, text: str, timeout_s: float, interval_s: float = 0.1) -> None:
-    """Wait until ``text`` appears in the file at ``path`` (a log another process writes)."""
+def wait_for_text(path: Path, text: str, timeout_s: float, interval_s: float = 0.1, *, times: int = 1,
+                  process: subprocess.Popen[Any] | None = None) -> None:
+    """Wait until ``text`` appears ``times`` times in the file at ``path`` (a log another process writes, also
+    one appended to across restarts); with ``process``, fail at once if that process exits meanwhile."""
     deadline = time.monotonic() + timeout_s
     ticker = threading.Event()  # never set: paces the polling of the file
-    while text not in (path.read_text(errors="replace") if path.exists() else ""):
+    while (path.read_text(errors="replace") if path.exists() else "").count(text) < times:
+        if process is not None and process.poll() is not None:
+            raise AssertionError(f"{text!r} not yet {times}x in {path}, and its process exited "
+                                 f"(rc {process.returncode})")
         if time.monotonic() > deadline:
-            raise AssertionError(f"{text!r} did not appear in {path} within {timeout_s} s")
+            raise AssertionError(f"{text!r} did not appear {times}x in {path} within {timeout_s} s")
         ticker.wait(interval_s)
 
 

@@ -22,7 +22,7 @@ import grpc
 import pytest
 import torch
 from attacker import ScriptedMember, snapshot, timed_hello
-from daemon_helpers import federation
+from daemon_helpers import federation, wait_for_text
 
 from p2pgan.checkpoint import load_checkpoint
 from p2pgan.daemon.processes import MetricsTail, PeerGroup, PeerSpec, pid_alive, wait_for_record
@@ -180,11 +180,7 @@ def _restart(group: PeerGroup, fed: Federation, name: str, tails: dict[str, Metr
     try:
         spec = next(s for s in _specs(fed, resume=True) if s.name == name)
         fresh = group.start(spec)
-        ticker, deadline = threading.Event(), time.monotonic() + RUN_S  # ticker: never set, paces the polling
-        while log_path.read_text(errors="replace").count(LISTENING) <= started:
-            assert fresh.popen.poll() is None, f"{name} exited during start-up (rc {fresh.popen.returncode})"
-            assert time.monotonic() < deadline, f"{name} did not start listening within {RUN_S} s"
-            ticker.wait(0.1)
+        wait_for_text(log_path, LISTENING, RUN_S, times=started + 1, process=fresh.popen)
     finally:
         for other in others:
             other.signal(signal.SIGCONT)

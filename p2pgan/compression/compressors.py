@@ -299,19 +299,12 @@ def apply(copy: torch.Tensor, delta: Delta) -> None:
     replaces the copy. The update is computed in float32, then added in the copy's dtype."""
     if delta.encoding == "key":
         copy.copy_(delta.values)
-    elif delta.encoding == "bf16-delta":
-        work = torch.empty(min(copy.numel(), CHUNK), dtype=copy.dtype)
-        for lo in range(0, copy.numel(), CHUNK):  # a chunk at a time: no vector-sized temporary
-            tmp = work[: min(copy.numel(), lo + CHUNK) - lo]
-            tmp.copy_(delta.values[lo : lo + CHUNK])
-            copy[lo : lo + CHUNK].add_(tmp)
-    elif delta.encoding == "int8":
-        assert delta.scales is not None
-        n, b = copy.numel(), delta.block
-        step = max(1, CHUNK // b) * b
+    elif delta.encoding in ("bf16-delta", "int8"):
+        n = copy.numel()
+        step = CHUNK if delta.encoding == "bf16-delta" else max(1, CHUNK // delta.block) * delta.block
         work = torch.empty(min(n, step), dtype=torch.float32)
-        for lo, hi, full in _chunks(n, step, b):  # code * scale in float32, a chunk at a time
-            _add_int8(copy, delta.values, delta.scales, b, lo, hi, full, work[: hi - lo])
+        for lo in range(0, n, step):  # a chunk at a time: no vector-sized temporary
+            apply_span(copy, delta, lo, min(n, lo + step), work)
     elif delta.encoding == "topk":
         assert delta.indices is not None
         copy.index_add_(0, delta.indices, delta.values.to(copy.dtype))
@@ -326,8 +319,8 @@ def applies_by_span(delta: Delta, span: int) -> bool:
 
 
 def apply_span(copy: torch.Tensor, delta: Delta, lo: int, hi: int, work: torch.Tensor) -> None:
-    """:func:`apply` on ``copy[lo:hi]`` only (``delta`` as :func:`applies_by_span` allows, ``lo`` a multiple of the
-    span and ``hi`` too or the vector's end; ``work``: float32 scratch of at least ``hi - lo`` elements)."""
+    """:func:`apply` on ``copy[lo:hi]`` only (``delta`` as :func:`applies_by_span` allows: ``lo`` on an int8
+    block's start, ``hi`` too or the vector's end; ``work``: float32 scratch of at least ``hi - lo`` elements)."""
     if delta.encoding == "key":
         copy[lo:hi].copy_(delta.values[lo:hi])
     elif delta.encoding == "bf16-delta":

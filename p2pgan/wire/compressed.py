@@ -160,9 +160,9 @@ class CompressedGossip:
                 result = robust.combine(
                     own, weight[self_id], shares, r, label, before=complete,
                     after=lambda lo, hi, out: consensus_step(cur[lo:hi], own[lo:hi], out, self.gamma))
-            else:  # nobody to mix with: x stays as it is (as raw gossip's x * 1.0)
-                for lo in range(0, self.dim, BLOCK_ELEMENTS):
-                    complete(lo, min(self.dim, lo + BLOCK_ELEMENTS))
+            else:  # nobody to mix with: x stays as it is (as raw gossip's x * 1.0); the copies still move
+                for copy, delta in pending:
+                    apply(copy, delta)
                 result = cur.clone()
             if self.record_digests:
                 self.digests.append((step, r, (self.own.version, digest(own)), self.copies.digests()))
