@@ -23,6 +23,7 @@ import pytest
 import torch
 from daemon_helpers import federation, running
 
+from p2pgan.daemon import transfer
 from p2pgan.daemon.processes import MetricsTail, wait_for_record
 from p2pgan.errors import ConfigError, ProtocolError
 from p2pgan.faults import parse_faults
@@ -274,6 +275,44 @@ def test_state_transfer_checks_the_layout_and_the_caller(ring: tuple[list[GrpcMi
         serving.close()
 
 
+def test_a_joiner_asks_again_when_too_few_members_could_answer(ring: tuple[list[GrpcMixer], dict[str, Any]]) -> None:
+    """A transfer that finds one state where two must agree (the others not training yet: busy catching up,
+    just restarted) asks again, and adopts what the members hand out then; the refusal names nobody."""
+    import logging
+    import threading
+
+    mixers, _ = ring
+    base = torch.randn(DIM)
+    snaps = {i: StateSnapshot(20 + i, "DPOSG/exact/oadam", (("x", base + 0.001 * torch.randn(DIM)),), {"step": 20 + i})
+             for i in (0, 1)}
+    layout = StateLayout("DPOSG/exact/oadam", {"x": DIM}, frozenset({"x"}), frozenset({"step"}))
+    serving = [_serve_in_background(mixers[0], snaps[0])]
+    next(serving[0])
+
+    class SecondChance(logging.Handler):  # p1 starts training as p3 gives up its first attempt
+        def emit(self, record: logging.LogRecord) -> None:
+            if "attempt 1 of" in record.getMessage() and len(serving) == 1:
+                mixers[1].board.serve(lambda: snaps[1], 21)  # training from now on: p3's next call waits for a state
+                serving.append(_serve_in_background(mixers[1], snaps[1]))
+                next(serving[1])
+
+    handler = SecondChance()
+    logger = logging.getLogger("p2pgan.daemon.transfer")
+    logger.addHandler(handler)
+    refused: list[str] = []
+    try:
+        verdict = transfer.fetch_agreed(mixers[3], ["p0", "p1", "p2"], layout, size=4, target=20, bound=100,
+                                        own=torch.zeros(DIM), refuse=lambda pid, why: refused.append(pid))
+    finally:
+        logger.removeHandler(handler)
+        for s in serving:
+            s.close()
+    assert len(serving) == 2, "the first attempt found two states: nothing was tested"
+    assert verdict.point is not None and set(verdict.agreed) == {"p0", "p1"} and verdict.step == 20, verdict.why_not
+    torch.testing.assert_close(verdict.point, (snaps[0].parts[0][1] + snaps[1].parts[0][1]) / 2)
+    assert refused == []  # p2 was only not training: no lie
+
+
 # -- fault specs ------------------------------------------------------------------------------------------
 @pytest.mark.parametrize(("spec", "words"), [
     ("kill:9@10", "not an index"), ("nap:1@10", "unknown fault"), ("stop:1@10", "pause length"),
@@ -311,6 +350,12 @@ def _harness(tmp: Path, steps: int, faults: list[str], *, peers: int = 4) -> dic
     opts = HarnessOptions(peers=peers, out=tmp / "run", steps=steps, dataset="digits", eval_interval=0,
                           round_timeout_s=DEADLINE_S, faults=tuple(faults), timeout_s=400.0)
     return json.loads(run_harness(opts).read_text())  # type: ignore[no-any-return]
+
+
+def _warnings(tmp: Path, name: str) -> list[str]:
+    """A harness peer's warning lines and state-transfer lines (what a failed assertion shows)."""
+    text = (tmp / "run" / "state" / name / "daemon.log").read_text()
+    return [line for line in text.splitlines() if "WARNING" in line or "transfer" in line]
 
 
 def _check_finished(report: dict[str, Any], steps: int) -> None:
@@ -354,7 +399,8 @@ def test_long_pause_then_late_join(tmp_path: Path) -> None:
     paused = report["peers"]["peer2"]["churn"]
     assert paused["starts"] == 1 and paused["rejoins"], paused  # came back by catching up, not by restarting
     joiner = report["peers"]["peer3"]["churn"]
-    assert joiner["rejoins"][0]["how"] == "state-transfer" and joiner["rejoins"][0]["step"] >= 60, joiner
+    assert joiner["rejoins"][0]["how"] == "state-transfer" and joiner["rejoins"][0]["step"] >= 60, (
+        joiner, _warnings(tmp_path, "peer3"))
     for name in ("peer0", "peer1"):
         gap = report["peers"][name]["churn"]["longest_gap_s"]
         assert gap < DEADLINE_S + SLACK_S, (name, gap)

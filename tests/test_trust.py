@@ -38,8 +38,20 @@ def test_agreeing_states_are_combined_by_their_median_and_liars_are_named() -> N
     assert got.point is not None and set(got.agreed) == {"p1", "p2", "p4"} and got.step == 40
     torch.testing.assert_close(got.point, torch.stack(h).median(0).values)
     assert set(got.refused) == {"p3", "p5", "p6"}
-    assert "implausible" in got.refused["p5"] and "outside the agreed 40" in got.refused["p6"]
+    assert "implausible" in got.refused["p5"] and "outside what the agreed step 40 allows" in got.refused["p6"]
     assert f"further than {AGREE_RELATIVE:g}" in got.refused["p3"]
+
+
+def test_states_ahead_of_the_agreed_step_count_but_stale_ones_do_not() -> None:
+    """The federation moves on while a joiner asks: a late answer is ahead, not a lie; a stale one is refused."""
+    h = _honest(3)
+    offers = [Offer("p1", 40, h[0]), Offer("p2", 63, h[1]), Offer("p4", 31, h[2])]
+    got = agree(offers, size=4, target=40, bound=100, own=torch.zeros(DIM))
+    assert got.point is not None and set(got.agreed) == {"p1", "p2"} and got.step == 40  # the lower of the two
+    assert set(got.refused) == {"p4"} and "at most 8 behind" in got.refused["p4"]
+    # one member's word cannot move the step: a liar far ahead with an honest vector gets the honest step
+    liar = agree([Offer("p1", 40, h[0]), Offer("p3", 99, h[0])], size=4, target=40, bound=100, own=torch.zeros(DIM))
+    assert liar.point is not None and liar.step == 40
 
 
 def test_too_few_agreeing_states_adopt_nothing_and_name_nobody_for_disagreeing() -> None:

@@ -103,21 +103,15 @@ def _rejoined(emit: Emit, how: str, source: str | None, step: int, from_step: in
 
 def _transfer(cfg: Any, algo: Any, game: Any, mixer: Any, sources: list[str], target: int,
               limit: int) -> tuple[str, int] | None:
-    """Ask ``sources`` at once, adopt what enough of them agree on (:mod:`p2pgan.daemon.transfer`);
+    """Ask ``sources`` at once, adopt what enough of them agree on (:func:`p2pgan.daemon.transfer.fetch_agreed`);
     ``(members that agreed, step)`` or None (then nothing changed here)."""
     membership = mixer.membership
     asked = sources[: min(transfer.MAX_SOURCES, 2 * tolerated(membership.size) + 1)]
-    offers, malformed, failures = transfer.fetch_all(mixer, asked, layout(cfg, algo), tolerated(membership.size) + 1)
-    for pid, why in failures.items():
-        log.warning("state transfer from %s failed: %s", pid, why)
     own = getattr(algo, algo.mixed_part).detach().reshape(-1).float().cpu()
-    verdict = transfer.agree(offers, size=membership.size, target=target, bound=limit, own=own)
-    for pid, why in {**malformed, **verdict.refused}.items():
-        log.warning("refused the state of %s: %s", pid, why)
-        membership.suspect(pid, f"its state was refused: {why}", kind="state refused")
+    verdict = transfer.fetch_agreed(
+        mixer, asked, layout(cfg, algo), size=membership.size, target=target, bound=limit, own=own,
+        refuse=lambda pid, why: membership.suspect(pid, f"its state was refused: {why}", kind="state refused"))
     if verdict.point is None:
-        if offers:
-            log.warning("adopted no state: %s", verdict.why_not)
         return None
     algo.adopt(verdict.point, verdict.step, game)
     return "+".join(verdict.agreed), verdict.step

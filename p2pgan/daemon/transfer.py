@@ -7,9 +7,12 @@ to poison a joiner (a huge element, a sign flip) or move its step. So a (re)join
    :func:`p2pgan.membership.steps.tolerated`), each with a short deadline; once ``f + 1`` states are
    here the rest get :data:`STRAGGLER_GRACE_S`, so a hung member costs seconds and is outvoted rather
    than waited for;
-2. refuses a state whose step is not the agreed step (within the few steps the federation moved on
-   while it was asked: :data:`STEP_SLACK`) or whose largest element is implausible
-   (:data:`MAGNITUDE_FACTOR` times the others', ours included);
+2. refuses a state more than :data:`STEP_SLACK` steps behind the agreed step (a stale state would
+   leave the joiner behind again) or beyond the bound on steps (the run's length and the wall clock),
+   and one whose largest element is implausible (:data:`MAGNITUDE_FACTOR` times the others', ours
+   included). A state *ahead* of the agreed step is no lie: the federation moves on while it is asked,
+   and a loaded member answers late. It cannot move the joiner's step alone either: the step adopted
+   is the lower median of the agreeing states' steps;
 3. adopts only where at least ``f + 1`` states agree: each within :data:`AGREE_RELATIVE` of the others
    (relative Euclidean distance; honest members differ by their consensus distance, a few percent at
    most), like a replica that needs ``f + 1`` matching answers. The adopted point is the
@@ -17,7 +20,9 @@ to poison a joiner (a huge element, a sign flip) or move its step. So a (re)join
 
 Every refused state gets one log line naming the member and the reason, and the member becomes a
 suspect of the membership layer (:meth:`p2pgan.membership.Membership.suspect`). When too few states
-agree the joiner adopts nothing and continues with its own state (its checkpoint, or its start).
+agree, the joiner asks once more (:data:`ATTEMPTS`: a member busy serving another joiner, catching up
+itself or slow on a loaded machine gets a second chance); then it adopts nothing and continues with
+its own state (its checkpoint, or its start).
 """
 
 from __future__ import annotations
@@ -26,7 +31,7 @@ import dataclasses
 import logging
 import math
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from concurrent import futures
 from typing import Any
 
@@ -46,14 +51,16 @@ MAGNITUDE_FACTOR = 1000.0
 #: ... and the typical largest element is taken as at least this (network weights are of order one; a
 #: joiner's own fresh vector may be tiny)
 MAGNITUDE_FLOOR = 1.0
-#: a state may be this many steps past the agreed step (the federation moves on while it is asked) or
-#: this many steps behind it (a serving peer hands out a snapshot a few steps old)
+#: a state may be this many steps behind the agreed step (a serving peer hands out a snapshot a few
+#: steps old); ahead of it, only the bound on steps applies (module docstring)
 STEP_SLACK = 8
 #: members asked at once, at most
 MAX_SOURCES = 5
 #: once enough states are here, the members still to answer get this many more seconds (a hung member
 #: costs a joiner this, not the call's whole deadline)
 STRAGGLER_GRACE_S = 2.0
+#: times the members are asked before the joiner gives up and continues with its own state
+ATTEMPTS = 2
 
 
 @dataclasses.dataclass(frozen=True)
@@ -120,6 +127,26 @@ def fetch_all(mixer: Any, sources: Sequence[str], expected: Any,
     return offers, refused, failures
 
 
+def fetch_agreed(mixer: Any, sources: Sequence[str], expected: Any, *, size: int, target: int, bound: int,
+                 own: torch.Tensor, refuse: Callable[[str, str], Any]) -> Agreement:
+    """:func:`fetch_all` then :func:`agree`, asked again (:data:`ATTEMPTS` in all) while too few states
+    agree; every refused state is logged and told to ``refuse(member, why)`` (the membership's suspects)."""
+    verdict = Agreement(None, target, (), {}, "nobody to ask")
+    for attempt in range(1, ATTEMPTS + 1 if sources else 1):
+        offers, malformed, failures = fetch_all(mixer, sources, expected, tolerated(size) + 1)
+        for pid, why in failures.items():
+            log.warning("state transfer from %s failed: %s", pid, why)
+        verdict = agree(offers, size=size, target=target, bound=bound, own=own)
+        for pid, why in {**malformed, **verdict.refused}.items():
+            log.warning("refused the state of %s: %s", pid, why)
+            refuse(pid, why)
+        if verdict.point is not None:
+            break
+        log.warning("adopted no state from %s (attempt %d of %d): %s", ", ".join(sources), attempt, ATTEMPTS,
+                    verdict.why_not)
+    return verdict
+
+
 def _norm(v: torch.Tensor) -> float:
     return float(torch.linalg.vector_norm(v.double()))
 
@@ -129,11 +156,12 @@ def agree(offers: Sequence[Offer], *, size: int, target: int, bound: int, own: t
     (see the module docstring); ``own`` is this peer's current vector (a reference for magnitudes)."""
     need = tolerated(size) + 1
     refused: dict[str, str] = {}
-    low, high = max(0, target - STEP_SLACK), min(bound, target + STEP_SLACK)
+    low, high = max(0, target - STEP_SLACK), bound
     fit: list[Offer] = []
     for o in offers:
         if not low <= o.step <= high:
-            refused[o.member] = f"step {o.step} is outside the agreed {target} (allowed {low}..{high})"
+            refused[o.member] = (f"step {o.step} is outside what the agreed step {target} allows ({low}..{high}: "
+                                 f"at most {STEP_SLACK} behind, not beyond the bound)")
         else:
             fit.append(o)
     if fit:
