@@ -78,12 +78,12 @@ WITHIN = 0.05
 SCORES = (("is", "IS"), ("fid", "FID"), ("is_tail", "IS tail"), ("fid_tail", "FID tail"))
 
 
-def make_mixer(compression: str, gamma: float, peers: int) -> Mixer:
+def make_mixer(compression: str, gamma: float, peers: int, key_interval: int = 0) -> Mixer:
     topo = make_topology(TOPOLOGY, peers, rounds=1)
     compressor = make_compressor(compression)
     if compressor is None:
         return InProcessMixer(topo, 1)
-    return ChocoMixer(topo, 1, compressor, gamma)
+    return ChocoMixer(topo, 1, compressor, gamma, key_interval=key_interval)
 
 
 def run_one(compression: str, gamma: float, peers: int, seed: int, args: argparse.Namespace,
@@ -93,7 +93,7 @@ def run_one(compression: str, gamma: float, peers: int, seed: int, args: argpars
              for i, idx in enumerate(split_indices(data.y, peers, seed=seed))]
     field = PeerGames(games).field
     lr_g, lr_d = MODEL_DEFAULTS[MODEL].lr_generator, MODEL_DEFAULTS[MODEL].lr_discriminator
-    mixer = make_mixer(compression, gamma, peers)
+    mixer = make_mixer(compression, gamma, peers, args.key_interval)
     algo = DPOSG(games[0].point().repeat(peers, 1), mixer, "oadam", games[0].lr_vector(lr_g, lr_d),
                  schedule=SCHEDULE, betas=BETAS)
     dim = games[0].dim
@@ -129,8 +129,10 @@ def run_one(compression: str, gamma: float, peers: int, seed: int, args: argpars
                 bar.update(k, IS=sum(scores["is"][-1]) / peers)
             else:
                 bar.update(k)
-    sent = getattr(mixer, "bytes_per_round", 0) or 4 * dim
-    return {"compression": compression, "consensus_step": gamma, "peers": peers, "seed": seed,
+    # what one peer sent one neighbour per round on average (keys included); float32 for none
+    sent = getattr(mixer, "bytes_sent", 0) / max(1, mixer.stats.rounds) or 4 * dim
+    return {"compression": compression, "consensus_step": gamma, "key_interval": args.key_interval,
+            "peers": peers, "seed": seed,
             "steps": args.steps, "dim": dim, "eval_steps": steps, "scores": scores, "consensus": consensus,
             "consensus_rel": consensus_rel, "bytes_per_round": sent, "bytes_vs_none": sent / (4 * dim),
             "seconds": time.perf_counter() - t0}
@@ -263,8 +265,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--topk-gamma", type=float, default=None,
                    help="consensus step of every topk (default: mixing.consensus_step's for its fraction; at 1 %% on "
                         "digits 0.1 lets the consensus distance creep up and 0.3 diverges); runs are filed by it (-g<value>)")
+    p.add_argument("--key-interval", type=int, default=0,
+                   help="send every copy in full each N-th step, as the daemon does with mixing.key_interval (its "
+                        "default is 100); 0 (default): no key after the first round; runs are filed by it (-k<N>)")
     p.add_argument("--quick", action="store_true", help="short form: M = 4, 2 seeds, 6 steps, none and int8")
     args = p.parse_args(argv)
+    if args.key_interval < 0:
+        p.error(f"--key-interval: must be 0 or more, got {args.key_interval}")
     if args.quick:
         args.peers, args.seeds, args.steps, args.eval_every, args.eval_samples, args.batch = [4], [0, 1], 6, 3, 64, 8
         args.compressions = ["none", "int8"]
@@ -299,6 +306,7 @@ def main(argv: list[str] | None = None) -> int:
                 for comp in args.compressions:
                     gamma = args.gammas[comp]
                     tag = f"-g{gamma:g}" if comp.startswith("topk") else ""  # top-k runs at several steps
+                    tag += f"-k{args.key_interval}" if args.key_interval and comp != "none" else ""
                     path = args.runs / f"M{peers}-{canonical(comp).replace(':', '')}{tag}-s{seed}-{args.steps}.json"
                     if path.is_file():
                         run = json.loads(path.read_text())

@@ -222,17 +222,24 @@ def test_a_federation_of_one_compressing_peer_keeps_its_vector(federation) -> No
 def test_int8_gossip_on_the_wire_is_the_in_process_choco_mixer(federation) -> None:
     """scripts/exp_compression.py measures quality with peers in one process (ChocoMixer); that stands for
     the network only if the network's compressed rounds compute the same numbers: the same operators, the
-    same copies, the same consensus step. Between keys (key_interval) they agree to float32 rounding."""
+    same copies, the same consensus step, the same keys (every key_interval-th step). They agree to float32
+    rounding; an in-process mixer without the keys does not."""
     from p2pgan.compression.choco import ChocoMixer
     from p2pgan.topology import make_topology
 
-    wire = _ready(federation(3, 2, compression="int8", consensus_step=0.5, key_interval=1000))
-    local = ChocoMixer(make_topology("ring", 3, rounds=2), 2, Int8Blocks(), gamma=0.5)
+    wire = _ready(federation(3, 2, compression="int8", consensus_step=0.5, key_interval=3))
+    local = ChocoMixer(make_topology("ring", 3, rounds=2), 2, Int8Blocks(), gamma=0.5, key_interval=3)
+    keyless = ChocoMixer(make_topology("ring", 3, rounds=2), 2, Int8Blocks(), gamma=0.5)
     g = torch.Generator().manual_seed(3)
     x = torch.randn(3, DIM, generator=g)
-    for step in range(4):
+    for step in range(5):
         x = x + 0.1 * torch.randn(3, DIM, generator=g)  # a training step moves every vector
-        a, b = mix_all(wire, x, step), local.mix(x, step)
+        a, b, c = mix_all(wire, x, step), local.mix(x, step), keyless.mix(x, step)
         assert torch.allclose(a, b, rtol=0, atol=1e-5), (step, float((a - b).abs().max()))
         assert not torch.equal(b, x)
-    assert all(m.compressed is not None and m.compressed.deltas_sent > 0 for m in wire)
+        if step == 3:  # the key step: only the mixer that sends keys stays with the wire
+            assert not torch.allclose(a, c, rtol=0, atol=1e-4)
+    assert all(m.compressed is not None and m.compressed.deltas_sent > 0 and m.compressed.keys_sent > 2 for m in wire)
+    # what one peer sends one neighbour: rounds of int8 codes and scales, and two rounds of float32 keys
+    keys = 2 * 4 * DIM
+    assert local.bytes_sent > keys and local.bytes_sent - keys == 8 * local.bytes_per_round, local.bytes_sent

@@ -41,13 +41,20 @@ class ChocoMixer(Mixer):
     """In-process compressed gossip for all ``M`` rows (the simulator's mixer, with CHOCO copies).
 
     Every peer keeps one public copy (the rows of :attr:`copies`), seen identically by all its neighbours:
-    in process no message is lost, so no key is ever needed after the first round.
+    in process no message is lost, so no key is needed after the first round for the copies to stay in
+    step. ``key_interval`` > 0 sends the keys the wire path sends anyway (the copies in full in the first
+    round of every ``key_interval``-th step, :class:`p2pgan.wire.compressed.CompressedGossip`), so that a
+    run in process mixes as the daemon does with the same ``mixing.key_interval``; 0 sends none.
     """
 
-    def __init__(self, topology: Topology, rounds: int, compressor: Compressor, gamma: float = 1.0) -> None:
+    def __init__(self, topology: Topology, rounds: int, compressor: Compressor, gamma: float = 1.0,
+                 key_interval: int = 0) -> None:
         super().__init__()
         if not 0 < gamma <= 1:
             raise ValueError(f"consensus step gamma must be in (0, 1], got {gamma}")
+        if key_interval < 0:
+            raise ValueError(f"key_interval must be >= 0, got {key_interval}")
+        self.key_interval = key_interval
         self.topology = topology
         self.rounds = rounds
         self.size = topology.size
@@ -56,6 +63,7 @@ class ChocoMixer(Mixer):
         self.gamma = gamma
         self.copies: torch.Tensor | None = None
         self.bytes_per_round = 0  # payload bytes one peer sent to one neighbour in the last round
+        self.bytes_sent = 0  # ... and in all rounds so far (keys included)
         self._plain = InProcessMixer(topology, 1)  # W applied to the copies, the simulator's arithmetic
 
     def start(self, x: torch.Tensor, step: int) -> MixHandle:
@@ -63,14 +71,16 @@ class ChocoMixer(Mixer):
         if self.copies is None:
             self.copies = cur.clone()  # the first round's keys: every copy exact
         for r in range(self.rounds):
+            key = r == 0 and self.key_interval > 0 and step % self.key_interval == 0
             for i in range(self.size):
-                if self.compressor.exact:
+                if self.compressor.exact or key:
                     self.copies[i].copy_(cur[i])
                     self.bytes_per_round = cur.element_size() * cur.shape[1]
                     continue
                 enc = self.compressor.encode((cur[i] - self.copies[i]).to(torch.float32))
                 self.bytes_per_round = enc.payload.numel() * enc.payload.element_size()
                 apply(self.copies[i], self_decode(enc, cur.shape[1]))
+            self.bytes_sent += self.bytes_per_round
             mixed = self._plain._round(self.copies, step, r)
             cur = torch.stack([consensus_step(cur[i], self.copies[i], mixed[i], self.gamma) for i in range(self.size)])
         self.stats.rounds += self.rounds
