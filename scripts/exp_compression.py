@@ -16,8 +16,8 @@ out) and the same :func:`~p2pgan.compression.choco.consensus_step`. Identity com
 equals InProcessMixer bit for bit (tests/test_compression.py), the network mixer with identity
 compression equals raw network gossip bit for bit (tests/test_wire_compressed.py), and the network mixer
 with int8 equals ChocoMixer with int8 to float32 rounding (tests/test_wire_compressed.py). In process no
-message is lost, so ChocoMixer sends no keys after the first round (a network peer re-sends its copy
-every ``mixing.key_interval`` steps, which can only bring the copies closer).
+message is lost, so ChocoMixer sends no keys after the first round unless ``--key-interval N`` asks for the
+keys a network peer sends anyway (its copy in full every ``mixing.key_interval`` steps, 100 by default).
 
 Per run: the peers' mean IS and FID at the end and over the evaluations of the last 20 % of steps
 ("tail"), the consensus distance ``mean_i ||x_i - mean_j x_j||`` every step (its maximum over the run,
