@@ -233,7 +233,9 @@ def plot(path: Path, runs: Sequence[Mapping[str, Any]], peers: int, args: argpar
     every = max(1, args.steps // 100)
     for comp in dict.fromkeys(r["compression"] for r in mine):
         group = [r for r in mine if r["compression"] == comp]
-        label = comp if comp == "none" else f"{comp} (gamma {group[0]['consensus_step']:g})"
+        keys = group[0].get("key_interval", 0)
+        label = comp if comp == "none" else f"{comp} (gamma {group[0]['consensus_step']:g}" + (
+            f", a key every {keys} steps)" if keys else ")")
         panels["IS"][label] = [(r["eval_steps"], r["scores"]["is"]) for r in group]
         panels["FID"][label] = [(r["eval_steps"], r["scores"]["fid"]) for r in group]
         n = min(len(r["consensus"]) for r in group)
