@@ -157,13 +157,16 @@ def test_hello_lie_step_bomb_and_push_lies_at_start_up(tmp_path: Path, baseline:
 
 #: what a daemon logs once its server is up, just before it dials the members (p2pgan/daemon/mixer.py)
 LISTENING = "listening on port"
+#: steps the others take without a killed peer before it restarts: enough that it resumes behind them
+#: (its checkpoint is at most its step at the kill) and so rejoins by state transfer, never by its checkpoint
+MOVE_ON = 10
 
 
 def _restart(group: PeerGroup, fed: Federation, name: str, tails: dict[str, MetricsTail], at: int) -> int:
-    """SIGKILL ``name`` once the others passed step ``at``, then start it again with --resume; returns the
-    step it rejoined at.
+    """SIGKILL ``name`` once the others passed step ``at``, let them take :data:`MOVE_ON` more steps, then
+    start it again with --resume; returns the step it rejoined at (by state transfer).
 
-    The others are paused (SIGSTOP, a long GC pause to them) from the kill until the new process is up and
+    The others are paused (SIGSTOP, a long GC pause to them) from then until the new process is up and
     about to dial them: on a loaded machine a fresh process takes many seconds to import torch, and three
     such restarts once let the others finish the whole run first (CI, load ~5 on 2 cores)."""
     for tail in tails.values():
@@ -175,6 +178,11 @@ def _restart(group: PeerGroup, fed: Federation, name: str, tails: dict[str, Metr
     proc.signal(signal.SIGKILL)
     proc.popen.wait(30)
     group.procs.remove(proc)  # reaped: killed on purpose, not a failure of the group
+    stepped = [r["step"] for r in read_metrics(tails[name].path) if r["type"] == "step"]
+    last = max(stepped, default=at)  # the killed peer's last step: its checkpoint is at most this
+    for other in others:
+        wait_for_record(tails[other.spec.name], lambda r: r["type"] == "step" and r["step"] >= last + MOVE_ON,
+                        RUN_S, group=group)
     for other in others:
         other.signal(signal.SIGSTOP)
     try:
@@ -184,8 +192,8 @@ def _restart(group: PeerGroup, fed: Federation, name: str, tails: dict[str, Metr
     finally:
         for other in others:
             other.signal(signal.SIGCONT)
-    return int(wait_for_record(tails[name], lambda r: r["type"] == "rejoin" and r["step"] > at, RUN_S,
-                               group=group)["step"])
+    rejoin = wait_for_record(tails[name], lambda r: r["type"] == "rejoin" and r["step"] > at, RUN_S, group=group)
+    return int(rejoin["step"])
 
 
 def _poisoned(liar: ScriptedMember, kind: str) -> Callable[[str], Any]:
