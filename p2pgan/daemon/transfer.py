@@ -20,9 +20,9 @@ to poison a joiner (a huge element, a sign flip) or move its step. So a (re)join
 
 Every refused state gets one log line naming the member and the reason, and the member becomes a
 suspect of the membership layer (:meth:`p2pgan.membership.Membership.suspect`). When too few states
-agree, the joiner asks once more (:data:`ATTEMPTS`: a member busy serving another joiner, catching up
-itself or slow on a loaded machine gets a second chance); then it adopts nothing and continues with
-its own state (its checkpoint, or its start).
+agree, the joiner asks once more, :data:`RETRY_AFTER_S` later (:data:`ATTEMPTS`: a member busy serving
+another joiner, catching up itself or slow on a loaded machine gets a second chance); then it adopts
+nothing and continues with its own state (its checkpoint, or its start).
 """
 
 from __future__ import annotations
@@ -61,6 +61,8 @@ MAX_SOURCES = 5
 STRAGGLER_GRACE_S = 2.0
 #: times the members are asked before the joiner gives up and continues with its own state
 ATTEMPTS = 2
+#: seconds between two asks: a member catching up itself hands out no state for a moment
+RETRY_AFTER_S = 1.0
 
 
 @dataclasses.dataclass(frozen=True)
@@ -133,6 +135,8 @@ def fetch_agreed(mixer: Any, sources: Sequence[str], expected: Any, *, size: int
     agree; every refused state is logged and told to ``refuse(member, why)`` (the membership's suspects)."""
     verdict = Agreement(None, target, (), {}, "nobody to ask")
     for attempt in range(1, ATTEMPTS + 1 if sources else 1):
+        if attempt > 1:
+            time.sleep(RETRY_AFTER_S)  # a pause before asking the network again (not a synchronisation)
         offers, malformed, failures = fetch_all(mixer, sources, expected, tolerated(size) + 1)
         for pid, why in failures.items():
             log.warning("state transfer from %s failed: %s", pid, why)
