@@ -49,6 +49,8 @@ sys.path.insert(0, str(ROOT))  # run from a checkout without installing
 #: mixing.compression values timed by default (topk at 1 %: 8 bytes per kept element, ~0.02x of float32)
 DEFAULT_COMPRESSIONS = ("none", "bf16-delta", "int8", "topk:0.01")
 DEFAULT_LINKS = ("100mbit:20ms", "1gbit:5ms")
+#: the compressions whose payload is written in order while it goes out (--one-pass times them without that)
+ONE_PASS = ("bf16-delta", "int8")
 DEFAULT_PAYLOADS_MB = (8.36, 100.0)
 #: seconds a worker may take to start (imports, TLS) and per step at most
 STARTUP_TIMEOUT_S = 120.0
@@ -66,6 +68,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--steps", type=int, default=None, help="timed steps per row (default 10; --quick 4)")
     p.add_argument("--warmup", type=int, default=2, help="untimed steps first (the first one sends keys)")
     p.add_argument("--drift", type=float, default=1e-3, help="relative change of each vector per step")
+    p.add_argument("--one-pass", action="store_true",
+                   help="also time each dense compression (bf16-delta, int8) with its payload written in full before "
+                        "the links get it (rows 'int8/1pass': the encoding before it streamed), beside the streamed one")
     p.add_argument("--no-machine-floor", action="store_true",
                    help="leave out the direct-loopback run of each payload and compression (the machine's floor)")
     p.add_argument("--skip-digits", action="store_true", help="leave out part 2 (the digits harness runs)")
@@ -130,9 +135,11 @@ def ring_links(ports: dict[str, int], link: str) -> Iterator[dict[str, list[list
             proc.wait()
 
 
-def run_row(args: argparse.Namespace, mb: float, link: str | None, compression: str) -> dict[str, Any]:
+def run_row(args: argparse.Namespace, mb: float, link: str | None, compression: str,
+            stream: bool = True) -> dict[str, Any]:
     """One (payload, link, compression): M ring peers, their step times and bytes. ``link`` None: the peers
-    connect directly over loopback, no relay and no pacing (the machine's own floor for that row)."""
+    connect directly over loopback, no relay and no pacing (the machine's own floor for that row). ``stream``
+    False: each payload is written in full before the links get it (see ``--one-pass``)."""
     from p2pgan.security.certs import make_federation
     from p2pgan.wire.workers import exchange_ports, worker_processes
 
@@ -143,7 +150,7 @@ def run_row(args: argparse.Namespace, mb: float, link: str | None, compression: 
         tls = make_federation(root / "federation", FEDERATION, ids)
         configs = {pid: {
             "federation": FEDERATION, "peer_id": pid, "rank": r, "seed": 0, "dim": dim, "compression": compression,
-            "key_interval": 1000, "warmup": args.warmup, "steps": args.steps, "drift": args.drift,
+            "key_interval": 1000, "stream": stream, "warmup": args.warmup, "steps": args.steps, "drift": args.drift,
             "round_timeout_s": STEP_TIMEOUT_S, "connect_timeout_s": STARTUP_TIMEOUT_S,
             "tls": {k: str(v) for k, v in vars(tls[pid]).items()},
         } for r, pid in enumerate(ids)}
@@ -171,8 +178,8 @@ def run_row(args: argparse.Namespace, mb: float, link: str | None, compression: 
     per_link = sent / 2  # a ring peer sends the same message to its two neighbours, each over its own link
     floor = args.link_specs[link].floor_s(per_link) if link is not None else None
     return {
-        "payload_mb": mb, "link": link or "direct", "compression": compression, "peers": args.peers, "dim": dim,
-        "step_s": step_s, "bytes_per_step": sent, "bytes_per_link_round": per_link, "floor_s": floor,
+        "payload_mb": mb, "link": link or "direct", "compression": compression, "variant": _variant(compression, stream),
+        "peers": args.peers, "dim": dim, "step_s": step_s, "bytes_per_step": sent, "bytes_per_link_round": per_link, "floor_s": floor,
         "vs_floor": step_s / floor if floor else None, "dropped": sum(r["dropped"] for r in results),
         "keys": sum(r["keys"] or 0 for r in results), "per_peer": results,
     }
@@ -223,6 +230,11 @@ def run_digits(args: argparse.Namespace, compression: str) -> dict[str, Any]:
             / args.digits_steps, **result}
 
 
+def _variant(compression: str, stream: bool) -> str:
+    """A row's name: the compression, and ``/1pass`` where its payload was written before it went out."""
+    return compression if stream else f"{compression}/1pass"
+
+
 def with_machine_floor(row: dict[str, Any], machine: dict[str, Any] | None) -> dict[str, Any]:
     """``row`` with the machine's floor beside the link's: the same ring and compression over direct loopback
     (``machine``), and the step against the larger of the two (a round can beat neither)."""
@@ -243,12 +255,13 @@ def _times(value: float | None) -> str:
 def table(rows: list[dict[str, Any]]) -> str:
     """One line per row: the step, the link's floor and step / floor, the machine's floor (the same row without
     the link) and step / the larger floor, the bytes one peer sends per step and their ratio to ``none``."""
-    lines = [f"{'MB':>7} {'link':>13} {'compression':>11} {'step':>9} {'link floor':>10} {'vs link':>8} "
+    lines = [f"{'MB':>7} {'link':>13} {'compression':>16} {'step':>9} {'link floor':>10} {'vs link':>8} "
              f"{'machine':>9} {'vs max':>8} {'sent/step':>10} {'vs none':>7}"]
     base = {(r["payload_mb"], r["link"]): r["bytes_per_step"] for r in rows if r["compression"] == "none"}
     for r in rows:
         ratio = r["bytes_per_step"] / base[r["payload_mb"], r["link"]] if (r["payload_mb"], r["link"]) in base else None
-        lines.append(f"{r['payload_mb']:>7.2f} {r['link']:>13} {r['compression']:>11} {_ms(r['step_s'])} "
+        lines.append(f"{r['payload_mb']:>7.2f} {r['link']:>13} {r.get('variant', r['compression']):>16} "
+                     f"{_ms(r['step_s'])} "
                      f"{_ms(r['floor_s']):>10} {_times(r['vs_floor'])} {_ms(r.get('machine_s'))} "
                      f"{_times(r.get('vs_bound'))} {r['bytes_per_step'] / 1e6:>8.3f}MB "
                      + (f"{ratio:>6.3f}x" if ratio is not None else f"{'-':>7}"))
@@ -275,15 +288,17 @@ def main(argv: list[str] | None = None) -> int:
     machine: list[dict[str, Any]] = []
     for mb in [] if args.skip_rounds else args.payloads:
         for compression in args.compressions:
-            floor = None
-            if not args.no_machine_floor:
-                floor = run_row(args, mb, None, compression)
-                machine.append(floor)
-                print(table([floor]).splitlines()[-1], flush=True)
-            for link in args.links:
-                rows.append(with_machine_floor(run_row(args, mb, link, compression), floor))
-                print(table(rows[-1:]).splitlines()[-1], flush=True)
-    rows.sort(key=lambda r: (r["payload_mb"], args.links.index(r["link"]), args.compressions.index(r["compression"])))
+            for stream in (True, False) if args.one_pass and compression in ONE_PASS else (True,):
+                floor = None
+                if not args.no_machine_floor:
+                    floor = run_row(args, mb, None, compression, stream)
+                    machine.append(floor)
+                    print(table([floor]).splitlines()[-1], flush=True)
+                for link in args.links:
+                    rows.append(with_machine_floor(run_row(args, mb, link, compression, stream), floor))
+                    print(table(rows[-1:]).splitlines()[-1], flush=True)
+    rows.sort(key=lambda r: (r["payload_mb"], args.links.index(r["link"]), args.compressions.index(r["compression"]),
+                             r["variant"] != r["compression"]))
     if rows:
         print("\n" + table(rows))
     digits = [] if args.skip_digits else [run_digits(args, c) for c in args.compressions]

@@ -21,7 +21,7 @@ keys a network peer sends anyway (its copy in full every ``mixing.key_interval``
 
 Per run: the peers' mean IS and FID at the end and over the evaluations of the last 20 % of steps
 ("tail"), the consensus distance ``mean_i ||x_i - mean_j x_j||`` every step (its maximum over the run,
-and the same relative to ``||mean_j x_j||``), the bytes one peer sends one neighbour per round relative
+and the same relative to ``||mean_j x_j||``), the bytes one peer sends one neighbour per step relative
 to ``none`` (float32). Per compression and M: mean ± standard error over seeds, the ratio of the means to
 ``none``, whether it is within 5 % of ``none`` and, if not, whether it is worse (the cost) or better, and a
 two-sided paired t-test against ``none`` seed by seed, Holm-corrected over all the comparisons of the run.
@@ -78,12 +78,13 @@ WITHIN = 0.05
 SCORES = (("is", "IS"), ("fid", "FID"), ("is_tail", "IS tail"), ("fid_tail", "FID tail"))
 
 
-def make_mixer(compression: str, gamma: float, peers: int, key_interval: int = 0) -> Mixer:
+def make_mixer(compression: str, gamma: float, peers: int, key_interval: int = 0, rounds: int = 1) -> Mixer:
+    """``none`` mixes once per step (the demo's job, the reference); a compression ``rounds`` times."""
     topo = make_topology(TOPOLOGY, peers, rounds=1)
     compressor = make_compressor(compression)
     if compressor is None:
         return InProcessMixer(topo, 1)
-    return ChocoMixer(topo, 1, compressor, gamma, key_interval=key_interval)
+    return ChocoMixer(topo, rounds, compressor, gamma, key_interval=key_interval)
 
 
 def run_one(compression: str, gamma: float, peers: int, seed: int, args: argparse.Namespace,
@@ -93,7 +94,8 @@ def run_one(compression: str, gamma: float, peers: int, seed: int, args: argpars
              for i, idx in enumerate(split_indices(data.y, peers, seed=seed))]
     field = PeerGames(games).field
     lr_g, lr_d = MODEL_DEFAULTS[MODEL].lr_generator, MODEL_DEFAULTS[MODEL].lr_discriminator
-    mixer = make_mixer(compression, gamma, peers, args.key_interval)
+    rounds = 1 if compression == "none" else args.rounds
+    mixer = make_mixer(compression, gamma, peers, args.key_interval, rounds)
     algo = DPOSG(games[0].point().repeat(peers, 1), mixer, "oadam", games[0].lr_vector(lr_g, lr_d),
                  schedule=SCHEDULE, betas=BETAS)
     dim = games[0].dim
@@ -132,9 +134,10 @@ def run_one(compression: str, gamma: float, peers: int, seed: int, args: argpars
     # what one peer sent one neighbour per round on average (keys included); float32 for none
     sent = getattr(mixer, "bytes_sent", 0) / max(1, mixer.stats.rounds) or 4 * dim
     return {"compression": compression, "consensus_step": gamma, "key_interval": args.key_interval,
-            "peers": peers, "seed": seed,
+            "rounds": rounds, "peers": peers, "seed": seed,
             "steps": args.steps, "dim": dim, "eval_steps": steps, "scores": scores, "consensus": consensus,
-            "consensus_rel": consensus_rel, "bytes_per_round": sent, "bytes_vs_none": sent / (4 * dim),
+            "consensus_rel": consensus_rel, "bytes_per_round": sent,
+            "bytes_vs_none": sent * rounds / (4 * dim),  # per step: none sends one float32 vector
             "seconds": time.perf_counter() - t0}
 
 
@@ -270,10 +273,15 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--key-interval", type=int, default=0,
                    help="send every copy in full each N-th step, as the daemon does with mixing.key_interval (its "
                         "default is 100); 0 (default): no key after the first round; runs are filed by it (-k<N>)")
+    p.add_argument("--rounds", type=int, default=1,
+                   help="mixing rounds per step of every compression (mixing.rounds; none keeps 1, the demo's job and "
+                        "the reference); runs are filed by it (-r<N>) when above 1")
     p.add_argument("--quick", action="store_true", help="short form: M = 4, 2 seeds, 6 steps, none and int8")
     args = p.parse_args(argv)
     if args.key_interval < 0:
         p.error(f"--key-interval: must be 0 or more, got {args.key_interval}")
+    if args.rounds < 1:
+        p.error(f"--rounds: must be 1 or more, got {args.rounds}")
     if args.quick:
         args.peers, args.seeds, args.steps, args.eval_every, args.eval_samples, args.batch = [4], [0, 1], 6, 3, 64, 8
         args.compressions = ["none", "int8"]
@@ -309,6 +317,7 @@ def main(argv: list[str] | None = None) -> int:
                     gamma = args.gammas[comp]
                     tag = f"-g{gamma:g}" if comp.startswith("topk") else ""  # top-k runs at several steps
                     tag += f"-k{args.key_interval}" if args.key_interval and comp != "none" else ""
+                    tag += f"-r{args.rounds}" if args.rounds > 1 and comp != "none" else ""
                     path = args.runs / f"M{peers}-{canonical(comp).replace(':', '')}{tag}-s{seed}-{args.steps}.json"
                     if path.is_file():
                         run = json.loads(path.read_text())

@@ -3,6 +3,7 @@ the CHOCO step (p2pgan.compression; issue 18)."""
 
 from __future__ import annotations
 
+import bisect
 import math
 
 import pytest
@@ -10,7 +11,8 @@ import torch
 
 from p2pgan.compression.choco import ChocoMixer, consensus_step
 from p2pgan.compression.compressors import (
-    CHUNK, INT8_BLOCK, BF16Delta, Compressor, Int8Blocks, TopK, apply, decode, make_compressor, self_decode,
+    CHUNK, INT8_BLOCK, BF16Delta, Compressor, Int8Blocks, TopK, apply, decode, make_compressor, ready_elements,
+    self_decode,
 )
 from p2pgan.compression.copies import NeighbourCopies, OwnCopy, digest
 from p2pgan.compression.spec import canonical
@@ -148,6 +150,37 @@ def test_the_senders_one_pass_step_is_encode_then_apply(spec: str) -> None:
         mine = c.encode_step(x, copy, torch.empty(n))
         assert torch.equal(mine.payload, enc.payload) and mine.block_elements == enc.block_elements
         assert torch.equal(copy.view(torch.int32), reference.view(torch.int32))
+
+
+@pytest.mark.parametrize("spec", ["int8", "bf16-delta", "topk:0.1", "identity"])
+def test_the_senders_streamed_step_writes_the_one_pass_bytes_in_order(spec: str) -> None:
+    """Compressor.encode_stream (the payload written while links send it) makes the bytes and the copy of
+    encode_step, and whenever it reports progress, the payload bytes ready_elements counts as final are
+    already those of the end: a link that sends them then sends the right bytes."""
+    c = make_compressor(spec)
+    n = 2 * CHUNK + 300  # three chunks, the last with a short int8 block
+    g = torch.Generator().manual_seed(5)
+    x = torch.randn(n, generator=g)
+    copy = x + 0.01 * torch.randn(n, generator=g)
+    copy[::7], x[::11] = -0.0, 0.0
+    reference = copy.clone()
+    want = c.encode_step(x, reference, torch.empty(n))
+    enc, fill = c.encode_stream(x, copy, torch.empty(n))
+    seen: list[tuple[int, bytes]] = []
+    fill(lambda done: seen.append((done, bytes(codec.le_bytes(enc.payload)))))
+    final = bytes(codec.le_bytes(enc.payload))
+    assert final == bytes(codec.le_bytes(want.payload)) and enc.block_elements == want.block_elements
+    assert torch.equal(copy.view(torch.int32), reference.view(torch.int32))
+    dones = [d for d, _ in seen]
+    assert dones == sorted(dones) and dones[-1] == n
+    ends = range(len(final) + 1)
+    for done, snapshot in seen:  # the longest prefix final at this point (ready_elements grows with the end)
+        end = bisect.bisect_right(ends, done, key=lambda e: ready_elements(enc, n, e)) - 1
+        assert snapshot[:end] == final[:end], f"bytes [0, {end}) reported final at {done} changed later"
+    if spec in ("int8", "bf16-delta"):  # dense: written in order, with the first bytes final early
+        assert len(seen) >= 3
+        first = bisect.bisect_right(ends, dones[0], key=lambda e: ready_elements(enc, n, e)) - 1
+        assert 0 < first < len(final) and (spec != "int8" or first >= 4 * math.ceil(n / INT8_BLOCK))
 
 
 def _message(own: OwnCopy, x: torch.Tensor, key: bool) -> Incoming:

@@ -4,13 +4,15 @@ from __future__ import annotations
 
 import importlib.util
 import math
+import queue
+import threading
 from pathlib import Path
 
 import pytest
 import torch
 
 from p2pgan.errors import ProtocolError
-from p2pgan.wire import codec
+from p2pgan.wire import codec, outgoing
 from p2pgan.wire.v1 import gossip_pb2 as pb
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -95,6 +97,56 @@ def test_outgoing_message_gives_every_link_the_encoded_frames_and_keeps_only_wha
     assert got_slow == want and message._frames == {}  # nobody needs anything: nothing is kept
     late = message.subscribe()  # a link that comes late rebuilds the same bytes
     assert list(late) == want
+
+
+def test_a_message_being_written_sends_each_shard_once_it_is_final() -> None:
+    """A payload still being written (compressed gossip's streamed encoding) goes out shard by shard as its
+    writer reports progress: a link reading ahead waits for the bytes, so every frame carries the final ones;
+    a writer that fails releases the links with an error instead of sending what it had not written."""
+    final = torch.randn(2500)
+    h = header(2500, shard_bytes=1024)  # 10 000 bytes: 10 shards of 1 KiB
+    want = codec.encode(h, codec.le_bytes(final), 1024)
+    vec = torch.full((2500,), float("nan"))  # not yet written
+    filling = outgoing.Filling(2500)
+    message = codec.OutgoingMessage(h, codec.le_bytes(vec), 1024, filling=filling, needs=lambda end: -(-end // 4))
+    got: queue.SimpleQueue[bytes | BaseException] = queue.SimpleQueue()
+
+    def link() -> None:  # a link's sender thread, as transport._Stream reads a queued message
+        try:
+            for frame in message.subscribe():
+                got.put(frame)
+        except BaseException as exc:  # noqa: BLE001 - handed to the test thread
+            got.put(exc)
+
+    reader = threading.Thread(target=link, daemon=True)
+    reader.start()
+    assert got.get(timeout=30) == want[0]  # the header needs no payload
+    for lo in range(0, 2500, 700):  # the writer's chunks, not aligned with the shards
+        hi = min(2500, lo + 700)
+        vec[lo:hi] = final[lo:hi]
+        filling.advance(hi)
+    frames = [got.get(timeout=30) for _ in want[1:]]
+    reader.join(timeout=30)
+    assert frames == want[1:]  # built after their bytes were written: no NaN went out
+
+    half = torch.full((2500,), float("nan"))
+    failing = outgoing.Filling(2500)
+    message = codec.OutgoingMessage(h, codec.le_bytes(half), 1024, filling=failing, needs=lambda end: -(-end // 4))
+    reader = threading.Thread(target=link, daemon=True)
+    reader.start()
+    assert got.get(timeout=30) == want[0]
+    half[:600] = final[:600]
+    failing.advance(600)  # shards 0 and 1 (bytes 0..2047) are final, shard 2 is not
+    assert [got.get(timeout=30) for _ in range(2)] == want[1:3]
+    failing.fail()
+    error = got.get(timeout=30)
+    assert isinstance(error, RuntimeError) and "failed" in str(error)
+    message.detach()  # builds nothing from the half-written payload
+    with pytest.raises(RuntimeError):
+        list(message.subscribe())
+    reader.join(timeout=30)
+    with pytest.raises(RuntimeError, match="did not reach"):
+        outgoing.Filling(10).wait(5, timeout=0.01)  # the bound on a writer that never comes
 
 
 def test_outgoing_message_detach_keeps_what_was_due_and_ignores_later_changes_of_the_payload() -> None:

@@ -40,6 +40,15 @@ INT8_MAX = 127
 CHUNK = 1 << 18
 
 
+#: writes an :class:`Encoded`'s payload, telling ``progress`` how many elements are done (see
+#: :meth:`Compressor.encode_stream`)
+Fill = Callable[[Callable[[int], None]], None]
+
+
+def no_progress(done: int) -> None:
+    """The progress of a fill nobody waits on."""
+
+
 @dataclasses.dataclass(frozen=True)
 class Encoded:
     """What one message carries: ``payload`` (sent as its raw little-endian bytes) and its header fields."""
@@ -87,6 +96,17 @@ class Compressor:
         apply(copy, self_decode(enc, copy.numel()))
         return enc
 
+    def encode_stream(self, x: torch.Tensor, copy: torch.Tensor, scratch: torch.Tensor) -> tuple[Encoded, Fill]:
+        """:meth:`encode_step` in two parts, so that a message can go out while it is being made: the
+        :class:`Encoded` whose payload is still to be written, and ``fill(progress)``, which writes it and
+        updates ``copy`` and calls ``progress(done)`` as it goes, ``done`` the elements of ``copy`` updated so
+        far (see :func:`ready_elements` for the payload bytes final then). Same numbers as :meth:`encode_step`.
+
+        Here (top-k, identity) the payload is made at once and ``fill`` only reports it done; the dense
+        operators override it to write their payload in order, a chunk at a time."""
+        enc = self.encode_step(x, copy, scratch)
+        return enc, lambda progress: progress(copy.numel())
+
     @property
     def exact(self) -> bool:
         """Sends whole public copies (keys) only: the copy always equals the vector."""
@@ -101,15 +121,24 @@ class BF16Delta(Compressor):
         return Encoded("bf16-delta", delta.detach().to(torch.bfloat16).contiguous())
 
     def encode_step(self, x: torch.Tensor, copy: torch.Tensor, scratch: torch.Tensor) -> Encoded:
+        enc, fill = self.encode_stream(x, copy, scratch)
+        fill(no_progress)
+        return enc
+
+    def encode_stream(self, x: torch.Tensor, copy: torch.Tensor, scratch: torch.Tensor) -> tuple[Encoded, Fill]:
         n = x.numel()
         payload = torch.empty(n, dtype=torch.bfloat16)
-        for lo in range(0, n, CHUNK):
-            hi = min(n, lo + CHUNK)
-            work = torch.sub(x[lo:hi], copy[lo:hi], out=scratch[lo:hi])
-            payload[lo:hi].copy_(work)
-            work.copy_(payload[lo:hi])  # what apply() adds: the bfloat16 value in float32
-            copy[lo:hi].add_(work)
-        return Encoded("bf16-delta", payload)
+
+        def fill(progress: Callable[[int], None]) -> None:
+            for lo in range(0, n, CHUNK):
+                hi = min(n, lo + CHUNK)
+                work = torch.sub(x[lo:hi], copy[lo:hi], out=scratch[lo:hi])
+                payload[lo:hi].copy_(work)
+                work.copy_(payload[lo:hi])  # what apply() adds: the bfloat16 value in float32
+                copy[lo:hi].add_(work)
+                progress(hi)
+
+        return Encoded("bf16-delta", payload), fill
 
 
 class Int8Blocks(Compressor):
@@ -129,6 +158,40 @@ class Int8Blocks(Compressor):
     def encode_step(self, x: torch.Tensor, copy: torch.Tensor, scratch: torch.Tensor) -> Encoded:
         """:meth:`encode` of ``x - copy`` and :func:`apply` of it to ``copy``, a chunk at a time (same numbers)."""
         return self._encode(x.numel(), lambda lo, hi: torch.sub(x[lo:hi], copy[lo:hi], out=scratch[lo:hi]), copy)
+
+    def encode_stream(self, x: torch.Tensor, copy: torch.Tensor, scratch: torch.Tensor) -> tuple[Encoded, Fill]:
+        """Two passes, so that the payload's first bytes are final early: the difference (kept in
+        ``scratch``) and every block's scale first (the scales lead the payload), then the codes and the
+        copy's update a chunk at a time, each chunk's codes final when ``progress`` hears of it. The same
+        bytes and copy as :meth:`encode_step`'s one pass, which touches memory less but sends nothing until
+        it ends."""
+        n, b = x.numel(), self.block
+        nb = math.ceil(n / b)
+        payload = torch.empty(4 * nb + n, dtype=torch.uint8)
+
+        def fill(progress: Callable[[int], None]) -> None:
+            scales, codes = payload[: 4 * nb].view(torch.float32), payload[4 * nb :].view(torch.int8)
+            step = max(1, CHUNK // b) * b
+            spans = _chunks(n, step, b)
+            work = torch.empty(min(n, step), dtype=torch.float32)
+            inverse = torch.empty(nb, dtype=torch.float32)
+            for lo, hi, full in spans:  # pass 1: the difference and the scales
+                diff = torch.sub(x[lo:hi], copy[lo:hi], out=scratch[lo:hi])
+                for a, z, rows in _blocks(lo, hi, full, b):
+                    _scales(diff[a - lo : z - lo].view(rows, -1), work[a - lo : z - lo].view(rows, -1),
+                            scales[a // b : math.ceil(z / b)], inverse[a // b : math.ceil(z / b)])
+            progress(0)  # the scales are final
+            for lo, hi, full in spans:  # pass 2: the codes and the copy's update
+                tmp = work[: hi - lo]
+                for a, z, rows in _blocks(lo, hi, full, b):
+                    torch.mul(scratch[a:z].view(rows, -1), inverse[a // b : math.ceil(z / b)].unsqueeze(1),
+                              out=tmp[a - lo : z - lo].view(rows, -1))
+                tmp.round_().clamp_(-INT8_MAX, INT8_MAX)
+                codes[lo:hi].copy_(tmp)
+                _add_int8(copy, codes, scales, b, lo, hi, full, tmp)
+                progress(hi)
+
+        return Encoded("int8", payload, block_elements=b), fill
 
     def _encode(self, n: int, difference: Callable[[int, int], torch.Tensor], copy: torch.Tensor | None) -> Encoded:
         """The payload of the difference whose chunk ``[lo, hi)`` is ``difference(lo, hi)``; with ``copy``, each
@@ -159,14 +222,26 @@ def _chunks(n: int, step: int, block: int) -> list[tuple[int, int, int]]:
     return [(lo, min(n, lo + step), lo + (min(n, lo + step) - lo) // block * block) for lo in range(0, n, step)]
 
 
+def _blocks(lo: int, hi: int, full: int, block: int) -> list[tuple[int, int, int]]:
+    """A chunk ``[lo, hi)`` as ``(start, end, rows)`` spans to view as ``rows`` blocks: its whole blocks, then
+    the vector's short last block if the chunk ends with it."""
+    spans = [(lo, full, (full - lo) // block)] if full > lo else []
+    return spans + ([(full, hi, 1)] if full < hi else [])
+
+
+def _scales(rows: torch.Tensor, work: torch.Tensor, scale: torch.Tensor, inverse: torch.Tensor) -> None:
+    """Per row ``scale = absmax / 127`` and ``inverse = 1 / scale`` (0 where the row is all zeros)."""
+    torch.abs(rows, out=work)
+    torch.amax(work, dim=1, out=scale)
+    scale.div_(INT8_MAX)
+    torch.reciprocal(scale, out=inverse)
+    inverse.nan_to_num_(posinf=0.0)
+
+
 def _quantize(rows: torch.Tensor, out: torch.Tensor, scale: torch.Tensor, inverse: torch.Tensor) -> None:
     """``out = rows / scale`` per row with ``scale = absmax / 127`` written to ``scale`` (0 stays 0)."""
-    torch.abs(rows, out=out)
-    torch.amax(out, dim=1, out=scale)
-    scale.div_(INT8_MAX)
     inv = inverse[: scale.numel()]
-    torch.reciprocal(scale, out=inv)
-    inv.nan_to_num_(posinf=0.0)
+    _scales(rows, out, scale, inv)
     torch.mul(rows, inv.unsqueeze(1), out=out)
 
 
@@ -233,6 +308,17 @@ def _largest(delta: torch.Tensor, k: int) -> torch.Tensor:
     if keep.numel() != k:  # ties at the k-th value: let topk choose among them
         keep = candidates[torch.topk(magnitude, k, sorted=False).indices].sort().values
     return keep
+
+
+def ready_elements(enc: Encoded, n: int, end: int) -> int:
+    """How many of the vector's ``n`` elements a fill (:meth:`Compressor.encode_stream`) must have done before
+    ``enc``'s payload bytes ``[0, end)`` are final: int8's scales are final before any element (a fill reports
+    0 after them), top-k's payload only at the end."""
+    if enc.encoding == "int8":
+        return min(n, max(0, end - (enc.payload.numel() - n)))
+    if enc.encoding in ("key", "bf16-delta"):
+        return min(n, -(-end // enc.payload.element_size()))
+    return n
 
 
 def make_compressor(spec: str, field: str = "mixing.compression") -> Compressor | None:

@@ -20,7 +20,7 @@ import threading
 import torch
 import xxhash
 
-from p2pgan.compression.compressors import Compressor, Delta, Encoded, apply
+from p2pgan.compression.compressors import Compressor, Delta, Encoded, Fill, apply, no_progress
 
 
 def digest(copy: torch.Tensor) -> str:
@@ -49,16 +49,24 @@ class OwnCopy:
         sends keys only. Otherwise the copy moves by ``Q(x - copy)``; the key (the new copy in full) goes to
         neighbours whose copy may be out of step.
         """
+        delta, key, fill = self.begin(x, key_round)
+        fill(no_progress)
+        return delta, key
+
+    def begin(self, x: torch.Tensor, key_round: bool) -> tuple[Encoded | None, Encoded, Fill]:
+        """:meth:`advance` in two parts (see :meth:`Compressor.encode_stream`): the round's messages, whose
+        payloads (the delta's, and the key's: the copy itself) are final only as far as ``fill`` has come,
+        and ``fill(progress)``, which writes them. A key round's copy is set here, and its fill does nothing.
+        The version is the new one from here on."""
         x = x.detach().to(torch.float32)
+        self.version += 1
         if key_round or self.copy is None or self.compressor.exact:
             self.copy = x.clone()
-            self.version += 1
-            return None, Encoded("key", self.copy)
+            return None, Encoded("key", self.copy), lambda progress: progress(self.dim)
         if self._difference is None or self._difference.shape != x.shape:
             self._difference = torch.empty_like(x)
-        enc = self.compressor.encode_step(x.reshape(-1), self.copy, self._difference)
-        self.version += 1
-        return enc, Encoded("key", self.copy)
+        enc, fill = self.compressor.encode_stream(x.reshape(-1), self.copy, self._difference)
+        return enc, Encoded("key", self.copy), fill
 
 
 class NeighbourCopies:

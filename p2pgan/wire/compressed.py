@@ -25,11 +25,14 @@ from collections.abc import Callable, Sequence
 import torch
 
 from p2pgan.compression.choco import consensus_step
-from p2pgan.compression.compressors import Compressor, Delta, Encoded, applies_by_span, apply, apply_span, decode
+from p2pgan.compression.compressors import (
+    Compressor, Delta, Encoded, applies_by_span, apply, apply_span, decode, ready_elements,
+)
 from p2pgan.compression.copies import NeighbourCopies, OwnCopy, digest
 from p2pgan.errors import ProtocolError
 from p2pgan.mixing.robust import BLOCK_ELEMENTS, RobustMixing
-from p2pgan.wire import codec, transport
+from p2pgan.wire import codec, outgoing, transport
+from p2pgan.wire.frames import LITTLE_ENDIAN
 from p2pgan.wire.connections import StripedLink
 
 log = logging.getLogger(__name__)
@@ -62,6 +65,9 @@ class CompressedGossip:
         self._key_messages: list[codec.OutgoingMessage] = []  # read own.copy in place until detached
         self.keys_sent = 0
         self.deltas_sent = 0
+        #: queue the messages while their payloads are written (False: write them in full first, as before
+        #: the encoding streamed; scripts/bench_wan.py --one-pass times both)
+        self.stream = True
         #: (step, round, own (version, digest), {in-neighbour: (version, digest)}) per round when recording
         self.record_digests = False
         self.digests: list[tuple[int, int, tuple[int, str], dict[str, tuple[int, str]]]] = []
@@ -70,7 +76,11 @@ class CompressedGossip:
     def send(self, cur: torch.Tensor, step: int, r: int, outs: Sequence[str],
              link: Callable[[str], transport.Link | StripedLink],
              header: Callable[[Encoded, int], codec.MessageHeader], shard_bytes: int) -> int:
-        """Advance the own copy toward ``cur`` and send each of ``outs`` its delta or a key; returns bytes sent."""
+        """Advance the own copy toward ``cur`` and send each of ``outs`` its delta or a key; returns bytes sent.
+
+        The messages are queued on the links before their payloads are written, so that a link sends each
+        shard as soon as it is final while the rest is encoded (int8's scales first, then its codes and the
+        copy a chunk at a time): the encoding overlaps the link instead of coming before it."""
         for message in self._key_messages:  # the copy changes now: what a slow link has not sent is built first
             message.detach()
         self._key_messages = []
@@ -79,13 +89,18 @@ class CompressedGossip:
         if jumped:
             self.own.reset()
         key_round = r == 0 and self.key_interval > 0 and step % self.key_interval == 0
-        delta, key = self.own.advance(cur, key_round)
+        delta, key, fill = self.own.begin(cur, key_round)
+        filling = outgoing.Filling(self.dim)
+        if not self.stream or not LITTLE_ENDIAN:  # (codec.le_bytes copies a big-endian host's payload)
+            fill(filling.advance)
         messages: dict[str, codec.OutgoingMessage] = {}
 
         def message(enc: Encoded) -> codec.OutgoingMessage:
             if enc.encoding not in messages:
                 payload = codec.le_bytes(enc.payload)
-                messages[enc.encoding] = codec.OutgoingMessage(header(enc, len(payload)), payload, shard_bytes)
+                messages[enc.encoding] = codec.OutgoingMessage(
+                    header(enc, len(payload)), payload, shard_bytes, filling=filling,
+                    needs=lambda end: ready_elements(enc, self.dim, end))
                 if enc.encoding == "key":
                     self._key_messages.append(messages[enc.encoding])
             return messages[enc.encoding]
@@ -106,6 +121,11 @@ class CompressedGossip:
                     self.deltas_sent += 1
             else:
                 self._needs_key.add(pid)  # its copy misses this version: a key next time
+        try:  # the links send each shard as soon as it is written (Compressor.encode_stream)
+            fill(filling.advance)
+        except BaseException:
+            filling.fail()
+            raise
         return sent
 
     # -- receiving -------------------------------------------------------------------------------------

@@ -10,7 +10,7 @@ import dataclasses
 import math
 import struct
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import torch
 
@@ -52,6 +52,52 @@ def encode(header: MessageHeader, payload: memoryview, shard_bytes: int) -> list
     return list(OutgoingMessage(header, payload, shard_bytes).subscribe())
 
 
+#: how long a link waits for the next part of a payload still being written before it gives the message up
+#: (a bound on a hang: a payload is written by the same process within milliseconds to seconds)
+FILL_TIMEOUT_S = 120.0
+
+
+class Filling:
+    """How far the writer of a payload has come, for the links that send it meanwhile (one writer thread).
+
+    Counted in whatever unit the writer reports (compressed gossip: elements of the vector done, see
+    :meth:`p2pgan.compression.compressors.Compressor.encode_stream`); :meth:`fail` releases every reader."""
+
+    def __init__(self, total: int) -> None:
+        self.total = total
+        self._done = 0
+        self._failed = False
+        self._cond = threading.Condition()
+
+    def advance(self, done: int) -> None:
+        with self._cond:
+            self._done = max(self._done, done)
+            self._cond.notify_all()
+
+    def fail(self) -> None:
+        with self._cond:
+            self._failed = True
+            self._cond.notify_all()
+
+    @property
+    def complete(self) -> bool:
+        return self._done >= self.total
+
+    @property
+    def failed(self) -> bool:
+        return self._failed
+
+    def wait(self, done: int, timeout: float = FILL_TIMEOUT_S) -> None:
+        """Return once ``done`` units are written; RuntimeError if the writer failed or took ``timeout`` s."""
+        if self._done >= done:  # the common case once writing is ahead of the link: no lock
+            return
+        with self._cond:
+            if not self._cond.wait_for(lambda: self._done >= done or self._failed, timeout):
+                raise RuntimeError(f"a payload being written did not reach {done} of {self.total} in {timeout:g} s")
+            if self._done < done:
+                raise RuntimeError("the writer of a payload being sent failed")
+
+
 class OutgoingMessage:
     """One message's frames, made on demand and shared by every link that sends it.
 
@@ -62,13 +108,21 @@ class OutgoingMessage:
     :meth:`subscribe` iterator; a link that subscribes after the others took a shard rebuilds it (the
     same bytes from the same payload). The payload must not change while subscribers read it:
     :meth:`detach` builds what is still to be sent and lets go of it.
+
+    A payload still being written (``filling``, with ``needs(end)``: how far its writer must be before the
+    payload's bytes ``[0, end)`` are final) can be sent meanwhile: a shard is built once its bytes are final,
+    so the first shards leave while the writer makes the rest.
     """
 
-    def __init__(self, header: MessageHeader, payload: memoryview, shard_bytes: int) -> None:
+    def __init__(self, header: MessageHeader, payload: memoryview, shard_bytes: int, *,
+                 filling: Filling | None = None, needs: Callable[[int], int] | None = None) -> None:
         self.header = header
         self.header_frame = header.to_frame()
         self._payload: memoryview | None = payload
+        self._payload_bytes = len(payload)
         self._shard_bytes = shard_bytes
+        self._filling = filling
+        self._needs = needs
         self._lock = threading.Lock()
         self._frames: dict[int, bytes] = {}  # built and still due to some subscriber
         self._next: dict[_Subscription, int] = {}  # subscriber -> index of the next shard it takes
@@ -97,7 +151,14 @@ class OutgoingMessage:
             self._next.pop(token, None)
             self._forget_taken()
 
+    def _await(self, i: int) -> None:
+        """Return once shard ``i``'s bytes are final (at once unless the payload is still being written)."""
+        filling = self._filling
+        if filling is not None and self._needs is not None:
+            filling.wait(self._needs(min(self._payload_bytes, (i + 1) * self._shard_bytes)))
+
     def _take(self, token: _Subscription, i: int) -> bytes:
+        self._await(i)
         with self._lock:
             frame = self._frames.get(i)
             if frame is None:
@@ -119,9 +180,16 @@ class OutgoingMessage:
             del self._frames[i]
 
     def detach(self) -> None:
-        """Build every frame a subscriber still needs, then let go of the payload (it may change now)."""
+        """Build every frame a subscriber still needs, then let go of the payload (it may change now).
+        A payload still being written must be complete first (its writer is the one who detaches); one whose
+        writer failed builds nothing more (its readers fail: half-written bytes never go out)."""
+        filling = self._filling
         with self._lock:
             if self._payload is None:
+                return
+            if filling is not None and not filling.complete:
+                assert filling.failed, "detach() of a payload still being written"
+                self._payload = None
                 return
             low = min(self._next.values(), default=self.header.shard_count)
             for i in range(low, self.header.shard_count):
