@@ -219,15 +219,20 @@ def test_a_federation_of_one_compressing_peer_keeps_its_vector(federation) -> No
 
 
 @pytest.mark.timeout(120)
-def test_int8_gossip_on_the_wire_is_the_in_process_choco_mixer(federation) -> None:
+@pytest.mark.parametrize("stream", [True, False], ids=["streamed", "one-pass"])
+def test_int8_gossip_on_the_wire_is_the_in_process_choco_mixer(federation, stream: bool) -> None:
     """scripts/exp_compression.py measures quality with peers in one process (ChocoMixer); that stands for
     the network only if the network's compressed rounds compute the same numbers: the same operators, the
     same copies, the same consensus step, the same keys (every key_interval-th step). They agree to float32
-    rounding; an in-process mixer without the keys does not."""
+    rounding; an in-process mixer without the keys does not. So do the payloads written before the links
+    get them (``stream`` False: bench_wan's --one-pass rows)."""
     from p2pgan.compression.choco import ChocoMixer
     from p2pgan.topology import make_topology
 
     wire = _ready(federation(3, 2, compression="int8", consensus_step=0.5, key_interval=3))
+    for m in wire:
+        assert m.compressed is not None
+        m.compressed.stream = stream
     local = ChocoMixer(make_topology("ring", 3, rounds=2), 2, Int8Blocks(), gamma=0.5, key_interval=3)
     keyless = ChocoMixer(make_topology("ring", 3, rounds=2), 2, Int8Blocks(), gamma=0.5)
     g = torch.Generator().manual_seed(3)

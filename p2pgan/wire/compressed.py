@@ -91,7 +91,8 @@ class CompressedGossip:
         key_round = r == 0 and self.key_interval > 0 and step % self.key_interval == 0
         delta, key, fill = self.own.begin(cur, key_round)
         filling = outgoing.Filling(self.dim)
-        if not self.stream or not LITTLE_ENDIAN:  # (codec.le_bytes copies a big-endian host's payload)
+        streamed = self.stream and LITTLE_ENDIAN  # (codec.le_bytes copies a big-endian host's payload)
+        if not streamed:
             fill(filling.advance)
         messages: dict[str, codec.OutgoingMessage] = {}
 
@@ -121,11 +122,12 @@ class CompressedGossip:
                     self.deltas_sent += 1
             else:
                 self._needs_key.add(pid)  # its copy misses this version: a key next time
-        try:  # the links send each shard as soon as it is written (Compressor.encode_stream)
-            fill(filling.advance)
-        except BaseException:
-            filling.fail()
-            raise
+        if streamed:
+            try:  # the links send each shard as soon as it is written (Compressor.encode_stream)
+                fill(filling.advance)
+            except BaseException:
+                filling.fail()
+                raise
         return sent
 
     # -- receiving -------------------------------------------------------------------------------------
