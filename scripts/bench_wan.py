@@ -49,8 +49,9 @@ sys.path.insert(0, str(ROOT))  # run from a checkout without installing
 #: mixing.compression values timed by default (topk at 1 %: 8 bytes per kept element, ~0.02x of float32)
 DEFAULT_COMPRESSIONS = ("none", "bf16-delta", "int8", "topk:0.01")
 DEFAULT_LINKS = ("100mbit:20ms", "1gbit:5ms")
-#: the compressions whose payload is written in order while it goes out (--one-pass times them without that)
-ONE_PASS = ("bf16-delta", "int8")
+#: the compressions whose round overlaps its link (payload sent while written, applied while it arrives);
+#: --serial also times them without
+OVERLAPPED = ("bf16-delta", "int8")
 DEFAULT_PAYLOADS_MB = (8.36, 100.0)
 #: seconds a worker may take to start (imports, TLS) and per step at most
 STARTUP_TIMEOUT_S = 120.0
@@ -68,9 +69,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--steps", type=int, default=None, help="timed steps per row (default 10; --quick 4)")
     p.add_argument("--warmup", type=int, default=2, help="untimed steps first (the first one sends keys)")
     p.add_argument("--drift", type=float, default=1e-3, help="relative change of each vector per step")
-    p.add_argument("--one-pass", action="store_true",
-                   help="also time each dense compression (bf16-delta, int8) with its payload written in full before "
-                        "the links get it (rows 'int8/1pass': the encoding before it streamed), beside the streamed one")
+    p.add_argument("--serial", action="store_true",
+                   help="also time each dense compression (bf16-delta, int8) with the round's CPU not overlapping its "
+                        "link (rows 'int8/serial': encode whole, send, receive whole, apply, mix), beside the overlapped one")
     p.add_argument("--no-machine-floor", action="store_true",
                    help="leave out the direct-loopback run of each payload and compression (the machine's floor)")
     p.add_argument("--skip-digits", action="store_true", help="leave out part 2 (the digits harness runs)")
@@ -136,10 +137,10 @@ def ring_links(ports: dict[str, int], link: str) -> Iterator[dict[str, list[list
 
 
 def run_row(args: argparse.Namespace, mb: float, link: str | None, compression: str,
-            stream: bool = True) -> dict[str, Any]:
+            overlap: bool = True) -> dict[str, Any]:
     """One (payload, link, compression): M ring peers, their step times and bytes. ``link`` None: the peers
-    connect directly over loopback, no relay and no pacing (the machine's own floor for that row). ``stream``
-    False: each payload is written in full before the links get it (see ``--one-pass``)."""
+    connect directly over loopback, no relay and no pacing (the machine's own floor for that row). ``overlap``
+    False: the round's CPU does not overlap its link (see ``--serial``)."""
     from p2pgan.security.certs import make_federation
     from p2pgan.wire.workers import exchange_ports, worker_processes
 
@@ -150,7 +151,7 @@ def run_row(args: argparse.Namespace, mb: float, link: str | None, compression: 
         tls = make_federation(root / "federation", FEDERATION, ids)
         configs = {pid: {
             "federation": FEDERATION, "peer_id": pid, "rank": r, "seed": 0, "dim": dim, "compression": compression,
-            "key_interval": 1000, "stream": stream, "warmup": args.warmup, "steps": args.steps, "drift": args.drift,
+            "key_interval": 1000, "overlap": overlap, "warmup": args.warmup, "steps": args.steps, "drift": args.drift,
             "round_timeout_s": STEP_TIMEOUT_S, "connect_timeout_s": STARTUP_TIMEOUT_S,
             "tls": {k: str(v) for k, v in vars(tls[pid]).items()},
         } for r, pid in enumerate(ids)}
@@ -178,7 +179,7 @@ def run_row(args: argparse.Namespace, mb: float, link: str | None, compression: 
     per_link = sent / 2  # a ring peer sends the same message to its two neighbours, each over its own link
     floor = args.link_specs[link].floor_s(per_link) if link is not None else None
     return {
-        "payload_mb": mb, "link": link or "direct", "compression": compression, "variant": _variant(compression, stream),
+        "payload_mb": mb, "link": link or "direct", "compression": compression, "variant": _variant(compression, overlap),
         "peers": args.peers, "dim": dim, "step_s": step_s, "bytes_per_step": sent, "bytes_per_link_round": per_link, "floor_s": floor,
         "vs_floor": step_s / floor if floor else None, "dropped": sum(r["dropped"] for r in results),
         "keys": sum(r["keys"] or 0 for r in results), "per_peer": results,
@@ -230,9 +231,9 @@ def run_digits(args: argparse.Namespace, compression: str) -> dict[str, Any]:
             / args.digits_steps, **result}
 
 
-def _variant(compression: str, stream: bool) -> str:
-    """A row's name: the compression, and ``/1pass`` where its payload was written before it went out."""
-    return compression if stream else f"{compression}/1pass"
+def _variant(compression: str, overlap: bool) -> str:
+    """A row's name: the compression, and ``/serial`` where the round's CPU did not overlap its link."""
+    return compression if overlap else f"{compression}/serial"
 
 
 def with_machine_floor(row: dict[str, Any], machine: dict[str, Any] | None) -> dict[str, Any]:
@@ -288,14 +289,14 @@ def main(argv: list[str] | None = None) -> int:
     machine: list[dict[str, Any]] = []
     for mb in [] if args.skip_rounds else args.payloads:
         for compression in args.compressions:
-            for stream in (True, False) if args.one_pass and compression in ONE_PASS else (True,):
+            for overlap in (True, False) if args.serial and compression in OVERLAPPED else (True,):
                 floor = None
                 if not args.no_machine_floor:
-                    floor = run_row(args, mb, None, compression, stream)
+                    floor = run_row(args, mb, None, compression, overlap)
                     machine.append(floor)
                     print(table([floor]).splitlines()[-1], flush=True)
                 for link in args.links:
-                    rows.append(with_machine_floor(run_row(args, mb, link, compression, stream), floor))
+                    rows.append(with_machine_floor(run_row(args, mb, link, compression, overlap), floor))
                     print(table(rows[-1:]).splitlines()[-1], flush=True)
     rows.sort(key=lambda r: (r["payload_mb"], args.links.index(r["link"]), args.compressions.index(r["compression"]),
                              r["variant"] != r["compression"]))

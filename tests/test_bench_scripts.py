@@ -54,19 +54,19 @@ def test_bench_wan_short_form_reports_rows_against_the_link_floor(tmp_path: Path
     proc = subprocess.run(
         [sys.executable, str(ROOT / "scripts" / "bench_wan.py"), "--payloads", "0.05", "--links", "100mbit:2ms",
          "--compressions", "none", "int8", "--steps", "1", "--warmup", "1", "--peers", "2", "--skip-digits",
-         "--one-pass", "--json-out", str(out)],
+         "--serial", "--json-out", str(out)],
         capture_output=True, text=True, timeout=240,
     )
     assert proc.returncode == 0, proc.stderr[-2000:]
     result = json.loads(out.read_text())
     rows = {r["variant"]: r for r in result["rows"]}
     machine = {r["variant"]: r for r in result["machine"]}  # the same rings over direct loopback
-    assert set(machine) == {"none", "int8", "int8/1pass"} and all(r["link"] == "direct" and r["floor_s"] is None for r in machine.values())
+    assert set(machine) == {"none", "int8", "int8/serial"} and all(r["link"] == "direct" and r["floor_s"] is None for r in machine.values())
     for name, r in rows.items():  # each row beside its machine floor, against the larger floor
         assert r["machine_s"] == machine[name]["step_s"]
         assert r["vs_bound"] == pytest.approx(r["step_s"] / max(r["floor_s"], r["machine_s"]))
-    assert set(rows) == {"none", "int8", "int8/1pass"} and all(r["dropped"] == 0 for r in rows.values())
-    assert rows["int8/1pass"]["bytes_per_step"] == rows["int8"]["bytes_per_step"]  # the same messages, written later
+    assert set(rows) == {"none", "int8", "int8/serial"} and all(r["dropped"] == 0 for r in rows.values())
+    assert rows["int8/serial"]["bytes_per_step"] == rows["int8"]["bytes_per_step"]  # the same messages, written later
     # int8: a byte per element and a float32 scale per 256, against float32's 4 bytes
     assert rows["int8"]["bytes_per_step"] < 0.27 * rows["none"]["bytes_per_step"]
     for r in rows.values():  # the floor is a floor: no round beats serialization plus the delay

@@ -5,15 +5,17 @@ from __future__ import annotations
 
 import bisect
 import math
+import threading
 
 import pytest
 import torch
 
 from p2pgan.compression.choco import ChocoMixer, consensus_step
 from p2pgan.compression.compressors import (
-    CHUNK, INT8_BLOCK, BF16Delta, Compressor, Int8Blocks, TopK, apply, decode, make_compressor, ready_elements,
-    self_decode,
+    CHUNK, INT8_BLOCK, BF16Delta, Compressor, Delta, Int8Blocks, TopK, apply, decode, make_compressor,
+    ready_elements, self_decode,
 )
+from p2pgan.compression.arriving import ArrivingDelta
 from p2pgan.compression.copies import NeighbourCopies, OwnCopy, digest
 from p2pgan.compression.spec import canonical
 from p2pgan.errors import ConfigError, ProtocolError
@@ -181,6 +183,131 @@ def test_the_senders_streamed_step_writes_the_one_pass_bytes_in_order(spec: str)
         assert len(seen) >= 3
         first = bisect.bisect_right(ends, dones[0], key=lambda e: ready_elements(enc, n, e)) - 1
         assert 0 < first < len(final) and (spec != "int8" or first >= 4 * math.ceil(n / INT8_BLOCK))
+
+
+def _splits(total: int, g: torch.Generator) -> list[tuple[int, int]]:
+    """``[0, total)`` cut at random places (odd lengths: they split bf16 elements, int8 blocks and scales)."""
+    cuts = sorted(set(torch.randint(1, total, (7,), generator=g).tolist()) | {1, 3})
+    edges = [0, *[c for c in cuts if c < total], total]
+    return list(zip(edges, edges[1:]))
+
+
+@pytest.mark.parametrize("spec", ["int8", "bf16-delta"])
+def test_a_delta_applied_as_it_arrives_is_apply_of_the_whole_message(spec: str) -> None:
+    """ArrivingDelta (a receiver moving its copy shard by shard) leaves the copy bit for bit where apply() of
+    the decoded whole message does, however the payload is cut, -0.0 and zero blocks included."""
+    c = make_compressor(spec)
+    n = 3 * INT8_BLOCK + 77
+    g = torch.Generator().manual_seed(11)
+    d = torch.randn(n, generator=g) * torch.logspace(-4, 1, n)
+    d[300:600] = 0.0
+    d[::13] = -0.0
+    enc = c.encode(d)
+    payload = bytes(codec.le_bytes(enc.payload))
+    start = torch.randn(n, generator=g)
+    want = start.clone()
+    apply(want, self_decode(enc, n))
+    for trial in range(3):
+        copy = start.clone()
+        arriving = ArrivingDelta(enc.encoding, copy, block_elements=enc.block_elements)
+        for lo, hi in _splits(len(payload), g) if trial else [(0, len(payload))]:
+            assert not arriving.complete
+            arriving.feed(memoryview(payload)[lo:hi])
+        assert arriving.complete and torch.equal(copy.view(torch.int32), want.view(torch.int32))
+
+
+def test_a_malformed_delta_is_refused_at_the_shard_that_shows_it() -> None:
+    """The checks decode() makes on a whole payload, made as it arrives: ProtocolError at the first bad byte."""
+    n = 2 * INT8_BLOCK
+    good = bytes(codec.le_bytes(Int8Blocks().encode(torch.randn(n)).payload))
+    scales = 4 * 2
+    bad_scale = bytearray(good)
+    bad_scale[4:8] = bytes(codec.le_bytes(torch.tensor([-1.0])))
+    bad_code = bytearray(good)
+    bad_code[scales + 300] = 0x80  # -128
+    for payload, where, match in ((bad_scale, scales, "scale"), (bad_code, scales + 301, "-128")):
+        arriving = ArrivingDelta("int8", torch.zeros(n), block_elements=INT8_BLOCK, who="message from 'a'")
+        arriving.feed(payload[: where - 1])  # fine so far (a scale is checked once all are in)
+        with pytest.raises(ProtocolError, match=match):
+            arriving.feed(payload[where - 1 :])
+    with pytest.raises(ProtocolError, match="more payload bytes"):
+        ArrivingDelta("int8", torch.zeros(n), block_elements=INT8_BLOCK).feed(good + b"\0")
+    nan = torch.zeros(n, dtype=torch.bfloat16)
+    nan[5] = float("nan")
+    with pytest.raises(ProtocolError, match="non-finite"):
+        ArrivingDelta("bf16-delta", torch.zeros(n)).feed(bytes(codec.le_bytes(nan)))
+
+
+def test_a_delta_that_breaks_off_half_applied_forgets_the_copy_until_a_key() -> None:
+    """CompressedGossip.arrive moves a copy only when it is free (at the delta's base version, its last message
+    taken); a message that breaks off after moving part of it leaves no half-moved copy to mix: the copy is
+    forgotten, deltas are out of step, and the sender's next key brings it back."""
+    n = 3 * INT8_BLOCK
+    me = CompressedGossip(Int8Blocks(), n, gamma=1.0, key_interval=0)
+    sender = OwnCopy(Int8Blocks(), n)
+    x = torch.randn(n)
+    _, key, _ = sender.begin(x, key_round=True)
+    assert me.copies.apply("a", sender.version, Delta("key", key.payload.clone()))
+    delta, _ = sender.advance(x + 0.1, key_round=False)
+    assert delta is not None
+    payload = bytes(codec.le_bytes(delta.payload))
+    h = codec.MessageHeader("f", "a", 1, 0, "", "float32", n, 2, encoding="int8", copy_version=sender.version,
+                            block_elements=INT8_BLOCK)
+    half = memoryview(payload)[: len(payload) // 2]
+    held = me.copies.get("a").clone()
+    mixing, done = threading.Event(), threading.Event()
+
+    def mixer() -> None:  # the mixer thread holds the copies while it mixes
+        with me.copies.lock:
+            mixing.set()
+            done.wait(30)
+
+    t = threading.Thread(target=mixer, daemon=True)
+    t.start()
+    assert mixing.wait(30)
+    me.arrive(h, [half])  # nothing moves while the mixer mixes: the shards wait in the inbox
+    done.set()
+    t.join(30)
+    assert torch.equal(me.copies.get("a"), held)
+    me.arrive(h, [half])  # free now: applied
+    assert not torch.equal(me.copies.get("a"), held)
+    me.broken(h)  # the stream ends here
+    assert me.copies.get("a") is None and me.copies.version("a") is None
+    later, _ = sender.advance(x + 0.2, key_round=False)
+    assert later is not None and not me.copies.apply("a", sender.version, self_decode(later, n))
+    _, key2 = sender.advance(x + 0.3, key_round=True)
+    assert me.copies.apply("a", sender.version, Delta("key", key2.payload.clone()))
+    assert torch.equal(me.copies.get("a"), sender.copy)
+
+
+def test_a_copy_moves_ahead_of_the_mixer_by_one_message_at_most() -> None:
+    """A delta that arrived whole and moved its copy stands for its round until the mixer takes it: the next
+    message of the same sender (a round ahead) must not move the copy before then, or the mixer would mix
+    the earlier round with the later copy. Once it is taken (here: stale), the next one moves it."""
+    n = 2 * INT8_BLOCK
+    me = CompressedGossip(Int8Blocks(), n, gamma=1.0, key_interval=0)
+    sender = OwnCopy(Int8Blocks(), n)
+    x = torch.randn(n)
+    _, key, _ = sender.begin(x, key_round=True)
+    assert me.copies.apply("a", sender.version, Delta("key", key.payload.clone()))
+    headers, payloads = [], []
+    for r in range(2):
+        delta, _ = sender.advance(x + 0.1 * (r + 1), key_round=False)
+        assert delta is not None
+        payloads.append(bytes(codec.le_bytes(delta.payload)))
+        headers.append(codec.MessageHeader("f", "a", 1, r, "", "float32", n, 1, encoding="int8",
+                                           copy_version=sender.version, block_elements=INT8_BLOCK))
+    me.arrive(headers[0], [memoryview(payloads[0])])
+    first = me.accept(headers[0], codec.ReceivedVector((torch.frombuffer(bytearray(payloads[0]), dtype=torch.uint8),)))
+    assert first.delta is None and me.copies.arrived == 1  # moved while it arrived
+    at_round_0 = me.copies.get("a").clone()
+    me.arrive(headers[1], [memoryview(payloads[1])])  # round 1 arrives before the mixer took round 0
+    assert torch.equal(me.copies.get("a"), at_round_0) and me.copies.arrived == 1
+    me.stale("a", first)  # round 0 is taken (it passed unmixed)
+    me.arrive(headers[1], [memoryview(payloads[1])])
+    second = me.accept(headers[1], codec.ReceivedVector((torch.frombuffer(bytearray(payloads[1]), dtype=torch.uint8),)))
+    assert second.delta is None and me.copies.arrived == 2
+    assert torch.equal(me.copies.get("a"), sender.copy) and me.copies.version("a") == sender.version
 
 
 def _message(own: OwnCopy, x: torch.Tensor, key: bool) -> Incoming:

@@ -219,20 +219,20 @@ def test_a_federation_of_one_compressing_peer_keeps_its_vector(federation) -> No
 
 
 @pytest.mark.timeout(120)
-@pytest.mark.parametrize("stream", [True, False], ids=["streamed", "one-pass"])
-def test_int8_gossip_on_the_wire_is_the_in_process_choco_mixer(federation, stream: bool) -> None:
+@pytest.mark.parametrize("overlap", [True, False], ids=["overlapped", "serial"])
+def test_int8_gossip_on_the_wire_is_the_in_process_choco_mixer(federation, overlap: bool) -> None:
     """scripts/exp_compression.py measures quality with peers in one process (ChocoMixer); that stands for
     the network only if the network's compressed rounds compute the same numbers: the same operators, the
     same copies, the same consensus step, the same keys (every key_interval-th step). They agree to float32
-    rounding; an in-process mixer without the keys does not. So do the payloads written before the links
-    get them (``stream`` False: bench_wan's --one-pass rows)."""
+    rounding; an in-process mixer without the keys does not. With the round's CPU overlapping its link (sent
+    while written, applied while arriving) and without (bench_wan's --serial rows)."""
     from p2pgan.compression.choco import ChocoMixer
     from p2pgan.topology import make_topology
 
     wire = _ready(federation(3, 2, compression="int8", consensus_step=0.5, key_interval=3))
     for m in wire:
         assert m.compressed is not None
-        m.compressed.stream = stream
+        m.compressed.overlap = overlap
     local = ChocoMixer(make_topology("ring", 3, rounds=2), 2, Int8Blocks(), gamma=0.5, key_interval=3)
     keyless = ChocoMixer(make_topology("ring", 3, rounds=2), 2, Int8Blocks(), gamma=0.5)
     g = torch.Generator().manual_seed(3)
@@ -245,6 +245,10 @@ def test_int8_gossip_on_the_wire_is_the_in_process_choco_mixer(federation, strea
         if step == 3:  # the key step: only the mixer that sends keys stays with the wire
             assert not torch.allclose(a, c, rtol=0, atol=1e-4)
     assert all(m.compressed is not None and m.compressed.deltas_sent > 0 and m.compressed.keys_sent > 2 for m in wire)
+    # round 0 of steps 1, 2 and 4 (deltas after a step every peer finished): every neighbour's copy is free
+    # when its delta arrives, so with overlap each of the 3 x 2 links applied at least those while arriving
+    arrived = sum(m.compressed.copies.arrived for m in wire if m.compressed is not None)
+    assert arrived >= 3 * 2 * 3 if overlap else arrived == 0, arrived
     # what one peer sends one neighbour: rounds of int8 codes and scales, and two rounds of float32 keys
     keys = 2 * 4 * DIM
     assert local.bytes_sent > keys and local.bytes_sent - keys == 8 * local.bytes_per_round, local.bytes_sent

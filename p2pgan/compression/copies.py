@@ -74,6 +74,11 @@ class NeighbourCopies:
 
     :meth:`apply` is called by the mixer for the message of the round it mixes and by the receive path
     for messages it will never mix (late ones), always in the order a sender sent them.
+
+    A dense delta may also move its copy while it arrives (:mod:`p2pgan.compression.arriving`), but only a
+    copy nobody will read at its present version: :meth:`claim` lends it out when it is at the delta's base
+    version and its last message was mixed (or will never be); :meth:`settle` marks it at the new version,
+    not yet mixed, until :meth:`consumed`; :meth:`drop_claim` forgets a copy left half-moved.
     """
 
     def __init__(self) -> None:
@@ -81,6 +86,54 @@ class NeighbourCopies:
         self._copies: dict[str, tuple[int, torch.Tensor]] = {}
         #: deltas ignored because the copy was not at their base version (the sender's next key repairs it)
         self.out_of_step = 0
+        self._claimed: dict[str, torch.Tensor] = {}  # copies being moved by an arriving delta
+        self._unmixed: set[str] = set()  # copies moved ahead of the mixer, whose message it has not yet taken
+        #: deltas applied while they arrived
+        self.arrived = 0
+
+    def claim(self, sender: str, version: int) -> torch.Tensor | None:
+        """``sender``'s copy, lent out to be moved to ``version`` while its delta arrives; None unless it is at
+        ``version - 1`` and nobody will read it there (its last message taken), or if the lock is busy (the
+        mixer is mixing: the caller asks again with the next shard, never waiting on the mixer)."""
+        if not self.lock.acquire(blocking=False):
+            return None
+        try:
+            held = self._copies.get(sender)
+            if held is None or held[0] != version - 1 or sender in self._unmixed or sender in self._claimed:
+                return None
+            self._claimed[sender] = held[1]
+            return held[1]
+        finally:
+            self.lock.release()
+
+    def settle(self, sender: str, version: int) -> bool:
+        """The claimed copy is moved to ``version`` whole: it stands there until the mixer takes its message.
+        False if a key replaced the copy meanwhile (from a new stream of the sender's: the key stands)."""
+        with self.lock:
+            if not self._holds_claimed(sender):
+                return False
+            self._copies[sender] = (version, self._claimed.pop(sender))
+            self._unmixed.add(sender)
+            self.arrived += 1
+            return True
+
+    def drop_claim(self, sender: str) -> None:
+        """The claimed copy was left half-moved (its message broke off or was refused): forget it (unless a key
+        replaced it meanwhile)."""
+        with self.lock:
+            if self._holds_claimed(sender):
+                self._copies.pop(sender, None)
+                self._unmixed.discard(sender)
+            self._claimed.pop(sender, None)
+
+    def _holds_claimed(self, sender: str) -> bool:
+        held = self._copies.get(sender)
+        return held is not None and sender in self._claimed and held[1] is self._claimed[sender]
+
+    def consumed(self, sender: str) -> None:
+        """The message that :meth:`settle` stood for was taken (mixed, or stale): the copy is free again."""
+        with self.lock:
+            self._unmixed.discard(sender)
 
     def apply(self, sender: str, version: int, delta: Delta) -> bool:
         """Apply ``delta`` (moving the copy to ``version``); False if it does not fit the copy held."""
@@ -94,9 +147,10 @@ class NeighbourCopies:
         """The copy ``delta`` moves to ``version`` (now marked at it), for the caller to :func:`apply` ``delta``
         to before it lets go of :attr:`lock`, which it must hold; None if ``delta`` does not fit the copy held."""
         held = self._copies.get(sender)
-        if delta.is_key:
-            copy = held[1] if held is not None else torch.empty(delta.values.numel(), dtype=torch.float32)
-        elif held is None or held[0] != version - 1:
+        if delta.is_key:  # a fresh tensor if an arriving delta is writing the one held (it is superseded)
+            fresh = held is None or self._claimed.get(sender) is held[1]
+            copy = torch.empty(delta.values.numel(), dtype=torch.float32) if fresh else held[1]
+        elif held is None or held[0] != version - 1 or sender in self._claimed:
             self.out_of_step += 1
             return None
         else:
@@ -117,6 +171,7 @@ class NeighbourCopies:
     def forget(self, sender: str) -> None:
         with self.lock:
             self._copies.pop(sender, None)
+            self._unmixed.discard(sender)
 
     def digests(self) -> dict[str, tuple[int, str]]:
         """``sender -> (version, digest)`` of every copy held."""

@@ -39,7 +39,7 @@ def main(argv: list[str]) -> int:
     noise = torch.randn(cfg["dim"] + 64 * shift, generator=g)
     with GrpcMixer(net, dim=cfg["dim"]) as mixer:
         if mixer.compressed is not None:
-            mixer.compressed.stream = cfg.get("stream", True)
+            mixer.compressed.overlap = cfg.get("overlap", True)
         print(json.dumps({"port": mixer.port}), flush=True)
         roster = json.loads(sys.stdin.readline())
         mixer.join(tuple(PeerEntry(i, h, p) for i, h, p in roster))

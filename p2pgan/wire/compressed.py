@@ -14,6 +14,13 @@ delta's base version; a delta it cannot apply leaves that neighbour out of the r
 to the self weight, as for a missed deadline, without marking it absent) until its next key. Messages
 the mixer never mixes (they arrived after their round) are still applied to the copy, in stream order,
 so a late message does not break the chain.
+
+A round's CPU overlaps its link at both ends (:attr:`CompressedGossip.overlap`): the sender queues its
+messages before it writes their payloads and a link sends each shard once it is written
+(:meth:`~p2pgan.compression.compressors.Compressor.encode_stream`); a receiver moves a neighbour's copy
+by an int8 or bf16-delta message as its shards arrive (:meth:`CompressedGossip.arrive`), when the copy
+is free, so that only the mix is left when the last shard lands. The numbers are those of the serial
+round, bit for bit.
 """
 
 from __future__ import annotations
@@ -28,6 +35,7 @@ from p2pgan.compression.choco import consensus_step
 from p2pgan.compression.compressors import (
     Compressor, Delta, Encoded, applies_by_span, apply, apply_span, decode, ready_elements,
 )
+from p2pgan.compression.arriving import DENSE, ArrivingDelta
 from p2pgan.compression.copies import NeighbourCopies, OwnCopy, digest
 from p2pgan.errors import ProtocolError
 from p2pgan.mixing.robust import BLOCK_ELEMENTS, RobustMixing
@@ -43,10 +51,11 @@ DIGEST_HISTORY = 1000
 
 @dataclasses.dataclass(frozen=True)
 class Incoming:
-    """A checked compressed message: what moves the sender's copy to ``version``."""
+    """A checked compressed message: what moves the sender's copy to ``version`` (None: it has moved it, as
+    it arrived; see :meth:`CompressedGossip.arrive`)."""
 
     version: int
-    delta: Delta
+    delta: Delta | None
 
 
 class CompressedGossip:
@@ -65,9 +74,11 @@ class CompressedGossip:
         self._key_messages: list[codec.OutgoingMessage] = []  # read own.copy in place until detached
         self.keys_sent = 0
         self.deltas_sent = 0
-        #: queue the messages while their payloads are written (False: write them in full first, as before
-        #: the encoding streamed; scripts/bench_wan.py --one-pass times both)
-        self.stream = True
+        #: overlap the round's CPU with its link: send a payload while it is written, and move a neighbour's
+        #: copy while its delta arrives (False: encode whole, then send; apply whole, then mix: as before;
+        #: scripts/bench_wan.py --serial times both)
+        self.overlap = True
+        self._arriving: dict[tuple[str, int, int, int], ArrivingDelta] = {}  # (sender, step, round, version)
         #: (step, round, own (version, digest), {in-neighbour: (version, digest)}) per round when recording
         self.record_digests = False
         self.digests: list[tuple[int, int, tuple[int, str], dict[str, tuple[int, str]]]] = []
@@ -91,7 +102,7 @@ class CompressedGossip:
         key_round = r == 0 and self.key_interval > 0 and step % self.key_interval == 0
         delta, key, fill = self.own.begin(cur, key_round)
         filling = outgoing.Filling(self.dim)
-        streamed = self.stream and LITTLE_ENDIAN  # (codec.le_bytes copies a big-endian host's payload)
+        streamed = self.overlap and LITTLE_ENDIAN  # (codec.le_bytes copies a big-endian host's payload)
         if not streamed:
             fill(filling.advance)
         messages: dict[str, codec.OutgoingMessage] = {}
@@ -131,11 +142,43 @@ class CompressedGossip:
         return sent
 
     # -- receiving -------------------------------------------------------------------------------------
+    def arrive(self, h: codec.MessageHeader, shards: Sequence[memoryview]) -> None:
+        """The inbox's call after each checked shard of an unstriped message (server thread; ``shards``: all of
+        the message's so far). A dense delta moves its copy as it arrives, once the copy is free
+        (:meth:`NeighbourCopies.claim`: at the delta's base version, its last message taken, the mixer not
+        mixing); until then the shards wait in the inbox as always, and the first free moment applies them
+        all. A malformed byte raises :class:`ProtocolError` (the stream is refused; :meth:`broken` follows)."""
+        if not self.overlap or h.parts > 1 or h.encoding not in DENSE:
+            return
+        key = (h.sender, h.step, h.round, h.copy_version)
+        state = self._arriving.get(key)
+        if state is None:
+            copy = self.copies.claim(h.sender, h.copy_version)
+            if copy is None:
+                return
+            state = self._arriving[key] = ArrivingDelta(h.encoding, copy, block_elements=h.block_elements, who=h._who)
+            for data in shards:
+                state.feed(data)
+        else:
+            state.feed(shards[-1])
+
+    def broken(self, h: codec.MessageHeader) -> None:
+        """The inbox's call when an unstriped message ends before it is delivered: a copy it half moved is
+        forgotten (the sender's next message on a new stream is a key)."""
+        if self._arriving.pop((h.sender, h.step, h.round, h.copy_version), None) is not None:
+            self.copies.drop_claim(h.sender)
+
     def accept(self, h: codec.MessageHeader, vec: codec.ReceivedVector) -> Incoming:
         """The inbox's check of a complete message (server thread): the encoding is ours, the payload valid."""
         if h.encoding not in ("key", self.compressor.encoding):
             raise ProtocolError(f"{h._who}: encoding {h.encoding}, but this federation's mixing.compression is "
                                 f"{self.compressor.name} (messages: key or {self.compressor.encoding})")
+        state = self._arriving.pop((h.sender, h.step, h.round, h.copy_version), None)
+        if state is not None:  # applied while it arrived, and checked shard by shard on the way
+            if state.complete:
+                self.copies.settle(h.sender, h.copy_version)
+                return Incoming(h.copy_version, None)
+            self.copies.drop_claim(h.sender)  # (not reached: a complete message was fed whole)
         delta = decode(h.encoding, vec.tensor(), h.element_count, block_elements=h.block_elements,
                        value_count=h.value_count, who=h._who)
         return Incoming(h.copy_version, delta)
@@ -143,7 +186,10 @@ class CompressedGossip:
     def stale(self, sender: str, item: object) -> None:
         """A checked message the mixer will not mix (its round has passed): keep the copy's chain whole."""
         if isinstance(item, Incoming):
-            self.copies.apply(sender, item.version, item.delta)
+            if item.delta is None:
+                self.copies.consumed(sender)
+            else:
+                self.copies.apply(sender, item.version, item.delta)
 
     # -- mixing ----------------------------------------------------------------------------------------
     def combine(self, cur: torch.Tensor, robust: RobustMixing, self_id: str, row: dict[str, float],
@@ -156,6 +202,9 @@ class CompressedGossip:
             pending: list[tuple[torch.Tensor, Delta]] = []  # dense updates, made span by span in the mixing pass
             for pid, item in got.items():
                 if not isinstance(item, Incoming):
+                    continue
+                if item.delta is None:  # the copy moved while the message arrived: it is at item.version
+                    self.copies.consumed(pid)
                     continue
                 copy = self.copies.admit(pid, item.version, item.delta)
                 if copy is None:

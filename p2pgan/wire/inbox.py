@@ -33,7 +33,7 @@ import logging
 import threading
 import time
 from collections import defaultdict
-from collections.abc import Callable, Collection, Iterable
+from collections.abc import Callable, Collection, Iterable, Sequence
 from typing import Any
 
 from p2pgan.errors import PeerUnavailableError, ProtocolError, SecurityError, StepWindowError
@@ -80,6 +80,10 @@ class InboxContext:
     accept: Callable[[MessageHeader, ReceivedVector], Any] | None = None
     #: called with (sender, what accept returned) for a complete message the mixer will never take
     on_stale: Callable[[str, Any], None] | None = None
+    #: called with (header, the shards so far) after each checked shard of an unstriped message, and with
+    #: (header) when such a message ends before it is delivered (compressed gossip applies deltas as they come)
+    on_shard: Callable[[MessageHeader, Sequence[memoryview]], None] | None = None
+    on_broken: Callable[[MessageHeader], None] | None = None
 
 
 class Inbox:
@@ -172,6 +176,8 @@ class Inbox:
                         slot = writer = None
                     continue
                 writer.add(frame)
+                if ctx.on_shard is not None:
+                    ctx.on_shard(writer.header, writer.shards)
                 if writer.complete:
                     accepted += self._deliver(ctx, slot, writer.header, writer.vector())
                     self._heard(ctx, writer.header)  # its step counts only now: the message passed every check
@@ -180,6 +186,10 @@ class Inbox:
                 writer.check_ended()  # raises: the stream ended inside its part
             elif writer is not None:
                 writer.vector()  # raises: the stream ended inside a message
+        except BaseException:
+            if isinstance(writer, ShardAssembler) and ctx.on_broken is not None:
+                ctx.on_broken(writer.header)
+            raise
         finally:
             if slot is not None:
                 self._abandon(slot)

@@ -148,6 +148,11 @@ class ShardAssembler:
     def complete(self) -> bool:
         return self._next == self.header.shard_count
 
+    @property
+    def shards(self) -> list[memoryview]:
+        """The data of the shards checked so far, in order (views of the received frames: read, never write)."""
+        return self._data
+
     def add(self, shard: ShardView) -> None:
         h = self.header
         n = len(shard.data)

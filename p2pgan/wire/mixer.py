@@ -167,6 +167,8 @@ class GrpcMixer(Joining, Mixer):
                 membership=membership,
                 accept=None if self.compressed is None else self.compressed.accept,
                 on_stale=None if self.compressed is None else self.compressed.stale,
+                on_shard=None if self.compressed is None else self.compressed.arrive,
+                on_broken=None if self.compressed is None else self.compressed.broken,
             )
         )
 
