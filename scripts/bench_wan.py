@@ -4,9 +4,10 @@ and the time to a digits Inception Score per compression (issue 18).
 Part 1, rounds: a ring of M peers (processes on loopback, mutual TLS), one gossip round per step, every ring
 pair on its own emulated link (``python -m p2pgan.netem pair``: a process per pair, a pacer per direction),
 for each payload (MB of float32: 8.36 is resnet32's vector), link and ``mixing.compression``. Reported per
-row: the median step time of the slowest peer, the bytes one peer sends per step, and the link floor beside
-it: (bytes one peer sends to one neighbour per round) * 8 / rate + one-way delay, the least time a round
-can take on that link; ``vs link`` is step / floor. Beside it the machine's floor: the same ring and
+row: the mean step time of the slowest peer (its wall time per step; the median is in the JSON, but on a
+ring a peer's steps alternate short and long and a median picks one of the two), the bytes one peer sends
+per step, and the link floor beside it: (bytes one peer sends to one neighbour per round) * 8 / rate +
+one-way delay, the least time a round can take on that link; ``vs link`` is step / floor. Beside it the machine's floor: the same ring and
 compression with the peers connected directly over loopback (no relay, no pacing), which is what this
 machine's CPUs take for the round's encoding, TLS, framing and mixing; ``vs max`` is step / the larger of
 the two floors (no round can beat either). On a machine shared by all M peers and their relays, the
@@ -174,13 +175,17 @@ def run_row(args: argparse.Namespace, mb: float, link: str | None, compression: 
             if proc.returncode != 0 or not out.strip():
                 raise RuntimeError(f"bench_wan peer {pid} failed (rc {proc.returncode})")
             results.append(json.loads(out.strip().splitlines()[-1]))
-    step_s = max(statistics.median(r["step_s"]) for r in results)
+    # the slowest peer's mean step (its wall time per step over the timed steps). Not the median: on a ring the
+    # peers of one parity finish a round as the others start theirs, so a peer's steps alternate short and long
+    # (part of a round's data arrives during the previous step), and a median picks one of the two
+    step_s = max(statistics.mean(r["step_s"]) for r in results)
+    step_median_s = max(statistics.median(r["step_s"]) for r in results)
     sent = statistics.mean(statistics.mean(r["bytes_sent"]) for r in results)
     per_link = sent / 2  # a ring peer sends the same message to its two neighbours, each over its own link
     floor = args.link_specs[link].floor_s(per_link) if link is not None else None
     return {
         "payload_mb": mb, "link": link or "direct", "compression": compression, "variant": _variant(compression, overlap),
-        "peers": args.peers, "dim": dim, "step_s": step_s, "bytes_per_step": sent, "bytes_per_link_round": per_link, "floor_s": floor,
+        "peers": args.peers, "dim": dim, "step_s": step_s, "step_median_s": step_median_s, "bytes_per_step": sent, "bytes_per_link_round": per_link, "floor_s": floor,
         "vs_floor": step_s / floor if floor else None, "dropped": sum(r["dropped"] for r in results),
         "keys": sum(r["keys"] or 0 for r in results), "per_peer": results,
     }

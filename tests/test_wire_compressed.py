@@ -219,6 +219,30 @@ def test_a_federation_of_one_compressing_peer_keeps_its_vector(federation) -> No
 
 
 @pytest.mark.timeout(120)
+def test_scales_that_span_several_shards_go_out_and_in_whole(tmp_path: Path) -> None:
+    """An int8 payload whose scales fill more than one shard (a 67 MB model at the overlap's 256 KiB shards;
+    here 300 k elements at 4 KiB shards): the first shards leave only once every scale is written, and a
+    receiver applying the message as it arrives gathers them all before the codes. The network mixer stays
+    the in-process one to float32 rounding, and the copies moved while arriving."""
+    from p2pgan.compression.choco import ChocoMixer
+    from p2pgan.topology import make_topology
+
+    dim = 300_000  # 1172 scales: 4.6 KiB of them
+    with mixer_federations(tmp_path, "span", dim) as make:
+        wire = make(3, topology="ring", rounds=1, compression="int8", consensus_step=0.5, key_interval=0,
+                    shard_bytes=codec.MIN_SHARD_BYTES)
+        local = ChocoMixer(make_topology("ring", 3, rounds=1), 1, Int8Blocks(), gamma=0.5)
+        g = torch.Generator().manual_seed(5)
+        x = torch.randn(3, dim, generator=g)
+        for step in range(3):
+            x = x + 0.1 * torch.randn(3, dim, generator=g)
+            a, b = mix_all(wire, x, step), local.mix(x, step)
+            assert torch.allclose(a, b, rtol=0, atol=1e-5), (step, float((a - b).abs().max()))
+        assert all(m.stats.dropped == 0 for m in wire)
+        assert sum(m.compressed.copies.arrived for m in wire if m.compressed is not None) >= 3 * 2
+
+
+@pytest.mark.timeout(120)
 @pytest.mark.parametrize("overlap", [True, False], ids=["overlapped", "serial"])
 def test_int8_gossip_on_the_wire_is_the_in_process_choco_mixer(federation, overlap: bool) -> None:
     """scripts/exp_compression.py measures quality with peers in one process (ChocoMixer); that stands for

@@ -147,6 +147,11 @@ def test_a_message_being_written_sends_each_shard_once_it_is_final() -> None:
     reader.join(timeout=30)
     with pytest.raises(RuntimeError, match="did not reach"):
         outgoing.Filling(10).wait(5, timeout=0.01)  # the bound on a writer that never comes
+    head = outgoing.Filling(10)  # bytes that need no element, only the writer's first report (int8's scales)
+    with pytest.raises(RuntimeError, match="did not reach"):
+        head.wait(0, timeout=0.01)
+    head.advance(0)
+    head.wait(0, timeout=0.01)
 
 
 def test_outgoing_message_detach_keeps_what_was_due_and_ignores_later_changes_of_the_payload() -> None:

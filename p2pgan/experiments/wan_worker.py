@@ -59,6 +59,7 @@ def main(argv: list[str]) -> int:
         print(json.dumps({
             "id": net.peer_id, "step_s": step_s, "bytes_sent": sent, "dropped": mixer.stats.dropped,
             "keys": c.keys_sent if c else None, "deltas": c.deltas_sent if c else None,
+            "arrived": c.copies.arrived if c else None,  # deltas applied to their copies while they arrived
         }), flush=True)
     return 0
 

@@ -271,7 +271,7 @@ class GrpcMixer(Joining, Mixer):
         if self.compressed is not None:  # also with no out-neighbour: the own public copy follows x every round
             self.stats.bytes_sent += self.compressed.send(
                 cur, step, r, [self.members[j] for j in outs], self._link,
-                lambda enc, nbytes: self._header(step, r, enc, nbytes), self.net.shard_bytes)
+                lambda enc, nbytes, shard_bytes: self._header(step, r, enc, nbytes, shard_bytes), self.net.shard_bytes)
         elif outs:
             wire, wire_name = self._to_wire(cur, step, r)
             header = codec.MessageHeader(
@@ -314,13 +314,14 @@ class GrpcMixer(Joining, Mixer):
         # w_ii x_i + sum_j w_ij x_j, each neighbour's pull bounded (a bounded share's rest goes to x_i)
         return self.robust.combine(cur, row[self.rank], shares, r, f"step {step} round {r}"), reading
 
-    def _header(self, step: int, r: int, enc: Encoded, nbytes: int) -> codec.MessageHeader:
-        """The header of a compressed-gossip message (:mod:`p2pgan.wire.compressed`) of ``nbytes`` payload."""
+    def _header(self, step: int, r: int, enc: Encoded, nbytes: int, shard_bytes: int) -> codec.MessageHeader:
+        """The header of a compressed-gossip message (:mod:`p2pgan.wire.compressed`) of ``nbytes`` payload cut
+        into shards of ``shard_bytes``."""
         assert self.compressed is not None
         return codec.MessageHeader(
             federation=self.net.federation, sender=self.net.peer_id, step=step, round=r,
             layout_digest=self.layout_digest, dtype=codec.ENCODING_DTYPES[enc.encoding], element_count=self.dim,
-            shard_count=codec.shard_count(nbytes, self.net.shard_bytes), encoding=enc.encoding,
+            shard_count=codec.shard_count(nbytes, shard_bytes), encoding=enc.encoding,
             copy_version=self.compressed.own.version, block_elements=enc.block_elements, value_count=enc.value_count,
         )
 

@@ -65,7 +65,7 @@ class Filling:
 
     def __init__(self, total: int) -> None:
         self.total = total
-        self._done = 0
+        self._done = -1  # nothing written: a writer's first report may be 0 (int8: its scales, before any element)
         self._failed = False
         self._cond = threading.Condition()
 
