@@ -31,17 +31,17 @@ from collections.abc import Callable, Sequence
 
 import torch
 
+from p2pgan.compression.arriving import DENSE, ArrivingDelta
 from p2pgan.compression.choco import consensus_step
 from p2pgan.compression.compressors import (
     Compressor, Delta, Encoded, applies_by_span, apply, apply_span, decode, ready_elements,
 )
-from p2pgan.compression.arriving import DENSE, ArrivingDelta
 from p2pgan.compression.copies import NeighbourCopies, OwnCopy, digest
 from p2pgan.errors import ProtocolError
 from p2pgan.mixing.robust import BLOCK_ELEMENTS, RobustMixing
 from p2pgan.wire import codec, outgoing, transport
-from p2pgan.wire.frames import LITTLE_ENDIAN
 from p2pgan.wire.connections import StripedLink
+from p2pgan.wire.frames import LITTLE_ENDIAN
 
 log = logging.getLogger(__name__)
 
