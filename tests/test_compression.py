@@ -238,16 +238,22 @@ def test_a_malformed_delta_is_refused_at_the_shard_that_shows_it() -> None:
         ArrivingDelta("bf16-delta", torch.zeros(n)).feed(bytes(codec.le_bytes(nan)))
 
 
-def test_a_delta_that_breaks_off_half_applied_forgets_the_copy_until_a_key() -> None:
-    """CompressedGossip.arrive moves a copy only when it is free (at the delta's base version, its last message
-    taken); a message that breaks off after moving part of it leaves no half-moved copy to mix: the copy is
-    forgotten, deltas are out of step, and the sender's next key brings it back."""
-    n = 3 * INT8_BLOCK
+def _keyed_pair(n: int) -> tuple[CompressedGossip, OwnCopy, torch.Tensor]:
+    """A receiver holding sender "a"'s copy from its key, the sender, and the vector the key was made of."""
     me = CompressedGossip(Int8Blocks(), n, gamma=1.0, key_interval=0)
     sender = OwnCopy(Int8Blocks(), n)
     x = torch.randn(n)
     _, key, _ = sender.begin(x, key_round=True)
     assert me.copies.apply("a", sender.version, Delta("key", key.payload.clone()))
+    return me, sender, x
+
+
+def test_a_delta_that_breaks_off_half_applied_forgets_the_copy_until_a_key() -> None:
+    """CompressedGossip.arrive moves a copy only when it is free (at the delta's base version, its last message
+    taken); a message that breaks off after moving part of it leaves no half-moved copy to mix: the copy is
+    forgotten, deltas are out of step, and the sender's next key brings it back."""
+    n = 3 * INT8_BLOCK
+    me, sender, x = _keyed_pair(n)
     delta, _ = sender.advance(x + 0.1, key_round=False)
     assert delta is not None
     payload = bytes(codec.le_bytes(delta.payload))
@@ -285,11 +291,7 @@ def test_a_copy_moves_ahead_of_the_mixer_by_one_message_at_most() -> None:
     message of the same sender (a round ahead) must not move the copy before then, or the mixer would mix
     the earlier round with the later copy. Once it is taken (here: stale), the next one moves it."""
     n = 2 * INT8_BLOCK
-    me = CompressedGossip(Int8Blocks(), n, gamma=1.0, key_interval=0)
-    sender = OwnCopy(Int8Blocks(), n)
-    x = torch.randn(n)
-    _, key, _ = sender.begin(x, key_round=True)
-    assert me.copies.apply("a", sender.version, Delta("key", key.payload.clone()))
+    me, sender, x = _keyed_pair(n)
     headers, payloads = [], []
     for r in range(2):
         delta, _ = sender.advance(x + 0.1 * (r + 1), key_round=False)
