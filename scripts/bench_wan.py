@@ -50,9 +50,6 @@ sys.path.insert(0, str(ROOT))  # run from a checkout without installing
 #: mixing.compression values timed by default (topk at 1 %: 8 bytes per kept element, ~0.02x of float32)
 DEFAULT_COMPRESSIONS = ("none", "bf16-delta", "int8", "topk:0.01")
 DEFAULT_LINKS = ("100mbit:20ms", "1gbit:5ms")
-#: the compressions whose round overlaps its link (payload sent while written, applied while it arrives);
-#: --serial also times them without
-OVERLAPPED = ("bf16-delta", "int8")
 DEFAULT_PAYLOADS_MB = (8.36, 100.0)
 #: seconds a worker may take to start (imports, TLS) and per step at most
 STARTUP_TIMEOUT_S = 120.0
@@ -290,11 +287,14 @@ def digits_table(rows: list[dict[str, Any]]) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    from p2pgan.compression.arriving import DENSE
+
     rows: list[dict[str, Any]] = []
     machine: list[dict[str, Any]] = []
     for mb in [] if args.skip_rounds else args.payloads:
         for compression in args.compressions:
-            for overlap in (True, False) if args.serial and compression in OVERLAPPED else (True,):
+            # the dense encodings overlap their round with the link; --serial also times them without
+            for overlap in (True, False) if args.serial and compression in DENSE else (True,):
                 floor = None
                 if not args.no_machine_floor:
                     floor = run_row(args, mb, None, compression, overlap)

@@ -205,10 +205,9 @@ class Int8Blocks(Compressor):
         inverse = torch.empty(step // b, dtype=torch.float32)
         for lo, hi, full in _chunks(n, step, b):
             diff = difference(lo, hi)
-            if full > lo:
-                _quantize(diff[: full - lo].view(-1, b), work[: full - lo].view(-1, b), scales[lo // b : full // b], inverse)
-            if full < hi:  # the short last block
-                _quantize(diff[full - lo :].view(1, -1), work[full - lo : hi - lo].view(1, -1), scales[full // b :], inverse)
+            for a, z, rows in _blocks(lo, hi, full, b):  # whole blocks, then the short last block if here
+                _quantize(diff[a - lo : z - lo].view(rows, -1), work[a - lo : z - lo].view(rows, -1),
+                          scales[a // b : math.ceil(z / b)], inverse)
             tmp = work[: hi - lo]
             tmp.round_().clamp_(-INT8_MAX, INT8_MAX)
             codes[lo:hi].copy_(tmp)
