@@ -7,10 +7,10 @@ for each payload (MB of float32: 8.36 is resnet32's vector), link and ``mixing.c
 row: the mean step time of the slowest peer (its wall time per step; the median is in the JSON, but on a
 ring a peer's steps alternate short and long and a median picks one of the two), the bytes one peer sends
 per step, and the link floor beside it: (bytes one peer sends to one neighbour per round) * 8 / rate +
-one-way delay, the least time a round can take on that link; ``vs link`` is step / floor. Beside it the machine's floor: the same ring and
-compression with the peers connected directly over loopback (no relay, no pacing), which is what this
-machine's CPUs take for the round's encoding, TLS, framing and mixing; ``vs max`` is step / the larger of
-the two floors (no round can beat either). On a machine shared by all M peers and their relays, the
+one-way delay, the least time a round can take on that link; ``vs link`` is step / floor. Beside it the
+machine's floor: the same ring and compression with the peers connected directly over loopback (no relay,
+no pacing), which is what this machine's CPUs take for the round's encoding, TLS, framing and mixing;
+``vs max`` is step / the larger of the two floors (no round can beat either). On a machine shared by all M peers and their relays, the
 machine's floor can exceed a fast link's. Bytes are what the mixer framed (header and shards;
 TLS and HTTP/2 framing add well under 1 %). Between steps each vector moves by ``--drift`` of its scale,
 as an optimizer step would, so compressed differences have realistic content.
@@ -68,8 +68,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--warmup", type=int, default=2, help="untimed steps first (the first one sends keys)")
     p.add_argument("--drift", type=float, default=1e-3, help="relative change of each vector per step")
     p.add_argument("--serial", action="store_true",
-                   help="also time each dense compression (bf16-delta, int8) with the round's CPU not overlapping its "
-                        "link (rows 'int8/serial': encode whole, send, receive whole, apply, mix), beside the overlapped one")
+                   help="also time each dense compression (bf16-delta, int8) with the round's CPU not overlapping "
+                        "its link (rows 'int8/serial': encode whole, send, receive whole, apply, mix), beside the "
+                        "overlapped one")
     p.add_argument("--no-machine-floor", action="store_true",
                    help="leave out the direct-loopback run of each payload and compression (the machine's floor)")
     p.add_argument("--skip-digits", action="store_true", help="leave out part 2 (the digits harness runs)")
@@ -181,8 +182,9 @@ def run_row(args: argparse.Namespace, mb: float, link: str | None, compression: 
     per_link = sent / 2  # a ring peer sends the same message to its two neighbours, each over its own link
     floor = args.link_specs[link].floor_s(per_link) if link is not None else None
     return {
-        "payload_mb": mb, "link": link or "direct", "compression": compression, "variant": _variant(compression, overlap),
-        "peers": args.peers, "dim": dim, "step_s": step_s, "step_median_s": step_median_s, "bytes_per_step": sent, "bytes_per_link_round": per_link, "floor_s": floor,
+        "payload_mb": mb, "link": link or "direct", "compression": compression,
+        "variant": _variant(compression, overlap), "peers": args.peers, "dim": dim, "step_s": step_s,
+        "step_median_s": step_median_s, "bytes_per_step": sent, "bytes_per_link_round": per_link, "floor_s": floor,
         "vs_floor": step_s / floor if floor else None, "dropped": sum(r["dropped"] for r in results),
         "keys": sum(r["keys"] or 0 for r in results), "per_peer": results,
     }
@@ -263,7 +265,7 @@ def table(rows: list[dict[str, Any]]) -> str:
     base = {(r["payload_mb"], r["link"]): r["bytes_per_step"] for r in rows if r["compression"] == "none"}
     for r in rows:
         ratio = r["bytes_per_step"] / base[r["payload_mb"], r["link"]] if (r["payload_mb"], r["link"]) in base else None
-        lines.append(f"{r['payload_mb']:>7.2f} {r['link']:>13} {r.get('variant', r['compression']):>16} "
+        lines.append(f"{r['payload_mb']:>7.2f} {r['link']:>13} {r['variant']:>16} "
                      f"{_ms(r['step_s'])} "
                      f"{_ms(r['floor_s']):>10} {_times(r['vs_floor'])} {_ms(r.get('machine_s'))} "
                      f"{_times(r.get('vs_bound'))} {r['bytes_per_step'] / 1e6:>8.3f}MB "

@@ -61,7 +61,8 @@ def test_bench_wan_short_form_reports_rows_against_the_link_floor(tmp_path: Path
     result = json.loads(out.read_text())
     rows = {r["variant"]: r for r in result["rows"]}
     machine = {r["variant"]: r for r in result["machine"]}  # the same rings over direct loopback
-    assert set(machine) == {"none", "int8", "int8/serial"} and all(r["link"] == "direct" and r["floor_s"] is None for r in machine.values())
+    assert set(machine) == {"none", "int8", "int8/serial"}
+    assert all(r["link"] == "direct" and r["floor_s"] is None for r in machine.values())
     for name, r in rows.items():  # each row beside its machine floor, against the larger floor
         assert r["machine_s"] == machine[name]["step_s"]
         assert r["vs_bound"] == pytest.approx(r["step_s"] / max(r["floor_s"], r["machine_s"]))

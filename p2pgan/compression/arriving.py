@@ -64,7 +64,8 @@ class ArrivingDelta:
         pos = 0
         if self.offset < self._head:  # int8 scales, gathered until all are in, then checked
             pos = min(len(data), self._head - self.offset)
-            self.scales.view(torch.uint8)[self.offset : self.offset + pos] = torch.frombuffer(data[:pos], dtype=torch.uint8)
+            head = self.scales.view(torch.uint8)
+            head[self.offset : self.offset + pos] = torch.frombuffer(data[:pos], dtype=torch.uint8)
             self.offset += pos
             if self.offset == self._head:
                 s = self.scales

@@ -20,8 +20,8 @@ def largest(delta: torch.Tensor, k: int, chunk: int) -> torch.Tensor:
     ``torch.topk`` over the whole vector costs ~80 ns per element on one core; here a strided sample
     estimates a threshold a little below the k-th largest magnitude, one pass (``chunk`` elements at a time)
     marks the candidates at or above it (k and a margin: about 1.14k at 5 %, 1.3k at 1 %), and the k-th
-    largest among those is found exactly. A threshold that keeps fewer than ``k`` candidates (a skewed sample), or ties at the k-th
-    value, fall back to ``torch.topk``.
+    largest among those is found exactly. A threshold that keeps fewer than ``k`` candidates (a skewed
+    sample), or ties at the k-th value, fall back to ``torch.topk``.
     """
     n = delta.numel()
     if n <= 4 * TOPK_SAMPLE or k * 4 > n:
