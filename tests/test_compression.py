@@ -305,6 +305,11 @@ def test_a_copy_moves_ahead_of_the_mixer_by_one_message_at_most() -> None:
     at_round_0 = me.copies.get("a").clone()
     me.arrive(headers[1], [memoryview(payloads[1])])  # round 1 arrives before the mixer took round 0
     assert torch.equal(me.copies.get("a"), at_round_0) and me.copies.arrived == 1
+    bf16 = CompressedGossip(BF16Delta(), n, gamma=1.0, key_interval=0)  # a federation of another encoding
+    assert bf16.copies.apply("a", sender.version - 1, Delta("key", at_round_0.clone()))  # at its base version
+    bf16.arrive(headers[1], [memoryview(payloads[1])])  # an int8 delta: accept() refuses it, nothing moves
+    assert torch.equal(bf16.copies.get("a"), at_round_0) and bf16.copies.arrived == 0
+    assert bf16.copies.claim("a", sender.version) is not None  # and the copy was not lent out
     me.stale("a", first)  # round 0 is taken (it passed unmixed)
     me.arrive(headers[1], [memoryview(payloads[1])])
     second = me.accept(headers[1], codec.ReceivedVector((torch.frombuffer(bytearray(payloads[1]), dtype=torch.uint8),)))

@@ -155,8 +155,8 @@ class CompressedGossip:
         (:meth:`NeighbourCopies.claim`: at the delta's base version, its last message taken, the mixer not
         mixing); until then the shards wait in the inbox as always, and the first free moment applies them
         all. A malformed byte raises :class:`ProtocolError` (the stream is refused; :meth:`broken` follows)."""
-        if not self.overlap or h.parts > 1 or h.encoding not in DENSE:
-            return
+        if not self.overlap or h.parts > 1 or h.encoding != self.compressor.encoding or h.encoding not in DENSE:
+            return  # (a message of another encoding is refused whole by accept(), its copy untouched)
         key = (h.sender, h.step, h.round, h.copy_version)
         state = self._arriving.get(key)
         if state is None:
