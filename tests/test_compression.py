@@ -12,9 +12,10 @@ import torch
 
 from p2pgan.compression.choco import ChocoMixer, consensus_step
 from p2pgan.compression.compressors import (
-    CHUNK, INT8_BLOCK, BF16Delta, Compressor, Delta, Int8Blocks, TopK, apply, decode, make_compressor,
-    ready_elements, self_decode,
+    CHUNK, INT8_BLOCK, TOPK_SPAN, BF16Delta, Compressor, Delta, Encoded, Int8Blocks, TopK, apply, decode,
+    make_compressor, ready_elements, self_decode,
 )
+from p2pgan.compression import sparse
 from p2pgan.compression.arriving import ArrivingDelta
 from p2pgan.compression.copies import NeighbourCopies, OwnCopy, digest
 from p2pgan.compression.spec import canonical
@@ -66,6 +67,17 @@ def test_int8_matches_a_blockwise_absmax_reference() -> None:
     assert torch.equal(got[10 : 256], torch.zeros(246))  # the zero block stays zero (no division by 0)
 
 
+def _spanwise_topk(d: torch.Tensor, k: int, span: int) -> torch.Tensor:
+    """The reference topk-spans payload: span [lo, hi) keeps its floor(k hi / n) - floor(k lo / n) largest
+    differences (torch.topk), as its indices in order, then their values."""
+    n, parts = d.numel(), []
+    for lo in range(0, n, span):
+        hi = min(n, lo + span)
+        keep = torch.topk(d[lo:hi].abs(), k * hi // n - k * lo // n).indices.sort().values + lo
+        parts += [keep.to(torch.int32).view(torch.uint8), d[keep].view(torch.uint8)]
+    return torch.cat(parts)
+
+
 def test_topk_keeps_exactly_the_largest_differences() -> None:
     d = _delta()
     c = TopK(0.05)
@@ -79,9 +91,10 @@ def test_topk_keeps_exactly_the_largest_differences() -> None:
 
 
 def test_large_vectors_take_the_chunked_and_sampled_paths_with_the_same_result() -> None:
-    """Past CHUNK elements int8 runs chunk by chunk (a short last block at the end) and top-k picks its
-    candidates by a sampled threshold: the result is still the plain blockwise reference, exactly
-    torch.topk's selection, and the int8 update applies to a float64 copy (the simulator's) the same numbers;
+    """Past CHUNK elements int8 runs chunk by chunk (a short last block at the end) and top-k picks each span's
+    candidates by a sampled threshold: the results are still the plain references (blockwise absmax; per
+    span, torch.topk's selection, laid out span by span), and the int8 update applies to a float64 copy (the
+    simulator's) the same numbers;
     the CHOCO step, also chunked, is its one-line formula."""
     n = 3 * CHUNK + 77
     g = torch.Generator().manual_seed(5)
@@ -100,13 +113,10 @@ def test_large_vectors_take_the_chunked_and_sampled_paths_with_the_same_result()
     wide = torch.zeros(n, dtype=torch.float64)
     apply(wide, self_decode(enc, n))
     assert torch.equal(wide, ref.to(torch.float64))
-    for fraction in (0.01, 0.001):
-        c = TopK(fraction)
-        k = c.count(n)
-        enc = c.encode(d)
-        indices = enc.payload[: 4 * k].view(torch.int32).to(torch.int64)
-        assert torch.equal(indices, torch.topk(d.abs(), k).indices.sort().values)
-        assert torch.equal(enc.payload[4 * k :].view(torch.float32), d[indices])
+    for fraction in (0.05, 0.01, 0.001):  # candidates by a sampled threshold per span; few, or no, pairs per span
+        enc = TopK(fraction).encode(d)
+        assert enc.encoding == "topk-spans" and enc.block_elements == TOPK_SPAN
+        assert torch.equal(enc.payload, _spanwise_topk(d, TopK(fraction).count(n), TOPK_SPAN))
     own, mixed = d.flip(0), torch.randn(n, generator=g)  # the CHOCO step, chunk by chunk
     assert torch.equal(consensus_step(d, own, mixed.clone(), 0.5), d + 0.5 * (mixed - own))
     assert torch.equal(consensus_step(d, own, mixed.clone(), 1.0), mixed + (d - own))
@@ -179,7 +189,7 @@ def test_the_senders_streamed_step_writes_the_one_pass_bytes_in_order(spec: str)
     for done, snapshot in seen:  # the longest prefix final at this point (ready_elements grows with the end)
         end = bisect.bisect_right(ends, done, key=lambda e: ready_elements(enc, n, e)) - 1
         assert snapshot[:end] == final[:end], f"bytes [0, {end}) reported final at {done} changed later"
-    if spec in ("int8", "bf16-delta"):  # dense: written in order, with the first bytes final early
+    if spec != "identity":  # written in order (top-k a span at a time), with the first bytes final early
         assert len(seen) >= 3
         first = bisect.bisect_right(ends, dones[0], key=lambda e: ready_elements(enc, n, e)) - 1
         assert 0 < first < len(final) and (spec != "int8" or first >= 4 * math.ceil(n / INT8_BLOCK))
@@ -396,6 +406,49 @@ def test_out_of_step_delta_is_ignored_and_a_key_repairs_the_copy() -> None:
 def test_malformed_payloads_are_refused(encoding: str, payload: torch.Tensor, words: str) -> None:
     with pytest.raises(ProtocolError, match=words):
         decode(encoding, payload, N, block_elements=INT8_BLOCK, value_count=3)
+
+
+def _spans(*spans: tuple[list[int], list[float]]) -> torch.Tensor:
+    """A topk-spans payload from each span's (indices, values)."""
+    return torch.cat([torch.cat([torch.tensor(i, dtype=torch.int32).view(torch.uint8),
+                                 torch.tensor(v, dtype=torch.float32).view(torch.uint8)]) for i, v in spans])
+
+
+def test_topk_spans_payloads_are_read_span_by_span_and_each_span_keeps_its_own() -> None:
+    """N = 1000 in spans of 500 with 4 pairs: 2 in each span (floor(4 * 500 / 1000) = 2). The legacy topk layout
+    (every index, then every value) still reads as before."""
+    d = decode("topk-spans", _spans(([1, 5], [0.5, -1.0]), ([600, 999], [2.0, 3.0])), N, block_elements=500,
+               value_count=4)
+    assert d.indices.tolist() == [1, 5, 600, 999] and d.values.tolist() == [0.5, -1.0, 2.0, 3.0]
+    legacy = decode("topk", _spans(([1, 5, 600, 999], [0.5, -1.0, 2.0, 3.0])), N, value_count=4)
+    assert torch.equal(legacy.indices, d.indices) and torch.equal(legacy.values, d.values)
+    for spans, words in [
+        ((([1, 550], [1.0, 1.0]), ([600, 700], [1.0, 1.0])), "outside its 500 elements"),  # in range, sorted
+        ((([1, 5], [1.0, 1.0]), ([700, 600], [1.0, 1.0])), "strictly increasing"),
+        ((([1, 5], [1.0, 1.0]), ([600, 1000], [1.0, 1.0])), "outside 0..999"),
+        ((([-1, 5], [1.0, 1.0]), ([600, 700], [1.0, 1.0])), "outside 0..999"),
+        ((([1, 5], [1.0, math.nan]), ([600, 700], [1.0, 1.0])), "not finite"),
+    ]:
+        with pytest.raises(ProtocolError, match=words):
+            decode("topk-spans", _spans(*spans), N, block_elements=500, value_count=4)
+    with pytest.raises(ProtocolError, match="needs block_elements"):
+        decode("topk-spans", _spans(([1, 5], [1.0, 1.0]), ([600, 700], [1.0, 1.0])), N, value_count=4)
+
+
+def test_topk_spans_counts_add_up_and_a_span_is_final_when_chosen() -> None:
+    """Every span's count comes from the header alone and they add up to value_count, also where spans get no
+    pair at all; ready_elements asks for exactly the spans whose bytes hold [0, end)."""
+    for n, k, span in ((1000, 4, 500), (1000, 3, 16), (3 * CHUNK + 77, 1, TOPK_SPAN), (2 * CHUNK, 7000, TOPK_SPAN)):
+        starts = sparse.span_starts(n, k, span).tolist()
+        assert starts[0] == 0 and starts[-1] == k and len(starts) == math.ceil(n / span) + 1
+        for s, lo in enumerate(range(0, n, span)):
+            assert 0 <= starts[s + 1] - starts[s] <= min(n, lo + span) - lo
+        enc = Encoded("topk-spans", torch.empty(8 * k, dtype=torch.uint8), block_elements=span, value_count=k)
+        for end in range(0, 8 * k + 1, max(1, 8 * k // 97)):
+            done = ready_elements(enc, n, end)
+            whole = math.ceil(done / span)  # spans chosen once `done` elements are
+            assert done == n or done % span == 0
+            assert 8 * starts[whole] >= end and (end == 0 or 8 * starts[whole - 1] < end)
 
 
 @pytest.mark.parametrize(("scale", "code", "words"), [

@@ -196,7 +196,34 @@ def test_malformed_topk_messages_are_refused_with_invalid_argument(compressed_en
         vals = torch.tensor(values if values is not None else [1.0] * len(indices), dtype=torch.float32)
         return torch.cat([torch.tensor(indices, dtype=torch.int32).view(torch.uint8), vals.view(torch.uint8)])
 
-    assert env.push(_frames(env, "topk", topk([1, 2, 999]), value_count=3)).messages == 1
+    def spans(*parts: tuple[list[int], list[float]]) -> torch.Tensor:  # a topk-spans payload, span by span
+        return torch.cat([topk(i, v) for i, v in parts])
+
+    key = torch.randn(1000)
+    assert env.push(_frames(env, "key", key)).messages == 1
+    # the legacy layout (every index, then every value) moves the copy as the span layout does
+    assert env.push(_frames(env, "topk", topk([1, 2, 999]), value_count=3, copy_version=6, step=1)).messages == 1
+    for step in (0, 1):  # a mixes them (c is silent: dropped at the deadline)
+        env.mixer.mix(torch.randn(1, 1000), step)
+    want = key.clone()
+    want[[1, 2, 999]] += 1.0
+    assert env.mixer.compressed.copies.version("b") == 6 and torch.equal(env.mixer.compressed.copies.get("b"), want)
+    good = spans(([3, 400], [2.0, -1.0]), ([500, 998], [0.5, 4.0]))  # spans of 500, two pairs each
+    assert env.push(_frames(env, "topk-spans", good, value_count=4, block_elements=500, copy_version=7,
+                            step=2)).messages == 1
+    env.mixer.mix(torch.randn(1, 1000), 2)
+    want[[3, 400, 500, 998]] += torch.tensor([2.0, -1.0, 0.5, 4.0])
+    assert env.mixer.compressed.copies.version("b") == 7 and torch.equal(env.mixer.compressed.copies.get("b"), want)
+    inside = dict(value_count=4, block_elements=500, step=3)
+    for frames, words in [
+        (_frames(env, "topk-spans", spans(([3, 600], [1.0, 1.0]), ([700, 998], [1.0, 1.0])), **inside),
+         "outside its 500 elements"),
+        (_frames(env, "topk-spans", spans(([3, 4], [1.0, 1.0]), ([998, 700], [1.0, 1.0])), **inside),
+         "strictly increasing"),
+        (_frames(env, "topk-spans", good, value_count=4, block_elements=8, step=3), "block_elements 8"),
+        (_frames(env, "topk-spans", good, value_count=3, block_elements=500, step=3), "bytes"),
+    ]:
+        refused(env, frames, grpc.StatusCode.INVALID_ARGUMENT, words)
     cases = [
         (_frames(env, "topk", topk([1, 2, 1000]), value_count=3, step=1), "outside 0..999"),
         (_frames(env, "topk", topk([-5, 2, 3]), value_count=3, step=1), "outside 0..999"),

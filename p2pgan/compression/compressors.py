@@ -13,7 +13,8 @@ public copies by exactly the same numbers (CHOCO-SGD, Koloskova et al. 2019; :mo
 The sender decodes its own payload and applies it, so nothing but the payload decides the update.
 Operators: ``bf16-delta`` (the difference in bfloat16: 2 bytes per element), ``int8`` (blockwise absmax:
 one float32 scale per :data:`INT8_BLOCK` elements and one signed byte per element, ~1.016 bytes per
-element) and ``topk`` (the ``fraction`` largest differences as int32 index + float32 value: 8 bytes each).
+element) and ``topk`` (the ``fraction`` largest differences of every span as int32 index + float32 value: 8
+bytes each; the layouts are :mod:`p2pgan.compression.sparse`'s).
 ``identity`` sends the public copy in full every round (a key): the CHOCO path without loss, for tests.
 """
 
@@ -23,8 +24,10 @@ import dataclasses
 import math
 from collections.abc import Callable
 
+import numpy as np
 import torch
 
+from p2pgan.compression import sparse
 from p2pgan.compression.selection import largest
 from p2pgan.compression.spec import parse_compression
 from p2pgan.errors import ProtocolError
@@ -38,6 +41,8 @@ INT8_MAX = 127
 #: elements per pass of the chunked loops (1 MiB of float32: a pass stays in cache instead of going through
 #: a fresh vector-sized temporary; a multiple of INT8_BLOCK)
 CHUNK = 1 << 18
+#: top-k: elements per span (each span keeps its own top fraction; see p2pgan.compression.sparse)
+TOPK_SPAN = CHUNK
 
 
 #: writes an :class:`Encoded`'s payload, telling ``progress`` how many elements are done (see
@@ -54,8 +59,8 @@ class Encoded:
     """What one message carries: ``payload`` (sent as its raw little-endian bytes) and its header fields."""
 
     encoding: str  # a key of p2pgan.wire.codec.ENCODINGS other than raw
-    payload: torch.Tensor  # 1-D: bfloat16 (bf16-delta), uint8 (int8, topk) or float32 (key)
-    block_elements: int = 0
+    payload: torch.Tensor  # 1-D: bfloat16 (bf16-delta), uint8 (int8, topk-spans) or float32 (key)
+    block_elements: int = 0  # int8: elements per scale; topk-spans: elements per span
     value_count: int = 0
 
 
@@ -106,6 +111,11 @@ class Compressor:
         operators override it to write their payload in order, a chunk at a time."""
         enc = self.encode_step(x, copy, scratch)
         return enc, lambda progress: progress(copy.numel())
+
+    @property
+    def accepts(self) -> tuple[str, ...]:
+        """The delta encodings a receiver takes from a neighbour in this operator's federation."""
+        return (self.encoding,)
 
     @property
     def exact(self) -> bool:
@@ -245,11 +255,20 @@ def _quantize(rows: torch.Tensor, out: torch.Tensor, scale: torch.Tensor, invers
 
 
 class TopK(Compressor):
-    name = encoding = "topk"
+    """The ``fraction`` largest differences of every span (:mod:`p2pgan.compression.sparse`), sent as
+    ``topk-spans``: each span's pairs are final as soon as it is chosen, so the message leaves while the
+    rest is chosen."""
+
+    name = "topk"
+    encoding = "topk-spans"
+    #: the encodings a receiver takes from a neighbour in a top-k federation (any sparse update moves a copy
+    #: the same way, however its sender laid it out)
+    accepts = ("topk", "topk-spans")
     bytes_per_element = 0.0  # 8 bytes per kept element: 8 * fraction
 
-    def __init__(self, fraction: float) -> None:
+    def __init__(self, fraction: float, span: int = TOPK_SPAN) -> None:
         self.fraction = fraction
+        self.span = span
         self.name = f"topk:{fraction:g}"
         self.bytes_per_element = 8.0 * fraction
 
@@ -257,25 +276,59 @@ class TopK(Compressor):
         return max(1, min(n, round(self.fraction * n)))
 
     def encode(self, delta: torch.Tensor) -> Encoded:
-        n = delta.numel()
-        k = self.count(n)
-        delta = delta.detach().reshape(-1)
-        idx = largest(delta, k, CHUNK)  # ascending
-        values = delta[idx].to(torch.float32)
-        payload = torch.empty(8 * k, dtype=torch.uint8)
-        payload[: 4 * k].view(torch.int32).copy_(idx)
-        payload[4 * k :].view(torch.float32).copy_(values)
-        return Encoded("topk", payload, value_count=k)
+        delta = delta.detach().reshape(-1).to(torch.float32)
+        enc, fill = self._stream(delta.numel(), lambda lo, hi: delta[lo:hi], None)
+        fill(no_progress)
+        return enc
 
+    def encode_step(self, x: torch.Tensor, copy: torch.Tensor, scratch: torch.Tensor) -> Encoded:
+        enc, fill = self.encode_stream(x, copy, scratch)
+        fill(no_progress)
+        return enc
+
+    def encode_stream(self, x: torch.Tensor, copy: torch.Tensor, scratch: torch.Tensor) -> tuple[Encoded, Fill]:
+        return self._stream(x.numel(), lambda lo, hi: torch.sub(x[lo:hi], copy[lo:hi], out=scratch[lo:hi]), copy)
+
+    def _stream(self, n: int, difference: Callable[[int, int], torch.Tensor],
+                copy: torch.Tensor | None) -> tuple[Encoded, Fill]:
+        """The span by span top-k of ``difference(lo, hi)`` (float32, over the vector's spans in order):
+        its message, and the fill that writes it and adds each span's pairs to ``copy`` (if any) as
+        :func:`apply` does, reporting each span's end."""
+        k = self.count(n)
+        starts = sparse.span_starts(n, k, self.span).tolist()
+        payload = torch.empty(8 * k, dtype=torch.uint8)
+        words = payload.view(torch.int32)
+        values = payload.view(torch.float32)
+        enc = Encoded("topk-spans", payload, block_elements=self.span, value_count=k)
+
+        def fill(progress: Callable[[int], None]) -> None:
+            work = np.empty(min(n, self.span), dtype=np.float32)
+            for s, lo in enumerate(range(0, n, self.span)):
+                hi = min(n, lo + self.span)
+                c = starts[s + 1] - starts[s]
+                if c:
+                    d = difference(lo, hi)
+                    local = largest(np.abs(d.numpy(), out=work[: hi - lo]), c)
+                    pairs = torch.from_numpy(local)
+                    kept = d[pairs]
+                    words[starts[s] + starts[s] : starts[s] + starts[s + 1]].copy_(pairs + lo)
+                    values[starts[s + 1] + starts[s] : 2 * starts[s + 1]].copy_(kept)
+                    if copy is not None:
+                        copy.index_add_(0, pairs + lo, kept.to(copy.dtype))
+                progress(hi)
+
+        return enc, fill
 
 def ready_elements(enc: Encoded, n: int, end: int) -> int:
     """How many of the vector's ``n`` elements a fill (:meth:`Compressor.encode_stream`) must have done before
     ``enc``'s payload bytes ``[0, end)`` are final: int8's scales are final before any element (a fill reports
-    0 after them), top-k's payload only at the end."""
+    0 after them), top-k's a span at a time."""
     if enc.encoding == "int8":
         return min(n, max(0, end - (enc.payload.numel() - n)))
     if enc.encoding in ("key", "bf16-delta"):
         return min(n, -(-end // enc.payload.element_size()))
+    if enc.encoding == "topk-spans":
+        return sparse.ready_elements(n, enc.value_count, enc.block_elements, end)
     return n
 
 
@@ -320,20 +373,18 @@ def decode(encoding: str, payload: torch.Tensor, n: int, *, block_elements: int 
         if codes.numel() and int(codes.min()) == -128:
             raise ProtocolError(f"{who}: int8 code -128 is outside -{INT8_MAX}..{INT8_MAX}")
         return Delta("int8", codes, scales=scales, block=block_elements)
-    if encoding == "topk":
+    if encoding in ("topk", "topk-spans"):
         k = value_count
         if not 1 <= k <= n or raw.numel() != 8 * k:
-            raise ProtocolError(f"{who}: topk payload of {raw.numel()} bytes for value_count {k} "
+            raise ProtocolError(f"{who}: {encoding} payload of {raw.numel()} bytes for value_count {k} "
                                 f"(expected 8 * value_count, value_count in 1..{n})")
+        if encoding == "topk-spans" and block_elements < 1:
+            raise ProtocolError(f"{who}: topk-spans needs block_elements >= 1, got {block_elements}")
         raw = raw.contiguous()
-        indices = raw[: 4 * k].view(torch.int32).to(torch.int64)
-        values = raw[4 * k :].view(torch.float32)
-        if int(indices[0]) < 0 or int(indices[-1]) >= n:
-            raise ProtocolError(f"{who}: a topk index is outside 0..{n - 1}")
-        if k > 1 and not bool((indices[1:] > indices[:-1]).all()):
-            raise ProtocolError(f"{who}: topk indices must be strictly increasing (sorted, no repeats)")
-        if not bool(torch.isfinite(values).all()):
-            raise ProtocolError(f"{who}: a topk value is not finite")
+        if encoding == "topk":
+            indices, values = sparse.read_sorted(raw, n, k, who)
+        else:
+            indices, values = sparse.read_spans(raw, n, k, block_elements, who)
         return Delta("topk", values, indices=indices)
     raise ProtocolError(f"{who}: encoding {encoding!r} carries no compressed update")
 

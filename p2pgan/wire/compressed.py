@@ -177,9 +177,9 @@ class CompressedGossip:
 
     def accept(self, h: codec.MessageHeader, vec: codec.ReceivedVector) -> Incoming:
         """The inbox's check of a complete message (server thread): the encoding is ours, the payload valid."""
-        if h.encoding not in ("key", self.compressor.encoding):
+        if h.encoding != "key" and h.encoding not in self.compressor.accepts:
             raise ProtocolError(f"{h._who}: encoding {h.encoding}, but this federation's mixing.compression is "
-                                f"{self.compressor.name} (messages: key or {self.compressor.encoding})")
+                                f"{self.compressor.name} (messages: key or {' or '.join(self.compressor.accepts)})")
         state = self._arriving.pop((h.sender, h.step, h.round, h.copy_version), None)
         if state is not None:  # applied while it arrived, and checked shard by shard on the way
             if state.complete:

@@ -38,12 +38,19 @@ NAME_OF_ENUM = {enum: name for name, (_, enum) in WIRE_DTYPES.items()}
 #: message encoding name -> protobuf enum (see ``Encoding`` in gossip.proto; p2pgan.compression makes them)
 ENCODINGS: dict[str, int] = {
     "raw": pb.ENCODING_RAW, "key": pb.ENCODING_KEY, "bf16-delta": pb.ENCODING_BF16_DELTA,
-    "int8": pb.ENCODING_INT8, "topk": pb.ENCODING_TOPK,
+    "int8": pb.ENCODING_INT8, "topk": pb.ENCODING_TOPK, "topk-spans": pb.ENCODING_TOPK_SPANS,
 }
 ENCODING_OF_ENUM = {enum: name for name, enum in ENCODINGS.items()}
-#: the wire dtype each encoding other than raw requires (int8 and topk: bytes laid out by the encoding)
-ENCODING_DTYPES = {"key": "float32", "bf16-delta": "bfloat16", "int8": "float32", "topk": "float32"}
-#: bounds of an int8 message's block_elements (elements per float32 scale)
+#: the wire dtype each encoding other than raw requires (int8 and top-k: bytes laid out by the encoding)
+ENCODING_DTYPES = {"key": "float32", "bf16-delta": "bfloat16", "int8": "float32", "topk": "float32",
+                   "topk-spans": "float32"}
+#: the encodings whose payload is bytes laid out by the encoding (p2pgan.compression reads them)
+LAID_OUT = ("int8", "topk", "topk-spans")
+#: the encodings that carry (index, value) pairs: value_count of them, 8 bytes each
+SPARSE = ("topk", "topk-spans")
+#: the largest vector a top-k message may describe: its int32 indices address no more
+MAX_SPARSE_ELEMENTS = (1 << 31) - 1
+#: bounds of an int8 message's block_elements (elements per float32 scale) and of a topk-spans message's (per span)
 MIN_BLOCK_ELEMENTS, MAX_BLOCK_ELEMENTS = 16, 1 << 20
 LITTLE_ENDIAN = sys.byteorder == "little"
 SAME_WIDTH_INT = {1: torch.uint8, 2: torch.int16, 4: torch.int32, 8: torch.int64}
@@ -68,22 +75,22 @@ class MessageHeader:
     shard_count: int
     encoding: str = "raw"  # a key of ENCODINGS
     copy_version: int = 0  # compressed gossip: the sender's public copy version once this message is applied
-    block_elements: int = 0  # int8: elements per scale
-    value_count: int = 0  # topk: (index, value) pairs
+    block_elements: int = 0  # int8: elements per scale; topk-spans: elements per span
+    value_count: int = 0  # topk, topk-spans: (index, value) pairs
     #: striping (p2pgan.wire.striping): this stream carries shards part, part + parts, ...; parts <= 1: all
     part: int = 0
     parts: int = 0
 
     @property
     def torch_dtype(self) -> torch.dtype:
-        """The dtype the shard bytes are read as: the wire dtype, or bytes for the int8 and topk layouts."""
-        return torch.uint8 if self.encoding in ("int8", "topk") else WIRE_DTYPES[self.dtype][0]
+        """The dtype the shard bytes are read as: the wire dtype, or bytes for the int8 and top-k layouts."""
+        return torch.uint8 if self.encoding in LAID_OUT else WIRE_DTYPES[self.dtype][0]
 
     @property
     def nbytes(self) -> int:
         if self.encoding == "int8":
             return math.ceil(self.element_count / max(1, self.block_elements)) * 4 + self.element_count
-        if self.encoding == "topk":
+        if self.encoding in SPARSE:
             return self.value_count * 8
         return self.element_count * self.torch_dtype.itemsize
 
@@ -94,10 +101,14 @@ class MessageHeader:
         need = ENCODING_DTYPES.get(self.encoding)
         if need is not None and self.dtype != need:
             raise ProtocolError(f"{self._who}: a {self.encoding} message must say dtype {need}, not {self.dtype}")
-        if self.encoding == "int8" and not MIN_BLOCK_ELEMENTS <= self.block_elements <= MAX_BLOCK_ELEMENTS:
+        blocked = self.encoding in ("int8", "topk-spans")
+        if blocked and not MIN_BLOCK_ELEMENTS <= self.block_elements <= MAX_BLOCK_ELEMENTS:
             raise ProtocolError(f"{self._who}: block_elements {self.block_elements} is outside "
                                 f"{MIN_BLOCK_ELEMENTS}..{MAX_BLOCK_ELEMENTS}")
-        if self.encoding == "topk" and not 1 <= self.value_count <= self.element_count:
+        if self.encoding in SPARSE and self.element_count > MAX_SPARSE_ELEMENTS:
+            raise ProtocolError(f"{self._who}: a {self.encoding} message of {self.element_count} elements (its int32 "
+                                f"indices address at most {MAX_SPARSE_ELEMENTS})")
+        if self.encoding in SPARSE and not 1 <= self.value_count <= self.element_count:
             raise ProtocolError(f"{self._who}: value_count {self.value_count} is outside 1..{self.element_count} "
                                 "(the element count)")
         if self.parts > 1 and not (self.parts <= min(MAX_CONNECTIONS, self.shard_count) and self.part < self.parts):

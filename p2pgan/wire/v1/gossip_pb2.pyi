@@ -21,6 +21,7 @@ class Encoding(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     ENCODING_BF16_DELTA: _ClassVar[Encoding]
     ENCODING_INT8: _ClassVar[Encoding]
     ENCODING_TOPK: _ClassVar[Encoding]
+    ENCODING_TOPK_SPANS: _ClassVar[Encoding]
 DTYPE_UNSPECIFIED: DType
 FLOAT32: DType
 BFLOAT16: DType
@@ -30,6 +31,7 @@ ENCODING_KEY: Encoding
 ENCODING_BF16_DELTA: Encoding
 ENCODING_INT8: Encoding
 ENCODING_TOPK: Encoding
+ENCODING_TOPK_SPANS: Encoding
 
 class Header(_message.Message):
     __slots__ = ("federation", "sender", "step", "round", "layout_digest", "dtype", "element_count", "shard_count", "encoding", "copy_version", "block_elements", "value_count", "part", "parts")
