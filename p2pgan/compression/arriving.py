@@ -24,8 +24,9 @@ import torch
 from p2pgan.compression.compressors import INT8_MAX, MAX_SCALE
 from p2pgan.errors import ProtocolError
 
-#: the encodings whose payload can be applied as it arrives (top-k's indices and values come in two runs;
-#: keys replace the copy, which a message may only do once it is known whole)
+#: the encodings whose payload is applied as it arrives (a top-k message is applied whole: its pairs are a
+#: few per cent of the vector, and applying them costs little next to choosing them; keys replace the copy,
+#: which a message may only do once it is known whole)
 DENSE = ("int8", "bf16-delta")
 
 

@@ -9,7 +9,7 @@ the generated parser, so the format is exactly what ``protos/p2pgan/wire/v1/goss
 
 A header's ``encoding`` says how its shard bytes are read: ``raw`` (the vector in ``dtype``, as before
 compressed gossip existed) or one of :mod:`p2pgan.compression`'s (``key``, ``bf16-delta``: float payloads,
-checked finite here; ``int8``, ``topk``: byte layouts whose sizes are checked here and whose contents
+checked finite here; ``int8``, ``topk``, ``topk-spans``: byte layouts whose sizes are checked here and whose contents
 :func:`p2pgan.compression.compressors.decode` checks).
 
 Structure checks live in the codec (sizes add up, shard order, checksums, finite values, oversize); checks

@@ -17,7 +17,9 @@ so a late message does not break the chain.
 
 A round's CPU overlaps its link at both ends (:attr:`CompressedGossip.overlap`): the sender queues its
 messages before it writes their payloads and a link sends each shard once it is written
-(:meth:`~p2pgan.compression.compressors.Compressor.encode_stream`); a receiver moves a neighbour's copy
+(:meth:`~p2pgan.compression.compressors.Compressor.encode_stream`: int8's scales then its codes a chunk at a
+time, bf16-delta in order, top-k a span of :mod:`p2pgan.compression.sparse` at a time); a receiver moves a
+neighbour's copy
 by an int8 or bf16-delta message as its shards arrive (:meth:`CompressedGossip.arrive`), when the copy
 is free, so that only the mix is left when the last shard lands. The numbers are those of the serial
 round, bit for bit.

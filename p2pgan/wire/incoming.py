@@ -195,7 +195,7 @@ class ShardAssembler:
             if not LITTLE_ENDIAN:
                 raw.view(SAME_WIDTH_INT[size]).numpy().byteswap(inplace=True)
             chunks = (raw.view(dtype),)
-        for chunk in chunks if dtype.is_floating_point else ():  # int8 / topk layouts: p2pgan.compression checks
+        for chunk in chunks if dtype.is_floating_point else ():  # int8 / top-k layouts: p2pgan.compression checks
             # Any NaN or inf makes the sum non-finite, so a finite sum proves all values finite at ~1/50 the
             # cost of isfinite().all(); a non-finite sum may also be an overflow of finite values: check exactly.
             if not math.isfinite(float(chunk.sum())) and not bool(torch.isfinite(chunk).all()):
