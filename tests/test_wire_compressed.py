@@ -271,6 +271,35 @@ def test_scales_that_span_several_shards_go_out_and_in_whole(tmp_path: Path) -> 
 
 @pytest.mark.timeout(120)
 @pytest.mark.parametrize("overlap", [True, False], ids=["overlapped", "serial"])
+def test_topk_goes_out_span_by_span_and_is_the_in_process_choco_mixer(tmp_path: Path, overlap: bool) -> None:
+    """Top-k in spans of 4096 elements over shards of 4 KiB (each span's 205 pairs fill 1.6 KiB): with overlap
+    the links send the first spans while the rest are chosen. The network mixer computes the in-process
+    ChocoMixer's numbers (to float32 rounding) either way, so every byte that left early was final."""
+    from p2pgan.compression.choco import ChocoMixer
+    from p2pgan.topology import make_topology
+
+    dim = 100_000  # 25 spans, the last one short
+    with mixer_federations(tmp_path, "spans", dim) as make:
+        wire = make(3, topology="ring", rounds=1, compression="topk:0.05", consensus_step=0.5, key_interval=0,
+                    shard_bytes=codec.MIN_SHARD_BYTES)
+        for m in wire:
+            assert m.compressed is not None
+            m.compressed.overlap = overlap
+            m.compressed.compressor.span = 4096
+        local = ChocoMixer(make_topology("ring", 3, rounds=1), 1, TopK(0.05, span=4096), gamma=0.5)
+        g = torch.Generator().manual_seed(6)
+        x = torch.randn(3, dim, generator=g)
+        for step in range(4):
+            x = x + 0.1 * torch.randn(3, dim, generator=g)
+            a, b = mix_all(wire, x, step), local.mix(x, step)
+            assert torch.allclose(a, b, rtol=0, atol=1e-5), (step, float((a - b).abs().max()))
+            assert not torch.equal(b, x)
+        assert all(m.stats.dropped == 0 and m.compressed is not None and m.compressed.deltas_sent == 2 * 3
+                   for m in wire)
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize("overlap", [True, False], ids=["overlapped", "serial"])
 def test_int8_gossip_on_the_wire_is_the_in_process_choco_mixer(federation, overlap: bool) -> None:
     """scripts/exp_compression.py measures quality with peers in one process (ChocoMixer); that stands for
     the network only if the network's compressed rounds compute the same numbers: the same operators, the
