@@ -319,6 +319,7 @@ class TopK(Compressor):
 
         return enc, fill
 
+
 def ready_elements(enc: Encoded, n: int, end: int) -> int:
     """How many of the vector's ``n`` elements a fill (:meth:`Compressor.encode_stream`) must have done before
     ``enc``'s payload bytes ``[0, end)`` are final: int8's scales are final before any element (a fill reports

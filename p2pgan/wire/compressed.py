@@ -19,10 +19,9 @@ A round's CPU overlaps its link at both ends (:attr:`CompressedGossip.overlap`):
 messages before it writes their payloads and a link sends each shard once it is written
 (:meth:`~p2pgan.compression.compressors.Compressor.encode_stream`: int8's scales then its codes a chunk at a
 time, bf16-delta in order, top-k a span of :mod:`p2pgan.compression.sparse` at a time); a receiver moves a
-neighbour's copy
-by an int8 or bf16-delta message as its shards arrive (:meth:`CompressedGossip.arrive`), when the copy
-is free, so that only the mix is left when the last shard lands. The numbers are those of the serial
-round, bit for bit.
+neighbour's copy by an int8 or bf16-delta message as its shards arrive (:meth:`CompressedGossip.arrive`),
+when the copy is free, so that only the mix is left when the last shard lands (a top-k message, a few per
+cent of the vector, is applied whole). The numbers are those of the serial round, bit for bit.
 """
 
 from __future__ import annotations
