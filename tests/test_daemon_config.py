@@ -254,6 +254,14 @@ def test_example_peer_files_list_what_the_repository_ships() -> None:
     assert sorted(Path(p).name for p in tracked.stdout.split()) == sorted(EXAMPLE_PEER_FILES)
 
 
+def test_mixing_streaming_reaches_the_network_and_takes_booleans_only(folder: Path) -> None:
+    assert load_config(write(folder, base_doc())).mixing.streaming is True
+    cfg = load_config(write(folder, _set(base_doc(), "mixing.streaming", False)))
+    assert cfg.mixing.streaming is False and network_config(cfg).streaming is False
+    with pytest.raises(ConfigError, match=r"mixing\.streaming"):
+        load_config(write(folder, _set(base_doc(), "mixing.streaming", "sometimes")))
+
+
 @pytest.mark.parametrize(("compression", "given", "expected"),
                          [("none", None, 1.0), ("int8", None, 1.0), ("topk:0.01", None, 0.05), ("topk:0.02", None, 0.1),
                           ("topk:0.5", None, 0.1), ("topk:0.01", 0.3, 0.3),

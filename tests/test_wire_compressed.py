@@ -281,10 +281,9 @@ def test_topk_goes_out_span_by_span_and_is_the_in_process_choco_mixer(tmp_path: 
     dim = 100_000  # 25 spans, the last one short
     with mixer_federations(tmp_path, "spans", dim) as make:
         wire = make(3, topology="ring", rounds=1, compression="topk:0.05", consensus_step=0.5, key_interval=0,
-                    shard_bytes=codec.MIN_SHARD_BYTES)
+                    shard_bytes=codec.MIN_SHARD_BYTES, streaming=overlap)
         for m in wire:
             assert m.compressed is not None
-            m.compressed.overlap = overlap
             m.compressed.compressor.span = 4096
         local = ChocoMixer(make_topology("ring", 3, rounds=1), 1, TopK(0.05, span=4096), gamma=0.5)
         g = torch.Generator().manual_seed(6)
@@ -305,14 +304,11 @@ def test_int8_gossip_on_the_wire_is_the_in_process_choco_mixer(federation, overl
     the network only if the network's compressed rounds compute the same numbers: the same operators, the
     same copies, the same consensus step, the same keys (every key_interval-th step). They agree to float32
     rounding; an in-process mixer without the keys does not. With the round's CPU overlapping its link (sent
-    while written, applied while arriving) and without (bench_wan's --serial rows)."""
+    while written, applied while arriving) and without (``mixing.streaming: false``; bench_wan's --serial rows)."""
     from p2pgan.compression.choco import ChocoMixer
     from p2pgan.topology import make_topology
 
-    wire = _ready(federation(3, 2, compression="int8", consensus_step=0.5, key_interval=3))
-    for m in wire:
-        assert m.compressed is not None
-        m.compressed.overlap = overlap
+    wire = _ready(federation(3, 2, compression="int8", consensus_step=0.5, key_interval=3, streaming=overlap))
     local = ChocoMixer(make_topology("ring", 3, rounds=2), 2, Int8Blocks(), gamma=0.5, key_interval=3)
     keyless = ChocoMixer(make_topology("ring", 3, rounds=2), 2, Int8Blocks(), gamma=0.5)
     g = torch.Generator().manual_seed(3)

@@ -28,7 +28,7 @@ def main(argv: list[str]) -> int:
     net = NetworkConfig(
         federation=cfg["federation"], peer_id=cfg["peer_id"], tls=tls, topology="ring", rounds=1,
         round_timeout_s=cfg["round_timeout_s"], connect_timeout_s=cfg["connect_timeout_s"],
-        compression=cfg["compression"], key_interval=cfg["key_interval"],
+        compression=cfg["compression"], key_interval=cfg["key_interval"], streaming=cfg.get("overlap", True),
     )
     g = torch.Generator().manual_seed(cfg["seed"] + cfg["rank"])
     x = torch.randn(1, cfg["dim"], generator=g)
@@ -38,8 +38,6 @@ def main(argv: list[str]) -> int:
     shift = 4099
     noise = torch.randn(cfg["dim"] + 64 * shift, generator=g)
     with GrpcMixer(net, dim=cfg["dim"]) as mixer:
-        if mixer.compressed is not None:
-            mixer.compressed.overlap = cfg.get("overlap", True)
         print(json.dumps({"port": mixer.port}), flush=True)
         roster = json.loads(sys.stdin.readline())
         mixer.join(tuple(PeerEntry(i, h, p) for i, h, p in roster))

@@ -67,7 +67,8 @@ class Incoming:
 class CompressedGossip:
     """One peer's compressed-gossip state: its own public copy, its copies of the in-neighbours, link keys."""
 
-    def __init__(self, compressor: Compressor, dim: int, *, gamma: float, key_interval: int) -> None:
+    def __init__(self, compressor: Compressor, dim: int, *, gamma: float, key_interval: int,
+                 overlap: bool = True) -> None:
         self.compressor = compressor
         self.dim = dim
         self.gamma = gamma
@@ -81,9 +82,9 @@ class CompressedGossip:
         self.keys_sent = 0
         self.deltas_sent = 0
         #: overlap the round's CPU with its link: send a payload while it is written, and move a neighbour's
-        #: copy while its delta arrives (False: encode whole, then send; apply whole, then mix: as before;
-        #: scripts/bench_wan.py --serial times both)
-        self.overlap = True
+        #: copy while its delta arrives (False, ``mixing.streaming: false``: encode whole, then send; apply
+        #: whole, then mix; scripts/bench_wan.py --serial times both)
+        self.overlap = overlap
         self._arriving: dict[tuple[str, int, int, int], ArrivingDelta] = {}  # (sender, step, round, version)
         #: (step, round, own (version, digest), {in-neighbour: (version, digest)}) per round when recording
         self.record_digests = False

@@ -59,6 +59,7 @@ class NetworkConfig:
     compression: str = "none"
     consensus_step: float = 1.0  # CHOCO's gamma: how far a round moves x toward the mixed public copies
     key_interval: int = 100  # compressed gossip: every this many steps each link gets the public copy in full
+    streaming: bool = True  # compressed gossip: messages sent while written, applied while arriving (wire.compressed)
     #: gRPC connections (each its own TCP + TLS session) to every neighbour, a message's shards striped over
     #: them (p2pgan.wire.striping); the same for every member (compared at Hello)
     connections: int = 1

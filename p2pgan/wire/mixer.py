@@ -101,7 +101,7 @@ class GrpcMixer(Joining, Mixer):
         self.compression = canonical(net.compression)
         #: compressed gossip's copies and keys (None: raw vectors, today's path)
         self.compressed = None if compressor is None else CompressedGossip(
-            compressor, dim, gamma=net.consensus_step, key_interval=net.key_interval)
+            compressor, dim, gamma=net.consensus_step, key_interval=net.key_interval, overlap=net.streaming)
         self.layout_digest = layout_digest
         self.rounds = net.rounds
         self.members: tuple[str, ...] = ()

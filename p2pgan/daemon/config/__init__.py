@@ -253,5 +253,6 @@ def network_config(cfg: PeerConfig, roster: tuple[PeerEntry, ...] = ()) -> Netwo
         compression=cfg.mixing.compression,
         consensus_step=cfg.mixing.consensus_step,
         key_interval=cfg.mixing.key_interval,
+        streaming=cfg.mixing.streaming,
         connections=cfg.mixing.connections,
     )

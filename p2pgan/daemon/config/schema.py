@@ -106,6 +106,9 @@ class MixingConfig:
     compression: str = "none"  # compressed gossip (p2pgan.compression): none | identity | bf16-delta | int8 | topk:F
     consensus_step: float = 1.0  # CHOCO's gamma (compressed gossip only)
     key_interval: int = 100  # steps between full public copies on every link (compressed gossip only)
+    #: compressed gossip: a message leaves while it is written and is applied while it arrives (the round's CPU
+    #: overlaps its link); False does each in turn, for hosts with no core to spare beside the training
+    streaming: bool = True
     connections: int = 1  # gRPC connections (TCP + TLS sessions) per neighbour; a message's shards striped over them
 
 

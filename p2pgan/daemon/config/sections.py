@@ -145,6 +145,7 @@ def _mixing(sec: _Section) -> MixingConfig:
         # CHOCO's gamma: 1 keeps uncompressed mixing bit for bit; top-k diverges at 1 (docs/results.md)
         consensus_step=sec.number("consensus_step", _default_consensus_step(compression), positive=True),
         key_interval=sec.integer("key_interval", 100, minimum=0),
+        streaming=sec.boolean("streaming", True),
         connections=sec.integer("connections", 1, minimum=1, maximum=MAX_CONNECTIONS),
     )
     if cfg.consensus_step > 1:
