@@ -16,7 +16,7 @@ from p2pgan.compression.compressors import (
     make_compressor, ready_elements, self_decode,
 )
 from p2pgan.compression import sparse
-from p2pgan.compression.arriving import ArrivingDelta
+from p2pgan.compression.arriving import ArrivingDelta, ArrivingPairs, arriving
 from p2pgan.compression.copies import NeighbourCopies, OwnCopy, digest
 from p2pgan.compression.spec import canonical
 from p2pgan.errors import ConfigError, ProtocolError
@@ -202,11 +202,12 @@ def _splits(total: int, g: torch.Generator) -> list[tuple[int, int]]:
     return list(zip(edges, edges[1:]))
 
 
-@pytest.mark.parametrize("spec", ["int8", "bf16-delta"])
+@pytest.mark.parametrize("spec", ["int8", "bf16-delta", "topk:0.1"])
 def test_a_delta_applied_as_it_arrives_is_apply_of_the_whole_message(spec: str) -> None:
-    """ArrivingDelta (a receiver moving its copy shard by shard) leaves the copy bit for bit where apply() of
-    the decoded whole message does, however the payload is cut, -0.0 and zero blocks included."""
-    c = make_compressor(spec)
+    """ArrivingDelta and ArrivingPairs (a receiver moving its copy shard by shard) leave the copy bit for bit
+    where apply() of the decoded whole message does, however the payload is cut, -0.0 and zero blocks
+    included (top-k here in spans of 64 elements: 14 spans of 6 or 7 pairs, cut anywhere)."""
+    c = make_compressor(spec) if spec != "topk:0.1" else TopK(0.1, span=64)
     n = 3 * INT8_BLOCK + 77
     g = torch.Generator().manual_seed(11)
     d = torch.randn(n, generator=g) * torch.logspace(-4, 1, n)
@@ -219,11 +220,11 @@ def test_a_delta_applied_as_it_arrives_is_apply_of_the_whole_message(spec: str) 
     apply(want, self_decode(enc, n))
     for trial in range(3):
         copy = start.clone()
-        arriving = ArrivingDelta(enc.encoding, copy, block_elements=enc.block_elements)
+        state = arriving(enc.encoding, copy, block_elements=enc.block_elements, value_count=enc.value_count)
         for lo, hi in _splits(len(payload), g) if trial else [(0, len(payload))]:
-            assert not arriving.complete
-            arriving.feed(memoryview(payload)[lo:hi])
-        assert arriving.complete and torch.equal(copy.view(torch.int32), want.view(torch.int32))
+            assert not state.complete
+            state.feed(memoryview(payload)[lo:hi])
+        assert state.complete and torch.equal(copy.view(torch.int32), want.view(torch.int32))
 
 
 def test_a_malformed_delta_is_refused_at_the_shard_that_shows_it() -> None:
@@ -246,6 +247,26 @@ def test_a_malformed_delta_is_refused_at_the_shard_that_shows_it() -> None:
     nan[5] = float("nan")
     with pytest.raises(ProtocolError, match="non-finite"):
         ArrivingDelta("bf16-delta", torch.zeros(n)).feed(bytes(codec.le_bytes(nan)))
+
+
+def test_malformed_pairs_are_refused_with_the_span_that_holds_them() -> None:
+    """topk-spans as it arrives: a span is checked (indices in it and increasing, values finite) and applied
+    once its pairs are all in; the spans before a bad one are applied, the bad one and those after are not."""
+    good = _spans(([1, 5], [0.5, -1.0]), ([600, 999], [2.0, 3.0]))  # N = 1000 in spans of 500, 2 pairs each
+    # span 1's words: indices 4, 5; values 6, 7
+    for word, value, match in ((4, 400, "outside its 500"), (5, 598, "strictly increasing"),
+                               (7, math.nan, "not finite")):
+        payload = good.clone()
+        payload.view(torch.int32 if isinstance(value, int) else torch.float32)[word] = value
+        copy = torch.zeros(N)
+        state = ArrivingPairs(copy, span=500, value_count=4, who="message from 'a'")
+        state.feed(bytes(payload[:16]) + bytes(payload[16:20]))  # span 0 whole, span 1 begun
+        assert copy[[1, 5]].tolist() == [0.5, -1.0] and int(copy.count_nonzero()) == 2 and not state.complete
+        with pytest.raises(ProtocolError, match=match):
+            state.feed(bytes(payload[20:]))
+        assert int(copy.count_nonzero()) == 2
+    with pytest.raises(ProtocolError, match="more payload bytes"):
+        ArrivingPairs(torch.zeros(N), span=500, value_count=4).feed(bytes(good) + b"\0")
 
 
 def _keyed_pair(n: int) -> tuple[CompressedGossip, OwnCopy, torch.Tensor]:

@@ -1,14 +1,17 @@
-"""A dense delta applied to its public copy while its payload arrives (the receiving half of the overlap).
+"""A delta applied to its public copy while its payload arrives (the receiving half of the overlap).
 
-The sender writes an int8 or bf16-delta payload in order while the links send it
+The sender writes its payload in order while the links send it
 (:meth:`p2pgan.compression.compressors.Compressor.encode_stream`); :class:`ArrivingDelta` is the same at
-the other end: it takes the payload's bytes as the shards come, checks them as
-:func:`p2pgan.compression.compressors.decode` would (int8: every scale finite, non-negative and at most
-:data:`~p2pgan.compression.compressors.MAX_SCALE`, no code -128; bf16-delta: finite values), and adds each
-element's update to the copy at once, with the arithmetic of :func:`~p2pgan.compression.compressors.apply`
-(the same float32 products and sums, element by element: the copy ends bit for bit where ``apply`` of the
-whole message leaves it). A malformed byte raises :class:`~p2pgan.errors.ProtocolError`; the copy is then
-half-moved, and the caller must forget it (the sender's next key repairs it).
+the other end for int8 and bf16-delta, :class:`ArrivingPairs` for top-k's spans (each span applied once its
+pairs are all in, checked as :func:`p2pgan.compression.sparse.read_spans` checks them, and added as
+:func:`~p2pgan.compression.compressors.apply` adds them). :class:`ArrivingDelta` takes the payload's bytes as
+the shards come, checks them as :func:`p2pgan.compression.compressors.decode` would (int8: every scale finite,
+non-negative and at most :data:`~p2pgan.compression.compressors.MAX_SCALE`, no code -128; bf16-delta:
+finite values), and adds each element's update to the copy at once, with the arithmetic of
+:func:`~p2pgan.compression.compressors.apply` (the same float32 products and sums, element by element: the
+copy ends bit for bit where ``apply`` of the whole message leaves it). A malformed byte raises
+:class:`~p2pgan.errors.ProtocolError`; the copy is then half-moved, and the caller must forget it (the
+sender's next key repairs it).
 
 Shards may split an element or an int8 block anywhere: scales are gathered until all are in, a partial
 bf16 element waits for its other byte, and a range of codes is multiplied by its blocks' scales whatever
@@ -21,13 +24,23 @@ import math
 
 import torch
 
+from p2pgan.compression import sparse
 from p2pgan.compression.compressors import INT8_MAX, MAX_SCALE
 from p2pgan.errors import ProtocolError
 
-#: the encodings whose payload is applied as it arrives (a top-k message is applied whole: its pairs are a
-#: few per cent of the vector, and applying them costs little next to choosing them; keys replace the copy,
-#: which a message may only do once it is known whole)
+#: the dense encodings :class:`ArrivingDelta` applies as they arrive
 DENSE = ("int8", "bf16-delta")
+#: the encodings whose payload is applied as it arrives (keys replace the copy, which a message may only do
+#: once it is known whole; the legacy topk layout has all its indices before any value)
+ARRIVING = (*DENSE, "topk-spans")
+
+
+def arriving(encoding: str, copy: torch.Tensor, *, block_elements: int, value_count: int,
+             who: str = "message") -> ArrivingDelta | ArrivingPairs:
+    """What moves ``copy`` by a message of ``encoding`` (one of :data:`ARRIVING`) as its payload arrives."""
+    if encoding == "topk-spans":
+        return ArrivingPairs(copy, span=block_elements, value_count=value_count, who=who)
+    return ArrivingDelta(encoding, copy, block_elements=block_elements, who=who)
 
 
 class ArrivingDelta:
@@ -107,3 +120,39 @@ class ArrivingDelta:
                 tmp[len(tmp) - tail :].mul_(self.scales[last])
         self.copy[lo:hi].add_(tmp)
         self.done = hi
+
+
+class ArrivingPairs:
+    """Moves ``copy`` by a ``topk-spans`` payload fed in order: each span once its pairs are all in."""
+
+    def __init__(self, copy: torch.Tensor, *, span: int, value_count: int, who: str = "message") -> None:
+        self.copy = copy
+        self.n = copy.numel()
+        self.span = span
+        self.who = who
+        self.starts = sparse.span_starts(self.n, value_count, span).numpy()
+        self.payload = torch.empty(8 * value_count, dtype=torch.uint8)
+        self.offset = 0  # payload bytes taken so far
+        self.spans = 0  # spans applied so far
+
+    @property
+    def complete(self) -> bool:
+        return self.spans == self.starts.size - 1
+
+    def feed(self, data: memoryview | bytes) -> None:
+        """The payload's next bytes: the spans they complete are checked and added to the copy."""
+        data = memoryview(data).cast("B")
+        end = self.offset + len(data)
+        if end > self.payload.numel():
+            raise ProtocolError(f"{self.who}: more payload bytes than topk-spans of {self.payload.numel() // 8} "
+                                "pairs holds")
+        if data:
+            self.payload[self.offset : end] = torch.frombuffer(data, dtype=torch.uint8)
+        self.offset = end
+        done = int(self.starts.searchsorted(end // 8, side="right")) - 1  # spans whose pairs are all in
+        if done > self.spans:
+            lo, hi = 8 * int(self.starts[self.spans]), 8 * int(self.starts[done])
+            indices, values = sparse.read_span_range(self.payload[lo:hi], self.n, self.span, self.starts,
+                                                     self.spans, done, self.who)
+            self.copy.index_add_(0, indices, values.to(self.copy.dtype))  # apply(): the same adds, by spans
+            self.spans = done

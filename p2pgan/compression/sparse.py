@@ -55,14 +55,23 @@ def read_spans(raw: torch.Tensor, n: int, k: int, span: int, who: str) -> tuple[
     """``topk-spans``' payload (uint8 ``[8k]``, spans of ``span`` elements) -> checked (indices int64, values
     float32, in index order): besides :func:`read_sorted`'s checks, every span holds its own pairs."""
     starts = span_starts(n, k, span).numpy()
-    counts = np.diff(starts)
+    return read_span_range(raw, n, span, starts, 0, starts.size - 1, who)
+
+
+def read_span_range(raw: torch.Tensor, n: int, span: int, starts: np.ndarray, first: int, end: int,
+                    who: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """Spans ``first .. end - 1`` of a ``topk-spans`` payload (``raw``: their bytes, ``8 * (C[end] - C[first])``;
+    ``starts``: :func:`span_starts`) -> checked (indices int64, values float32), as :func:`read_spans`."""
+    counts = np.diff(starts[first : end + 1])
     # each span's words: its c_s indices, then its c_s values
     is_index = np.repeat(np.tile(np.array([True, False]), counts.size), np.repeat(counts, 2))
     words = raw.numpy().view(np.int32)
     indices, values = words[is_index], words[~is_index].view(np.float32)
-    _check(indices, values, n, who)
-    edges = np.minimum(np.arange(starts.size, dtype=np.int64) * span, n)
-    if not np.array_equal(np.searchsorted(indices, edges), starts):  # (sorted: each span's count is its own)
+    if indices.size:
+        _check(indices, values, n, who)
+    # sorted indices: each span holds its own pairs if the count below each span edge is the pairs before it
+    edges = np.minimum(np.arange(first, end + 1, dtype=np.int64) * span, n)
+    if not np.array_equal(np.searchsorted(indices, edges), starts[first : end + 1] - starts[first]):
         raise ProtocolError(f"{who}: a topk-spans span holds indices outside its {span} elements")
     return torch.from_numpy(indices.astype(np.int64)), torch.from_numpy(values)
 

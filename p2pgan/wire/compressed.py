@@ -19,9 +19,9 @@ A round's CPU overlaps its link at both ends (:attr:`CompressedGossip.overlap`):
 messages before it writes their payloads and a link sends each shard once it is written
 (:meth:`~p2pgan.compression.compressors.Compressor.encode_stream`: int8's scales then its codes a chunk at a
 time, bf16-delta in order, top-k a span of :mod:`p2pgan.compression.sparse` at a time); a receiver moves a
-neighbour's copy by an int8 or bf16-delta message as its shards arrive (:meth:`CompressedGossip.arrive`),
-when the copy is free, so that only the mix is left when the last shard lands (a top-k message, a few per
-cent of the vector, is applied whole). The numbers are those of the serial round, bit for bit.
+neighbour's copy by a delta as its shards arrive (:meth:`CompressedGossip.arrive`; top-k a whole span at a
+time), when the copy is free, so that only the mix is left when the last shard lands. The numbers are those
+of the serial round, bit for bit.
 """
 
 from __future__ import annotations
@@ -32,7 +32,7 @@ from collections.abc import Callable, Sequence
 
 import torch
 
-from p2pgan.compression.arriving import DENSE, ArrivingDelta
+from p2pgan.compression.arriving import ARRIVING, ArrivingDelta, ArrivingPairs, arriving
 from p2pgan.compression.choco import consensus_step
 from p2pgan.compression.compressors import (
     Compressor, Delta, Encoded, applies_by_span, apply, apply_span, decode, ready_elements,
@@ -85,7 +85,8 @@ class CompressedGossip:
         #: copy while its delta arrives (False, ``mixing.streaming: false``: encode whole, then send; apply
         #: whole, then mix; scripts/bench_wan.py --serial times both)
         self.overlap = overlap
-        self._arriving: dict[tuple[str, int, int, int], ArrivingDelta] = {}  # (sender, step, round, version)
+        #: (sender, step, round, version) -> the message moving its copy as it arrives
+        self._arriving: dict[tuple[str, int, int, int], ArrivingDelta | ArrivingPairs] = {}
         #: (step, round, own (version, digest), {in-neighbour: (version, digest)}) per round when recording
         self.record_digests = False
         self.digests: list[tuple[int, int, tuple[int, str], dict[str, tuple[int, str]]]] = []
@@ -153,11 +154,11 @@ class CompressedGossip:
     # -- receiving -------------------------------------------------------------------------------------
     def arrive(self, h: codec.MessageHeader, shards: Sequence[memoryview]) -> None:
         """The inbox's call after each checked shard of an unstriped message (server thread; ``shards``: all of
-        the message's so far). A dense delta moves its copy as it arrives, once the copy is free
+        the message's so far). A delta moves its copy as it arrives, once the copy is free
         (:meth:`NeighbourCopies.claim`: at the delta's base version, its last message taken, the mixer not
         mixing); until then the shards wait in the inbox as always, and the first free moment applies them
         all. A malformed byte raises :class:`ProtocolError` (the stream is refused; :meth:`broken` follows)."""
-        if not self.overlap or h.parts > 1 or h.encoding != self.compressor.encoding or h.encoding not in DENSE:
+        if not self.overlap or h.parts > 1 or h.encoding != self.compressor.encoding or h.encoding not in ARRIVING:
             return  # (a message of another encoding is refused whole by accept(), its copy untouched)
         key = (h.sender, h.step, h.round, h.copy_version)
         state = self._arriving.get(key)
@@ -165,7 +166,8 @@ class CompressedGossip:
             copy = self.copies.claim(h.sender, h.copy_version)
             if copy is None:
                 return
-            state = self._arriving[key] = ArrivingDelta(h.encoding, copy, block_elements=h.block_elements, who=h._who)
+            state = self._arriving[key] = arriving(h.encoding, copy, block_elements=h.block_elements,
+                                                   value_count=h.value_count, who=h._who)
             for data in shards:
                 state.feed(data)
         else:
