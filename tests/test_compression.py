@@ -7,12 +7,13 @@ import bisect
 import math
 import threading
 
+import numpy as np
 import pytest
 import torch
 
 from p2pgan.compression.choco import ChocoMixer, consensus_step
 from p2pgan.compression.compressors import (
-    CHUNK, INT8_BLOCK, TOPK_SPAN, BF16Delta, Compressor, Delta, Encoded, Int8Blocks, TopK, apply, decode,
+    CHUNK, INT8_BLOCK, TOPK_SPAN, BF16Delta, Compressor, Delta, Int8Blocks, TopK, apply, decode,
     make_compressor, ready_elements, self_decode,
 )
 from p2pgan.compression import sparse
@@ -67,13 +68,12 @@ def test_int8_matches_a_blockwise_absmax_reference() -> None:
     assert torch.equal(got[10 : 256], torch.zeros(246))  # the zero block stays zero (no division by 0)
 
 
-def _spanwise_topk(d: torch.Tensor, k: int, span: int) -> torch.Tensor:
-    """The reference topk-spans payload: span [lo, hi) keeps its floor(k hi / n) - floor(k lo / n) largest
-    differences (torch.topk), as its indices in order, then their values."""
-    n, parts = d.numel(), []
-    for lo in range(0, n, span):
-        hi = min(n, lo + span)
-        keep = torch.topk(d[lo:hi].abs(), k * hi // n - k * lo // n).indices.sort().values + lo
+def _spanwise_topk(d: torch.Tensor, counts: list[int], span: int) -> torch.Tensor:
+    """The reference topk-spans payload: the table of counts, then span by span its count's largest
+    differences (torch.topk) as their indices in order, then their values."""
+    parts = [torch.tensor(counts, dtype=torch.int32).view(torch.uint8)]
+    for s, lo in enumerate(range(0, d.numel(), span)):
+        keep = torch.topk(d[lo : lo + span].abs(), counts[s]).indices.sort().values + lo
         parts += [keep.to(torch.int32).view(torch.uint8), d[keep].view(torch.uint8)]
     return torch.cat(parts)
 
@@ -82,7 +82,7 @@ def test_topk_keeps_exactly_the_largest_differences() -> None:
     d = _delta()
     c = TopK(0.05)
     enc = c.encode(d)
-    assert enc.value_count == 50 and enc.payload.numel() == 8 * 50
+    assert enc.value_count == 50 and enc.payload.numel() == 4 + 8 * 50  # one span: its count, then 50 pairs
     keep = set(torch.topk(d.abs(), 50).indices.tolist())
     ref = torch.zeros(N)
     for i in keep:
@@ -116,7 +116,8 @@ def test_large_vectors_take_the_chunked_and_sampled_paths_with_the_same_result()
     for fraction in (0.05, 0.01, 0.001):  # candidates by a sampled threshold per span; few, or no, pairs per span
         enc = TopK(fraction).encode(d)
         assert enc.encoding == "topk-spans" and enc.block_elements == TOPK_SPAN
-        assert torch.equal(enc.payload, _spanwise_topk(d, TopK(fraction).count(n), TOPK_SPAN))
+        counts = sparse.allocate(d[:: sparse.SAMPLE_STRIDE].abs().numpy(), n, TopK(fraction).count(n), TOPK_SPAN)
+        assert torch.equal(enc.payload, _spanwise_topk(d, counts.tolist(), TOPK_SPAN))
     own, mixed = d.flip(0), torch.randn(n, generator=g)  # the CHOCO step, chunk by chunk
     assert torch.equal(consensus_step(d, own, mixed.clone(), 0.5), d + 0.5 * (mixed - own))
     assert torch.equal(consensus_step(d, own, mixed.clone(), 1.0), mixed + (d - own))
@@ -253,18 +254,22 @@ def test_malformed_pairs_are_refused_with_the_span_that_holds_them() -> None:
     """topk-spans as it arrives: a span is checked (indices in it and increasing, values finite) and applied
     once its pairs are all in; the spans before a bad one are applied, the bad one and those after are not."""
     good = _spans(([1, 5], [0.5, -1.0]), ([600, 999], [2.0, 3.0]))  # N = 1000 in spans of 500, 2 pairs each
-    # span 1's words: indices 4, 5; values 6, 7
-    for word, value, match in ((4, 400, "outside its 500"), (5, 598, "strictly increasing"),
-                               (7, math.nan, "not finite")):
+    # words: the table 0, 1; span 0: 2-5; span 1: indices 6, 7, values 8, 9
+    for word, value, match in ((6, 400, "outside its 500"), (7, 598, "strictly increasing"),
+                               (9, math.nan, "not finite")):
         payload = good.clone()
         payload.view(torch.int32 if isinstance(value, int) else torch.float32)[word] = value
         copy = torch.zeros(N)
         state = ArrivingPairs(copy, span=500, value_count=4, who="message from 'a'")
-        state.feed(bytes(payload[:16]) + bytes(payload[16:20]))  # span 0 whole, span 1 begun
+        state.feed(bytes(payload[:5]))  # part of the table: nothing to do yet
+        state.feed(bytes(payload[5:24]) + bytes(payload[24:28]))  # span 0 whole, span 1 begun
         assert copy[[1, 5]].tolist() == [0.5, -1.0] and int(copy.count_nonzero()) == 2 and not state.complete
         with pytest.raises(ProtocolError, match=match):
-            state.feed(bytes(payload[20:]))
+            state.feed(bytes(payload[28:]))
         assert int(copy.count_nonzero()) == 2
+    bad_table = _spans(([1, 5], [0.5, -1.0]), ([600, 999], [2.0, 3.0]), table=[2, 3])
+    with pytest.raises(ProtocolError, match="table"):  # checked once whole, before any span
+        ArrivingPairs(torch.zeros(N), span=500, value_count=4).feed(bytes(bad_table[:8]))
     with pytest.raises(ProtocolError, match="more payload bytes"):
         ArrivingPairs(torch.zeros(N), span=500, value_count=4).feed(bytes(good) + b"\0")
 
@@ -429,47 +434,87 @@ def test_malformed_payloads_are_refused(encoding: str, payload: torch.Tensor, wo
         decode(encoding, payload, N, block_elements=INT8_BLOCK, value_count=3)
 
 
-def _spans(*spans: tuple[list[int], list[float]]) -> torch.Tensor:
-    """A topk-spans payload from each span's (indices, values)."""
-    return torch.cat([torch.cat([torch.tensor(i, dtype=torch.int32).view(torch.uint8),
-                                 torch.tensor(v, dtype=torch.float32).view(torch.uint8)]) for i, v in spans])
+def _spans(*spans: tuple[list[int], list[float]], table: list[int] | None = None) -> torch.Tensor:
+    """A topk-spans payload from each span's (indices, values): the table of counts (theirs unless given), then
+    the spans."""
+    counts = table if table is not None else [len(i) for i, _ in spans]
+    return torch.cat([torch.tensor(counts, dtype=torch.int32).view(torch.uint8),
+                      *[torch.cat([torch.tensor(i, dtype=torch.int32).view(torch.uint8),
+                                   torch.tensor(v, dtype=torch.float32).view(torch.uint8)]) for i, v in spans]])
 
 
 def test_topk_spans_payloads_are_read_span_by_span_and_each_span_keeps_its_own() -> None:
-    """N = 1000 in spans of 500 with 4 pairs: 2 in each span (floor(4 * 500 / 1000) = 2). The legacy topk layout
+    """N = 1000 in spans of 500 with 4 pairs, as the table says (3 and 1; 2 and 2). The legacy topk layout
     (every index, then every value) still reads as before."""
-    d = decode("topk-spans", _spans(([1, 5], [0.5, -1.0]), ([600, 999], [2.0, 3.0])), N, block_elements=500,
+    d = decode("topk-spans", _spans(([1, 5, 9], [0.5, -1.0, 1.5]), ([999], [3.0])), N, block_elements=500,
                value_count=4)
-    assert d.indices.tolist() == [1, 5, 600, 999] and d.values.tolist() == [0.5, -1.0, 2.0, 3.0]
-    legacy = decode("topk", _spans(([1, 5, 600, 999], [0.5, -1.0, 2.0, 3.0])), N, value_count=4)
+    assert d.indices.tolist() == [1, 5, 9, 999] and d.values.tolist() == [0.5, -1.0, 1.5, 3.0]
+    legacy = decode("topk", _spans(([1, 5, 9, 999], [0.5, -1.0, 1.5, 3.0]), table=[]), N, value_count=4)
     assert torch.equal(legacy.indices, d.indices) and torch.equal(legacy.values, d.values)
-    for spans, words in [
-        ((([1, 550], [1.0, 1.0]), ([600, 700], [1.0, 1.0])), "outside its 500 elements"),  # in range, sorted
-        ((([1, 5], [1.0, 1.0]), ([700, 600], [1.0, 1.0])), "strictly increasing"),
-        ((([1, 5], [1.0, 1.0]), ([600, 1000], [1.0, 1.0])), "outside 0..999"),
-        ((([-1, 5], [1.0, 1.0]), ([600, 700], [1.0, 1.0])), "outside 0..999"),
-        ((([1, 5], [1.0, math.nan]), ([600, 700], [1.0, 1.0])), "not finite"),
+    for payload, words in [
+        (_spans(([1, 550], [1.0, 1.0]), ([600, 700], [1.0, 1.0])), "outside its 500 elements"),  # in range, sorted
+        (_spans(([1, 5], [1.0, 1.0]), ([700, 600], [1.0, 1.0])), "strictly increasing"),
+        (_spans(([1, 5], [1.0, 1.0]), ([600, 1000], [1.0, 1.0])), "outside 0..999"),
+        (_spans(([-1, 5], [1.0, 1.0]), ([600, 700], [1.0, 1.0])), "outside 0..999"),
+        (_spans(([1, 5], [1.0, math.nan]), ([600, 700], [1.0, 1.0])), "not finite"),
+        (_spans(([1, 5], [1.0, 1.0]), ([600, 700], [1.0, 1.0]), table=[5, -1]), "table"),
+        (_spans(([1, 5], [1.0, 1.0]), ([600, 700], [1.0, 1.0]), table=[2, 3]), "table"),  # 5 pairs in all
     ]:
         with pytest.raises(ProtocolError, match=words):
-            decode("topk-spans", _spans(*spans), N, block_elements=500, value_count=4)
+            decode("topk-spans", payload, N, block_elements=500, value_count=4)
+    with pytest.raises(ProtocolError, match="table"):  # a span of 500 cannot hold 501 pairs
+        decode("topk-spans", _spans(*[(list(range(501)), [1.0] * 501), ([], [])], table=[501, 0]), N,
+               block_elements=500, value_count=501)
     with pytest.raises(ProtocolError, match="needs block_elements"):
         decode("topk-spans", _spans(([1, 5], [1.0, 1.0]), ([600, 700], [1.0, 1.0])), N, value_count=4)
 
 
-def test_topk_spans_counts_add_up_and_a_span_is_final_when_chosen() -> None:
-    """Every span's count comes from the header alone and they add up to value_count, also where spans get no
-    pair at all; ready_elements asks for exactly the spans whose bytes hold [0, end)."""
-    for n, k, span in ((1000, 4, 500), (1000, 3, 16), (3 * CHUNK + 77, 1, TOPK_SPAN), (2 * CHUNK, 7000, TOPK_SPAN)):
-        starts = sparse.span_starts(n, k, span).tolist()
-        assert starts[0] == 0 and starts[-1] == k and len(starts) == math.ceil(n / span) + 1
-        for s, lo in enumerate(range(0, n, span)):
-            assert 0 <= starts[s + 1] - starts[s] <= min(n, lo + span) - lo
-        enc = Encoded("topk-spans", torch.empty(8 * k, dtype=torch.uint8), block_elements=span, value_count=k)
-        for end in range(0, 8 * k + 1, max(1, 8 * k // 97)):
+def test_topk_spans_share_the_pairs_as_the_whole_vector_top_k_would() -> None:
+    """allocate() gives each span pairs in proportion to its share of the sampled top-k / n: spans of large
+    differences get most, a span with none gets none, the counts add up and fit their spans. Layer-like
+    spans whose scales differ by 10x each: the span-wise top-k keeps nearly the energy of the whole-vector
+    top-k (and far more than equal counts per span would)."""
+    n, span, k = 3 * CHUNK + 77, CHUNK, 20_000
+    g = torch.Generator().manual_seed(2)
+    d = torch.randn(n, generator=g)
+    for s, scale in enumerate((1.0, 10.0, 0.0, 0.1)):
+        d[s * span : (s + 1) * span] *= scale
+    counts = sparse.allocate(d[:: sparse.SAMPLE_STRIDE].abs().numpy(), n, k, span)
+    assert int(counts.sum()) == k and counts[2] == 0 and counts[1] > 0.9 * k
+    assert (counts <= sparse.lengths(n, span)).all()
+    energy = lambda enc: float(self_decode(enc, n).values.square().sum())  # noqa: E731
+    whole = float(torch.topk(d.abs(), k).values.square().sum())
+    assert energy(TopK(k / n).encode(d)) > 0.99 * whole
+    equal = sum(float(torch.topk(d[lo : lo + span].abs(), min(k // 4, n - lo)).values.square().sum())
+                for lo in range(0, n, span))
+    assert equal < 0.5 * whole
+    # (elements 0, 32 and span are sampled) pairs where the sample's top is; fewer non-zeros than the sample's
+    # top k / n (3 here): the spans with non-zeros; an all-zero difference: by length (largest remainders)
+    few = torch.zeros(n)
+    few[[0, 32, span]] = torch.tensor([2.0, 3.0, 1.0])
+    assert sparse.allocate(few[:: sparse.SAMPLE_STRIDE].numpy(), n, 100, span).tolist() == [67, 33, 0, 0]
+    few[span] = 0.0
+    assert sparse.allocate(few[:: sparse.SAMPLE_STRIDE].numpy(), n, 100, span).tolist() == [100, 0, 0, 0]
+    assert sparse.allocate(np.zeros(1000, dtype=np.float32), n, 4, span).tolist() == [2, 1, 1, 0]
+    for n, k, span in ((1000, 1000, 16), (1000, 3, 16), (40, 40, 16)):  # every element: every span full
+        counts = sparse.allocate(np.abs(np.random.default_rng(n).standard_normal(n))[:: sparse.SAMPLE_STRIDE], n, k,
+                                 span)
+        assert int(counts.sum()) == k and (counts <= sparse.lengths(n, span)).all()
+
+
+def test_topk_spans_table_leads_and_a_span_is_final_when_chosen() -> None:
+    """The table is final before any span; ready_elements asks for exactly the spans whose bytes hold [0, end)."""
+    for n, fraction, span in ((1000, 0.004, 500), (3 * CHUNK + 77, 0.001, TOPK_SPAN), (2 * CHUNK, 0.01, TOPK_SPAN)):
+        d = torch.randn(n) * torch.logspace(-2, 2, n)
+        enc = TopK(fraction, span=span).encode(d)
+        table = 4 * sparse.spans(n, span)
+        before = sparse.starts(enc.payload[:table].view(torch.int32).numpy().astype(np.int64)).tolist()
+        assert before[-1] == enc.value_count and enc.payload.numel() == table + 8 * enc.value_count
+        for end in range(0, enc.payload.numel() + 1, max(1, enc.payload.numel() // 97)):
             done = ready_elements(enc, n, end)
             whole = math.ceil(done / span)  # spans chosen once `done` elements are
             assert done == n or done % span == 0
-            assert 8 * starts[whole] >= end and (end == 0 or 8 * starts[whole - 1] < end)
+            assert table + 8 * before[whole] >= end and (end <= table or table + 8 * before[whole - 1] < end)
 
 
 @pytest.mark.parametrize(("scale", "code", "words"), [

@@ -12,7 +12,7 @@ import grpc
 import pytest
 import torch
 
-from p2pgan.compression.compressors import INT8_BLOCK, Int8Blocks, TopK
+from p2pgan.compression.compressors import INT8_BLOCK, TOPK_SPAN, Int8Blocks, TopK
 from p2pgan.errors import ConfigError
 from p2pgan.wire import codec
 from p2pgan.wire.config import NetworkConfig
@@ -177,7 +177,8 @@ def test_malformed_int8_messages_are_refused_with_invalid_argument(compressed_en
         (_frames(env, "int8", good, block_elements=8, step=2), "block_elements"),
         (_frames(env, "int8", good[:-5], block_elements=INT8_BLOCK, step=2), "bytes"),  # counts do not add up
         (_frames(env, "int8", good, block_elements=INT8_BLOCK, dtype="bfloat16", step=2), "dtype float32"),
-        (_frames(env, "topk", TopK(0.01).encode(torch.randn(1000)).payload, value_count=10, step=2), "encoding topk"),
+        (_frames(env, "topk-spans", TopK(0.01).encode(torch.randn(1000)).payload, value_count=10,
+                 block_elements=TOPK_SPAN, step=2), "encoding topk-spans"),
         (_frames(env, "raw", torch.randn(1000), step=2), "compressed"),
     ]
     for frames, words in cases:
@@ -196,8 +197,9 @@ def test_malformed_topk_messages_are_refused_with_invalid_argument(compressed_en
         vals = torch.tensor(values if values is not None else [1.0] * len(indices), dtype=torch.float32)
         return torch.cat([torch.tensor(indices, dtype=torch.int32).view(torch.uint8), vals.view(torch.uint8)])
 
-    def spans(*parts: tuple[list[int], list[float]]) -> torch.Tensor:  # a topk-spans payload, span by span
-        return torch.cat([topk(i, v) for i, v in parts])
+    def spans(*parts: tuple[list[int], list[float]]) -> torch.Tensor:  # a topk-spans payload: counts, spans
+        counts = torch.tensor([len(i) for i, _ in parts], dtype=torch.int32).view(torch.uint8)
+        return torch.cat([counts, *[topk(i, v) for i, v in parts]])
 
     key = torch.randn(1000)
     assert env.push(_frames(env, "key", key)).messages == 1
@@ -222,6 +224,8 @@ def test_malformed_topk_messages_are_refused_with_invalid_argument(compressed_en
          "strictly increasing"),
         (_frames(env, "topk-spans", good, value_count=4, block_elements=8, step=3), "block_elements 8"),
         (_frames(env, "topk-spans", good, value_count=3, block_elements=500, step=3), "bytes"),
+        (_frames(env, "topk-spans", torch.cat([torch.tensor([-1, 5], dtype=torch.int32).view(torch.uint8),
+                                               good[8:]]), **inside), "table"),
     ]:
         refused(env, frames, grpc.StatusCode.INVALID_ARGUMENT, words)
     cases = [

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import torch
 
 from p2pgan.compression import sparse
@@ -123,36 +124,43 @@ class ArrivingDelta:
 
 
 class ArrivingPairs:
-    """Moves ``copy`` by a ``topk-spans`` payload fed in order: each span once its pairs are all in."""
+    """Moves ``copy`` by a ``topk-spans`` payload fed in order: the table of counts first (checked once whole),
+    then each span once its pairs are all in."""
 
     def __init__(self, copy: torch.Tensor, *, span: int, value_count: int, who: str = "message") -> None:
         self.copy = copy
         self.n = copy.numel()
         self.span = span
+        self.k = value_count
         self.who = who
-        self.starts = sparse.span_starts(self.n, value_count, span).numpy()
-        self.payload = torch.empty(8 * value_count, dtype=torch.uint8)
+        self.table = 4 * sparse.spans(self.n, span)
+        self.payload = torch.empty(sparse.payload_bytes(self.n, value_count, span), dtype=torch.uint8)
+        self.before: np.ndarray | None = None  # the table's starts, once it is in
         self.offset = 0  # payload bytes taken so far
         self.spans = 0  # spans applied so far
 
     @property
     def complete(self) -> bool:
-        return self.spans == self.starts.size - 1
+        return self.before is not None and self.spans == self.before.size - 1
 
     def feed(self, data: memoryview | bytes) -> None:
-        """The payload's next bytes: the spans they complete are checked and added to the copy."""
+        """The payload's next bytes: the table once whole, then the spans they complete, are checked, and the
+        spans added to the copy."""
         data = memoryview(data).cast("B")
         end = self.offset + len(data)
         if end > self.payload.numel():
-            raise ProtocolError(f"{self.who}: more payload bytes than topk-spans of {self.payload.numel() // 8} "
-                                "pairs holds")
+            raise ProtocolError(f"{self.who}: more payload bytes than topk-spans of {self.k} pairs holds")
         if data:
             self.payload[self.offset : end] = torch.frombuffer(data, dtype=torch.uint8)
         self.offset = end
-        done = int(self.starts.searchsorted(end // 8, side="right")) - 1  # spans whose pairs are all in
+        if end < self.table:
+            return
+        if self.before is None:
+            self.before = sparse.read_table(self.payload[: self.table], self.n, self.k, self.span, self.who)
+        done = int(self.before.searchsorted((end - self.table) // 8, side="right")) - 1  # spans all in
         if done > self.spans:
-            lo, hi = 8 * int(self.starts[self.spans]), 8 * int(self.starts[done])
-            indices, values = sparse.read_span_range(self.payload[lo:hi], self.n, self.span, self.starts,
+            lo, hi = self.table + 8 * int(self.before[self.spans]), self.table + 8 * int(self.before[done])
+            indices, values = sparse.read_span_range(self.payload[lo:hi], self.n, self.span, self.before,
                                                      self.spans, done, self.who)
             self.copy.index_add_(0, indices, values.to(self.copy.dtype))  # apply(): the same adds, by spans
             self.spans = done

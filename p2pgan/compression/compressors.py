@@ -277,7 +277,7 @@ class TopK(Compressor):
 
     def encode(self, delta: torch.Tensor) -> Encoded:
         delta = delta.detach().reshape(-1).to(torch.float32)
-        enc, fill = self._stream(delta.numel(), lambda lo, hi: delta[lo:hi], None)
+        enc, fill = self._stream(delta.numel(), delta[:: sparse.SAMPLE_STRIDE], lambda lo, hi: delta[lo:hi], None)
         fill(no_progress)
         return enc
 
@@ -287,32 +287,39 @@ class TopK(Compressor):
         return enc
 
     def encode_stream(self, x: torch.Tensor, copy: torch.Tensor, scratch: torch.Tensor) -> tuple[Encoded, Fill]:
-        return self._stream(x.numel(), lambda lo, hi: torch.sub(x[lo:hi], copy[lo:hi], out=scratch[lo:hi]), copy)
+        sample = x[:: sparse.SAMPLE_STRIDE] - copy[:: sparse.SAMPLE_STRIDE]
+        return self._stream(x.numel(), sample, lambda lo, hi: torch.sub(x[lo:hi], copy[lo:hi], out=scratch[lo:hi]),
+                            copy)
 
-    def _stream(self, n: int, difference: Callable[[int, int], torch.Tensor],
+    def _stream(self, n: int, sample: torch.Tensor, difference: Callable[[int, int], torch.Tensor],
                 copy: torch.Tensor | None) -> tuple[Encoded, Fill]:
-        """The span by span top-k of ``difference(lo, hi)`` (float32, over the vector's spans in order):
-        its message, and the fill that writes it and adds each span's pairs to ``copy`` (if any) as
-        :func:`apply` does, reporting each span's end."""
+        """The span by span top-k of ``difference(lo, hi)`` (float32, over the vector's spans in order; ``sample``:
+        the difference at every :data:`~p2pgan.compression.sparse.SAMPLE_STRIDE`-th element): its message, whose
+        table of counts is written here, and the fill that writes the spans and adds each span's pairs to
+        ``copy`` (if any) as :func:`apply` does, reporting each span's end."""
         k = self.count(n)
-        starts = sparse.span_starts(n, k, self.span).tolist()
-        payload = torch.empty(8 * k, dtype=torch.uint8)
-        words = payload.view(torch.int32)
-        values = payload.view(torch.float32)
+        counts = sparse.allocate(sample.abs().numpy(), n, k, self.span)
+        before = sparse.starts(counts).tolist()
+        payload = torch.empty(sparse.payload_bytes(n, k, self.span), dtype=torch.uint8)
+        table = 4 * counts.size
+        payload[:table].view(torch.int32).copy_(torch.from_numpy(counts))
+        words = payload[table:].view(torch.int32)
+        values = payload[table:].view(torch.float32)
         enc = Encoded("topk-spans", payload, block_elements=self.span, value_count=k)
 
         def fill(progress: Callable[[int], None]) -> None:
+            progress(0)  # the table is final
             work = np.empty(min(n, self.span), dtype=np.float32)
             for s, lo in enumerate(range(0, n, self.span)):
                 hi = min(n, lo + self.span)
-                c = starts[s + 1] - starts[s]
-                if c:
+                if counts[s]:
                     d = difference(lo, hi)
-                    local = largest(np.abs(d.numpy(), out=work[: hi - lo]), c)
+                    local = largest(np.abs(d.numpy(), out=work[: hi - lo]), int(counts[s]))
                     pairs = torch.from_numpy(local)
                     kept = d[pairs]
-                    words[starts[s] + starts[s] : starts[s] + starts[s + 1]].copy_(pairs + lo)
-                    values[starts[s + 1] + starts[s] : 2 * starts[s + 1]].copy_(kept)
+                    # span s's indices at words 2 C[s] .. C[s] + C[s + 1], its values up to 2 C[s + 1]
+                    words[before[s] + before[s] : before[s] + before[s + 1]].copy_(pairs + lo)
+                    values[before[s + 1] + before[s] : 2 * before[s + 1]].copy_(kept)
                     if copy is not None:
                         copy.index_add_(0, pairs + lo, kept.to(copy.dtype))
                 progress(hi)
@@ -328,8 +335,10 @@ def ready_elements(enc: Encoded, n: int, end: int) -> int:
         return min(n, max(0, end - (enc.payload.numel() - n)))
     if enc.encoding in ("key", "bf16-delta"):
         return min(n, -(-end // enc.payload.element_size()))
-    if enc.encoding == "topk-spans":
-        return sparse.ready_elements(n, enc.value_count, enc.block_elements, end)
+    if enc.encoding == "topk-spans":  # (the table leads the payload, written before the message is queued)
+        table = 4 * sparse.spans(n, enc.block_elements)
+        before = sparse.starts(enc.payload[:table].view(torch.int32).numpy().astype(np.int64))
+        return sparse.ready_elements(n, enc.block_elements, before, end)
     return n
 
 
@@ -376,11 +385,12 @@ def decode(encoding: str, payload: torch.Tensor, n: int, *, block_elements: int 
         return Delta("int8", codes, scales=scales, block=block_elements)
     if encoding in ("topk", "topk-spans"):
         k = value_count
-        if not 1 <= k <= n or raw.numel() != 8 * k:
-            raise ProtocolError(f"{who}: {encoding} payload of {raw.numel()} bytes for value_count {k} "
-                                f"(expected 8 * value_count, value_count in 1..{n})")
         if encoding == "topk-spans" and block_elements < 1:
             raise ProtocolError(f"{who}: topk-spans needs block_elements >= 1, got {block_elements}")
+        want = 8 * k if encoding == "topk" else sparse.payload_bytes(n, k, block_elements)
+        if not 1 <= k <= n or raw.numel() != want:
+            raise ProtocolError(f"{who}: {encoding} payload of {raw.numel()} bytes for value_count {k} "
+                                f"(expected {want}; value_count in 1..{n})")
         raw = raw.contiguous()
         if encoding == "topk":
             indices, values = sparse.read_sorted(raw, n, k, who)

@@ -90,6 +90,8 @@ class MessageHeader:
     def nbytes(self) -> int:
         if self.encoding == "int8":
             return math.ceil(self.element_count / max(1, self.block_elements)) * 4 + self.element_count
+        if self.encoding == "topk-spans":  # a table of int32 counts, one per span, then the pairs
+            return 4 * math.ceil(self.element_count / max(1, self.block_elements)) + self.value_count * 8
         if self.encoding in SPARSE:
             return self.value_count * 8
         return self.element_count * self.torch_dtype.itemsize
