@@ -149,7 +149,7 @@ def run_row(args: argparse.Namespace, mb: float, link: str | None, compression: 
         tls = make_federation(root / "federation", FEDERATION, ids)
         configs = {pid: {
             "federation": FEDERATION, "peer_id": pid, "rank": r, "seed": 0, "dim": dim, "compression": compression,
-            "key_interval": 1000, "overlap": overlap, "warmup": args.warmup, "steps": args.steps, "drift": args.drift,
+            "key_interval": 1000, "streaming": overlap, "warmup": args.warmup, "steps": args.steps, "drift": args.drift,
             "round_timeout_s": STEP_TIMEOUT_S, "connect_timeout_s": STARTUP_TIMEOUT_S,
             "tls": {k: str(v) for k, v in vars(tls[pid]).items()},
         } for r, pid in enumerate(ids)}

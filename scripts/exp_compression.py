@@ -53,7 +53,7 @@ import torch  # noqa: E402
 
 from p2pgan.algorithm import DPOSG  # noqa: E402
 from p2pgan.compression.choco import ChocoMixer  # noqa: E402
-from p2pgan.compression.compressors import make_compressor  # noqa: E402
+from p2pgan.compression.operators import make_compressor  # noqa: E402
 from p2pgan.compression.spec import canonical, default_consensus_step  # noqa: E402
 from p2pgan.errors import P2PGANError  # noqa: E402
 from p2pgan.experiments.report import plot_seed_bands, write_json  # noqa: E402

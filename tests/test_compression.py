@@ -13,9 +13,10 @@ import torch
 
 from p2pgan.compression.choco import ChocoMixer, consensus_step
 from p2pgan.compression.compressors import (
-    CHUNK, INT8_BLOCK, TOPK_SPAN, BF16Delta, Compressor, Delta, Int8Blocks, TopK, apply, decode,
-    make_compressor, ready_elements, self_decode,
+    CHUNK, INT8_BLOCK, BF16Delta, Compressor, Delta, Int8Blocks, apply, decode, ready_elements, self_decode,
 )
+from p2pgan.compression.operators import make_compressor
+from p2pgan.compression.topk import TOPK_SPAN, TopK
 from p2pgan.compression import sparse
 from p2pgan.compression.arriving import ArrivingDelta, ArrivingPairs, arriving
 from p2pgan.compression.copies import NeighbourCopies, OwnCopy, digest

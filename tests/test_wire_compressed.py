@@ -12,7 +12,8 @@ import grpc
 import pytest
 import torch
 
-from p2pgan.compression.compressors import INT8_BLOCK, TOPK_SPAN, Int8Blocks, TopK
+from p2pgan.compression.compressors import INT8_BLOCK, Int8Blocks
+from p2pgan.compression.topk import TOPK_SPAN, TopK
 from p2pgan.errors import ConfigError
 from p2pgan.wire import codec
 from p2pgan.wire.config import NetworkConfig

@@ -14,7 +14,8 @@ The sender decodes its own payload and applies it, so nothing but the payload de
 Operators: ``bf16-delta`` (the difference in bfloat16: 2 bytes per element), ``int8`` (blockwise absmax:
 one float32 scale per :data:`INT8_BLOCK` elements and one signed byte per element, ~1.016 bytes per
 element) and ``topk`` (the ``fraction`` largest differences of every span as int32 index + float32 value: 8
-bytes each; the layouts are :mod:`p2pgan.compression.sparse`'s).
+bytes each; :mod:`p2pgan.compression.topk`, its layouts :mod:`p2pgan.compression.sparse`'s).
+:func:`p2pgan.compression.operators.make_compressor` makes the operator of a ``mixing.compression``.
 ``identity`` sends the public copy in full every round (a key): the CHOCO path without loss, for tests.
 """
 
@@ -28,8 +29,6 @@ import numpy as np
 import torch
 
 from p2pgan.compression import sparse
-from p2pgan.compression.selection import largest
-from p2pgan.compression.spec import parse_compression
 from p2pgan.errors import ProtocolError
 
 #: elements per float32 scale of int8 (the block size of bitsandbytes' and Hivemind's 8-bit codecs)
@@ -41,8 +40,6 @@ INT8_MAX = 127
 #: elements per pass of the chunked loops (1 MiB of float32: a pass stays in cache instead of going through
 #: a fresh vector-sized temporary; a multiple of INT8_BLOCK)
 CHUNK = 1 << 18
-#: top-k: elements per span (each span keeps its own top fraction; see p2pgan.compression.sparse)
-TOPK_SPAN = CHUNK
 
 
 #: writes an :class:`Encoded`'s payload, telling ``progress`` how many elements are done (see
@@ -254,79 +251,6 @@ def _quantize(rows: torch.Tensor, out: torch.Tensor, scale: torch.Tensor, invers
     torch.mul(rows, inv.unsqueeze(1), out=out)
 
 
-class TopK(Compressor):
-    """The ``fraction`` largest differences of every span (:mod:`p2pgan.compression.sparse`), sent as
-    ``topk-spans``: each span's pairs are final as soon as it is chosen, so the message leaves while the
-    rest is chosen."""
-
-    name = "topk"
-    encoding = "topk-spans"
-    #: the encodings a receiver takes from a neighbour in a top-k federation (any sparse update moves a copy
-    #: the same way, however its sender laid it out)
-    accepts = ("topk", "topk-spans")
-    bytes_per_element = 0.0  # 8 bytes per kept element: 8 * fraction
-
-    def __init__(self, fraction: float, span: int = TOPK_SPAN) -> None:
-        self.fraction = fraction
-        self.span = span
-        self.name = f"topk:{fraction:g}"
-        self.bytes_per_element = 8.0 * fraction
-
-    def count(self, n: int) -> int:
-        return max(1, min(n, round(self.fraction * n)))
-
-    def encode(self, delta: torch.Tensor) -> Encoded:
-        delta = delta.detach().reshape(-1).to(torch.float32)
-        enc, fill = self._stream(delta.numel(), delta[:: sparse.SAMPLE_STRIDE], lambda lo, hi: delta[lo:hi], None)
-        fill(no_progress)
-        return enc
-
-    def encode_step(self, x: torch.Tensor, copy: torch.Tensor, scratch: torch.Tensor) -> Encoded:
-        enc, fill = self.encode_stream(x, copy, scratch)
-        fill(no_progress)
-        return enc
-
-    def encode_stream(self, x: torch.Tensor, copy: torch.Tensor, scratch: torch.Tensor) -> tuple[Encoded, Fill]:
-        sample = x[:: sparse.SAMPLE_STRIDE] - copy[:: sparse.SAMPLE_STRIDE]
-        return self._stream(x.numel(), sample, lambda lo, hi: torch.sub(x[lo:hi], copy[lo:hi], out=scratch[lo:hi]),
-                            copy)
-
-    def _stream(self, n: int, sample: torch.Tensor, difference: Callable[[int, int], torch.Tensor],
-                copy: torch.Tensor | None) -> tuple[Encoded, Fill]:
-        """The span by span top-k of ``difference(lo, hi)`` (float32, over the vector's spans in order; ``sample``:
-        the difference at every :data:`~p2pgan.compression.sparse.SAMPLE_STRIDE`-th element): its message, whose
-        table of counts is written here, and the fill that writes the spans and adds each span's pairs to
-        ``copy`` (if any) as :func:`apply` does, reporting each span's end."""
-        k = self.count(n)
-        counts = sparse.allocate(sample.abs().numpy(), n, k, self.span)
-        before = sparse.starts(counts).tolist()
-        payload = torch.empty(sparse.payload_bytes(n, k, self.span), dtype=torch.uint8)
-        table = 4 * counts.size
-        payload[:table].view(torch.int32).copy_(torch.from_numpy(counts))
-        words = payload[table:].view(torch.int32)
-        values = payload[table:].view(torch.float32)
-        enc = Encoded("topk-spans", payload, block_elements=self.span, value_count=k)
-
-        def fill(progress: Callable[[int], None]) -> None:
-            progress(0)  # the table is final
-            work = np.empty(min(n, self.span), dtype=np.float32)
-            for s, lo in enumerate(range(0, n, self.span)):
-                hi = min(n, lo + self.span)
-                if counts[s]:
-                    d = difference(lo, hi)
-                    local = largest(np.abs(d.numpy(), out=work[: hi - lo]), int(counts[s]))
-                    pairs = torch.from_numpy(local)
-                    kept = d[pairs]
-                    # span s's indices at words 2 C[s] .. C[s] + C[s + 1], its values up to 2 C[s + 1]
-                    words[before[s] + before[s] : before[s] + before[s + 1]].copy_(pairs + lo)
-                    values[before[s + 1] + before[s] : 2 * before[s + 1]].copy_(kept)
-                    if copy is not None:
-                        copy.index_add_(0, pairs + lo, kept.to(copy.dtype))
-                progress(hi)
-
-        return enc, fill
-
-
 def ready_elements(enc: Encoded, n: int, end: int) -> int:
     """How many of the vector's ``n`` elements a fill (:meth:`Compressor.encode_stream`) must have done before
     ``enc``'s payload bytes ``[0, end)`` are final: int8's scales are final before any element (a fill reports
@@ -340,18 +264,6 @@ def ready_elements(enc: Encoded, n: int, end: int) -> int:
         before = sparse.starts(enc.payload[:table].view(torch.int32).numpy().astype(np.int64))
         return sparse.ready_elements(n, enc.block_elements, before, end)
     return n
-
-
-def make_compressor(spec: str, field: str = "mixing.compression") -> Compressor | None:
-    """``mixing.compression`` -> its operator (None for ``none``: today's raw gossip); a one-line
-    :class:`ConfigError` naming ``field`` otherwise."""
-    kind, fraction = parse_compression(spec, field)
-    if kind == "none":
-        return None
-    if kind == "topk":
-        assert fraction is not None
-        return TopK(fraction)
-    return {"identity": Compressor, "bf16-delta": BF16Delta, "int8": Int8Blocks}[kind]()
 
 
 # -- the receiving side ----------------------------------------------------------------------------------

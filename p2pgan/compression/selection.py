@@ -1,7 +1,7 @@
 """Top-k's selection: the positions of a span's ``k`` largest magnitudes, several times faster than
 ``torch.topk`` on one core.
 
-Used by :class:`p2pgan.compression.compressors.TopK` on each span of the difference it compresses
+Used by :class:`p2pgan.compression.topk.TopK` on each span of the difference it compresses
 (:mod:`p2pgan.compression.sparse`), while the span is in cache.
 """
 

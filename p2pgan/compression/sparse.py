@@ -11,7 +11,7 @@ Two layouts carry ``value_count`` (``K``) int32 indices, strictly increasing and
   its ``c_s`` values. Span ``s`` starts at byte ``4 S + 8 (c_0 + ... + c_{s-1})``: its bytes are final as soon
   as its pairs are chosen, and the table before any.
 
-The sender (:class:`p2pgan.compression.compressors.TopK`) shares the ``K`` pairs out among the spans as the
+The sender (:class:`p2pgan.compression.topk.TopK`) shares the ``K`` pairs out among the spans as the
 whole-vector top-k would (:func:`allocate`: by how many of a strided sample of the difference each span has
 above the sample's own top-``K / n`` threshold), writes the table, then picks each span's ``c_s`` largest
 differences (:func:`p2pgan.compression.selection.largest`) while the span is in cache. Spans with large

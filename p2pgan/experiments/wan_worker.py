@@ -28,7 +28,7 @@ def main(argv: list[str]) -> int:
     net = NetworkConfig(
         federation=cfg["federation"], peer_id=cfg["peer_id"], tls=tls, topology="ring", rounds=1,
         round_timeout_s=cfg["round_timeout_s"], connect_timeout_s=cfg["connect_timeout_s"],
-        compression=cfg["compression"], key_interval=cfg["key_interval"], streaming=cfg.get("overlap", True),
+        compression=cfg["compression"], key_interval=cfg["key_interval"], streaming=cfg.get("streaming", True),
     )
     g = torch.Generator().manual_seed(cfg["seed"] + cfg["rank"])
     x = torch.randn(1, cfg["dim"], generator=g)

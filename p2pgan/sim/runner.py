@@ -159,7 +159,7 @@ class Simulation:
         mixer: Mixer = InProcessMixer(topology, rounds)
         if config.compression != "none":
             from p2pgan.compression.choco import ChocoMixer
-            from p2pgan.compression.compressors import make_compressor
+            from p2pgan.compression.operators import make_compressor
 
             compressor = make_compressor(config.compression, "--compression")
             assert compressor is not None

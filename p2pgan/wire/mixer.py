@@ -35,7 +35,8 @@ from types import TracebackType
 
 import torch
 
-from p2pgan.compression.compressors import Encoded, make_compressor
+from p2pgan.compression.compressors import Encoded
+from p2pgan.compression.operators import make_compressor
 from p2pgan.compression.spec import canonical
 from p2pgan.errors import ConfigError, PeerUnavailableError
 from p2pgan.membership import Membership, live_weights
