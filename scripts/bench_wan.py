@@ -10,8 +10,8 @@ per step, and the link floor beside it: (bytes one peer sends to one neighbour p
 one-way delay, the least time a round can take on that link; ``vs link`` is step / floor. Beside it the
 machine's floor: the same ring and compression with the peers connected directly over loopback (no relay,
 no pacing), which is what this machine's CPUs take for the round's encoding, TLS, framing and mixing;
-``vs max`` is step / the larger of the two floors (no round can beat either). On a machine shared by all M peers and their relays, the
-machine's floor can exceed a fast link's. Bytes are what the mixer framed (header and shards;
+``vs max`` is step / the larger of the two floors (no round can beat either). On a machine shared by all M
+peers and their relays, the machine's floor can exceed a fast link's. Bytes are what the mixer framed (header and shards;
 TLS and HTTP/2 framing add well under 1 %). Between steps each vector moves by ``--drift`` of its scale,
 as an optimizer step would, so compressed differences have realistic content.
 

@@ -250,6 +250,18 @@ def test_a_federation_of_one_compressing_peer_keeps_its_vector(federation) -> No
     assert torch.equal(alone.mix(x, 0), x) and torch.equal(alone.mix(x, 1), x)
 
 
+def _mixes_as_in_process(wire: list[GrpcMixer], local: object, dim: int, *, steps: int, seed: int) -> None:
+    """``steps`` rounds of vectors that drift as training moves them, mixed by the network mixers ``wire`` and by
+    the in-process ``local`` (a ChocoMixer): the same numbers to float32 rounding, and the mixing moves them."""
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(len(wire), dim, generator=g)
+    for step in range(steps):
+        x = x + 0.1 * torch.randn(len(wire), dim, generator=g)
+        a, b = mix_all(wire, x, step), local.mix(x, step)  # type: ignore[attr-defined]
+        assert torch.allclose(a, b, rtol=0, atol=1e-5), (step, float((a - b).abs().max()))
+        assert not torch.equal(b, x)
+
+
 @pytest.mark.timeout(120)
 def test_scales_that_span_several_shards_go_out_and_in_whole(tmp_path: Path) -> None:
     """An int8 payload whose scales fill more than one shard (a 67 MB model at the overlap's 256 KiB shards;
@@ -264,12 +276,7 @@ def test_scales_that_span_several_shards_go_out_and_in_whole(tmp_path: Path) -> 
         wire = make(3, topology="ring", rounds=1, compression="int8", consensus_step=0.5, key_interval=0,
                     shard_bytes=codec.MIN_SHARD_BYTES)
         local = ChocoMixer(make_topology("ring", 3, rounds=1), 1, Int8Blocks(), gamma=0.5)
-        g = torch.Generator().manual_seed(5)
-        x = torch.randn(3, dim, generator=g)
-        for step in range(3):
-            x = x + 0.1 * torch.randn(3, dim, generator=g)
-            a, b = mix_all(wire, x, step), local.mix(x, step)
-            assert torch.allclose(a, b, rtol=0, atol=1e-5), (step, float((a - b).abs().max()))
+        _mixes_as_in_process(wire, local, dim, steps=3, seed=5)
         assert all(m.stats.dropped == 0 for m in wire)
         assert sum(m.compressed.copies.arrived for m in wire if m.compressed is not None) >= 3 * 2
 
@@ -292,13 +299,7 @@ def test_topk_goes_out_span_by_span_and_is_the_in_process_choco_mixer(tmp_path: 
             assert m.compressed is not None
             m.compressed.compressor.span = 4096
         local = ChocoMixer(make_topology("ring", 3, rounds=1), 1, TopK(0.05, span=4096), gamma=0.5)
-        g = torch.Generator().manual_seed(6)
-        x = torch.randn(3, dim, generator=g)
-        for step in range(4):
-            x = x + 0.1 * torch.randn(3, dim, generator=g)
-            a, b = mix_all(wire, x, step), local.mix(x, step)
-            assert torch.allclose(a, b, rtol=0, atol=1e-5), (step, float((a - b).abs().max()))
-            assert not torch.equal(b, x)
+        _mixes_as_in_process(wire, local, dim, steps=4, seed=6)
         assert all(m.stats.dropped == 0 and m.compressed is not None and m.compressed.deltas_sent == 2 * 3
                    for m in wire)
         # every delta (steps 1-3, 3 x 2 links) comes after a step every peer finished, into a free copy: with

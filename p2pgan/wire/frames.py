@@ -13,6 +13,7 @@ import sys
 import torch
 import xxhash
 
+from p2pgan.compression import sparse
 from p2pgan.errors import ProtocolError
 from p2pgan.logsafe import printable
 from p2pgan.wire.limits import MAX_CONNECTIONS, MAX_SHARD_BYTES
@@ -91,7 +92,7 @@ class MessageHeader:
         if self.encoding == "int8":
             return math.ceil(self.element_count / max(1, self.block_elements)) * 4 + self.element_count
         if self.encoding == "topk-spans":  # a table of int32 counts, one per span, then the pairs
-            return 4 * math.ceil(self.element_count / max(1, self.block_elements)) + self.value_count * 8
+            return sparse.payload_bytes(self.element_count, self.value_count, max(1, self.block_elements))
         if self.encoding in SPARSE:
             return self.value_count * 8
         return self.element_count * self.torch_dtype.itemsize
